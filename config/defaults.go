@@ -1,0 +1,118 @@
+package config
+
+import (
+	"reflect"
+	"time"
+)
+
+// This file holds every default. Reference (reference.go) documents them, and a test
+// checks that the documented defaults match these functions.
+
+// Default returns the configuration used for every key the file leaves out. It has
+// no upstreams and no routes, so it is not valid on its own.
+func Default() *Config {
+	return &Config{
+		Listen: ":8080",
+		Server: Server{
+			ReadHeaderTimeout: 10 * time.Second,
+			ReadTimeout:       0, // none: request bodies may stream
+			WriteTimeout:      0, // none: response bodies may stream
+			IdleTimeout:       120 * time.Second,
+			MaxHeaderBytes:    1 << 20,
+			ShutdownTimeout:   30 * time.Second,
+		},
+		Admin: Admin{
+			Listen: "127.0.0.1:9090",
+		},
+		Log: Log{
+			Format: "json",
+			Level:  "info",
+		},
+		Store: Store{
+			Driver:        "memory",
+			ReplicaID:     "", // resolved to host-pid by the store
+			FlushInterval: 100 * time.Millisecond,
+			Redis: Redis{
+				Host:         "127.0.0.1",
+				Port:         6379,
+				Prefix:       "fuse",
+				PoolSize:     16,
+				DialTimeout:  250 * time.Millisecond,
+				ReadTimeout:  100 * time.Millisecond,
+				WriteTimeout: 100 * time.Millisecond,
+				DegradeAfter: 3,
+			},
+		},
+		Events: Events{
+			Enabled:   true,
+			QueueSize: 1024,
+		},
+		Upstreams: map[string]*Upstream{},
+	}
+}
+
+// DefaultUpstream returns the settings each upstream in the file starts from.
+func DefaultUpstream() *Upstream {
+	return &Upstream{
+		DialTimeout:           2 * time.Second,
+		ResponseHeaderTimeout: 10 * time.Second,
+		Timeout:               0, // none
+		MaxIdleConnsPerHost:   256,
+		Breaker: Breaker{
+			Enabled:              true,
+			Mode:                 "normal",
+			ConsecutiveFailures:  5,
+			FailureRate:          50,
+			SlowCallRate:         0, // disabled
+			SlowCallDuration:     time.Second,
+			MinimumRequests:      20,
+			Window:               10 * time.Second,
+			Buckets:              10,
+			OpenDuration:         30 * time.Second,
+			BackoffMultiplier:    2,
+			MaxOpenDuration:      5 * time.Minute,
+			Jitter:               0.1,
+			HalfOpenMaxRequests:  1,
+			SuccessThreshold:     1,
+			MinReplicasReporting: 1,
+		},
+		Failure: Failure{
+			// "5xx" left at this default excludes 501 Not Implemented (see Validate).
+			Statuses:        []string{"5xx"},
+			SuccessStatuses: []int{},
+			TransportErrors: true,
+			Timeouts:        true,
+		},
+		Fallback: Fallback{
+			Status:  503,
+			Headers: map[string]string{},
+			Body:    "",
+		},
+	}
+}
+
+// DefaultRoute returns the settings each route in the file starts from.
+func DefaultRoute() Route {
+	return Route{PathPrefix: "/"}
+}
+
+// DefaultWebhook returns the settings each webhook in the file starts from.
+func DefaultWebhook() Webhook {
+	return Webhook{Timeout: 2 * time.Second, Retries: 3}
+}
+
+// elementDefault returns a settable value of type t holding the default for one
+// element of a map or list: DefaultUpstream, DefaultRoute or DefaultWebhook, or the
+// zero value for other types.
+func elementDefault(t reflect.Type) reflect.Value {
+	v := reflect.New(t).Elem()
+	switch t {
+	case reflect.TypeFor[*Upstream]():
+		v.Set(reflect.ValueOf(DefaultUpstream()))
+	case reflect.TypeFor[Route]():
+		v.Set(reflect.ValueOf(DefaultRoute()))
+	case reflect.TypeFor[Webhook]():
+		v.Set(reflect.ValueOf(DefaultWebhook()))
+	}
+	return v
+}

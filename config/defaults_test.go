@@ -1,0 +1,138 @@
+package config
+
+import (
+	"reflect"
+	"testing"
+	"time"
+)
+
+// TestDefaults pins every default to the documented product behaviour.
+func TestDefaults(t *testing.T) {
+	want := &Config{
+		Listen: ":8080",
+		Server: Server{
+			ReadHeaderTimeout: 10 * time.Second,
+			IdleTimeout:       120 * time.Second,
+			MaxHeaderBytes:    1 << 20,
+			ShutdownTimeout:   30 * time.Second,
+		},
+		Admin: Admin{Listen: "127.0.0.1:9090"},
+		Log:   Log{Format: "json", Level: "info"},
+		Store: Store{
+			Driver:        "memory",
+			FlushInterval: 100 * time.Millisecond,
+			Redis: Redis{
+				Host: "127.0.0.1", Port: 6379, Prefix: "fuse", PoolSize: 16,
+				DialTimeout: 250 * time.Millisecond, ReadTimeout: 100 * time.Millisecond,
+				WriteTimeout: 100 * time.Millisecond, DegradeAfter: 3,
+			},
+		},
+		Events:    Events{Enabled: true, QueueSize: 1024},
+		Upstreams: map[string]*Upstream{},
+	}
+	if got := Default(); !reflect.DeepEqual(got, want) {
+		t.Errorf("Default() =\n%+v\nwant\n%+v", got, want)
+	}
+
+	wantUp := &Upstream{
+		DialTimeout:           2 * time.Second,
+		ResponseHeaderTimeout: 10 * time.Second,
+		MaxIdleConnsPerHost:   256,
+		Breaker: Breaker{
+			Enabled: true, Mode: "normal", ConsecutiveFailures: 5, FailureRate: 50,
+			SlowCallDuration: time.Second, MinimumRequests: 20, Window: 10 * time.Second,
+			Buckets: 10, OpenDuration: 30 * time.Second, BackoffMultiplier: 2,
+			MaxOpenDuration: 5 * time.Minute, Jitter: 0.1, HalfOpenMaxRequests: 1,
+			SuccessThreshold: 1, MinReplicasReporting: 1,
+		},
+		Failure:  Failure{Statuses: []string{"5xx"}, SuccessStatuses: []int{}, TransportErrors: true, Timeouts: true},
+		Fallback: Fallback{Status: 503, Headers: map[string]string{}},
+	}
+	if got := DefaultUpstream(); !reflect.DeepEqual(got, wantUp) {
+		t.Errorf("DefaultUpstream() =\n%+v\nwant\n%+v", got, wantUp)
+	}
+	if got := DefaultRoute(); got.PathPrefix != "/" {
+		t.Errorf("DefaultRoute() = %+v", got)
+	}
+	if got := DefaultWebhook(); got.Timeout != 2*time.Second || got.Retries != 3 {
+		t.Errorf("DefaultWebhook() = %+v", got)
+	}
+}
+
+func TestDefaultsAreFresh(t *testing.T) {
+	a, b := DefaultUpstream(), DefaultUpstream()
+	a.Failure.Statuses[0] = "4xx"
+	a.Fallback.Headers["X"] = "y"
+	if b.Failure.Statuses[0] != "5xx" || len(b.Fallback.Headers) != 0 {
+		t.Error("DefaultUpstream shares state between calls")
+	}
+}
+
+func TestFailureStatusResolution(t *testing.T) {
+	failing := func(src string) func(int) bool {
+		t.Helper()
+		full := "upstreams:\n  p:\n    targets: [http://a]\n" + src + "routes: [{upstream: p}]\n"
+		f := mustParse(t, full, nil).Upstreams["p"].Failure
+		return func(code int) bool { return f.FailureStatus[code] }
+	}
+
+	def := failing("")
+	for code, want := range map[int]bool{200: false, 404: false, 499: false, 500: true, 501: false, 502: true, 503: true, 599: true} {
+		if def(code) != want {
+			t.Errorf("default: %d failing = %v, want %v", code, !want, want)
+		}
+	}
+
+	explicit := failing("    failure: {statuses: [\"5xx\"]}\n")
+	if !explicit(501) || !explicit(500) || !explicit(599) {
+		t.Error(`explicit "5xx" must include 501`)
+	}
+
+	mixed := failing("    failure: {statuses: [\"5XX\", 429], success_statuses: [503]}\n")
+	for code, want := range map[int]bool{429: true, 428: false, 500: true, 501: true, 503: false} {
+		if mixed(code) != want {
+			t.Errorf("mixed: %d failing = %v, want %v", code, !want, want)
+		}
+	}
+
+	none := failing("    failure: {statuses: []}\n")
+	for code := range 600 {
+		if none(code) {
+			t.Fatalf("statuses: [] must make no status a failure, %d is", code)
+		}
+	}
+}
+
+func TestValidateConfigBuiltInCode(t *testing.T) {
+	cfg := Default()
+	up := DefaultUpstream()
+	up.Targets = []string{"http://10.0.0.1:80", "https://b.internal/base"}
+	cfg.Upstreams["api"] = up
+	r := DefaultRoute()
+	r.Upstream, r.Host, r.Methods = "api", "API.Example.COM", []string{"get", "Post"}
+	cfg.Routes = []Route{r}
+
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if len(up.TargetURLs) != 2 || up.TargetURLs[1].Path != "/base" {
+		t.Errorf("TargetURLs = %v", up.TargetURLs)
+	}
+	if !up.Failure.FailureStatus[500] || up.Failure.FailureStatus[501] {
+		t.Error("default statuses in code must resolve like the file default (501 excluded)")
+	}
+	if got := cfg.Routes[0]; got.Host != "api.example.com" || got.Methods[0] != "GET" || got.Methods[1] != "POST" {
+		t.Errorf("route not normalized: %+v", got)
+	}
+	// Validate is idempotent.
+	if err := cfg.Validate(); err != nil || len(up.TargetURLs) != 2 {
+		t.Errorf("second Validate: %v, %v", err, up.TargetURLs)
+	}
+
+	// Errors from code have no file or line.
+	up.Breaker.Jitter = 2
+	want := "upstreams.api.breaker.jitter: must be between 0 and 1, got 2"
+	if err := cfg.Validate(); err == nil || err.Error() != want {
+		t.Errorf("err = %v, want %s", err, want)
+	}
+}

@@ -1,0 +1,33 @@
+package config
+
+import (
+	"os"
+	"strings"
+	"testing"
+)
+
+// TestReadmeReference keeps README's configuration reference identical to Reference.
+// To refresh it: FUSE_UPDATE_README=1 go test ./config -run TestReadmeReference
+func TestReadmeReference(t *testing.T) {
+	const start, end = "<!-- config-reference:start -->\n", "<!-- config-reference:end -->"
+	b, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme := string(b)
+	i, j := strings.Index(readme, start), strings.Index(readme, end)
+	if i < 0 || j < i {
+		t.Fatalf("README.md lacks the %q ... %q markers", start, end)
+	}
+	got, want := readme[i+len(start):j], ReferenceMarkdown()
+	if got == want {
+		return
+	}
+	if os.Getenv("FUSE_UPDATE_README") == "1" {
+		if err := os.WriteFile("../README.md", []byte(readme[:i+len(start)]+want+readme[j:]), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	t.Errorf("README.md's configuration reference is out of date; run FUSE_UPDATE_README=1 go test ./config -run TestReadmeReference")
+}

@@ -1,0 +1,139 @@
+package config
+
+import "strings"
+
+// FieldDoc documents one configuration key.
+type FieldDoc struct {
+	Key     string // dotted path: "upstreams.<name>.breaker.failure_rate", "routes[].upstream"
+	Default string // as written in YAML; `""` for an empty string, empty for sections
+	Env     string // environment variable that overrides the key, if any (see ApplyEnv)
+	Doc     string
+}
+
+// Reference documents every configuration key, in file order. A test checks that it
+// covers every yaml key of Config and that its defaults match Default(),
+// DefaultUpstream(), DefaultRoute() and DefaultWebhook(), so it cannot drift.
+var Reference = []FieldDoc{
+	{"listen", ":8080", "", "Address the proxy listens on, host:port (an empty host means every interface)."},
+
+	{"server", "", "", "HTTP server settings of the proxy listener."},
+	{"server.read_header_timeout", "10s", "", "Time allowed to read a request's headers."},
+	{"server.read_timeout", "0s", "", "Time allowed to read a whole request, body included; 0 means no limit, so request bodies can stream."},
+	{"server.write_timeout", "0s", "", "Time allowed to write a response; 0 means no limit, so responses can stream. Bound requests with the upstream's timeout instead."},
+	{"server.idle_timeout", "2m", "", "How long an idle keep-alive connection stays open."},
+	{"server.max_header_bytes", "1048576", "", "Largest request header block accepted, in bytes."},
+	{"server.shutdown_timeout", "30s", "", "On shutdown, how long in-flight requests get to finish."},
+
+	{"admin", "", "", "The admin API and metrics listener."},
+	{"admin.listen", "127.0.0.1:9090", "", "Address of the admin API and /metrics, host:port. A non-loopback address requires a token."},
+	{"admin.token", `""`, "FUSE_ADMIN_TOKEN", "Bearer token the admin API requires. Prefer the environment variable to writing it in the file."},
+
+	{"log", "", "", "Logging."},
+	{"log.format", "json", "", "`json` or `console`."},
+	{"log.level", "info", "", "`debug`, `info`, `warn` or `error`."},
+
+	{"store", "", "", "Where breaker state lives."},
+	{"store.driver", "memory", "FUSE_STORE", "`memory` (each process on its own) or `redis` (state shared by all replicas)."},
+	{"store.replica_id", `""`, "FUSE_REPLICA_ID", "This replica's name in the shared store: 1-128 letters, digits, `_`, `.` or `-`. Empty means hostname-pid."},
+	{"store.flush_interval", "100ms", "", "How often local counts are flushed to the shared store; at least 10ms."},
+	{"store.redis", "", "", "Redis connection, used when store.driver is `redis`. The REDIS_* and FUSE_REDIS_* variables apply only then."},
+	{"store.redis.url", `""`, "FUSE_REDIS_URL", "`redis://[user:password@]host:port/db`, or `rediss://` for TLS. When set, it replaces host, port and db; username and password, when set, still override the URL's."},
+	{"store.redis.host", "127.0.0.1", "REDIS_HOST", "Redis host."},
+	{"store.redis.port", "6379", "REDIS_PORT", "Redis port, 1-65535."},
+	{"store.redis.username", `""`, "REDIS_USERNAME", "ACL user name; empty for the default user."},
+	{"store.redis.password", `""`, "REDIS_PASSWORD", "Password; prefer the environment variable."},
+	{"store.redis.db", "0", "REDIS_DB", "Database number."},
+	{"store.redis.tls", "", "", "TLS to Redis (a rediss:// URL also turns it on)."},
+	{"store.redis.tls.enabled", "false", "", "Connect with TLS."},
+	{"store.redis.tls.ca_file", `""`, "", "PEM CA bundle to verify the server with; empty means the system roots."},
+	{"store.redis.tls.cert_file", `""`, "", "PEM client certificate for mutual TLS; set together with key_file."},
+	{"store.redis.tls.key_file", `""`, "", "PEM private key of cert_file."},
+	{"store.redis.tls.server_name", `""`, "", "Name to verify in the server certificate; empty means the host connected to."},
+	{"store.redis.tls.insecure_skip_verify", "false", "", "Do not verify the server certificate (testing only)."},
+	{"store.redis.prefix", "fuse", "FUSE_REDIS_PREFIX", "Prefix of every key, so several deployments can share one Redis."},
+	{"store.redis.pool_size", "16", "", "Most connections per replica; 0 means the client library's default."},
+	{"store.redis.dial_timeout", "250ms", "", "Connect timeout."},
+	{"store.redis.read_timeout", "100ms", "", "Timeout of each read."},
+	{"store.redis.write_timeout", "100ms", "", "Timeout of each write."},
+	{"store.redis.degrade_after", "3", "", "Consecutive failed store operations after which Redis is declared degraded; at least 1."},
+	{"store.redis.sentinel_master", `""`, "", "Sentinel master name; set together with sentinel_addrs."},
+	{"store.redis.sentinel_addrs", "[]", "", "Sentinel host:port addresses."},
+	{"store.redis.sentinel_password", `""`, "", "Password of the sentinels themselves."},
+	{"store.redis.cluster_addrs", "[]", "", "Redis Cluster seed host:port addresses; not combined with sentinel_addrs."},
+
+	{"events", "", "", "Breaker state transition events: a log line each, and webhooks if listed."},
+	{"events.enabled", "true", "FUSE_EVENTS_ENABLED", "Emit transition events."},
+	{"events.queue_size", "1024", "", "Events buffered for delivery; at least 1."},
+	{"events.webhooks", "[]", "", "HTTP endpoints that receive each event as JSON."},
+	{"events.webhooks[].url", `""`, "", "Absolute http:// or https:// URL."},
+	{"events.webhooks[].timeout", "2s", "", "Timeout of each delivery attempt; more than 0."},
+	{"events.webhooks[].retries", "3", "", "Further attempts after a failed delivery."},
+	{"events.webhooks[].headers", "{}", "", "Extra request headers, e.g. `Authorization: Bearer ${HOOK_TOKEN}`."},
+
+	{"upstreams", "{}", "", "The backends, by name, each guarded by its own circuit breaker. At least one."},
+	{"upstreams.<name>", "", "", "One upstream. The name is 1-64 letters, digits, `_`, `.` or `-`: it becomes part of Redis keys and metric labels."},
+	{"upstreams.<name>.targets", "[]", "", "Base URLs of the backend, absolute http:// or https://; at least one."},
+	{"upstreams.<name>.dial_timeout", "2s", "", "TCP connect timeout."},
+	{"upstreams.<name>.response_header_timeout", "10s", "", "Time to wait for the response headers once the request is sent."},
+	{"upstreams.<name>.timeout", "0s", "", "Limit on the whole request; 0 means none."},
+	{"upstreams.<name>.max_idle_conns_per_host", "256", "", "Idle keep-alive connections kept per target."},
+	{"upstreams.<name>.breaker", "", "", "Circuit breaker settings. A zero threshold disables that trip rule."},
+	{"upstreams.<name>.breaker.enabled", "true", "", "`false` turns the breaker off: requests always go through."},
+	{"upstreams.<name>.breaker.mode", "normal", "", "`normal`; `forced_open` (reject every request with the fallback); `forced_closed` (never open); `metrics_only` (evaluate and report, never reject)."},
+	{"upstreams.<name>.breaker.consecutive_failures", "5", "", "Open after this many failures in a row; 0 disables the rule."},
+	{"upstreams.<name>.breaker.failure_rate", "50", "", "Open when this percentage (0-100) of the calls in the window failed; 0 disables the rule."},
+	{"upstreams.<name>.breaker.slow_call_rate", "0", "", "Open when this percentage (0-100) of the calls in the window were slow; 0 disables the rule."},
+	{"upstreams.<name>.breaker.slow_call_duration", "1s", "", "A call taking longer than this is slow."},
+	{"upstreams.<name>.breaker.minimum_requests", "20", "", "The rate rules apply only once the window holds this many calls."},
+	{"upstreams.<name>.breaker.window", "10s", "", "Sliding window of the rate rules; at least 1ms per bucket."},
+	{"upstreams.<name>.breaker.buckets", "10", "", "Buckets the window is counted in, 1-600."},
+	{"upstreams.<name>.breaker.open_duration", "30s", "", "How long the circuit stays open before letting probes through (half-open); more than 0."},
+	{"upstreams.<name>.breaker.backoff_multiplier", "2", "", "Each reopening after failed probes multiplies the open duration by this; at least 1."},
+	{"upstreams.<name>.breaker.max_open_duration", "5m", "", "Cap of the backed-off open duration; at least open_duration."},
+	{"upstreams.<name>.breaker.jitter", "0.1", "", "Random spread (fraction 0-1) of the open duration, so replicas do not probe in lockstep."},
+	{"upstreams.<name>.breaker.half_open_max_requests", "1", "", "Probe requests let through while half-open; at least 1."},
+	{"upstreams.<name>.breaker.success_threshold", "1", "", "Successful probes needed to close the circuit; at least 1."},
+	{"upstreams.<name>.breaker.min_replicas_reporting", "1", "", "With a shared store, how many replicas must have reported calls before the rate rules apply; at least 1."},
+	{"upstreams.<name>.failure", "", "", "Which outcomes count against the breaker."},
+	{"upstreams.<name>.failure.statuses", `["5xx"]`, "", "Response statuses that are failures: codes (`503`) or classes (`\"5xx\"`). The default leaves out 501 Not Implemented; writing `\"5xx\"` yourself includes it."},
+	{"upstreams.<name>.failure.success_statuses", "[]", "", "Status codes that count as success even when statuses covers them."},
+	{"upstreams.<name>.failure.transport_errors", "true", "", "Connection errors (refused, reset, DNS) are failures."},
+	{"upstreams.<name>.failure.timeouts", "true", "", "Timeouts are failures."},
+	{"upstreams.<name>.fallback", "", "", "The response sent when the circuit rejects a request."},
+	{"upstreams.<name>.fallback.status", "503", "", "Status code, 100-599."},
+	{"upstreams.<name>.fallback.headers", "{}", "", "Extra response headers."},
+	{"upstreams.<name>.fallback.body", `""`, "", "Response body; empty means a small JSON body naming the upstream and the circuit state."},
+
+	{"routes", "[]", "", "Which requests go to which upstream. Routes are tried in order and the first match wins. At least one."},
+	{"routes[].host", `""`, "", "Exact host name, or `*.example.com` for its subdomains at any depth (not example.com itself); empty matches any host. Compared case-insensitively, port ignored."},
+	{"routes[].path_prefix", "/", "", "Path prefix to match, as a plain string prefix of the cleaned request path (`/api` also matches `/apiv2`; write `/api/` for the directory); starts with `/`."},
+	{"routes[].methods", "[]", "", "HTTP methods to match; upper-cased on load. Empty matches any."},
+	{"routes[].upstream", `""`, "", "Name of the upstream to send matching requests to (required)."},
+	{"routes[].strip_prefix", "false", "", "Remove path_prefix from the path before forwarding."},
+
+	{"replicas", "0", "", "How many replicas share this config (informational; used for warnings, e.g. several replicas with the memory store)."},
+}
+
+// ReferenceMarkdown renders Reference as a Markdown table, for the README.
+func ReferenceMarkdown() string {
+	var b strings.Builder
+	b.WriteString("| Key | Default | Env | Description |\n")
+	b.WriteString("|-----|---------|-----|-------------|\n")
+	for _, f := range Reference {
+		b.WriteString("| " + code(f.Key) + " | " + code(f.Default) + " | " + code(f.Env) + " | " + cell(f.Doc) + " |\n")
+	}
+	return b.String()
+}
+
+// code renders s as inline code, or nothing when s is empty.
+func code(s string) string {
+	if s == "" {
+		return ""
+	}
+	return "`" + cell(s) + "`"
+}
+
+// cell escapes the one character that breaks a table cell.
+func cell(s string) string {
+	return strings.ReplaceAll(s, "|", `\|`)
+}

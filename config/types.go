@@ -1,0 +1,173 @@
+package config
+
+import (
+	"net/url"
+	"time"
+)
+
+// Config is the whole fuseproxy configuration file. Every field's default lives in
+// defaults.go (Default()); README's configuration reference is generated from the same
+// table of documented fields, so the two never drift.
+type Config struct {
+	Listen    string               `yaml:"listen"`
+	Server    Server               `yaml:"server"`
+	Admin     Admin                `yaml:"admin"`
+	Log       Log                  `yaml:"log"`
+	Store     Store                `yaml:"store"`
+	Events    Events               `yaml:"events"`
+	Upstreams map[string]*Upstream `yaml:"upstreams"`
+	Routes    []Route              `yaml:"routes"`
+
+	// Replicas is how many replicas the operator declares will share this config
+	// (informational; validate warns when >1 with the memory store).
+	Replicas int `yaml:"replicas"`
+
+	// Path is the file the config was loaded from (not a YAML key).
+	Path string `yaml:"-"`
+
+	// origin records where each value came from (file line or environment variable)
+	// so Validate and Warnings can point at it; nil for a Config built in code.
+	origin *origin
+}
+
+// Server holds the proxy listener's HTTP server settings.
+type Server struct {
+	ReadHeaderTimeout time.Duration `yaml:"read_header_timeout"`
+	ReadTimeout       time.Duration `yaml:"read_timeout"`
+	WriteTimeout      time.Duration `yaml:"write_timeout"`
+	IdleTimeout       time.Duration `yaml:"idle_timeout"`
+	MaxHeaderBytes    int           `yaml:"max_header_bytes"`
+	ShutdownTimeout   time.Duration `yaml:"shutdown_timeout"`
+}
+
+// Admin is the admin/metrics listener.
+type Admin struct {
+	Listen string `yaml:"listen"`
+	Token  string `yaml:"token"`
+}
+
+// Log selects the zap encoder and level.
+type Log struct {
+	Format string `yaml:"format"` // json | console
+	Level  string `yaml:"level"`  // debug | info | warn | error
+}
+
+// Store selects where breaker state lives.
+type Store struct {
+	Driver        string        `yaml:"driver"` // memory | redis
+	ReplicaID     string        `yaml:"replica_id"`
+	FlushInterval time.Duration `yaml:"flush_interval"`
+	Redis         Redis         `yaml:"redis"`
+}
+
+// Redis is the redis store's connection and tolerance settings.
+type Redis struct {
+	URL          string        `yaml:"url"`
+	Host         string        `yaml:"host"`
+	Port         int           `yaml:"port"`
+	Username     string        `yaml:"username"`
+	Password     string        `yaml:"password"`
+	DB           int           `yaml:"db"`
+	TLS          TLS           `yaml:"tls"`
+	Prefix       string        `yaml:"prefix"`
+	PoolSize     int           `yaml:"pool_size"`
+	DialTimeout  time.Duration `yaml:"dial_timeout"`
+	ReadTimeout  time.Duration `yaml:"read_timeout"`
+	WriteTimeout time.Duration `yaml:"write_timeout"`
+	// DegradeAfter is how many consecutive failed store operations declare Redis degraded.
+	DegradeAfter     int      `yaml:"degrade_after"`
+	SentinelMaster   string   `yaml:"sentinel_master"`
+	SentinelAddrs    []string `yaml:"sentinel_addrs"`
+	SentinelPassword string   `yaml:"sentinel_password"`
+	ClusterAddrs     []string `yaml:"cluster_addrs"`
+}
+
+// TLS configures TLS to Redis (also implied by a rediss:// URL).
+type TLS struct {
+	Enabled            bool   `yaml:"enabled"`
+	CAFile             string `yaml:"ca_file"`
+	CertFile           string `yaml:"cert_file"`
+	KeyFile            string `yaml:"key_file"`
+	ServerName         string `yaml:"server_name"`
+	InsecureSkipVerify bool   `yaml:"insecure_skip_verify"`
+}
+
+// Events configures transition events (log lines always, webhooks when listed).
+type Events struct {
+	Enabled   bool      `yaml:"enabled"`
+	QueueSize int       `yaml:"queue_size"`
+	Webhooks  []Webhook `yaml:"webhooks"`
+}
+
+// Webhook is one HTTP endpoint that receives transition events as JSON.
+type Webhook struct {
+	URL     string            `yaml:"url"`
+	Timeout time.Duration     `yaml:"timeout"`
+	Retries int               `yaml:"retries"`
+	Headers map[string]string `yaml:"headers"`
+}
+
+// Upstream is one named backend service guarded by one circuit breaker.
+type Upstream struct {
+	Targets               []string      `yaml:"targets"`
+	DialTimeout           time.Duration `yaml:"dial_timeout"`
+	ResponseHeaderTimeout time.Duration `yaml:"response_header_timeout"`
+	Timeout               time.Duration `yaml:"timeout"` // whole request, 0 = none
+	MaxIdleConnsPerHost   int           `yaml:"max_idle_conns_per_host"`
+	Breaker               Breaker       `yaml:"breaker"`
+	Failure               Failure       `yaml:"failure"`
+	Fallback              Fallback      `yaml:"fallback"`
+
+	// TargetURLs are Targets parsed (not a YAML key; filled by Load).
+	TargetURLs []*url.URL `yaml:"-"`
+}
+
+// Breaker is an upstream's breaker settings. A zero threshold disables that trip rule.
+type Breaker struct {
+	Enabled              bool          `yaml:"enabled"`
+	Mode                 string        `yaml:"mode"` // normal | forced_open | forced_closed | metrics_only
+	ConsecutiveFailures  int           `yaml:"consecutive_failures"`
+	FailureRate          float64       `yaml:"failure_rate"`   // percent, 0 disables
+	SlowCallRate         float64       `yaml:"slow_call_rate"` // percent, 0 disables
+	SlowCallDuration     time.Duration `yaml:"slow_call_duration"`
+	MinimumRequests      int           `yaml:"minimum_requests"`
+	Window               time.Duration `yaml:"window"`
+	Buckets              int           `yaml:"buckets"`
+	OpenDuration         time.Duration `yaml:"open_duration"`
+	BackoffMultiplier    float64       `yaml:"backoff_multiplier"`
+	MaxOpenDuration      time.Duration `yaml:"max_open_duration"`
+	Jitter               float64       `yaml:"jitter"` // fraction 0..1 of the open duration
+	HalfOpenMaxRequests  int           `yaml:"half_open_max_requests"`
+	SuccessThreshold     int           `yaml:"success_threshold"`
+	MinReplicasReporting int           `yaml:"min_replicas_reporting"`
+}
+
+// Failure says which outcomes count against the breaker.
+type Failure struct {
+	// Statuses counted as failures: codes (503) or classes ("5xx"). Default: 5xx except
+	// 501; writing "5xx" explicitly includes 501 (see Config.Validate).
+	Statuses []string `yaml:"statuses"`
+	// SuccessStatuses count as success even if Statuses lists them (e.g. 429).
+	SuccessStatuses []int `yaml:"success_statuses"`
+	TransportErrors bool  `yaml:"transport_errors"`
+	Timeouts        bool  `yaml:"timeouts"`
+
+	// FailureStatus[code] is the resolved table (not a YAML key; filled by Load).
+	FailureStatus [600]bool `yaml:"-"`
+}
+
+// Fallback is the response sent when the circuit rejects a request.
+type Fallback struct {
+	Status  int               `yaml:"status"`
+	Headers map[string]string `yaml:"headers"`
+	Body    string            `yaml:"body"` // empty: a small JSON body naming upstream and state
+}
+
+// Route maps requests to an upstream. Routes are tried in order; the first match wins.
+type Route struct {
+	Host        string   `yaml:"host"`        // exact, "*.example.com", or empty for any
+	PathPrefix  string   `yaml:"path_prefix"` // default "/"
+	Methods     []string `yaml:"methods"`     // empty: any
+	Upstream    string   `yaml:"upstream"`
+	StripPrefix bool     `yaml:"strip_prefix"`
+}

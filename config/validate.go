@@ -1,0 +1,435 @@
+package config
+
+import (
+	"fmt"
+	"maps"
+	"net"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Validate checks c and fills its derived fields, Upstream.TargetURLs and
+// Failure.FailureStatus; it also lower-cases Route.Host and upper-cases Route.Methods.
+// Parse and Load call it; call it yourself on a Config built or changed in code.
+// Problems are returned as *Errors, located in the file when c came from Parse.
+//
+// Failure statuses resolve to a table of codes: each entry of Statuses is a code
+// ("503") or a class ("5xx"), and SuccessStatuses then removes codes from it. When
+// Statuses is left at its default ["5xx"] (not written in the file, or, for a Config
+// built in code, equal to it) 501 Not Implemented is not a failure: it means the
+// client asked for something the upstream does not do, not that the upstream is
+// sick. Writing "5xx" in the file counts all of 500-599.
+func (c *Config) Validate() error {
+	return c.validate().err()
+}
+
+// validate is Validate returning the unsorted problem list.
+func (c *Config) validate() Errors {
+	v := &validator{o: c.origin}
+	v.hostPort("listen", c.Listen)
+	v.server(&c.Server)
+	v.admin(&c.Admin)
+	v.oneOf("log.format", c.Log.Format, "json", "console")
+	v.oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
+	v.store(&c.Store)
+	v.events(&c.Events)
+	v.upstreams(c.Upstreams)
+	v.routes(c.Routes, c.Upstreams)
+	v.atLeast("replicas", c.Replicas, 0)
+	return v.errs
+}
+
+// validator collects problems, located through the config's origin.
+type validator struct {
+	o    *origin
+	errs Errors
+}
+
+func (v *validator) errorf(path, format string, args ...any) {
+	v.errs = append(v.errs, v.o.fieldError(path, fmt.Sprintf(format, args...)))
+}
+
+func (v *validator) server(s *Server) {
+	v.nonNegative("server.read_header_timeout", s.ReadHeaderTimeout)
+	v.nonNegative("server.read_timeout", s.ReadTimeout)
+	v.nonNegative("server.write_timeout", s.WriteTimeout)
+	v.nonNegative("server.idle_timeout", s.IdleTimeout)
+	v.atLeast("server.max_header_bytes", s.MaxHeaderBytes, 0)
+	v.nonNegative("server.shutdown_timeout", s.ShutdownTimeout)
+}
+
+func (v *validator) admin(a *Admin) {
+	host, ok := v.hostPort("admin.listen", a.Listen)
+	if ok && a.Token == "" && !isLoopback(host) {
+		v.errorf("admin.listen", "%s is not a loopback address, so an admin token is required (set admin.token or env FUSE_ADMIN_TOKEN)", quote(a.Listen))
+	}
+}
+
+func (v *validator) store(s *Store) {
+	v.oneOf("store.driver", s.Driver, "memory", "redis")
+	if s.ReplicaID != "" && !validName(s.ReplicaID, 128) {
+		v.errorf("store.replica_id", "invalid replica id %s: use 1-128 letters, digits, '_', '.' or '-'", quote(s.ReplicaID))
+	}
+	if s.FlushInterval < 10*time.Millisecond {
+		v.errorf("store.flush_interval", "must be >= 10ms, got %s", fmtDuration(s.FlushInterval))
+	}
+
+	const p = "store.redis"
+	r := &s.Redis
+	if r.URL != "" {
+		v.redisURL(p+".url", r.URL)
+	} else if r.Host == "" && len(r.SentinelAddrs) == 0 && len(r.ClusterAddrs) == 0 {
+		v.errorf(p+".host", "must not be empty (or set url, sentinel_addrs or cluster_addrs)")
+	}
+	v.intBetween(p+".port", r.Port, 1, 65535)
+	v.atLeast(p+".db", r.DB, 0)
+	if r.Prefix == "" || strings.ContainsFunc(r.Prefix, isSpace) {
+		v.errorf(p+".prefix", "must be non-empty without spaces, got %s", quote(r.Prefix))
+	}
+	v.atLeast(p+".pool_size", r.PoolSize, 0)
+	v.nonNegative(p+".dial_timeout", r.DialTimeout)
+	v.nonNegative(p+".read_timeout", r.ReadTimeout)
+	v.nonNegative(p+".write_timeout", r.WriteTimeout)
+	v.atLeast(p+".degrade_after", r.DegradeAfter, 1)
+	for i, addr := range r.SentinelAddrs {
+		v.hostPort(fmt.Sprintf("%s.sentinel_addrs[%d]", p, i), addr)
+	}
+	for i, addr := range r.ClusterAddrs {
+		v.hostPort(fmt.Sprintf("%s.cluster_addrs[%d]", p, i), addr)
+	}
+	switch {
+	case len(r.SentinelAddrs) > 0 && len(r.ClusterAddrs) > 0:
+		v.errorf(p+".cluster_addrs", "cannot be combined with sentinel_addrs")
+	case len(r.SentinelAddrs) > 0 && r.SentinelMaster == "":
+		v.errorf(p+".sentinel_master", "is required with sentinel_addrs")
+	case len(r.SentinelAddrs) == 0 && r.SentinelMaster != "":
+		v.errorf(p+".sentinel_addrs", "is required with sentinel_master")
+	}
+	if (r.TLS.CertFile == "") != (r.TLS.KeyFile == "") {
+		v.errorf(p+".tls.cert_file", "cert_file and key_file must be set together")
+	}
+}
+
+// redisURL checks a redis:// or rediss:// URL without echoing it: it may hold a password.
+func (v *validator) redisURL(path, raw string) {
+	u, err := url.Parse(raw)
+	switch {
+	case err != nil:
+		v.errorf(path, "must be a redis:// or rediss:// URL")
+	case u.Scheme != "redis" && u.Scheme != "rediss":
+		v.errorf(path, "must be a redis:// or rediss:// URL, got scheme %s", quote(u.Scheme))
+	default:
+		if db := strings.Trim(u.Path, "/"); db != "" {
+			if n, err := strconv.Atoi(db); err != nil || n < 0 {
+				v.errorf(path, "database %s in the URL path is not a number", quote(db))
+			}
+		}
+	}
+}
+
+func (v *validator) events(e *Events) {
+	v.atLeast("events.queue_size", e.QueueSize, 1)
+	for i := range e.Webhooks {
+		w, p := &e.Webhooks[i], fmt.Sprintf("events.webhooks[%d]", i)
+		v.httpURL(p+".url", w.URL)
+		if w.Timeout <= 0 {
+			v.errorf(p+".timeout", "must be > 0, got %s", fmtDuration(w.Timeout))
+		}
+		v.atLeast(p+".retries", w.Retries, 0)
+		v.headers(p+".headers", w.Headers)
+	}
+}
+
+func (v *validator) upstreams(ups map[string]*Upstream) {
+	if len(ups) == 0 {
+		v.errorf("upstreams", "at least one upstream is required")
+		return
+	}
+	for _, name := range slices.Sorted(maps.Keys(ups)) {
+		p := "upstreams." + name
+		if !validName(name, 64) {
+			v.errorf(p, "invalid upstream name %s: use 1-64 letters, digits, '_', '.' or '-'", quote(name))
+		}
+		if ups[name] == nil {
+			v.errorf(p, "has no settings")
+			continue
+		}
+		v.upstream(p, ups[name])
+	}
+}
+
+func (v *validator) upstream(p string, u *Upstream) {
+	if len(u.Targets) == 0 {
+		v.errorf(p+".targets", "at least one target is required")
+	}
+	u.TargetURLs = make([]*url.URL, 0, len(u.Targets))
+	for i, t := range u.Targets {
+		if target := v.httpURL(fmt.Sprintf("%s.targets[%d]", p, i), t); target != nil {
+			u.TargetURLs = append(u.TargetURLs, target)
+		}
+	}
+	v.nonNegative(p+".dial_timeout", u.DialTimeout)
+	v.nonNegative(p+".response_header_timeout", u.ResponseHeaderTimeout)
+	v.nonNegative(p+".timeout", u.Timeout)
+	v.atLeast(p+".max_idle_conns_per_host", u.MaxIdleConnsPerHost, 0)
+	v.breaker(p+".breaker", &u.Breaker)
+	v.failure(p+".failure", &u.Failure)
+	v.intBetween(p+".fallback.status", u.Fallback.Status, 100, 599)
+	v.headers(p+".fallback.headers", u.Fallback.Headers)
+}
+
+func (v *validator) breaker(p string, b *Breaker) {
+	v.oneOf(p+".mode", b.Mode, "normal", "forced_open", "forced_closed", "metrics_only")
+	v.atLeast(p+".consecutive_failures", b.ConsecutiveFailures, 0)
+	v.between(p+".failure_rate", b.FailureRate, 0, 100)
+	v.between(p+".slow_call_rate", b.SlowCallRate, 0, 100)
+	if b.SlowCallRate > 0 && b.SlowCallDuration <= 0 {
+		v.errorf(p+".slow_call_duration", "must be > 0 when slow_call_rate is set, got %s", fmtDuration(b.SlowCallDuration))
+	} else {
+		v.nonNegative(p+".slow_call_duration", b.SlowCallDuration)
+	}
+	v.atLeast(p+".minimum_requests", b.MinimumRequests, 0)
+	if v.intBetween(p+".buckets", b.Buckets, 1, 600) {
+		if minWindow := time.Duration(b.Buckets) * time.Millisecond; b.Window < minWindow {
+			v.errorf(p+".window", "must be at least 1ms per bucket (%s for %d buckets), got %s",
+				fmtDuration(minWindow), b.Buckets, fmtDuration(b.Window))
+		}
+	}
+	if b.OpenDuration <= 0 {
+		v.errorf(p+".open_duration", "must be > 0, got %s", fmtDuration(b.OpenDuration))
+	}
+	if !(b.BackoffMultiplier >= 1) {
+		v.errorf(p+".backoff_multiplier", "must be >= 1, got %s", fmtFloat(b.BackoffMultiplier))
+	}
+	if b.MaxOpenDuration < b.OpenDuration {
+		v.errorf(p+".max_open_duration", "must be >= open_duration (%s), got %s",
+			fmtDuration(b.OpenDuration), fmtDuration(b.MaxOpenDuration))
+	}
+	v.between(p+".jitter", b.Jitter, 0, 1)
+	v.atLeast(p+".half_open_max_requests", b.HalfOpenMaxRequests, 1)
+	v.atLeast(p+".success_threshold", b.SuccessThreshold, 1)
+	v.atLeast(p+".min_replicas_reporting", b.MinReplicasReporting, 1)
+}
+
+// failure checks the status lists and resolves them into f.FailureStatus (see Validate).
+func (v *validator) failure(p string, f *Failure) {
+	var table [600]bool
+	for i, s := range f.Statuses {
+		lo, hi, ok := parseStatus(s)
+		if !ok {
+			v.errorf(fmt.Sprintf("%s.statuses[%d]", p, i), `must be a status code (100-599) or a class ("1xx" to "5xx"), got %s`, quote(s))
+			continue
+		}
+		for code := lo; code <= hi; code++ {
+			table[code] = true
+		}
+	}
+	if slices.Equal(f.Statuses, []string{"5xx"}) && !v.o.inFile(p+".statuses") {
+		table[501] = false
+	}
+	for i, code := range f.SuccessStatuses {
+		if v.intBetween(fmt.Sprintf("%s.success_statuses[%d]", p, i), code, 100, 599) {
+			table[code] = false
+		}
+	}
+	f.FailureStatus = table
+}
+
+func (v *validator) routes(routes []Route, ups map[string]*Upstream) {
+	if len(routes) == 0 {
+		v.errorf("routes", "at least one route is required")
+		return
+	}
+	for i := range routes {
+		r, p := &routes[i], fmt.Sprintf("routes[%d]", i)
+		r.Host = strings.ToLower(r.Host)
+		if r.Host != "" {
+			v.routeHost(p+".host", r.Host)
+		}
+		if !strings.HasPrefix(r.PathPrefix, "/") {
+			v.errorf(p+".path_prefix", `must start with "/", got %s`, quote(r.PathPrefix))
+		}
+		for j, m := range r.Methods {
+			r.Methods[j] = strings.ToUpper(m)
+			if !isToken(r.Methods[j]) {
+				v.errorf(fmt.Sprintf("%s.methods[%d]", p, j), "invalid HTTP method %s", quote(m))
+			}
+		}
+		switch {
+		case r.Upstream == "":
+			v.errorf(p+".upstream", "is required")
+		case ups[r.Upstream] == nil:
+			v.errorf(p+".upstream", "unknown upstream %s", quote(r.Upstream))
+		}
+	}
+}
+
+// routeHost accepts an exact hostname or a "*." wildcard followed by a hostname.
+func (v *validator) routeHost(path, host string) {
+	name := strings.TrimPrefix(host, "*.")
+	switch {
+	case strings.Contains(name, "*"):
+		v.errorf(path, `invalid host %s: the only wildcard allowed is a leading "*."`, quote(host))
+	case !isHostname(name):
+		v.errorf(path, `invalid host %s: want a hostname such as "api.example.com" or "*.example.com"`, quote(host))
+	}
+}
+
+func (v *validator) headers(path string, h map[string]string) {
+	for _, name := range slices.Sorted(maps.Keys(h)) {
+		switch {
+		case !isToken(name):
+			v.errorf(joinPath(path, name), "invalid header name %s", quote(name))
+		case strings.ContainsAny(h[name], "\r\n\x00"):
+			v.errorf(joinPath(path, name), "header value must not contain CR, LF or NUL")
+		}
+	}
+}
+
+// hostPort checks a "host:port" address with a numeric port, returning the host.
+func (v *validator) hostPort(path, addr string) (host string, ok bool) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		v.errorf(path, "must be host:port, got %s", quote(addr))
+		return "", false
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		v.errorf(path, "invalid port %s in %s", quote(port), quote(addr))
+		return "", false
+	}
+	return host, true
+}
+
+// httpURL parses an absolute http:// or https:// URL with a host.
+func (v *validator) httpURL(path, raw string) *url.URL {
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" {
+		v.errorf(path, "must be an absolute http:// or https:// URL with a host, got %s", quote(raw))
+		return nil
+	}
+	return u
+}
+
+func (v *validator) nonNegative(path string, d time.Duration) {
+	if d < 0 {
+		v.errorf(path, "must be >= 0, got %s", fmtDuration(d))
+	}
+}
+
+func (v *validator) atLeast(path string, n, min int) {
+	if n < min {
+		v.errorf(path, "must be >= %d, got %d", min, n)
+	}
+}
+
+func (v *validator) intBetween(path string, n, lo, hi int) bool {
+	if n < lo || n > hi {
+		v.errorf(path, "must be between %d and %d, got %d", lo, hi, n)
+		return false
+	}
+	return true
+}
+
+func (v *validator) between(path string, f, lo, hi float64) {
+	if !(f >= lo && f <= hi) {
+		v.errorf(path, "must be between %s and %s, got %s", fmtFloat(lo), fmtFloat(hi), fmtFloat(f))
+	}
+}
+
+func (v *validator) oneOf(path, s string, allowed ...string) {
+	if !slices.Contains(allowed, s) {
+		list := strings.Join(allowed[:len(allowed)-1], ", ") + " or " + allowed[len(allowed)-1]
+		v.errorf(path, "must be %s, got %s", list, quote(s))
+	}
+}
+
+// parseStatus parses a status code ("503") or class ("5xx") into a code range.
+func parseStatus(s string) (lo, hi int, ok bool) {
+	if len(s) != 3 || s[0] < '1' || s[0] > '5' {
+		return 0, 0, false
+	}
+	if strings.EqualFold(s[1:], "xx") {
+		lo = int(s[0]-'0') * 100
+		return lo, lo + 99, true
+	}
+	code, err := strconv.Atoi(s)
+	return code, code, err == nil
+}
+
+// validName reports whether s is 1..maxLen letters, digits, '_', '.' or '-': safe as
+// a Redis key part and a metric label.
+func validName(s string, maxLen int) bool {
+	if s == "" || len(s) > maxLen {
+		return false
+	}
+	for _, c := range s {
+		if !isLetter(c) && (c < '0' || c > '9') && c != '_' && c != '.' && c != '-' {
+			return false
+		}
+	}
+	return true
+}
+
+// isHostname reports whether s is a DNS name (or IPv4 address): dot-separated labels
+// of letters, digits, '-' and '_'.
+func isHostname(s string) bool {
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	for label := range strings.SplitSeq(s, ".") {
+		if label == "" || len(label) > 63 {
+			return false
+		}
+		for _, c := range label {
+			if !isLetter(c) && (c < '0' || c > '9') && c != '-' && c != '_' {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// isToken reports whether s is an HTTP token (RFC 9110), as methods and header names are.
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, c := range s {
+		if !isLetter(c) && (c < '0' || c > '9') && !strings.ContainsRune("!#$%&'*+-.^_`|~", c) {
+			return false
+		}
+	}
+	return true
+}
+
+// isLoopback reports whether a listen host only accepts local connections. An empty
+// host means every interface.
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func isSpace(r rune) bool { return r == ' ' || r == '\t' || r == '\n' || r == '\r' }
+
+// fmtDuration prints d like time.Duration.String without trailing zero units: "5m", not "5m0s".
+func fmtDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}
+
+// fmtFloat prints f in its shortest form: 50, 0.1.
+func fmtFloat(f float64) string {
+	return strconv.FormatFloat(f, 'g', -1, 64)
+}
