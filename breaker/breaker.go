@@ -1,0 +1,335 @@
+package breaker
+
+import (
+	"math"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Options are a Breaker's collaborators. The zero value is usable: the system clock, no
+// observer, math/rand/v2 for jitter and no store to wake.
+type Options struct {
+	Clock    Clock
+	Observer Observer
+	// Rand returns a uniform number in [0, 1) for jitter.
+	Rand func() float64
+	// Wake is called, without blocking and without the lock held, when a shared breaker
+	// needs its store: its open period ended and it waits for trial permits, or a trial
+	// finished and its outcome should be reported at once.
+	Wake func()
+}
+
+// Breaker is one upstream's circuit breaker. It is safe for concurrent use; Allow in the
+// closed state and Allow while open are lock-free, Done takes a short uncontended lock.
+// Neither allocates.
+type Breaker struct {
+	name  string
+	clock Clock
+	obs   Observer
+	rand  func() float64
+	wake  func()
+
+	// word packs generation<<4 | mode<<2 | state so Allow reads all three in one load.
+	word atomic.Uint64
+	// openUntil is the clock reading (ns) at which the open period ends.
+	openUntil atomic.Int64
+
+	mu             sync.Mutex // guards everything below and every write to word/openUntil
+	s              Settings
+	win            window
+	consecutive    int
+	trips          int           // trips since the circuit last closed after trials
+	openedAt       time.Duration // clock reading when the circuit last opened
+	openFor        time.Duration // length of the current open period
+	trialsInFlight int
+	trialSuccesses int
+	shared         bool // decisions belong to a shared store
+	permits        int  // shared: trial permits granted by the store and not yet used
+	delta          Delta
+	trials         TrialReport
+}
+
+// New returns a closed breaker for the named upstream.
+func New(name string, s Settings, o Options) *Breaker {
+	if o.Clock == nil {
+		o.Clock = SystemClock()
+	}
+	if o.Rand == nil {
+		o.Rand = rand.Float64
+	}
+	b := &Breaker{name: name, clock: o.Clock, obs: o.Observer, rand: o.Rand, wake: o.Wake}
+	b.s = normalize(s)
+	b.win = newWindow(b.s.Window, b.s.Buckets)
+	b.store(Closed, b.s.Mode, 0)
+	return b
+}
+
+func normalize(s Settings) Settings {
+	if s.Window <= 0 {
+		s.Window = 10 * time.Second
+	}
+	if s.Buckets <= 0 {
+		s.Buckets = 10
+	}
+	if s.HalfOpenMaxRequests <= 0 {
+		s.HalfOpenMaxRequests = 1
+	}
+	if s.SuccessThreshold <= 0 {
+		s.SuccessThreshold = 1
+	}
+	if s.BackoffMultiplier < 1 {
+		s.BackoffMultiplier = 1
+	}
+	if s.OpenDuration <= 0 {
+		s.OpenDuration = 30 * time.Second
+	}
+	return s
+}
+
+// Name is the upstream's name.
+func (b *Breaker) Name() string { return b.name }
+
+func pack(st State, m Mode, gen uint64) uint64 { return gen<<4 | uint64(m)<<2 | uint64(st) }
+
+func unpack(w uint64) (State, Mode, uint64) { return State(w & 3), Mode(w >> 2 & 3), w >> 4 }
+
+func (b *Breaker) store(st State, m Mode, gen uint64) { b.word.Store(pack(st, m, gen)) }
+
+func (b *Breaker) load() (State, Mode, uint64) { return unpack(b.word.Load()) }
+
+// Ticket is an admission: hand it back to Done with the outcome.
+type Ticket struct {
+	gen   uint64
+	flags uint8
+}
+
+const (
+	ticketTrial uint8 = 1 << iota
+	ticketWouldReject
+)
+
+// Trial reports whether the request was admitted as a half-open trial.
+func (t Ticket) Trial() bool { return t.flags&ticketTrial != 0 }
+
+// WouldReject reports whether a metrics-only breaker admitted a request it would have
+// rejected.
+func (t Ticket) WouldReject() bool { return t.flags&ticketWouldReject != 0 }
+
+// Generation is the generation the ticket was issued in.
+func (t Ticket) Generation() uint64 { return t.gen }
+
+// Allow admits a request or rejects it with ErrOpen or ErrTooManyTrials.
+func (b *Breaker) Allow() (Ticket, error) {
+	st, m, gen := b.load()
+	switch {
+	case m == ForcedClosed || (st == Closed && m != ForcedOpen):
+		return Ticket{gen: gen}, nil
+	case m == ForcedOpen:
+		return Ticket{}, ErrOpen
+	case st == Open && int64(b.clock.Now()) < b.openUntil.Load():
+		return b.reject(m, gen, ErrOpen)
+	}
+	return b.allowSlow()
+}
+
+func (b *Breaker) reject(m Mode, gen uint64, err error) (Ticket, error) {
+	if m == MetricsOnly {
+		return Ticket{gen: gen, flags: ticketWouldReject}, nil
+	}
+	return Ticket{}, err
+}
+
+func (b *Breaker) allowSlow() (Ticket, error) {
+	var tr Transition
+	b.mu.Lock()
+	t, err, wake := b.allowLocked(&tr)
+	b.mu.Unlock()
+	b.after(tr, wake)
+	return t, err
+}
+
+func (b *Breaker) allowLocked(tr *Transition) (Ticket, error, bool) {
+	st, m, gen := b.load()
+	if m == ForcedClosed || st == Closed && m != ForcedOpen {
+		return Ticket{gen: gen}, nil, false
+	}
+	if m == ForcedOpen {
+		return Ticket{}, ErrOpen, false
+	}
+	now := b.clock.Now()
+	if st == Open {
+		if int64(now) < b.openUntil.Load() {
+			t, err := b.reject(m, gen, ErrOpen)
+			return t, err, false
+		}
+		if b.shared { // the store moves the fleet to half-open and grants permits
+			t, err := b.reject(m, gen, ErrOpen)
+			return t, err, true
+		}
+		*tr = b.transitionLocked(now, HalfOpen, ReasonOpenTimeout)
+		_, _, gen = b.load()
+	}
+	if b.trialsInFlight < b.s.HalfOpenMaxRequests && (!b.shared || b.permits > 0) {
+		if b.shared {
+			b.permits--
+		}
+		b.trialsInFlight++
+		return Ticket{gen: gen, flags: ticketTrial}, nil, false
+	}
+	t, err := b.reject(m, gen, ErrTooManyTrials)
+	return t, err, b.shared && b.permits == 0 && b.trialsInFlight == 0
+}
+
+// Done reports the outcome of an admitted request and how long it took. Outcomes of
+// tickets from an older generation, and of requests a metrics-only breaker would have
+// rejected, change nothing.
+func (b *Breaker) Done(t Ticket, o Outcome, elapsed time.Duration) {
+	if t.flags&ticketWouldReject != 0 || (o == Ignored && t.flags&ticketTrial == 0) {
+		return
+	}
+	if _, _, gen := b.load(); gen != t.gen {
+		return
+	}
+	var tr Transition
+	b.mu.Lock()
+	wake := b.doneLocked(t, o, elapsed, &tr)
+	b.mu.Unlock()
+	b.after(tr, wake)
+}
+
+func (b *Breaker) doneLocked(t Ticket, o Outcome, elapsed time.Duration, tr *Transition) bool {
+	st, m, gen := b.load()
+	if gen != t.gen {
+		return false
+	}
+	now := b.clock.Now()
+	if t.Trial() {
+		return b.trialDoneLocked(now, o, tr)
+	}
+	if st != Closed {
+		return false
+	}
+	failure := o == Failure
+	slow := b.s.SlowCallDuration > 0 && elapsed > b.s.SlowCallDuration
+	b.win.add(now, failure, slow)
+	if failure {
+		b.consecutive++
+	} else {
+		b.consecutive = 0
+	}
+	if b.shared {
+		b.delta.add(gen, failure, slow)
+		return false
+	}
+	if m == ForcedClosed {
+		return false
+	}
+	if reason := b.tripReasonLocked(now); reason != "" {
+		*tr = b.openLocked(now, reason)
+	}
+	return false
+}
+
+func (b *Breaker) trialDoneLocked(now time.Duration, o Outcome, tr *Transition) bool {
+	b.trialsInFlight--
+	if b.shared {
+		b.trials.add(o)
+		return true
+	}
+	switch o {
+	case Success:
+		b.trialSuccesses++
+		if b.trialSuccesses >= b.s.SuccessThreshold {
+			*tr = b.transitionLocked(now, Closed, ReasonTrialsSucceeded)
+		}
+	case Failure:
+		*tr = b.openLocked(now, ReasonTrialFailed)
+	}
+	return false
+}
+
+// tripReasonLocked evaluates the trip rules in a fixed order and names the first that fires.
+func (b *Breaker) tripReasonLocked(now time.Duration) string {
+	s := &b.s
+	if s.ConsecutiveFailures > 0 && b.consecutive >= s.ConsecutiveFailures {
+		return ReasonConsecutiveFailures
+	}
+	if s.FailureRate <= 0 && s.SlowCallRate <= 0 {
+		return ""
+	}
+	c := b.win.sum(now)
+	if c.Requests == 0 || int(c.Requests) < s.MinimumRequests {
+		return ""
+	}
+	if s.FailureRate > 0 && c.FailureRate() >= s.FailureRate {
+		return ReasonFailureRate
+	}
+	if s.SlowCallRate > 0 && c.SlowRate() >= s.SlowCallRate {
+		return ReasonSlowCallRate
+	}
+	return ""
+}
+
+// OpenPeriod is the open period after the given number of trips without a recovery,
+// before jitter: OpenDuration × BackoffMultiplier^(trips-1), capped at MaxOpenDuration.
+func (s Settings) OpenPeriod(trips int) time.Duration {
+	s = normalize(s)
+	d := float64(s.OpenDuration) * math.Pow(s.BackoffMultiplier, float64(max(trips-1, 0)))
+	if s.MaxOpenDuration > 0 && d > float64(s.MaxOpenDuration) {
+		d = float64(s.MaxOpenDuration)
+	}
+	if d > math.MaxInt64/2 {
+		d = math.MaxInt64 / 2
+	}
+	return time.Duration(d)
+}
+
+func (b *Breaker) openLocked(now time.Duration, reason string) Transition {
+	b.trips++
+	d := b.s.OpenPeriod(b.trips)
+	if j := b.s.Jitter; j > 0 {
+		d += time.Duration(float64(d) * j * (2*b.rand() - 1))
+	}
+	b.openedAt, b.openFor = now, d
+	b.openUntil.Store(int64(now + d))
+	return b.transitionLocked(now, Open, reason)
+}
+
+// transitionLocked moves to state `to` in a new generation and resets what belongs to the
+// old one. The Transition it returns is reported by after, once the lock is released.
+func (b *Breaker) transitionLocked(now time.Duration, to State, reason string) Transition {
+	from, m, gen := b.load()
+	tr := Transition{
+		Upstream: b.name, From: from, To: to, Mode: m, Reason: reason, Generation: gen + 1,
+		Counts: b.win.sum(now), Consecutive: b.consecutive,
+	}
+	if to == Open {
+		tr.OpenFor = b.openFor
+	}
+	if to == Closed {
+		b.trips = 0
+	}
+	b.resetGenerationLocked()
+	b.store(to, m, gen+1)
+	return tr
+}
+
+// resetGenerationLocked clears everything that is only valid within one generation.
+func (b *Breaker) resetGenerationLocked() {
+	b.win.reset()
+	b.consecutive = 0
+	b.trialsInFlight, b.trialSuccesses, b.permits = 0, 0, 0
+	b.delta = Delta{}
+	b.trials = TrialReport{}
+}
+
+func (b *Breaker) after(tr Transition, wake bool) {
+	if tr.Reason != "" && b.obs != nil {
+		b.obs.OnTransition(tr)
+	}
+	if wake && b.wake != nil {
+		b.wake()
+	}
+}

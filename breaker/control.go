@@ -1,0 +1,139 @@
+package breaker
+
+import "time"
+
+// SetMode sets the operator mode. A change starts a new generation, so outcomes of
+// requests admitted under the old mode are dropped. The state is kept.
+func (b *Breaker) SetMode(m Mode) {
+	b.mu.Lock()
+	st, old, gen := b.load()
+	if m != old {
+		b.resetGenerationLocked()
+		b.store(st, m, gen+1)
+	}
+	b.mu.Unlock()
+}
+
+// Trip opens the circuit now (an operator's "open"), for the open period the backoff gives.
+func (b *Breaker) Trip() {
+	b.mu.Lock()
+	tr := b.openLocked(b.clock.Now(), ReasonMode)
+	b.mu.Unlock()
+	b.after(tr, false)
+}
+
+// Close closes the circuit now (an operator's "close"); the backoff starts over.
+func (b *Breaker) Close() {
+	b.mu.Lock()
+	tr := b.transitionLocked(b.clock.Now(), Closed, ReasonMode)
+	b.mu.Unlock()
+	b.after(tr, false)
+}
+
+// Reset returns the breaker to closed, normal mode, with empty counts and no backoff.
+func (b *Breaker) Reset() {
+	b.mu.Lock()
+	st, _, gen := b.load()
+	now := b.clock.Now()
+	tr := Transition{Upstream: b.name, From: st, To: Closed, Mode: Normal, Reason: ReasonReset,
+		Generation: gen + 1, Counts: b.win.sum(now), Consecutive: b.consecutive}
+	b.trips = 0
+	b.resetGenerationLocked()
+	b.store(Closed, Normal, gen+1)
+	b.mu.Unlock()
+	if st != Closed {
+		b.after(tr, false)
+	}
+}
+
+// Settings returns the settings in effect.
+func (b *Breaker) Settings() Settings {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.s
+}
+
+// SetSettings applies new thresholds to the existing circuit without losing its state or
+// counts (a config reload). If the window's shape changes, its totals move into the
+// current bucket of the new window. The mode is not changed: it belongs to the operator.
+func (b *Breaker) SetSettings(s Settings) {
+	s = normalize(s)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s.Mode = b.s.Mode
+	if !b.win.sameShape(s.Window, s.Buckets) {
+		now := b.clock.Now()
+		c := b.win.sum(now)
+		b.win = newWindow(s.Window, s.Buckets)
+		b.win.addCounts(now, c)
+	}
+	b.s = s
+}
+
+// Snapshot is a breaker's state as the admin API shows it.
+type Snapshot struct {
+	Name           string
+	State          State
+	Mode           Mode
+	Generation     uint64
+	Counts         Counts // the current window
+	Consecutive    int
+	Trips          int
+	OpenedAgo      time.Duration // time since the circuit last opened (when not closed)
+	OpenRemaining  time.Duration // time left in the open period (when open)
+	OpenFor        time.Duration // length of the current open period (when open)
+	TrialsInFlight int
+	Permits        int
+	Shared         bool // decisions come from the shared store
+}
+
+// Snapshot returns the breaker's current state.
+func (b *Breaker) Snapshot() Snapshot {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := b.clock.Now()
+	st, m, gen := b.load()
+	sn := Snapshot{
+		Name: b.name, State: st, Mode: m, Generation: gen, Counts: b.win.sum(now),
+		Consecutive: b.consecutive, Trips: b.trips, TrialsInFlight: b.trialsInFlight,
+		Permits: b.permits, Shared: b.shared,
+	}
+	if st != Closed {
+		sn.OpenedAgo = now - b.openedAt
+	}
+	if st == Open {
+		sn.OpenFor = b.openFor
+		sn.OpenRemaining = max(time.Duration(b.openUntil.Load())-now, 0)
+	}
+	return sn
+}
+
+// State returns the current state.
+func (b *Breaker) State() State {
+	st, _, _ := b.load()
+	return st
+}
+
+// Mode returns the current operator mode.
+func (b *Breaker) Mode() Mode {
+	_, m, _ := b.load()
+	return m
+}
+
+// RetryAfter is how long a rejected client should wait: the rest of the open period, or
+// the first open period when the circuit is forced open or half-open with no trial slot.
+func (b *Breaker) RetryAfter() time.Duration {
+	st, m, _ := b.load()
+	if st == Open && m != ForcedOpen {
+		if d := time.Duration(b.openUntil.Load()) - b.clock.Now(); d > 0 {
+			return d
+		}
+		return 0
+	}
+	if m == ForcedOpen {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return b.s.OpenDuration
+	}
+	return 0
+}

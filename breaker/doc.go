@@ -1,0 +1,40 @@
+// Package breaker is fuseproxy's circuit breaker: a pure state machine with no I/O and an
+// injected clock, one per upstream.
+//
+// # The story
+//
+// A circuit starts closed: every request is admitted and its outcome is counted in a
+// sliding window of time buckets (by default 10 × 1 s) and in a run of consecutive
+// failures. The circuit trips (closed → open) when any enabled rule fires:
+//
+//   - consecutive failures ≥ ConsecutiveFailures;
+//   - failures / requests ≥ FailureRate % over the window, once the window holds at
+//     least MinimumRequests requests;
+//   - slow calls / requests ≥ SlowCallRate % over the window (same minimum), where a
+//     call slower than SlowCallDuration is slow whatever its outcome.
+//
+// While open, every request is rejected without touching the upstream. The open period is
+// OpenDuration × BackoffMultiplier^(trips-1), capped at MaxOpenDuration, then spread by
+// ±Jitter so that many circuits do not recover in lock step. When it ends the circuit is
+// half-open: at most HalfOpenMaxRequests trial requests are in flight at once; after
+// SuccessThreshold successful trials it closes (and the backoff resets), and the first
+// failed trial opens it again with a longer period.
+//
+// Every transition increments the generation. Admission hands out a Ticket stamped with
+// the generation, and an outcome whose ticket is from an older generation is dropped:
+// a slow request admitted before the circuit opened cannot close it again.
+//
+// # Modes
+//
+// An operator can override the machine: ForcedOpen rejects everything, ForcedClosed admits
+// everything and never trips, MetricsOnly runs the machine and reports what it would have
+// rejected but admits everything (a dry run).
+//
+// # Shared authority
+//
+// With a shared store (Redis) the decisions are made by the store for the whole fleet:
+// the breaker then counts outcomes into a Delta that the store flushes, takes its state
+// from Apply, and sends half-open trials only for permits the store grants. When the
+// store is unreachable it falls back to deciding locally from the last state it knew.
+// Neither mode does I/O here: the store drives the breaker, the breaker never waits.
+package breaker

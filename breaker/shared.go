@@ -1,0 +1,162 @@
+package breaker
+
+import "time"
+
+// Delta is what a shared breaker counted in the closed state since the store last took
+// it. Tail is the number of failures after the last success in the batch; a batch with a
+// success ends the fleet's run of consecutive failures before adding its Tail.
+type Delta struct {
+	Generation uint64
+	Counts
+	Tail       uint32
+	HadSuccess bool
+}
+
+func (d *Delta) add(gen uint64, failure, slow bool) {
+	d.Generation = gen
+	d.Requests++
+	if slow {
+		d.Slow++
+	}
+	if failure {
+		d.Failures++
+		d.Tail++
+	} else {
+		d.HadSuccess = true
+		d.Tail = 0
+	}
+}
+
+// TrialReport is what a shared breaker's finished trials said since the store last took
+// it. Released counts trials whose client cancelled: their permits go back unused.
+type TrialReport struct {
+	Generation                    uint64
+	Successes, Failures, Released int
+}
+
+func (r *TrialReport) add(o Outcome) {
+	switch o {
+	case Success:
+		r.Successes++
+	case Failure:
+		r.Failures++
+	default:
+		r.Released++
+	}
+}
+
+func (r TrialReport) empty() bool { return r.Successes+r.Failures+r.Released == 0 }
+
+// SharedState is a circuit's state as a shared store holds it.
+type SharedState struct {
+	State      State
+	Mode       Mode
+	Generation uint64
+	// OpenRemaining is how long the open period still runs, measured on the store's clock;
+	// the breaker turns it into a deadline on its own monotonic clock.
+	OpenRemaining time.Duration
+	OpenFor       time.Duration
+	Trips         int
+}
+
+// SetShared hands decisions to a shared store (true) or takes them back (false), for
+// example while the store is unreachable: the breaker then trips, half-opens and closes
+// on its own counts, starting from the last shared state it applied.
+func (b *Breaker) SetShared(shared bool) {
+	b.mu.Lock()
+	b.shared = shared
+	b.permits = 0
+	b.delta = Delta{}
+	b.trials = TrialReport{}
+	b.mu.Unlock()
+}
+
+// Shared reports whether decisions belong to a shared store.
+func (b *Breaker) Shared() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.shared
+}
+
+// Apply adopts a state read from the shared store if its generation is newer than the
+// breaker's, or unconditionally when force is set (a resync). It reports whether the
+// state was adopted. Local counts of the old generation are dropped.
+func (b *Breaker) Apply(s SharedState, force bool) bool {
+	b.mu.Lock()
+	from, m, gen := b.load()
+	if !force && s.Generation <= gen {
+		b.mu.Unlock()
+		return false
+	}
+	if force && s.Generation == gen && s.State == from && s.Mode == m {
+		b.mu.Unlock()
+		return false
+	}
+	now := b.clock.Now()
+	tr := Transition{Upstream: b.name, From: from, To: s.State, Mode: s.Mode, Reason: ReasonShared,
+		Generation: s.Generation, Counts: b.win.sum(now), Consecutive: b.consecutive, OpenFor: s.OpenFor}
+	b.trips = s.Trips
+	if s.State != Closed && from == Closed {
+		b.openedAt = now - (s.OpenFor - s.OpenRemaining)
+	}
+	if s.State == Open {
+		b.openFor = s.OpenFor
+		b.openUntil.Store(int64(now + s.OpenRemaining))
+	}
+	b.resetGenerationLocked()
+	b.store(s.State, s.Mode, s.Generation)
+	b.mu.Unlock()
+	if from != s.State {
+		b.after(tr, false)
+	}
+	return true
+}
+
+// TakeDelta returns and clears the closed-state counts gathered since the last call; ok is
+// false when there are none.
+func (b *Breaker) TakeDelta() (d Delta, ok bool) {
+	b.mu.Lock()
+	d, b.delta = b.delta, Delta{}
+	b.mu.Unlock()
+	return d, d.Requests > 0
+}
+
+// TakeTrials returns and clears the trial outcomes gathered since the last call.
+func (b *Breaker) TakeTrials() (r TrialReport, ok bool) {
+	b.mu.Lock()
+	r, b.trials = b.trials, TrialReport{}
+	_, _, r.Generation = b.load()
+	b.mu.Unlock()
+	return r, !r.empty()
+}
+
+// NeedsPermits reports whether a shared breaker waits for trial permits: its open period
+// has ended, or it is half-open with neither a permit nor a trial in flight.
+func (b *Breaker) NeedsPermits() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	st, m, _ := b.load()
+	if !b.shared || m == ForcedOpen || m == ForcedClosed {
+		return false
+	}
+	switch st {
+	case Open:
+		return int64(b.clock.Now()) >= b.openUntil.Load()
+	case HalfOpen:
+		return b.permits == 0 && b.trialsInFlight == 0
+	}
+	return false
+}
+
+// GrantPermits adds trial permits granted by the store for generation gen; permits for
+// another generation are refused (the store's lease then expires unused).
+func (b *Breaker) GrantPermits(gen uint64, n int) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	st, _, cur := b.load()
+	if cur != gen || st != HalfOpen {
+		return false
+	}
+	b.permits += n
+	return true
+}

@@ -1,0 +1,84 @@
+package breaker
+
+import "time"
+
+// window is a sliding window of time buckets. Bucket k covers [k·width, (k+1)·width) on
+// the breaker's clock and lives in slot k mod len(slots); a slot whose index is out of
+// date is stale and reads as empty. Adding is O(1); summing is O(buckets). It is not safe
+// for concurrent use: the Breaker's mutex guards it.
+type window struct {
+	width int64 // bucket width in ns
+	slots []slot
+}
+
+type slot struct {
+	index int64
+	c     Counts
+}
+
+func newWindow(span time.Duration, buckets int) window {
+	if buckets <= 0 {
+		buckets = 10
+	}
+	if span <= 0 {
+		span = 10 * time.Second
+	}
+	w := window{width: int64(span) / int64(buckets), slots: make([]slot, buckets)}
+	if w.width <= 0 {
+		w.width = 1
+	}
+	w.reset()
+	return w
+}
+
+func (w *window) reset() {
+	for i := range w.slots {
+		w.slots[i] = slot{index: -1}
+	}
+}
+
+func (w *window) add(now time.Duration, failure, slow bool) {
+	k := int64(now) / w.width
+	s := &w.slots[k%int64(len(w.slots))]
+	if s.index != k {
+		*s = slot{index: k}
+	}
+	s.c.Requests++
+	if failure {
+		s.c.Failures++
+	}
+	if slow {
+		s.c.Slow++
+	}
+}
+
+// addCounts puts c into the current bucket (used when the window is resized).
+func (w *window) addCounts(now time.Duration, c Counts) {
+	k := int64(now) / w.width
+	s := &w.slots[k%int64(len(w.slots))]
+	if s.index != k {
+		*s = slot{index: k}
+	}
+	s.c.Requests += c.Requests
+	s.c.Failures += c.Failures
+	s.c.Slow += c.Slow
+}
+
+func (w *window) sum(now time.Duration) Counts {
+	k := int64(now) / w.width
+	oldest := k - int64(len(w.slots)) + 1
+	var c Counts
+	for i := range w.slots {
+		s := &w.slots[i]
+		if s.index >= oldest && s.index <= k {
+			c.Requests += s.c.Requests
+			c.Failures += s.c.Failures
+			c.Slow += s.c.Slow
+		}
+	}
+	return c
+}
+
+func (w *window) sameShape(span time.Duration, buckets int) bool {
+	return len(w.slots) == buckets && w.width == int64(span)/int64(buckets)
+}
