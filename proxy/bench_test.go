@@ -1,0 +1,153 @@
+package proxy
+
+import (
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fuseproxy/fuseproxy/breaker"
+	"github.com/fuseproxy/fuseproxy/config"
+)
+
+// discardWriter is a reusable http.ResponseWriter that drops the body.
+type discardWriter struct {
+	h    http.Header
+	code int
+}
+
+func (w *discardWriter) Header() http.Header         { return w.h }
+func (w *discardWriter) WriteHeader(code int)        { w.code = code }
+func (w *discardWriter) Write(b []byte) (int, error) { return len(b), nil }
+
+func (w *discardWriter) reset() {
+	clear(w.h)
+	w.code = 0
+}
+
+type nopRecorder struct{}
+
+func (nopRecorder) Request(string, Result, time.Duration) {}
+
+// BenchmarkHandler compares a request through the Proxy (routing, breaker, outcome
+// classification, Recorder) with the same request through a bare httputil.ReverseProxy
+// doing the same rewrite over an identical transport. Both are driven in-process; the
+// backend is a real httptest server answering 64 bytes.
+func BenchmarkHandler(b *testing.B) {
+	body := strings.Repeat("x", 64)
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		_, _ = w.Write([]byte(body))
+	}))
+	defer backend.Close()
+	target, _ := url.Parse(backend.URL)
+
+	u := &config.Upstream{
+		Targets: []string{backend.URL}, TargetURLs: []*url.URL{target},
+		DialTimeout: 2 * time.Second, ResponseHeaderTimeout: 10 * time.Second, MaxIdleConnsPerHost: 256,
+		Breaker: config.Breaker{Enabled: true},
+		Failure: config.Failure{TransportErrors: true, Timeouts: true},
+	}
+	u.Failure.FailureStatus = defaultFailures()
+	cfg := &config.Config{
+		Upstreams: map[string]*config.Upstream{"api": u},
+		Routes: []config.Route{
+			{Host: "www.example.com", PathPrefix: "/", Upstream: "api"},
+			{Host: "api.example.com", PathPrefix: "/v1/", Methods: []string{"GET", "POST"}, Upstream: "api"},
+		},
+	}
+	br := breaker.New("api", breaker.Settings{ConsecutiveFailures: 5, FailureRate: 50, MinimumRequests: 20}, breaker.Options{})
+	fuse, err := New(cfg, map[string]*breaker.Breaker{"api": br}, Options{Recorder: nopRecorder{}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer fuse.Close()
+
+	bareTransport := newTransport(newTransportKey(u, []*url.URL{target}), []*url.URL{target})
+	defer bareTransport.CloseIdleConnections()
+	bareRewrite := func(pr *httputil.ProxyRequest) {
+		pr.SetURL(target)
+		if xff := pr.In.Header["X-Forwarded-For"]; len(xff) > 0 {
+			pr.Out.Header["X-Forwarded-For"] = xff
+		}
+		pr.SetXForwarded()
+	}
+	bare := &httputil.ReverseProxy{Rewrite: bareRewrite, Transport: bareTransport}
+	barePool := &httputil.ReverseProxy{Rewrite: bareRewrite, Transport: bareTransport, BufferPool: &bufferPool{}}
+
+	for _, h := range []struct {
+		name    string
+		handler http.Handler
+	}{
+		{"fuseproxy", fuse},
+		{"bare-httputil", bare},
+		{"bare-httputil+bufferpool", barePool},
+	} {
+		b.Run(h.name, func(b *testing.B) {
+			req := httptest.NewRequest(http.MethodGet, "http://api.example.com/v1/items/42?x=1", http.NoBody)
+			req.Header.Set("User-Agent", "bench")
+			w := &discardWriter{h: make(http.Header)}
+			b.ReportAllocs()
+			for b.Loop() {
+				w.reset()
+				h.handler.ServeHTTP(w, req)
+				if w.code != http.StatusOK {
+					b.Fatalf("status: got %d, want 200", w.code)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkRoute measures routing alone (path check, host normalisation, lookup) with
+// one route per distinct host.
+func BenchmarkRoute(b *testing.B) {
+	for _, n := range []int{10, 10_000} {
+		for _, wildcard := range []bool{false, true} {
+			name := strconv.Itoa(n)
+			if wildcard {
+				name += "-wildcard"
+			}
+			b.Run(name, func(b *testing.B) {
+				cfg := &config.Config{Upstreams: map[string]*config.Upstream{}}
+				for i := range n {
+					up := fmt.Sprintf("svc-%d", i)
+					tu, _ := url.Parse("http://10.0.0.1:8080")
+					cfg.Upstreams[up] = &config.Upstream{Targets: []string{tu.String()}, TargetURLs: []*url.URL{tu}}
+					host := up + ".example.com"
+					if wildcard {
+						host = "*." + host
+					}
+					cfg.Routes = append(cfg.Routes,
+						config.Route{Host: host, PathPrefix: "/admin/", Methods: []string{"POST"}, Upstream: up},
+						config.Route{Host: host, PathPrefix: "/", Upstream: up})
+				}
+				cfg.Routes = append(cfg.Routes, config.Route{PathPrefix: "/", Upstream: "svc-0"})
+				p, err := New(cfg, nil, Options{})
+				if err != nil {
+					b.Fatal(err)
+				}
+				tab := p.table.Load()
+				host := fmt.Sprintf("svc-%d.example.com:443", n/2)
+				if wildcard {
+					host = "a.b." + host
+				}
+				u, _ := url.ParseRequestURI("/v1/items/42")
+				want := fmt.Sprintf("svc-%d", n/2)
+				b.ReportAllocs()
+				for b.Loop() {
+					path, _ := routingPath(u)
+					rt := tab.routes.lookup(normalizeHost(host), path, http.MethodGet)
+					if rt == nil || rt.up.name != want {
+						b.Fatalf("routed to %v, want %s", rt, want)
+					}
+				}
+			})
+		}
+	}
+}

@@ -1,0 +1,268 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/fuseproxy/fuseproxy/breaker"
+)
+
+// Result is how the proxy classified one request, as reported to a Recorder. Its String
+// form is meant as a metric label value.
+//
+// The failure results are exactly the outcomes the breaker counted as failures. A
+// transport error or timeout that the upstream's failure settings exclude is Ignored,
+// like a request whose client went away.
+type Result uint8
+
+// The results of a request.
+const (
+	// Success: the upstream answered with a status the failure settings do not list.
+	Success Result = iota
+	// FailureStatus: the upstream answered with a status counted as a failure.
+	FailureStatus
+	// FailureTransport: the upstream could not be reached or broke the connection
+	// (the client got 502).
+	FailureTransport
+	// FailureTimeout: the upstream did not answer in time (the client got 504).
+	FailureTimeout
+	// Rejected: the circuit rejected the request; it never reached the upstream.
+	Rejected
+	// WouldReject: a metrics-only breaker admitted a request it would have rejected.
+	// It is reported in addition to the request's real result.
+	WouldReject
+	// Ignored: the outcome did not count for the breaker: the client cancelled its
+	// request or failed to send its body, or the failure settings exclude the error.
+	Ignored
+)
+
+// Results lists every Result, for pre-registering metric label values.
+func Results() []Result {
+	return []Result{Success, FailureStatus, FailureTransport, FailureTimeout, Rejected, WouldReject, Ignored}
+}
+
+// String returns the result's metric label value, such as "failure_status".
+func (r Result) String() string {
+	switch r {
+	case Success:
+		return "success"
+	case FailureStatus:
+		return "failure_status"
+	case FailureTransport:
+		return "failure_transport"
+	case FailureTimeout:
+		return "failure_timeout"
+	case Rejected:
+		return "rejected"
+	case WouldReject:
+		return "would_reject"
+	case Ignored:
+		return "ignored"
+	}
+	return "unknown"
+}
+
+// Recorder receives one call per routed request, for metrics: the upstream's name, the
+// Result, and the time from admission to the upstream's response headers (to the error
+// for failures; zero for rejections). A request a metrics-only breaker would have
+// rejected is reported twice: once with its real result, then with WouldReject.
+// Requests that match no route, or are refused before routing (400, 405), are not
+// reported. Request is called on the request's goroutine and must not block.
+type Recorder interface {
+	Request(upstream string, r Result, elapsed time.Duration)
+}
+
+// StatusClientClosedRequest is the status logged for a request whose client went away
+// before the upstream answered (nginx's 499). Nobody receives it.
+const StatusClientClosedRequest = 499
+
+// classifyStatus maps an upstream's response status to a breaker outcome.
+func (up *upstream) classifyStatus(code int) (Result, breaker.Outcome) {
+	if code >= 0 && code < len(up.failureStatus) && up.failureStatus[code] {
+		return FailureStatus, breaker.Failure
+	}
+	return Success, breaker.Success
+}
+
+// exchange is the per-request state of an admitted request. It is also the
+// http.ResponseWriter handed to the upstream's ReverseProxy, which is how the
+// ReverseProxy callbacks find it without a context value: the first final status
+// written, a protocol switch (Hijack), or the ErrorHandler reports the outcome to the
+// breaker and the Recorder, exactly once. Exchanges are pooled; every field is owned by
+// the request's goroutine (1xx responses, written from the transport's goroutine, touch
+// only w).
+type exchange struct {
+	w      http.ResponseWriter
+	p      *Proxy
+	up     *upstream
+	client context.Context // the inbound request's context, before any upstream timeout
+	body   *clientBody     // nil when the request has no body
+	ticket breaker.Ticket
+	start  time.Time
+	done   bool // the outcome was reported
+}
+
+// report hands the outcome to the breaker and the Recorder unless that was done already.
+func (e *exchange) report(r Result, o breaker.Outcome) {
+	if e.done {
+		return
+	}
+	e.done = true
+	elapsed := e.p.now().Sub(e.start)
+	if b := e.up.breaker; b != nil {
+		b.Done(e.ticket, o, elapsed)
+	}
+	if rec := e.p.rec; rec != nil {
+		rec.Request(e.up.name, r, elapsed)
+		if e.ticket.WouldReject() {
+			rec.Request(e.up.name, WouldReject, elapsed)
+		}
+	}
+}
+
+func (e *exchange) Header() http.Header { return e.w.Header() }
+
+// WriteHeader classifies the first final status. Informational 1xx responses pass
+// through untouched (101 arrives through Hijack instead). ReverseProxy calls it for
+// every proxied response, after copying the upstream's headers.
+func (e *exchange) WriteHeader(code int) {
+	if code >= 100 && code <= 199 {
+		e.w.WriteHeader(code)
+		return
+	}
+	if !e.done {
+		e.report(e.up.classifyStatus(code))
+	}
+	// Only rejections carry HeaderCircuit, even behind another fuseproxy.
+	delete(e.w.Header(), HeaderCircuit)
+	e.w.WriteHeader(code)
+}
+
+func (e *exchange) Write(b []byte) (int, error) {
+	if !e.done {
+		e.report(e.up.classifyStatus(http.StatusOK))
+	}
+	return e.w.Write(b)
+}
+
+// Hijack is how ReverseProxy takes over the client's connection after the upstream
+// switched protocols (WebSocket): the outcome is the 101's, reported now rather than
+// when the tunnel closes.
+func (e *exchange) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	if !e.done {
+		e.report(e.up.classifyStatus(http.StatusSwitchingProtocols))
+	}
+	return http.NewResponseController(e.w).Hijack()
+}
+
+// FlushError flushes the underlying writer (http.ResponseController looks for it).
+func (e *exchange) FlushError() error {
+	if !e.done {
+		e.report(e.up.classifyStatus(http.StatusOK))
+	}
+	return http.NewResponseController(e.w).Flush()
+}
+
+// Flush implements http.Flusher.
+func (e *exchange) Flush() { _ = e.FlushError() }
+
+// Unwrap lets http.ResponseController reach the underlying writer's other features
+// (deadlines, full duplex).
+func (e *exchange) Unwrap() http.ResponseWriter { return e.w }
+
+// handleError is every upstream ReverseProxy's ErrorHandler: the request got no response
+// from the upstream. It classifies the error, reports it and answers the client.
+func (p *Proxy) handleError(rw http.ResponseWriter, _ *http.Request, err error) {
+	e, ok := rw.(*exchange)
+	if !ok { // every ReverseProxy is served through an exchange; never happens
+		writeJSON(rw, http.StatusBadGateway, []byte(`{"error":"bad_gateway"}`))
+		return
+	}
+	up := e.up
+	var status int
+	switch {
+	case e.client.Err() != nil || errors.Is(err, context.Canceled):
+		// The client went away: not the upstream's fault, and nobody is listening.
+		e.report(Ignored, breaker.Ignored)
+		e.w.WriteHeader(StatusClientClosedRequest)
+		status = StatusClientClosedRequest
+	case e.body != nil && e.body.failed():
+		// Reading the client's request body failed: the client's fault.
+		e.report(Ignored, breaker.Ignored)
+		status = http.StatusBadRequest
+		if _, tooLarge := errors.AsType[*http.MaxBytesError](e.body.error()); tooLarge {
+			status = http.StatusRequestEntityTooLarge
+		}
+		writeJSON(e.w, status, up.errBadRequest)
+	case isTimeout(err):
+		if up.countTimeouts {
+			e.report(FailureTimeout, breaker.Failure)
+		} else {
+			e.report(Ignored, breaker.Ignored)
+		}
+		status = http.StatusGatewayTimeout
+		writeJSON(e.w, status, up.errGatewayTimeout)
+	default:
+		if up.countTransport {
+			e.report(FailureTransport, breaker.Failure)
+		} else {
+			e.report(Ignored, breaker.Ignored)
+		}
+		status = http.StatusBadGateway
+		writeJSON(e.w, status, up.errBadGateway)
+	}
+	if ce := p.log.Check(zap.DebugLevel, "upstream request failed"); ce != nil {
+		ce.Write(zap.String("upstream", up.name), zap.Int("status", status), zap.Error(err))
+	}
+}
+
+// isTimeout reports whether err is a timeout: the upstream's whole-request deadline, the
+// response header timeout, or a dial/TLS/read timeout.
+func isTimeout(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// clientBody wraps the inbound request body to remember whether reading it failed, which
+// tells a client that broke off its upload from an upstream that broke the connection.
+// It is allocated per request with a body, not pooled: the transport may still be
+// reading it after the handler returned.
+type clientBody struct {
+	rc io.ReadCloser
+
+	mu  sync.Mutex // guards err: the transport reads the body on its own goroutine
+	err error      // the first read error other than io.EOF
+}
+
+func (b *clientBody) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	if err != nil && err != io.EOF {
+		b.mu.Lock()
+		if b.err == nil {
+			b.err = err
+		}
+		b.mu.Unlock()
+	}
+	return n, err
+}
+
+func (b *clientBody) Close() error { return b.rc.Close() }
+
+func (b *clientBody) error() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.err
+}
+
+func (b *clientBody) failed() bool { return b.error() != nil }

@@ -1,0 +1,22 @@
+// Package proxy is fuseproxy's HTTP data plane: a reverse proxy that routes each
+// request to a named upstream and guards every upstream with its circuit breaker.
+//
+// A request goes through these steps:
+//
+//  1. Routing (route.go): the first configured route whose host, path prefix and
+//     methods match the request. The index makes the lookup cost independent of the
+//     number of hosts.
+//  2. Admission: the upstream's breaker.Breaker admits the request or rejects it; a
+//     rejection is answered with the upstream's fallback response (fallback.go) and
+//     never reaches the upstream.
+//  3. Forwarding: a httputil.ReverseProxy per route, with a Rewrite function, sends the
+//     request to the upstream's next target (round-robin) over the upstream's own
+//     tuned http.Transport (transport.go). Streaming responses (server-sent events,
+//     chunked bodies) are flushed as they arrive; protocol upgrades (WebSocket) are
+//     tunnelled.
+//  4. Classification (classify.go): the response status, or the error, becomes a
+//     breaker outcome (success, failure or ignored), reported exactly once, and a
+//     Result for the Recorder.
+//
+// Config reloads swap the whole routing table atomically (Proxy.Update).
+package proxy

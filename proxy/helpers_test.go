@@ -1,0 +1,338 @@
+package proxy
+
+import (
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/fuseproxy/fuseproxy/breaker"
+	"github.com/fuseproxy/fuseproxy/config"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// waitTimeout bounds every poll; tests never sleep to synchronise.
+const waitTimeout = 5 * time.Second
+
+// eventually polls cond until it holds or waitTimeout passes.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// recv receives from ch or fails after waitTimeout.
+func recv[T any](t *testing.T, what string, ch <-chan T) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(waitTimeout):
+		t.Fatalf("timed out waiting for %s", what)
+		panic("unreachable")
+	}
+}
+
+// fakeClock is a breaker.Clock the test moves by hand.
+type fakeClock struct{ now atomic.Int64 }
+
+func (c *fakeClock) Now() time.Duration  { return time.Duration(c.now.Load()) }
+func (c *fakeClock) Add(d time.Duration) { c.now.Add(int64(d)) }
+
+// recorder is a Recorder that remembers every call.
+type recorder struct {
+	mu    sync.Mutex
+	calls []call
+}
+
+type call struct {
+	upstream string
+	result   Result
+}
+
+func (r *recorder) Request(upstream string, res Result, _ time.Duration) {
+	r.mu.Lock()
+	r.calls = append(r.calls, call{upstream, res})
+	r.mu.Unlock()
+}
+
+func (r *recorder) snapshot() []call {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]call(nil), r.calls...)
+}
+
+// wait waits for n calls and returns them.
+func (r *recorder) wait(t *testing.T, n int) []call {
+	t.Helper()
+	eventually(t, strconv.Itoa(n)+" recorder calls", func() bool { return len(r.snapshot()) >= n })
+	return r.snapshot()
+}
+
+// defaultFailures is config's default failure table: 5xx except 501.
+func defaultFailures() [600]bool {
+	var tab [600]bool
+	for c := 500; c < 600; c++ {
+		tab[c] = true
+	}
+	tab[501] = false
+	return tab
+}
+
+// upstreamCfg returns an upstream for targets with the derived fields filled, a breaker
+// that trips after 3 consecutive failures and opens for 30 s, and generous timeouts.
+func upstreamCfg(t *testing.T, targets ...string) *config.Upstream {
+	t.Helper()
+	u := &config.Upstream{
+		Targets:               targets,
+		DialTimeout:           2 * time.Second,
+		ResponseHeaderTimeout: 10 * time.Second,
+		MaxIdleConnsPerHost:   16,
+		Breaker: config.Breaker{
+			Enabled: true, Mode: "normal", ConsecutiveFailures: 3,
+			OpenDuration: 30 * time.Second, BackoffMultiplier: 1,
+			HalfOpenMaxRequests: 1, SuccessThreshold: 1,
+		},
+		Failure:  config.Failure{Statuses: []string{"5xx"}, TransportErrors: true, Timeouts: true},
+		Fallback: config.Fallback{Status: 503},
+	}
+	u.Failure.FailureStatus = defaultFailures()
+	for _, s := range targets {
+		tu, err := url.Parse(s)
+		if err != nil {
+			t.Fatalf("parse target %q: %v", s, err)
+		}
+		u.TargetURLs = append(u.TargetURLs, tu)
+	}
+	return u
+}
+
+// settings turns a config breaker into breaker settings (no jitter).
+func settings(t *testing.T, c config.Breaker) breaker.Settings {
+	t.Helper()
+	m, err := breaker.ParseMode(c.Mode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return breaker.Settings{
+		ConsecutiveFailures: c.ConsecutiveFailures, FailureRate: c.FailureRate,
+		SlowCallRate: c.SlowCallRate, SlowCallDuration: c.SlowCallDuration,
+		MinimumRequests: c.MinimumRequests, Window: c.Window, Buckets: c.Buckets,
+		OpenDuration: c.OpenDuration, BackoffMultiplier: c.BackoffMultiplier,
+		MaxOpenDuration: c.MaxOpenDuration, HalfOpenMaxRequests: c.HalfOpenMaxRequests,
+		SuccessThreshold: c.SuccessThreshold, Mode: m,
+	}
+}
+
+// fixture is a Proxy served by an httptest.Server, with breakers on a fake clock.
+type fixture struct {
+	cfg      *config.Config
+	clock    *fakeClock
+	breakers map[string]*breaker.Breaker
+	rec      *recorder
+	p        *Proxy
+	srv      *httptest.Server
+	client   *http.Client
+}
+
+func newFixture(t *testing.T, cfg *config.Config) *fixture {
+	t.Helper()
+	f := &fixture{cfg: cfg, clock: &fakeClock{}, rec: &recorder{}}
+	f.breakers = f.makeBreakers(t, cfg)
+	p, err := New(cfg, f.breakers, Options{Recorder: f.rec})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	f.p = p
+	f.srv = httptest.NewServer(p)
+	tr := &http.Transport{DisableCompression: true}
+	f.client = &http.Client{
+		Transport: tr,
+		// Never follow redirects: tests look at the proxy's own answer.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	t.Cleanup(func() {
+		tr.CloseIdleConnections()
+		f.srv.Close()
+		p.Close()
+	})
+	return f
+}
+
+func (f *fixture) makeBreakers(t *testing.T, cfg *config.Config) map[string]*breaker.Breaker {
+	t.Helper()
+	bs := map[string]*breaker.Breaker{}
+	for name, u := range cfg.Upstreams {
+		if u.Breaker.Enabled {
+			bs[name] = breaker.New(name, settings(t, u.Breaker), breaker.Options{Clock: f.clock})
+		}
+	}
+	return bs
+}
+
+// get sends a GET for path with the given Host header to the proxy.
+func (f *fixture) get(t *testing.T, host, path string) *http.Response {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, f.srv.URL+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if host != "" {
+		req.Host = host
+	}
+	return f.do(t, req)
+}
+
+func (f *fixture) do(t *testing.T, req *http.Request) *http.Response {
+	t.Helper()
+	resp, err := f.client.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", req.Method, req.URL, err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	return resp
+}
+
+func readBody(t *testing.T, resp *http.Response) string {
+	t.Helper()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("read body: %v", err)
+	}
+	return string(b)
+}
+
+// echo is what the echo backend saw.
+type echo struct {
+	Backend    string      `json:"backend"`
+	Method     string      `json:"method"`
+	Host       string      `json:"host"`
+	RequestURI string      `json:"request_uri"`
+	Header     http.Header `json:"header"`
+}
+
+// echoBackend answers every request with the echo of what it received.
+func echoBackend(t *testing.T, name string) *httptest.Server {
+	t.Helper()
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(echo{Backend: name, Method: r.Method, Host: r.Host,
+			RequestURI: r.RequestURI, Header: r.Header})
+	}))
+	t.Cleanup(s.Close)
+	return s
+}
+
+func decodeEcho(t *testing.T, resp *http.Response) echo {
+	t.Helper()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status: got %d, want 200 (body %q)", resp.StatusCode, readBody(t, resp))
+	}
+	var e echo
+	if err := json.NewDecoder(resp.Body).Decode(&e); err != nil {
+		t.Fatalf("decode echo: %v", err)
+	}
+	return e
+}
+
+// statusBackend answers with the status in the path's last segment: /status/503.
+func statusBackend(t *testing.T) *httptest.Server {
+	t.Helper()
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		code, err := strconv.Atoi(r.URL.Path[len("/status/"):])
+		if err != nil {
+			code = 200
+		}
+		w.WriteHeader(code)
+	}))
+	t.Cleanup(s.Close)
+	return s
+}
+
+// refusedURL returns an http URL nothing listens on: a port that was just released.
+func refusedURL(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return "http://" + addr
+}
+
+// blockingBackend blocks each request until release is closed (or the request ends),
+// signalling arrival on started. It answers 200 "released".
+type blockingBackend struct {
+	*httptest.Server
+	started chan struct{}
+	release chan struct{}
+	once    sync.Once
+}
+
+// Release lets every blocked and future request answer.
+func (b *blockingBackend) Release() { b.once.Do(func() { close(b.release) }) }
+
+func newBlockingBackend(t *testing.T) *blockingBackend {
+	t.Helper()
+	b := &blockingBackend{started: make(chan struct{}, 16), release: make(chan struct{})}
+	b.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b.started <- struct{}{}
+		select {
+		case <-b.release:
+			_, _ = io.WriteString(w, "released")
+		case <-r.Context().Done():
+		}
+	}))
+	// Cleanups run last-in first-out: release the handlers, then close the server.
+	t.Cleanup(b.Close)
+	t.Cleanup(b.Release)
+	return b
+}
+
+func oneRoute(up string) []config.Route {
+	return []config.Route{{PathPrefix: "/", Upstream: up}}
+}
+
+// single is a config with one upstream "svc" routed from every path.
+func single(u *config.Upstream) *config.Config {
+	return &config.Config{Upstreams: map[string]*config.Upstream{"svc": u}, Routes: oneRoute("svc")}
+}
+
+func wantStatus(t *testing.T, resp *http.Response, want int) {
+	t.Helper()
+	if resp.StatusCode != want {
+		t.Fatalf("status: got %d, want %d", resp.StatusCode, want)
+	}
+}
+
+func wantResults(t *testing.T, got []call, want ...Result) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("recorder calls: got %v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i].result != want[i] {
+			t.Fatalf("recorder call %d: got %v, want %v (all: %v)", i, got[i].result, want[i], got)
+		}
+	}
+}
+
+func (c call) String() string { return c.upstream + ":" + c.result.String() }

@@ -1,0 +1,326 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/fuseproxy/fuseproxy/breaker"
+	"github.com/fuseproxy/fuseproxy/config"
+)
+
+// Options are a Proxy's collaborators. The zero value is usable.
+type Options struct {
+	// Logger receives debug logs of upstream errors; nil means zap.NewNop(). Nothing is
+	// logged per request above debug level.
+	Logger *zap.Logger
+	// Recorder receives one call per routed request; nil means no metrics.
+	Recorder Recorder
+	// Clock measures latency; nil means time.Now.
+	Clock func() time.Time
+}
+
+// Proxy is the HTTP data plane: it routes each request to an upstream, asks the
+// upstream's circuit breaker for admission, forwards the request with
+// httputil.ReverseProxy and reports the outcome back to the breaker. It is safe for
+// concurrent use, including Update while requests are served.
+type Proxy struct {
+	log     *zap.Logger
+	rec     Recorder
+	now     func() time.Time
+	buffers bufferPool
+	errLog  *log.Logger // ReverseProxy's own messages, at debug level
+
+	exchanges sync.Pool // of *exchange
+
+	// table is the routing table in effect; requests load it once and finish on it.
+	table atomic.Pointer[table]
+	// mu serialises Update (the only writer of table) and Close.
+	mu sync.Mutex
+}
+
+// table is an immutable routing table, swapped whole by Update.
+type table struct {
+	routes    routeIndex
+	upstreams map[string]*upstream
+}
+
+// upstream is one compiled config.Upstream with its breaker and transport.
+type upstream struct {
+	name      string
+	targets   []*url.URL
+	next      atomic.Uint64 // round-robin position among targets
+	breaker   *breaker.Breaker
+	timeout   time.Duration // whole-request deadline, 0 = none
+	transport *http.Transport
+	tkey      transportKey
+
+	failureStatus  [600]bool
+	countTransport bool
+	countTimeouts  bool
+	fallback       fallback
+	// Precomputed JSON bodies of the proxy's own error responses.
+	errBadGateway, errGatewayTimeout, errBadRequest []byte
+}
+
+// pick returns the next target in round-robin order.
+func (up *upstream) pick() *url.URL {
+	if len(up.targets) == 1 {
+		return up.targets[0]
+	}
+	return up.targets[(up.next.Add(1)-1)%uint64(len(up.targets))]
+}
+
+// New builds a Proxy for cfg's routes and upstreams. breakers maps upstream names to
+// their circuit breakers; an upstream whose breaker is disabled (Breaker.Enabled false)
+// may be missing, and is then proxied without one. cfg must have been validated: New
+// uses the derived fields Upstream.TargetURLs and Failure.FailureStatus.
+func New(cfg *config.Config, breakers map[string]*breaker.Breaker, opts Options) (*Proxy, error) {
+	p := &Proxy{log: opts.Logger, rec: opts.Recorder, now: opts.Clock}
+	if p.log == nil {
+		p.log = zap.NewNop()
+	}
+	if p.now == nil {
+		p.now = time.Now
+	}
+	errLog, err := zap.NewStdLogAt(p.log, zap.DebugLevel)
+	if err != nil {
+		return nil, err
+	}
+	p.errLog = errLog
+	p.exchanges.New = func() any { return new(exchange) }
+	t, err := p.build(cfg, breakers, nil)
+	if err != nil {
+		return nil, err
+	}
+	p.table.Store(t)
+	return p, nil
+}
+
+// Update swaps in a routing table built from cfg and breakers, atomically: a request
+// uses either the old table or the new one throughout, and requests in flight finish on
+// the old one. An upstream whose targets and transport settings did not change keeps its
+// *http.Transport and pooled connections; the idle connections of transports no longer
+// used are closed (busy ones close when their requests finish and they go idle, at the
+// latest after the idle timeout). On error the old table stays in effect.
+func (p *Proxy) Update(cfg *config.Config, breakers map[string]*breaker.Breaker) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	old := p.table.Load()
+	t, err := p.build(cfg, breakers, old)
+	if err != nil {
+		return err
+	}
+	p.table.Store(t)
+	reused := 0
+	for name, up := range old.upstreams {
+		if nu := t.upstreams[name]; nu != nil && nu.transport == up.transport {
+			reused++
+			continue
+		}
+		up.transport.CloseIdleConnections()
+	}
+	p.log.Debug("proxy routing table updated", zap.Int("routes", len(cfg.Routes)),
+		zap.Int("upstreams", len(t.upstreams)), zap.Int("transports_reused", reused))
+	return nil
+}
+
+// Close closes the idle upstream connections. Call it once the server has stopped
+// sending requests; a request served afterwards opens new connections.
+func (p *Proxy) Close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, up := range p.table.Load().upstreams {
+		up.transport.CloseIdleConnections()
+	}
+}
+
+// build compiles cfg into a table, taking transports from old where they can be reused.
+func (p *Proxy) build(cfg *config.Config, breakers map[string]*breaker.Breaker, old *table) (*table, error) {
+	if cfg == nil {
+		return nil, errors.New("proxy: nil config")
+	}
+	t := &table{upstreams: make(map[string]*upstream, len(cfg.Upstreams))}
+	for name, cu := range cfg.Upstreams {
+		if cu == nil {
+			return nil, fmt.Errorf("proxy: upstream %q has no settings", name)
+		}
+		up, err := newUpstream(name, cu, breakers[name])
+		if err != nil {
+			return nil, err
+		}
+		if old != nil {
+			if prev := old.upstreams[name]; prev != nil && prev.tkey == up.tkey {
+				up.transport = prev.transport
+			}
+		}
+		if up.transport == nil {
+			up.transport = newTransport(up.tkey, up.targets)
+		}
+		t.upstreams[name] = up
+	}
+	routes := make([]*route, len(cfg.Routes))
+	for i, cr := range cfg.Routes {
+		up := t.upstreams[cr.Upstream]
+		if up == nil {
+			return nil, fmt.Errorf("proxy: routes[%d]: unknown upstream %q", i, cr.Upstream)
+		}
+		rt := &route{
+			index:  i,
+			host:   strings.TrimSuffix(strings.ToLower(cr.Host), "."),
+			prefix: cr.PathPrefix,
+			strip:  cr.StripPrefix,
+			up:     up,
+		}
+		if rt.prefix == "" {
+			rt.prefix = "/"
+		}
+		if rt.prefix[0] != '/' {
+			return nil, fmt.Errorf("proxy: routes[%d]: path_prefix %q does not start with \"/\"", i, cr.PathPrefix)
+		}
+		for _, m := range cr.Methods {
+			rt.methods = append(rt.methods, strings.ToUpper(m))
+		}
+		rt.rp = &httputil.ReverseProxy{
+			Rewrite:      rt.rewrite,
+			Transport:    up.transport,
+			BufferPool:   &p.buffers,
+			ErrorHandler: p.handleError,
+			ErrorLog:     p.errLog,
+		}
+		routes[i] = rt
+	}
+	t.routes = newRouteIndex(routes)
+	return t, nil
+}
+
+func newUpstream(name string, cu *config.Upstream, b *breaker.Breaker) (*upstream, error) {
+	if len(cu.TargetURLs) == 0 {
+		if len(cu.Targets) > 0 {
+			return nil, fmt.Errorf("proxy: upstream %q: TargetURLs not filled (validate the config first)", name)
+		}
+		return nil, fmt.Errorf("proxy: upstream %q has no targets", name)
+	}
+	if b == nil && cu.Breaker.Enabled {
+		return nil, fmt.Errorf("proxy: upstream %q: breaker enabled but none given", name)
+	}
+	up := &upstream{
+		name:              name,
+		breaker:           b,
+		timeout:           cu.Timeout,
+		failureStatus:     cu.Failure.FailureStatus,
+		countTransport:    cu.Failure.TransportErrors,
+		countTimeouts:     cu.Failure.Timeouts,
+		fallback:          newFallback(name, cu.Fallback),
+		errBadGateway:     errorBody("bad_gateway", name),
+		errGatewayTimeout: errorBody("gateway_timeout", name),
+		errBadRequest:     errorBody("bad_request", name),
+	}
+	for _, t := range cu.TargetURLs {
+		if t == nil || (t.Scheme != "http" && t.Scheme != "https") || t.Host == "" {
+			return nil, fmt.Errorf("proxy: upstream %q: target %v is not an absolute http(s) URL", name, t)
+		}
+		c := *t
+		up.targets = append(up.targets, &c)
+	}
+	up.tkey = newTransportKey(cu, up.targets)
+	return up, nil
+}
+
+// ServeHTTP routes and proxies one request.
+//
+// Routing: the first route in config order whose host, path prefix and methods match.
+// Hosts compare case-insensitively without the port; "*.example.com" matches every
+// subdomain of example.com but not example.com itself. The path matched (and forwarded)
+// is the cleaned one, so "/api/../admin" is "/admin"; a path hiding a dot-segment in
+// percent-encoding is refused with 400. No match: 404 with a JSON body. CONNECT: 405.
+// The proxy only ever connects to configured targets: an absolute-form request URI
+// naming another host routes like any request for that Host.
+//
+// Admission: a rejected request gets the upstream's fallback response (see
+// HeaderCircuit). Otherwise the outcome is reported to the breaker exactly once: when
+// the response headers arrive (the latency the breaker's slow-call rule measures), on
+// a protocol switch, or on an error (502 for a transport error, 504 for a timeout,
+// nothing for a client that went away). A body copy that fails after the headers were
+// sent is not reclassified.
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodConnect {
+		w.Header().Set("Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
+		writeProblem(w, http.StatusMethodNotAllowed, "method_not_allowed", "CONNECT is not supported")
+		return
+	}
+	cleaned, ok := routingPath(r.URL)
+	if !ok || !validUpgrade(r.Header) {
+		writeProblem(w, http.StatusBadRequest, "bad_request", "invalid request path or upgrade")
+		return
+	}
+	t := p.table.Load()
+	rt := t.routes.lookup(normalizeHost(r.Host), cleaned, r.Method)
+	if rt == nil {
+		noRoute(w, r)
+		return
+	}
+	up := rt.up
+
+	var ticket breaker.Ticket
+	if b := up.breaker; b != nil {
+		var err error
+		if ticket, err = b.Allow(); err != nil {
+			up.fallback.reject(w, b, err)
+			if p.rec != nil {
+				p.rec.Request(up.name, Rejected, 0)
+			}
+			return
+		}
+	}
+
+	e := p.exchanges.Get().(*exchange)
+	*e = exchange{w: w, p: p, up: up, client: r.Context(), ticket: ticket, start: p.now()}
+	defer p.release(e)
+
+	if r.Body != nil && r.Body != http.NoBody {
+		e.body = &clientBody{rc: r.Body}
+		r.Body = e.body
+	}
+	if up.timeout > 0 {
+		ctx, cancel := context.WithTimeout(r.Context(), up.timeout)
+		defer cancel()
+		r = r.WithContext(ctx)
+	}
+	rt.rp.ServeHTTP(e, r)
+}
+
+// release reports an exchange that ended without an outcome (a panic before the
+// response headers: not the upstream's fault) and returns it to the pool. It runs
+// deferred, so on a panic it runs before the panic continues up the stack; the
+// http.ErrAbortHandler with which ReverseProxy aborts a broken body copy comes after the
+// outcome was reported and is left alone.
+func (p *Proxy) release(e *exchange) {
+	e.report(Ignored, breaker.Ignored)
+	*e = exchange{}
+	p.exchanges.Put(e)
+}
+
+// validUpgrade reports whether the Upgrade header is printable ASCII, as ReverseProxy
+// requires; refusing it here keeps the client's mistake from counting as an upstream
+// transport error.
+func validUpgrade(h http.Header) bool {
+	for _, v := range h["Upgrade"] {
+		for i := 0; i < len(v); i++ {
+			if v[i] < ' ' || v[i] > '~' {
+				return false
+			}
+		}
+	}
+	return true
+}

@@ -1,0 +1,310 @@
+package proxy
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net/url"
+	"path"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/fuseproxy/fuseproxy/config"
+)
+
+// buildTable compiles routes (all to upstream "svc") without starting anything.
+func buildTable(t *testing.T, routes []config.Route) *table {
+	t.Helper()
+	for i := range routes {
+		if routes[i].Upstream == "" {
+			routes[i].Upstream = "svc"
+		}
+	}
+	u := upstreamCfg(t, "http://127.0.0.1:1")
+	u.Breaker.Enabled = false
+	p, err := New(&config.Config{Upstreams: map[string]*config.Upstream{"svc": u}, Routes: routes}, nil, Options{})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return p.table.Load()
+}
+
+// lookupIndex routes a request the way ServeHTTP does and returns the route's index, or -1.
+func lookupIndex(t *testing.T, tab *table, method, host, target string) int {
+	t.Helper()
+	u, err := url.ParseRequestURI(target)
+	if err != nil {
+		t.Fatalf("parse %q: %v", target, err)
+	}
+	p, ok := routingPath(u)
+	if !ok {
+		t.Fatalf("routingPath(%q) refused", target)
+	}
+	if rt := tab.routes.lookup(normalizeHost(host), p, method); rt != nil {
+		return rt.index
+	}
+	return -1
+}
+
+func TestRouteLookup(t *testing.T) {
+	tab := buildTable(t, []config.Route{
+		0: {Host: "api.example.com", PathPrefix: "/v1/", Methods: []string{"GET"}},
+		1: {Host: "*.example.com", PathPrefix: "/v1/"},
+		2: {Host: "api.example.com", PathPrefix: "/"},
+		3: {Host: "", PathPrefix: "/health"},
+		4: {Host: "*.b.example.com", PathPrefix: "/"},
+		5: {Host: "*.example.com", PathPrefix: "/"},
+		6: {Host: "", PathPrefix: "/static/", Methods: []string{"get", "HEAD"}},
+		7: {Host: "Upper.Example.org", PathPrefix: "/"},
+		8: {Host: "", PathPrefix: "/"},
+	})
+	tests := []struct {
+		method, host, path string
+		want               int
+	}{
+		{"GET", "api.example.com", "/v1/users", 0},
+		{"POST", "api.example.com", "/v1/users", 1},          // method excludes 0; wildcard 1 is next
+		{"POST", "api.example.com", "/health", 2},            // exact 2 comes before any-host 3
+		{"GET", "other.net", "/health", 3},                   // any-host
+		{"GET", "other.net", "/healthz", 3},                  // plain prefix, like nginx
+		{"GET", "x.b.example.com", "/v2", 4},                 // deepest wildcard
+		{"GET", "x.b.example.com", "/v1/a", 1},               // an earlier, shallower wildcard wins
+		{"GET", "b.example.com", "/z", 5},                    // *.b.example.com excludes its apex
+		{"GET", "example.com", "/v1/a", 8},                   // *.example.com excludes its apex
+		{"GET", "API.Example.COM:8443", "/v1/", 0},           // case and port ignored
+		{"GET", "api.example.com.", "/v1/x", 0},              // trailing dot ignored
+		{"GET", "", "/x", 8},                                 // no Host: host-less routes only
+		{"GET", "other.net", "/static/app.js", 6},            // methods upper-cased at build
+		{"DELETE", "other.net", "/static/app.js", 8},         // method not listed
+		{"GET", "upper.example.org", "/", 7},                 // configured host lower-cased
+		{"GET", "api.example.com", "/v1/../health", 2},       // cleaned to /health
+		{"GET", "other.net", "/static/../health/x", 3},       // cleaned
+		{"GET", "other.net", "/a/b/../../static/x", 6},       // cleaned
+		{"GET", "[::1]:8080", "/health", 3},                  // IPv6 literal
+		{"GET", "deep.x.b.example.com", "/v2", 4},            // any depth of subdomain
+		{"GET", "api.example.com", "/v1", 2},                 // "/v1/" does not match "/v1"
+		{"GET", "a.example.com.evil.net", "/v1/users", 8},    // suffix must be the domain
+		{"GET", "evil-example.com", "/v1/users", 8},          // not a subdomain
+		{"GET", "api.example.com", "//v1//users", 0},         // duplicate slashes cleaned
+		{"GET", "x.api.example.com", "/v1/users", 1},         // wildcard, not the exact host
+		{"GET", "other.net", "/static", 8},                   // "/static/" needs the slash
+		{"HEAD", "other.net", "/static/", 6},                 //
+		{"get", "other.net", "/static/", 8},                  // methods are case-sensitive
+		{"GET", "other.net:", "/health", 3},                  // empty port
+		{"GET", "OTHER.NET", "/HEALTH", 8},                   // paths are case-sensitive
+		{"GET", "api.example.com", "/v1/%2e/../health", -99}, // refused: see TestRoutingPath
+	}
+	for _, tc := range tests {
+		if tc.want == -99 {
+			continue
+		}
+		if got := lookupIndex(t, tab, tc.method, tc.host, tc.path); got != tc.want {
+			t.Errorf("%s %s%s: got route %d, want %d", tc.method, tc.host, tc.path, got, tc.want)
+		}
+	}
+
+	noAny := buildTable(t, []config.Route{{Host: "a.example.com", PathPrefix: "/"}})
+	if got := lookupIndex(t, noAny, "GET", "b.example.com", "/"); got != -1 {
+		t.Errorf("unrouted host: got route %d, want -1 (none)", got)
+	}
+}
+
+// TestRouteLookupMatchesLinearScan checks the index against its definition, "the first
+// route in config order that matches", on random tables and requests.
+func TestRouteLookupMatchesLinearScan(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	hosts := []string{"", "a.com", "b.a.com", "c.b.a.com", "*.a.com", "*.b.a.com", "x.org", "*.org", "*.com"}
+	reqHosts := []string{"", "a.com", "b.a.com", "c.b.a.com", "d.b.a.com", "z.a.com", "x.org", "y.x.org", "org", "q.com"}
+	prefixes := []string{"/", "/a", "/a/", "/a/b", "/b/"}
+	paths := []string{"/", "/a", "/a/", "/a/b", "/a/bc", "/b/", "/b/c", "/c"}
+	methods := [][]string{nil, {"GET"}, {"POST"}, {"GET", "POST"}}
+	reqMethods := []string{"GET", "POST", "PUT"}
+
+	pick := func(s []string) string { return s[rng.IntN(len(s))] }
+	for round := range 200 {
+		n := 1 + rng.IntN(12)
+		routes := make([]config.Route, n)
+		for i := range routes {
+			routes[i] = config.Route{Host: pick(hosts), PathPrefix: pick(prefixes), Methods: methods[rng.IntN(len(methods))]}
+		}
+		tab := buildTable(t, slices.Clone(routes))
+		for range 50 {
+			h, p, m := pick(reqHosts), pick(paths), pick(reqMethods)
+			want := -1
+			for i, r := range routes {
+				if hostMatches(r.Host, h) && strings.HasPrefix(p, r.PathPrefix) &&
+					(len(r.Methods) == 0 || slices.Contains(r.Methods, m)) {
+					want = i
+					break
+				}
+			}
+			if got := lookupIndex(t, tab, m, h, p); got != want {
+				t.Fatalf("round %d, routes %+v, %s %s%s: got route %d, want %d", round, routes, m, h, p, got, want)
+			}
+		}
+	}
+}
+
+// hostMatches is the definition of a route's host match.
+func hostMatches(pattern, host string) bool {
+	switch {
+	case pattern == "":
+		return true
+	case strings.HasPrefix(pattern, "*."):
+		suffix := pattern[1:] // ".a.com"
+		return strings.HasSuffix(host, suffix) && len(host) > len(suffix)
+	default:
+		return pattern == host
+	}
+}
+
+func TestRoutingPath(t *testing.T) {
+	tests := []struct {
+		target, want string // want "" means refused
+	}{
+		{"/a/b", "/a/b"},
+		{"/a/b/", "/a/b/"},
+		{"/a/../b", "/b"},
+		{"/a/./b/", "/a/b/"},
+		{"/../../etc/passwd", "/etc/passwd"},
+		{"//a//b", "/a/b"},
+		{"/api/..", "/"},
+		{"/file%2etxt", "/file.txt"}, // an encoded dot inside a segment is harmless
+		{"/a%2Fb", "/a/b"},
+		{"/%61pi/x", "/api/x"},
+		{"/api/%2e%2e/admin", ""},
+		{"/api/%2E%2E/admin", ""},
+		{"/api/.%2e/admin", ""},
+		{"/api/%2e./admin", ""},
+		{"/api/%2e/admin", ""},
+		{"/api/..%2fadmin", ""},
+		{"/api%2f..%2fadmin", ""},
+		{"/api/%2e%2e", ""},
+		{"*", ""},
+	}
+	for _, tc := range tests {
+		u, err := url.ParseRequestURI(tc.target)
+		if err != nil {
+			t.Fatalf("parse %q: %v", tc.target, err)
+		}
+		got, ok := routingPath(u)
+		if !ok {
+			got = ""
+		}
+		if got != tc.want {
+			t.Errorf("routingPath(%q): got %q (ok %v), want %q", tc.target, got, ok, tc.want)
+		}
+	}
+	if got, ok := routingPath(&url.URL{}); !ok || got != "/" {
+		t.Errorf("routingPath(empty): got %q, %v, want \"/\", true", got, ok)
+	}
+}
+
+func TestForwardPath(t *testing.T) {
+	tests := []struct {
+		prefix string
+		strip  bool
+		target string
+		want   string // the outbound escaped path
+	}{
+		{"/", false, "/a/b", "/a/b"},
+		{"/", false, "/a%2Fb/c", "/a%2Fb/c"}, // escaping kept
+		{"/", false, "/a/../b", "/b"},
+		{"/api/", true, "/api/users", "/users"},
+		{"/api/", true, "/api/", "/"},
+		{"/api", true, "/api", "/"},
+		{"/api", true, "/api/users/", "/users/"},
+		{"/api", true, "/apiary", "/ary"}, // plain prefix: the result still starts with "/"
+		{"/api/", true, "/api/a%2Fb", "/a%2Fb"},
+		{"/api/", true, "/%61pi/a%2Fb", "/a%2Fb"},
+		{"/api/", true, "/api%2Fa%2Fb", "/a%2Fb"},
+		{"/api/", true, "/api/x/../y", "/y"},
+		{"/api/", true, "/x/../api/a%2Fb/../c", "/a/c"}, // cleaned: canonical escaping
+		{"/api/", false, "/api/users?x=1", "/api/users"},
+		{"/a b/", true, "/a%20b/c%20d", "/c%20d"},
+	}
+	for _, tc := range tests {
+		u, err := url.ParseRequestURI(tc.target)
+		if err != nil {
+			t.Fatalf("parse %q: %v", tc.target, err)
+		}
+		clean, ok := routingPath(u)
+		if !ok || !strings.HasPrefix(clean, tc.prefix) {
+			t.Fatalf("%q does not route to prefix %q (clean %q, ok %v)", tc.target, tc.prefix, clean, ok)
+		}
+		rt := &route{prefix: tc.prefix, strip: tc.strip}
+		p, raw := rt.forwardPath(u)
+		out := &url.URL{Path: p, RawPath: raw}
+		if got := out.EscapedPath(); got != tc.want {
+			t.Errorf("prefix %q strip %v, %q: got %q (path %q, raw %q), want %q",
+				tc.prefix, tc.strip, tc.target, got, p, raw, tc.want)
+		}
+	}
+}
+
+func TestNormalizeHost(t *testing.T) {
+	for in, want := range map[string]string{
+		"":                 "",
+		"Example.COM":      "example.com",
+		"example.com:8080": "example.com",
+		"example.com.":     "example.com",
+		"EXAMPLE.com.:80":  "example.com",
+		"[::1]:8080":       "[::1]",
+		"[::1]":            "[::1]",
+		"10.0.0.1:443":     "10.0.0.1",
+	} {
+		if got := normalizeHost(in); got != want {
+			t.Errorf("normalizeHost(%q): got %q, want %q", in, got, want)
+		}
+	}
+	if n := testing.AllocsPerRun(100, func() { normalizeHost("api.example.com:8080") }); n != 0 {
+		t.Errorf("normalizeHost allocations: got %v, want 0", n)
+	}
+}
+
+func TestLookupDoesNotAllocate(t *testing.T) {
+	tab := buildTable(t, []config.Route{
+		{Host: "*.example.com", PathPrefix: "/x/"},
+		{Host: "api.example.com", PathPrefix: "/v1/", Methods: []string{"GET"}},
+		{PathPrefix: "/"},
+	})
+	u, _ := url.ParseRequestURI("/v1/users/42")
+	n := testing.AllocsPerRun(100, func() {
+		p, _ := routingPath(u)
+		if tab.routes.lookup(normalizeHost("api.example.com"), p, "GET") == nil {
+			panic("no route")
+		}
+	})
+	if n != 0 {
+		t.Errorf("allocations per lookup: got %v, want 0", n)
+	}
+}
+
+func ExampleResult_String() {
+	for _, r := range Results() {
+		fmt.Print(r, " ")
+	}
+	// Output: success failure_status failure_transport failure_timeout rejected would_reject ignored
+}
+
+// TestCleanPath checks cleanPath against its definition on random paths.
+func TestCleanPath(t *testing.T) {
+	ref := func(p string) string {
+		np := path.Clean(p)
+		if p[len(p)-1] == '/' && np != "/" {
+			np += "/"
+		}
+		return np
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	parts := []string{"/", "a", "b", ".", "..", "...", ".a", "a."}
+	for range 20000 {
+		p := "/"
+		for range rng.IntN(8) {
+			p += parts[rng.IntN(len(parts))]
+		}
+		if got, want := cleanPath(p), ref(p); got != want {
+			t.Fatalf("cleanPath(%q): got %q, want %q", p, got, want)
+		}
+	}
+}

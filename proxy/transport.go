@@ -1,0 +1,97 @@
+package proxy
+
+import (
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/fuseproxy/fuseproxy/config"
+)
+
+// Transport settings that the configuration does not expose.
+const (
+	defaultMaxIdlePerHost = 256
+	dialKeepAlive         = 30 * time.Second
+	idleConnTimeout       = 90 * time.Second
+	tlsHandshakeTimeout   = 10 * time.Second
+	expectContinueTimeout = time.Second
+	copyBufferSize        = 32 << 10
+)
+
+// transportKey is everything an upstream's *http.Transport is built from. Update reuses
+// an upstream's transport, with its pooled connections, when the key did not change.
+type transportKey struct {
+	dialTimeout           time.Duration
+	responseHeaderTimeout time.Duration
+	maxIdlePerHost        int
+	targets               string // the targets' URLs joined by spaces
+}
+
+func newTransportKey(u *config.Upstream, targets []*url.URL) transportKey {
+	var sb strings.Builder
+	for i, t := range targets {
+		if i > 0 {
+			sb.WriteByte(' ')
+		}
+		sb.WriteString(t.String())
+	}
+	idle := u.MaxIdleConnsPerHost
+	if idle <= 0 {
+		idle = defaultMaxIdlePerHost
+	}
+	return transportKey{
+		dialTimeout:           u.DialTimeout,
+		responseHeaderTimeout: u.ResponseHeaderTimeout,
+		maxIdlePerHost:        idle,
+		targets:               sb.String(),
+	}
+}
+
+// newTransport returns the tuned transport one upstream's requests share.
+//
+// Environment proxies (HTTP_PROXY) are not used: targets are dialled directly.
+// Compression is disabled so that bodies pass through as the upstream encoded them.
+// HTTP/2 is attempted only for https targets (there is no h2c to plain-http targets).
+func newTransport(k transportKey, targets []*url.URL) *http.Transport {
+	h2 := false
+	for _, t := range targets {
+		h2 = h2 || t.Scheme == "https"
+	}
+	d := &net.Dialer{Timeout: k.dialTimeout, KeepAlive: dialKeepAlive}
+	return &http.Transport{
+		Proxy:                 nil,
+		DialContext:           d.DialContext,
+		ForceAttemptHTTP2:     h2,
+		MaxIdleConns:          k.maxIdlePerHost * max(len(targets), 1),
+		MaxIdleConnsPerHost:   k.maxIdlePerHost,
+		IdleConnTimeout:       idleConnTimeout,
+		TLSHandshakeTimeout:   tlsHandshakeTimeout,
+		ResponseHeaderTimeout: k.responseHeaderTimeout,
+		ExpectContinueTimeout: expectContinueTimeout,
+		DisableCompression:    true,
+	}
+}
+
+// bufferPool lends the 32 KiB buffers ReverseProxy copies bodies through.
+// It implements httputil.BufferPool without allocating: the pool holds array pointers,
+// and a returned slice converts back to its array pointer.
+type bufferPool struct {
+	pool sync.Pool // of *[copyBufferSize]byte
+}
+
+func (p *bufferPool) Get() []byte {
+	if b, ok := p.pool.Get().(*[copyBufferSize]byte); ok {
+		return b[:]
+	}
+	return new([copyBufferSize]byte)[:]
+}
+
+func (p *bufferPool) Put(b []byte) {
+	if cap(b) < copyBufferSize {
+		return
+	}
+	p.pool.Put((*[copyBufferSize]byte)(b[:copyBufferSize]))
+}
