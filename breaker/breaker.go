@@ -31,7 +31,9 @@ type Breaker struct {
 	rand  func() float64
 	wake  func()
 
-	// word packs generation<<4 | mode<<2 | state so Allow reads all three in one load.
+	// word packs generation<<12 | epoch<<4 | mode<<2 | state so Allow reads them in one
+	// load. The epoch (8 bits) counts forced Applies: a resync may adopt a generation the
+	// breaker has already used, and the epoch keeps tickets of the old one fenced.
 	word atomic.Uint64
 	// openUntil is the clock reading (ns) at which the open period ends.
 	openUntil atomic.Int64
@@ -49,6 +51,7 @@ type Breaker struct {
 	permits        int  // shared: trial permits granted by the store and not yet used
 	delta          Delta
 	trials         TrialReport
+	epoch          uint64 // see word
 }
 
 // New returns a closed breaker for the named upstream.
@@ -91,17 +94,22 @@ func normalize(s Settings) Settings {
 // Name is the upstream's name.
 func (b *Breaker) Name() string { return b.name }
 
-func pack(st State, m Mode, gen uint64) uint64 { return gen<<4 | uint64(m)<<2 | uint64(st) }
+func (b *Breaker) store(st State, m Mode, gen uint64) {
+	b.word.Store(gen<<12 | (b.epoch&0xff)<<4 | uint64(m)<<2 | uint64(st))
+}
 
-func unpack(w uint64) (State, Mode, uint64) { return State(w & 3), Mode(w >> 2 & 3), w >> 4 }
+// load returns the state, the mode and the stamp (generation<<8 | epoch) tickets carry.
+func (b *Breaker) load() (State, Mode, uint64) {
+	w := b.word.Load()
+	return State(w & 3), Mode(w >> 2 & 3), w >> 4
+}
 
-func (b *Breaker) store(st State, m Mode, gen uint64) { b.word.Store(pack(st, m, gen)) }
-
-func (b *Breaker) load() (State, Mode, uint64) { return unpack(b.word.Load()) }
+// generation returns the generation alone.
+func (b *Breaker) generation() uint64 { return b.word.Load() >> 12 }
 
 // Ticket is an admission: hand it back to Done with the outcome.
 type Ticket struct {
-	gen   uint64
+	gen   uint64 // stamp: generation<<8 | epoch
 	flags uint8
 }
 
@@ -118,7 +126,7 @@ func (t Ticket) Trial() bool { return t.flags&ticketTrial != 0 }
 func (t Ticket) WouldReject() bool { return t.flags&ticketWouldReject != 0 }
 
 // Generation is the generation the ticket was issued in.
-func (t Ticket) Generation() uint64 { return t.gen }
+func (t Ticket) Generation() uint64 { return t.gen >> 8 }
 
 // Allow admits a request or rejects it with ErrOpen or ErrTooManyTrials.
 func (b *Breaker) Allow() (Ticket, error) {
@@ -220,7 +228,7 @@ func (b *Breaker) doneLocked(t Ticket, o Outcome, elapsed time.Duration, tr *Tra
 		b.consecutive = 0
 	}
 	if b.shared {
-		b.delta.add(gen, failure, slow)
+		b.delta.add(gen>>8, failure, slow)
 		return false
 	}
 	if m == ForcedClosed {
@@ -300,7 +308,8 @@ func (b *Breaker) openLocked(now time.Duration, reason string) Transition {
 // transitionLocked moves to state `to` in a new generation and resets what belongs to the
 // old one. The Transition it returns is reported by after, once the lock is released.
 func (b *Breaker) transitionLocked(now time.Duration, to State, reason string) Transition {
-	from, m, gen := b.load()
+	from, m, _ := b.load()
+	gen := b.generation()
 	tr := Transition{
 		Upstream: b.name, From: from, To: to, Mode: m, Reason: reason, Generation: gen + 1,
 		Counts: b.win.sum(now), Consecutive: b.consecutive,

@@ -6,15 +6,16 @@ import "time"
 // requests admitted under the old mode are dropped. The state is kept.
 func (b *Breaker) SetMode(m Mode) {
 	b.mu.Lock()
-	st, old, gen := b.load()
+	st, old, _ := b.load()
 	if m != old {
 		b.resetGenerationLocked()
-		b.store(st, m, gen+1)
+		b.store(st, m, b.generation()+1)
 	}
 	b.mu.Unlock()
 }
 
-// Trip opens the circuit now (an operator's "open"), for the open period the backoff gives.
+// Trip opens the circuit now (an operator's "open"), for the open period the backoff
+// gives; on an open circuit it starts the next, longer period.
 func (b *Breaker) Trip() {
 	b.mu.Lock()
 	tr := b.openLocked(b.clock.Now(), ReasonMode)
@@ -22,10 +23,14 @@ func (b *Breaker) Trip() {
 	b.after(tr, false)
 }
 
-// Close closes the circuit now (an operator's "close"); the backoff starts over.
+// Close closes the circuit now (an operator's "close"); the backoff starts over. On a
+// closed circuit it does nothing (Reset also clears the counts).
 func (b *Breaker) Close() {
 	b.mu.Lock()
-	tr := b.transitionLocked(b.clock.Now(), Closed, ReasonMode)
+	var tr Transition
+	if b.State() != Closed {
+		tr = b.transitionLocked(b.clock.Now(), Closed, ReasonMode)
+	}
 	b.mu.Unlock()
 	b.after(tr, false)
 }
@@ -33,7 +38,8 @@ func (b *Breaker) Close() {
 // Reset returns the breaker to closed, normal mode, with empty counts and no backoff.
 func (b *Breaker) Reset() {
 	b.mu.Lock()
-	st, _, gen := b.load()
+	st, _, _ := b.load()
+	gen := b.generation()
 	now := b.clock.Now()
 	tr := Transition{Upstream: b.name, From: st, To: Closed, Mode: Normal, Reason: ReasonReset,
 		Generation: gen + 1, Counts: b.win.sum(now), Consecutive: b.consecutive}
@@ -92,9 +98,9 @@ func (b *Breaker) Snapshot() Snapshot {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	now := b.clock.Now()
-	st, m, gen := b.load()
+	st, m, _ := b.load()
 	sn := Snapshot{
-		Name: b.name, State: st, Mode: m, Generation: gen, Counts: b.win.sum(now),
+		Name: b.name, State: st, Mode: m, Generation: b.generation(), Counts: b.win.sum(now),
 		Consecutive: b.consecutive, Trips: b.trips, TrialsInFlight: b.trialsInFlight,
 		Permits: b.permits, Shared: b.shared,
 	}
@@ -120,20 +126,24 @@ func (b *Breaker) Mode() Mode {
 	return m
 }
 
-// RetryAfter is how long a rejected client should wait: the rest of the open period, or
-// the first open period when the circuit is forced open or half-open with no trial slot.
+// RetryAfter is how long a rejected client should wait: the rest of the open period;
+// when that is over but requests are still rejected (half-open with every trial slot
+// taken, or waiting for the shared store's permits) or the circuit is forced open, the
+// first open period. It is 0 when requests are admitted.
 func (b *Breaker) RetryAfter() time.Duration {
 	st, m, _ := b.load()
+	if m == ForcedClosed || (st == Closed && m != ForcedOpen) {
+		return 0
+	}
 	if st == Open && m != ForcedOpen {
 		if d := time.Duration(b.openUntil.Load()) - b.clock.Now(); d > 0 {
 			return d
 		}
-		return 0
 	}
-	if m == ForcedOpen {
-		b.mu.Lock()
-		defer b.mu.Unlock()
-		return b.s.OpenDuration
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if st == Open && m != ForcedOpen && !b.shared {
+		return 0 // the next request starts the half-open period
 	}
-	return 0
+	return b.s.OpenDuration
 }

@@ -83,7 +83,8 @@ func (b *Breaker) Shared() bool {
 // state was adopted. Local counts of the old generation are dropped.
 func (b *Breaker) Apply(s SharedState, force bool) bool {
 	b.mu.Lock()
-	from, m, gen := b.load()
+	from, m, _ := b.load()
+	gen := b.generation()
 	if !force && s.Generation <= gen {
 		b.mu.Unlock()
 		return false
@@ -96,7 +97,7 @@ func (b *Breaker) Apply(s SharedState, force bool) bool {
 	tr := Transition{Upstream: b.name, From: from, To: s.State, Mode: s.Mode, Reason: ReasonShared,
 		Generation: s.Generation, Counts: b.win.sum(now), Consecutive: b.consecutive, OpenFor: s.OpenFor}
 	b.trips = s.Trips
-	if s.State != Closed && from == Closed {
+	if s.State == Open || (s.State == HalfOpen && from == Closed) {
 		b.openedAt = now - (s.OpenFor - s.OpenRemaining)
 	}
 	if s.State == Open {
@@ -104,6 +105,9 @@ func (b *Breaker) Apply(s SharedState, force bool) bool {
 		b.openUntil.Store(int64(now + s.OpenRemaining))
 	}
 	b.resetGenerationLocked()
+	if force {
+		b.epoch++ // tickets of the generation number being reused stay fenced
+	}
 	b.store(s.State, s.Mode, s.Generation)
 	b.mu.Unlock()
 	if from != s.State {
@@ -125,7 +129,7 @@ func (b *Breaker) TakeDelta() (d Delta, ok bool) {
 func (b *Breaker) TakeTrials() (r TrialReport, ok bool) {
 	b.mu.Lock()
 	r, b.trials = b.trials, TrialReport{}
-	_, _, r.Generation = b.load()
+	r.Generation = b.generation()
 	b.mu.Unlock()
 	return r, !r.empty()
 }
@@ -153,8 +157,7 @@ func (b *Breaker) NeedsPermits() bool {
 func (b *Breaker) GrantPermits(gen uint64, n int) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	st, _, cur := b.load()
-	if cur != gen || st != HalfOpen {
+	if b.generation() != gen || b.State() != HalfOpen {
 		return false
 	}
 	b.permits += n

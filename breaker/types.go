@@ -124,7 +124,8 @@ type Settings struct {
 	HalfOpenMaxRequests int
 	// SuccessThreshold is how many successful trials close the circuit (0 means 1).
 	SuccessThreshold int
-	// Mode is the initial operator mode.
+	// Mode is the initial operator mode; SetMode, Reset and a shared store change the
+	// mode in effect (Mode()), not this field.
 	Mode Mode
 }
 

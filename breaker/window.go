@@ -1,6 +1,9 @@
 package breaker
 
-import "time"
+import (
+	"math"
+	"time"
+)
 
 // window is a sliding window of time buckets. Bucket k covers [k·width, (k+1)·width) on
 // the breaker's clock and lives in slot k mod len(slots); a slot whose index is out of
@@ -31,15 +34,28 @@ func newWindow(span time.Duration, buckets int) window {
 	return w
 }
 
+// empty marks a slot that holds no bucket.
+const empty = math.MinInt64
+
 func (w *window) reset() {
 	for i := range w.slots {
-		w.slots[i] = slot{index: -1}
+		w.slots[i] = slot{index: empty}
 	}
 }
 
-func (w *window) add(now time.Duration, failure, slow bool) {
+// bucket returns the index of the bucket holding clock reading now and its slot. It
+// floors, so negative readings (a clock only promises differences) work too.
+func (w *window) bucket(now time.Duration) (int64, *slot) {
 	k := int64(now) / w.width
-	s := &w.slots[k%int64(len(w.slots))]
+	if int64(now)%w.width < 0 {
+		k--
+	}
+	n := int64(len(w.slots))
+	return k, &w.slots[(k%n+n)%n]
+}
+
+func (w *window) add(now time.Duration, failure, slow bool) {
+	k, s := w.bucket(now)
 	if s.index != k {
 		*s = slot{index: k}
 	}
@@ -54,8 +70,7 @@ func (w *window) add(now time.Duration, failure, slow bool) {
 
 // addCounts puts c into the current bucket (used when the window is resized).
 func (w *window) addCounts(now time.Duration, c Counts) {
-	k := int64(now) / w.width
-	s := &w.slots[k%int64(len(w.slots))]
+	k, s := w.bucket(now)
 	if s.index != k {
 		*s = slot{index: k}
 	}
@@ -65,7 +80,7 @@ func (w *window) addCounts(now time.Duration, c Counts) {
 }
 
 func (w *window) sum(now time.Duration) Counts {
-	k := int64(now) / w.width
+	k, _ := w.bucket(now)
 	oldest := k - int64(len(w.slots)) + 1
 	var c Counts
 	for i := range w.slots {
