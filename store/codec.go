@@ -1,0 +1,96 @@
+package store
+
+import (
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/fuseproxy/fuseproxy/breaker"
+)
+
+// reply is a script's answer (see lua/prelude.lua, reply) or a pub/sub message: a
+// circuit's shared state as a replica must apply it.
+type reply struct {
+	state     breaker.SharedState
+	now       int64 // Redis ms when the script ran
+	epoch     int64
+	granted   int
+	cfg, cfgr string // the settings hash stored before this call, and who wrote it
+	corrupt   string // why the stored value was unreadable and replaced, if it was
+	reason    string // pub/sub only: why the state changed
+}
+
+// decodeReply decodes a script's reply. Anything that is not the expected shape is an
+// error naming the field: a foreign script or a future version must never be applied.
+func decodeReply(v any) (reply, error) {
+	a, ok := v.([]any)
+	if !ok || len(a) != 12 {
+		return reply{}, fmt.Errorf("script reply: want 12 elements, got %T %v", v, v)
+	}
+	var n [8]int64
+	for i := range n {
+		x, ok := a[i].(int64)
+		if !ok {
+			return reply{}, fmt.Errorf("script reply element %d: want integer, got %T", i, a[i])
+		}
+		n[i] = x
+	}
+	ep, ok := a[11].(int64)
+	if !ok {
+		return reply{}, fmt.Errorf("script reply element 11: want integer, got %T", a[11])
+	}
+	r := reply{now: n[6], granted: int(n[7]), epoch: ep}
+	r.cfg, _ = a[8].(string)
+	r.cfgr, _ = a[9].(string)
+	r.corrupt, _ = a[10].(string)
+	var err error
+	r.state, err = sharedState(n[0], n[1], n[2], n[3], n[4], n[5])
+	return r, err
+}
+
+// maxMillis is the longest time in ms a time.Duration holds; more would wrap negative.
+const maxMillis = math.MaxInt64 / int64(time.Millisecond)
+
+func sharedState(st, md, gen, remaining, openFor, trips int64) (breaker.SharedState, error) {
+	switch {
+	case st < 0 || st > int64(breaker.HalfOpen):
+		return breaker.SharedState{}, fmt.Errorf("state %d out of range", st)
+	case md < 0 || md > int64(breaker.MetricsOnly):
+		return breaker.SharedState{}, fmt.Errorf("mode %d out of range", md)
+	case gen < 0 || remaining < 0 || openFor < 0 || trips < 0:
+		return breaker.SharedState{}, fmt.Errorf("negative generation, time or trips")
+	case remaining > maxMillis || openFor > maxMillis:
+		return breaker.SharedState{}, fmt.Errorf("time out of range (remaining %d ms, open for %d ms)", remaining, openFor)
+	}
+	return breaker.SharedState{
+		State: breaker.State(st), Mode: breaker.Mode(md), Generation: uint64(gen),
+		OpenRemaining: time.Duration(remaining) * time.Millisecond,
+		OpenFor:       time.Duration(openFor) * time.Millisecond, Trips: int(trips),
+	}, nil
+}
+
+// decodeMessage decodes a transition published by a script:
+// "name state mode generation remaining_ms open_for_ms trips now_ms epoch reason".
+func decodeMessage(payload string) (name string, r reply, err error) {
+	f := strings.Fields(payload)
+	if len(f) < 9 || len(f) > 10 {
+		return "", reply{}, fmt.Errorf("message %q: want 9 or 10 fields, got %d", payload, len(f))
+	}
+	var n [8]int64
+	for i := range n {
+		if n[i], err = strconv.ParseInt(f[i+1], 10, 64); err != nil {
+			return "", reply{}, fmt.Errorf("message %q field %d: %w", payload, i+1, err)
+		}
+	}
+	r = reply{now: n[6], epoch: n[7]}
+	if len(f) == 10 {
+		r.reason = f[9]
+	}
+	r.state, err = sharedState(n[0], n[1], n[2], n[3], n[4], n[5])
+	if err != nil {
+		return "", reply{}, fmt.Errorf("message %q: %w", payload, err)
+	}
+	return f[0], r, nil
+}

@@ -1,0 +1,205 @@
+-- prelude.lua is prepended to every fuseproxy script. One circuit's shared state is one
+-- hash (KEYS[1], "<prefix>:{<upstream>}:state") plus a sorted set of trial leases
+-- (KEYS[2], "<prefix>:{<upstream>}:leases"), both in the upstream's hash slot.
+--
+-- Hash fields: st state (0 closed, 1 open, 2 half-open), md mode (0 normal, 1 forced_open,
+-- 2 forced_closed, 3 metrics_only), gen generation, ou open-until (Redis ms), of open
+-- period (ms), tr trips since the last recovery, cf fleet-wide consecutive failures,
+-- sc successful trials this half-open period, at time of the last transition (Redis ms),
+-- rs its reason, ep the epoch (Redis ms when this hash was created: a new epoch means the
+-- state was lost or replaced, and replicas adopt it whatever its generation), cfg/cfgr settings hash and the replica that wrote it,
+-- "b:<k>" window bucket k as "requests failures slow", "r:<replica>" last failure report
+-- (Redis ms) of each replica, for the quorum rule.
+--
+-- Settings travel as one comma-separated ARGV: consecutive, failure rate %, slow rate %,
+-- minimum requests, window ms, buckets, open ms, backoff multiplier, max open ms, jitter,
+-- half-open max, success threshold, min replicas reporting, initial mode.
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function settings(arg)
+  local v = {}
+  for x in string.gmatch(arg, '[^,]+') do v[#v + 1] = tonumber(x) end
+  return { cf = v[1], fr = v[2], sr = v[3], minreq = v[4], win = v[5], buckets = v[6],
+    open = v[7], mult = v[8], maxopen = v[9], jitter = v[10], hmax = v[11],
+    sthresh = v[12], minrep = v[13], mode = v[14] }
+end
+
+local core = { 'st', 'md', 'gen', 'ou', 'of', 'tr', 'cf', 'sc', 'at', 'ep' }
+
+-- load reads the hash. A key of another type or a field that does not parse is reported
+-- (corrupt = reason) and replaced by a fresh closed state: never an error, never a crash.
+local function load(key, s, now)
+  local st = { st = 0, md = s.mode, gen = 0, ou = 0, of = 0, tr = 0, cf = 0, sc = 0, at = 0, ep = now,
+    b = {}, r = {}, del = {}, new = true, dirty = false, corrupt = false, cfg = '', cfgr = '' }
+  local ok, raw = pcall(redis.call, 'HGETALL', key)
+  if not ok then
+    redis.call('DEL', key)
+    st.corrupt, st.dirty, st.changed, st.rs = 'not a hash', true, true, 'corrupt'
+    return st
+  end
+  local h = {}
+  for i = 1, #raw, 2 do
+    local f, v = raw[i], raw[i + 1]
+    local p = string.sub(f, 1, 2)
+    if p == 'b:' then
+      local k = tonumber(string.sub(f, 3))
+      local a, b, c = string.match(v, '^(%d+) (%d+) (%d+)$')
+      if k and a then
+        st.b[k] = { tonumber(a), tonumber(b), tonumber(c) }
+      else
+        st.del[#st.del + 1] = f
+      end
+    elseif p == 'r:' then
+      st.r[string.sub(f, 3)] = tonumber(v) or 0
+    else
+      h[f] = v
+    end
+  end
+  st.new = #raw == 0
+  for _, f in ipairs(core) do
+    if h[f] ~= nil then
+      local n = tonumber(h[f])
+      if n == nil or n < 0 or n ~= math.floor(n) then
+        st.corrupt = 'field ' .. f .. ' is ' .. string.format('%q', h[f])
+      else
+        st[f] = n
+      end
+    end
+  end
+  if not st.corrupt and (st.st > 2 or st.md > 3) then
+    st.corrupt = 'state or mode out of range'
+  end
+  st.cfg, st.cfgr = h.cfg or '', h.cfgr or ''
+  if st.corrupt then
+    redis.call('DEL', key)
+    -- a fresh closed state in a newer generation, published so every replica adopts it
+    return { st = 0, md = s.mode, gen = st.gen + 1, ou = 0, of = 0, tr = 0, cf = 0, sc = 0,
+      at = 0, ep = now, b = {}, r = {}, del = {}, new = true, dirty = true, changed = true,
+      rs = 'corrupt', corrupt = st.corrupt, cfg = '', cfgr = '' }
+  end
+  return st
+end
+
+local function bucket_width(s) return math.max(1, math.floor(s.win / s.buckets)) end
+
+-- window sums the live buckets and marks stale ones for deletion.
+local function window(st, s, now)
+  local k = math.floor(now / bucket_width(s))
+  local r, f, sl = 0, 0, 0
+  for idx, c in pairs(st.b) do
+    if idx > k - s.buckets and idx <= k then
+      r, f, sl = r + c[1], f + c[2], sl + c[3]
+    else
+      st.b[idx] = nil
+      st.del[#st.del + 1] = 'b:' .. idx
+      st.dirty = true
+    end
+  end
+  return r, f, sl
+end
+
+local function reporters(st, s, now)
+  local n = 0
+  for id, t in pairs(st.r) do
+    if t > now - s.win then
+      n = n + 1
+    else
+      st.r[id] = nil
+      st.del[#st.del + 1] = 'r:' .. id
+      st.dirty = true
+    end
+  end
+  return n
+end
+
+local function clear_counts(st)
+  for idx in pairs(st.b) do st.del[#st.del + 1] = 'b:' .. idx end
+  for id in pairs(st.r) do st.del[#st.del + 1] = 'r:' .. id end
+  st.b, st.r, st.cf, st.sc = {}, {}, 0, 0
+end
+
+local function transition(st, to, reason, now, leasekey)
+  st.st, st.gen, st.at, st.rs = to, st.gen + 1, now, reason
+  st.changed, st.dirty = true, true
+  clear_counts(st)
+  redis.call('DEL', leasekey)
+end
+
+-- open_period mirrors breaker.Settings.OpenPeriod plus jitter (rnd in [0,1) from the caller).
+local function trip(st, s, now, reason, rnd, leasekey)
+  st.tr = st.tr + 1
+  local d = s.open * (s.mult ^ (st.tr - 1))
+  if s.maxopen > 0 and d > s.maxopen then d = s.maxopen end
+  if s.jitter > 0 then d = d + d * s.jitter * (2 * rnd - 1) end
+  d = math.floor(d)
+  st.ou, st.of = now + d, d
+  transition(st, 1, reason, now, leasekey)
+end
+
+local function close(st, reason, now, leasekey)
+  st.tr, st.ou, st.of = 0, 0, 0
+  transition(st, 0, reason, now, leasekey)
+end
+
+-- trip_reason evaluates the rules in the same order as breaker.tripReasonLocked, then the
+-- quorum: a trip needs failures reported by at least minrep distinct replicas.
+local function trip_reason(st, s, now)
+  local reason = nil
+  if s.cf > 0 and st.cf >= s.cf then reason = 'consecutive_failures' end
+  if not reason and (s.fr > 0 or s.sr > 0) then
+    local r, f, sl = window(st, s, now)
+    if r > 0 and r >= s.minreq then
+      if s.fr > 0 and f * 100 >= s.fr * r then
+        reason = 'failure_rate'
+      elseif s.sr > 0 and sl * 100 >= s.sr * r then
+        reason = 'slow_call_rate'
+      end
+    end
+  end
+  if reason and s.minrep > 1 and reporters(st, s, now) < s.minrep then return nil end
+  return reason
+end
+
+local function fmt(n) return string.format('%d', n) end
+
+-- save writes what changed, refreshes the expiry and publishes a transition. The hash
+-- lives as long as its open period plus a day: an idle closed circuit needs no key.
+local function save(key, st, s, now, channel, name, cfg, replica)
+  if cfg ~= '' and st.cfg ~= cfg then
+    st.dirty = true
+  end
+  if not st.dirty and not st.new then return end
+  if #st.del > 0 then redis.call('HDEL', key, unpack(st.del)) end
+  local args = { 'st', fmt(st.st), 'md', fmt(st.md), 'gen', fmt(st.gen), 'ou', fmt(st.ou),
+    'of', fmt(st.of), 'tr', fmt(st.tr), 'cf', fmt(st.cf), 'sc', fmt(st.sc), 'at', fmt(st.at), 'ep', fmt(st.ep) }
+  if st.rs then args[#args + 1] = 'rs'; args[#args + 1] = st.rs end
+  if cfg ~= '' then
+    args[#args + 1] = 'cfg'; args[#args + 1] = cfg
+    args[#args + 1] = 'cfgr'; args[#args + 1] = replica
+  end
+  for idx, c in pairs(st.b) do
+    args[#args + 1] = 'b:' .. idx
+    args[#args + 1] = fmt(c[1]) .. ' ' .. fmt(c[2]) .. ' ' .. fmt(c[3])
+  end
+  for id, t in pairs(st.r) do
+    args[#args + 1] = 'r:' .. id; args[#args + 1] = fmt(t)
+  end
+  redis.call('HSET', key, unpack(args))
+  redis.call('PEXPIRE', key, math.max(st.ou - now, 0) + 86400000)
+  if st.changed then
+    redis.call('PUBLISH', channel, table.concat({ name, fmt(st.st), fmt(st.md), fmt(st.gen),
+      fmt(math.max(st.ou - now, 0)), fmt(st.of), fmt(st.tr), fmt(now), fmt(st.ep), st.rs or '' }, ' '))
+  end
+end
+
+-- reply is what every script returns: the state as the caller must apply it.
+local function reply(st, now, granted, prevcfg, prevcfgr)
+  local remaining = 0
+  if st.st == 1 then remaining = math.max(st.ou - now, 0) end
+  return { st.st, st.md, st.gen, remaining, st.of, st.tr, now, granted or 0,
+    prevcfg or '', prevcfgr or '', st.corrupt or '', st.ep }
+end

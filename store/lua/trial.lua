@@ -1,0 +1,18 @@
+-- trial reports finished half-open trials at once, fenced by generation: a failure opens
+-- the circuit again (with the next backoff), enough successes close it.
+-- ARGV: replica, generation, successes, failures, settings, rnd, channel, name, lease ids...
+local s = settings(ARGV[5])
+local now = now_ms()
+local st = load(KEYS[1], s, now)
+for i = 9, #ARGV do redis.call('ZREM', KEYS[2], ARGV[i]) end
+if tonumber(ARGV[2]) == st.gen and st.st == 2 then
+  if tonumber(ARGV[4]) > 0 then
+    trip(st, s, now, 'trial_failed', tonumber(ARGV[6]), KEYS[2])
+  elseif tonumber(ARGV[3]) > 0 then
+    st.sc = st.sc + tonumber(ARGV[3])
+    st.dirty = true
+    if st.sc >= s.sthresh then close(st, 'trials_succeeded', now, KEYS[2]) end
+  end
+end
+save(KEYS[1], st, s, now, ARGV[7], ARGV[8], '', ARGV[1])
+return reply(st, now, 0)

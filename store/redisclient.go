@@ -1,0 +1,99 @@
+package store
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/fuseproxy/fuseproxy/config"
+)
+
+// NewRedisClient builds a client from the config: a single node (url, or host and port),
+// Sentinel (sentinel_master and sentinel_addrs) or Cluster (cluster_addrs), all behind
+// redis.UniversalClient so the config keeps its shape as a deployment grows.
+func NewRedisClient(c config.Redis) (redis.UniversalClient, error) {
+	o := &redis.UniversalOptions{
+		Addrs:        []string{net.JoinHostPort(c.Host, strconv.Itoa(c.Port))},
+		Username:     c.Username,
+		Password:     c.Password,
+		DB:           c.DB,
+		PoolSize:     c.PoolSize,
+		DialTimeout:  c.DialTimeout,
+		ReadTimeout:  c.ReadTimeout,
+		WriteTimeout: c.WriteTimeout,
+		// The flush loop is its own retry: a failed flush is counted towards degradation
+		// and the next one carries on, so a command is never retried behind its back.
+		// Nor is a dial (go-redis dials 5 times, 100 ms apart, by default).
+		MaxRetries:    -1,
+		DialerRetries: 1,
+		// RedisOptions.Timeout bounds each exchange through its context; go-redis ignores
+		// context deadlines on reads and writes unless told otherwise.
+		ContextTimeoutEnabled: true,
+		ClientName:            "fuseproxy",
+	}
+	if c.URL != "" {
+		u, err := redis.ParseURL(c.URL)
+		if err != nil {
+			return nil, fmt.Errorf("store.redis.url: %w", err)
+		}
+		o.Addrs = []string{u.Addr}
+		o.Username, o.Password, o.DB, o.TLSConfig = u.Username, u.Password, u.DB, u.TLSConfig
+		if c.Username != "" {
+			o.Username = c.Username
+		}
+		if c.Password != "" {
+			o.Password = c.Password
+		}
+	}
+	if c.TLS.Enabled || c.TLS.CAFile != "" || c.TLS.CertFile != "" {
+		tc, err := tlsConfig(c.TLS, o.TLSConfig)
+		if err != nil {
+			return nil, err
+		}
+		o.TLSConfig = tc
+	}
+	switch {
+	case c.SentinelMaster != "":
+		o.MasterName = c.SentinelMaster
+		o.Addrs = c.SentinelAddrs
+		o.SentinelPassword = c.SentinelPassword
+	case len(c.ClusterAddrs) > 0:
+		o.Addrs = c.ClusterAddrs
+		o.IsClusterMode = true
+		o.DB = 0
+	}
+	return redis.NewUniversalClient(o), nil
+}
+
+func tlsConfig(c config.TLS, base *tls.Config) (*tls.Config, error) {
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if base != nil {
+		tc = base.Clone()
+	}
+	tc.ServerName = c.ServerName
+	tc.InsecureSkipVerify = c.InsecureSkipVerify //nolint:gosec // an operator's explicit choice
+	if c.CAFile != "" {
+		pem, err := os.ReadFile(c.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("store.redis.tls.ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("store.redis.tls.ca_file: no certificate in %s", c.CAFile)
+		}
+		tc.RootCAs = pool
+	}
+	if c.CertFile != "" || c.KeyFile != "" {
+		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("store.redis.tls.cert_file/key_file: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return tc, nil
+}

@@ -1,0 +1,53 @@
+package store
+
+import (
+	_ "embed"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/fuseproxy/fuseproxy/breaker"
+)
+
+var (
+	//go:embed lua/prelude.lua
+	prelude string
+	//go:embed lua/flush.lua
+	flushSrc string
+	//go:embed lua/acquire.lua
+	acquireSrc string
+	//go:embed lua/trial.lua
+	trialSrc string
+	//go:embed lua/control.lua
+	controlSrc string
+)
+
+// The scripts share one prelude (state layout, trip rules, save, reply). Each runs on one
+// circuit's two keys, which share a hash slot, so all of them work on Redis Cluster.
+var (
+	flushScript   = redis.NewScript(prelude + flushSrc)
+	acquireScript = redis.NewScript(prelude + acquireSrc)
+	trialScript   = redis.NewScript(prelude + trialSrc)
+	controlScript = redis.NewScript(prelude + controlSrc)
+	allScripts    = []*redis.Script{flushScript, acquireScript, trialScript, controlScript}
+)
+
+// settingsArg encodes a circuit's settings as the scripts' settings argument.
+func settingsArg(s breaker.Settings, minReplicas int) string {
+	ms := func(d interface{ Milliseconds() int64 }) string { return strconv.FormatInt(d.Milliseconds(), 10) }
+	f := func(x float64) string { return strconv.FormatFloat(x, 'f', -1, 64) }
+	i := strconv.Itoa
+	return strings.Join([]string{
+		i(s.ConsecutiveFailures), f(s.FailureRate), f(s.SlowCallRate), i(s.MinimumRequests),
+		ms(s.Window), i(s.Buckets), ms(s.OpenDuration), f(s.BackoffMultiplier), ms(s.MaxOpenDuration),
+		f(s.Jitter), i(s.HalfOpenMaxRequests), i(s.SuccessThreshold), i(max(minReplicas, 1)),
+		i(int(s.Mode)),
+	}, ",")
+}
+
+func keys(prefix, name string) (state, leases string) {
+	base := fmt.Sprintf("%s:{%s}:", prefix, name)
+	return base + "state", base + "leases"
+}

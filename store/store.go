@@ -1,0 +1,88 @@
+// Package store is where breaker state lives: the seam between the breakers the proxy
+// consults and the place they agree. The memory store keeps each replica's breakers to
+// itself (one replica; Fuse's array store). The redis store makes a fleet of replicas act
+// as one breaker (Fuse's cache store) without putting Redis on the request path: breakers
+// decide from local state, and a background loop exchanges counts and state with Redis.
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/fuseproxy/fuseproxy/breaker"
+)
+
+// Circuit is one upstream's breaker as a store keeps it.
+type Circuit struct {
+	Breaker *breaker.Breaker
+	// MinReplicasReporting is the quorum: a trip needs failures reported by at least this
+	// many distinct replicas within the window (shared stores only; 0 or 1: no quorum).
+	MinReplicasReporting int
+	// SettingsHash identifies the breaker settings, so replicas that disagree are noticed.
+	SettingsHash string
+	// TrialLease is how long a half-open trial permit is held before it expires unused
+	// (a replica that dies holding one does not block recovery).
+	TrialLease time.Duration
+}
+
+// Op is an operator's command on a circuit.
+type Op uint8
+
+// Operator commands.
+const (
+	OpOpen  Op = iota // open now
+	OpClose           // close now
+	OpReset           // close, clear counts and backoff, mode normal
+	OpMode            // set Command.Mode
+)
+
+// Command is an operator's command; Mode is used by OpMode.
+type Command struct {
+	Op   Op
+	Mode breaker.Mode
+}
+
+func (c Command) validate() error {
+	if c.Op > OpMode || c.Mode > breaker.MetricsOnly {
+		return fmt.Errorf("invalid command: op %d, mode %d", c.Op, c.Mode)
+	}
+	return nil
+}
+
+// ErrUnknownCircuit is returned for a name no circuit has.
+var ErrUnknownCircuit = errors.New("unknown circuit")
+
+// Status is a store's health as the admin API and /readyz show it.
+type Status struct {
+	Driver    string    `json:"driver"`
+	ReplicaID string    `json:"replica_id"`
+	Degraded  bool      `json:"degraded"`
+	Since     time.Time `json:"since,omitzero"` // when Degraded last changed
+	LastError string    `json:"last_error,omitempty"`
+}
+
+// Store keeps breaker state. Attach, Control, Resync, Status and Inspect are safe to call
+// concurrently with Run.
+type Store interface {
+	// Attach hands the store the whole set of circuits, at start and on every reload.
+	// Circuits not in the set are forgotten.
+	Attach(circuits map[string]Circuit)
+	// Resync drops this replica's local view and re-reads every circuit from the store
+	// (Fuse::flush()). fuseproxy calls it before serving, so a replica that starts while a
+	// circuit is open rejects from its first request.
+	Resync(ctx context.Context) error
+	// Run does the store's background work until ctx ends, then flushes what is left.
+	Run(ctx context.Context) error
+	// Control applies an operator's command; shared stores apply it fleet-wide.
+	Control(ctx context.Context, name string, c Command) error
+	// Status reports the store's health.
+	Status() Status
+	// Inspect returns what the store holds for a circuit, for operators.
+	Inspect(ctx context.Context, name string) (map[string]string, error)
+	// Close releases connections. Call it after Run has returned.
+	Close() error
+}
+
+func unknown(name string) error { return fmt.Errorf("%w %q", ErrUnknownCircuit, name) }
