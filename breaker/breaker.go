@@ -47,8 +47,10 @@ type Breaker struct {
 	openFor        time.Duration // length of the current open period
 	trialsInFlight int
 	trialSuccesses int
-	shared         bool // decisions belong to a shared store
-	permits        int  // shared: trial permits granted by the store and not yet used
+	shared         bool          // decisions belong to a shared store
+	permits        int           // shared: trial permits granted by the store and not yet used
+	permitsUntil   time.Duration // shared: the permits' leases expire then
+	wanted         bool          // shared: a request was rejected for want of a permit
 	delta          Delta
 	trials         TrialReport
 	epoch          uint64 // see word
@@ -173,11 +175,15 @@ func (b *Breaker) allowLocked(tr *Transition) (Ticket, error, bool) {
 			return t, err, false
 		}
 		if b.shared { // the store moves the fleet to half-open and grants permits
+			b.wanted = true
 			t, err := b.reject(m, gen, ErrOpen)
 			return t, err, true
 		}
 		*tr = b.transitionLocked(now, HalfOpen, ReasonOpenTimeout)
 		_, _, gen = b.load()
+	}
+	if b.shared && b.permits > 0 && now >= b.permitsUntil {
+		b.permits = 0 // their leases expired: another replica may hold them now
 	}
 	if b.trialsInFlight < b.s.HalfOpenMaxRequests && (!b.shared || b.permits > 0) {
 		if b.shared {
@@ -187,7 +193,11 @@ func (b *Breaker) allowLocked(tr *Transition) (Ticket, error, bool) {
 		return Ticket{gen: gen, flags: ticketTrial}, nil, false
 	}
 	t, err := b.reject(m, gen, ErrTooManyTrials)
-	return t, err, b.shared && b.permits == 0 && b.trialsInFlight == 0
+	if b.shared && b.permits == 0 && b.trialsInFlight < b.s.HalfOpenMaxRequests {
+		b.wanted = true
+		return t, err, true
+	}
+	return t, err, false
 }
 
 // Done reports the outcome of an admitted request and how long it took. Outcomes of
@@ -329,7 +339,7 @@ func (b *Breaker) transitionLocked(now time.Duration, to State, reason string) T
 func (b *Breaker) resetGenerationLocked() {
 	b.win.reset()
 	b.consecutive = 0
-	b.trialsInFlight, b.trialSuccesses, b.permits = 0, 0, 0
+	b.trialsInFlight, b.trialSuccesses, b.permits, b.wanted = 0, 0, 0, false
 	b.delta = Delta{}
 	b.trials = TrialReport{}
 }

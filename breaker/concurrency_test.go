@@ -146,7 +146,7 @@ func TestConcurrentUse(t *testing.T) {
 			case 8, 9:
 				b.SetShared(false)
 			case 10, 11:
-				b.GrantPermits(b.Snapshot().Generation, 1+rnd.IntN(3))
+				b.GrantPermits(b.Snapshot().Generation, 1+rnd.IntN(3), time.Minute)
 			case 12:
 				b.TakeDelta()
 				b.TakeTrials()

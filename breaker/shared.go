@@ -134,32 +134,45 @@ func (b *Breaker) TakeTrials() (r TrialReport, ok bool) {
 	return r, !r.empty()
 }
 
-// NeedsPermits reports whether a shared breaker waits for trial permits: its open period
-// has ended, or it is half-open with neither a permit nor a trial in flight.
-func (b *Breaker) NeedsPermits() bool {
+// NeedsPermits returns how many trial permits a shared breaker should ask its store for:
+// requests were rejected for want of one since the last grant, and its open period has
+// ended or it is half-open with free trial slots. An idle replica asks for none, so it
+// never holds permits another replica's traffic could use.
+func (b *Breaker) NeedsPermits() int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	st, m, _ := b.load()
-	if !b.shared || m == ForcedOpen || m == ForcedClosed {
-		return false
+	if !b.shared || !b.wanted || m == ForcedOpen || m == ForcedClosed {
+		return 0
 	}
 	switch st {
 	case Open:
-		return int64(b.clock.Now()) >= b.openUntil.Load()
+		if int64(b.clock.Now()) >= b.openUntil.Load() {
+			return b.s.HalfOpenMaxRequests
+		}
 	case HalfOpen:
-		return b.permits == 0 && b.trialsInFlight == 0
+		if b.permits == 0 || b.clock.Now() >= b.permitsUntil {
+			return b.s.HalfOpenMaxRequests - b.trialsInFlight
+		}
 	}
-	return false
+	return 0
 }
 
-// GrantPermits adds trial permits granted by the store for generation gen; permits for
-// another generation are refused (the store's lease then expires unused).
-func (b *Breaker) GrantPermits(gen uint64, n int) bool {
+// GrantPermits adds n trial permits granted by the store for generation gen, valid for
+// ttl (their leases' lifetime); permits for another generation are refused (the store's
+// leases then expire unused).
+func (b *Breaker) GrantPermits(gen uint64, n int, ttl time.Duration) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.generation() != gen || b.State() != HalfOpen {
 		return false
 	}
+	now := b.clock.Now()
+	if b.permits > 0 && now >= b.permitsUntil {
+		b.permits = 0
+	}
 	b.permits += n
+	b.permitsUntil = now + ttl
+	b.wanted = false
 	return true
 }

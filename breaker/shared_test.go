@@ -115,20 +115,23 @@ func TestSharedPermits(t *testing.T) {
 		OpenFor: 10 * time.Second, Trips: 1}, false)
 
 	f.clock.Advance(10*time.Second - 1)
-	if f.b.NeedsPermits() {
-		t.Fatal("needs permits before the open period ended")
-	}
 	f.reject(breaker.ErrOpen)
+	if n := f.b.NeedsPermits(); n != 0 {
+		t.Fatalf("NeedsPermits = %d before the open period ended, want 0", n)
+	}
 	f.wantWakes(0)
 
 	f.clock.Advance(1)
-	if !f.b.NeedsPermits() {
-		t.Fatal("open period over: NeedsPermits false")
+	if n := f.b.NeedsPermits(); n != 0 {
+		t.Fatalf("NeedsPermits = %d with no request waiting (an idle replica), want 0", n)
 	}
 	f.reject(breaker.ErrOpen) // the store moves the fleet to half-open, not the breaker
 	f.wantState(breaker.Open)
 	f.wantWakes(1)
-	if f.b.GrantPermits(5, 1) {
+	if n := f.b.NeedsPermits(); n != 5 {
+		t.Fatalf("open period over, a request waiting: NeedsPermits = %d, want 5", n)
+	}
+	if f.b.GrantPermits(5, 1, time.Minute) {
 		t.Fatal("permits granted while open")
 	}
 
@@ -136,28 +139,30 @@ func TestSharedPermits(t *testing.T) {
 	f.wantState(breaker.HalfOpen)
 	f.reject(breaker.ErrTooManyTrials) // no permit yet: wake the store
 	f.wantWakes(2)
-	if !f.b.NeedsPermits() {
-		t.Fatal("half-open without permits: NeedsPermits false")
+	if n := f.b.NeedsPermits(); n != 5 {
+		t.Fatalf("half-open without permits: NeedsPermits = %d, want 5", n)
 	}
-	if f.b.GrantPermits(5, 2) {
+	if f.b.GrantPermits(5, 2, time.Minute) {
 		t.Fatal("permits of a stale generation accepted")
 	}
-	if !f.b.GrantPermits(6, 2) {
+	if !f.b.GrantPermits(6, 2, time.Minute) {
 		t.Fatal("permits refused")
 	}
-	if f.b.NeedsPermits() || f.snap().Permits != 2 {
-		t.Fatalf("after GrantPermits: NeedsPermits %v, snapshot %+v", f.b.NeedsPermits(), f.snap())
+	if n := f.b.NeedsPermits(); n != 0 || f.snap().Permits != 2 {
+		t.Fatalf("after GrantPermits: NeedsPermits %d, snapshot %+v", n, f.snap())
 	}
 
 	wakes := f.wakes.Load()
 	t1, t2 := f.trial(), f.trial() // exactly 2 trials
-	f.reject(breaker.ErrTooManyTrials)
+	f.reject(breaker.ErrTooManyTrials) // slots free but no permit: ask for more
+	f.wantWakes(wakes + 1)
 	f.b.Done(t1, breaker.Success, 0)
-	f.wantWakes(wakes + 1) // report at once
+	f.wantWakes(wakes + 2) // report at once
 	f.reject(breaker.ErrTooManyTrials)
+	f.wantWakes(wakes + 3)
 	f.wantState(breaker.HalfOpen) // the store decides, even with success_threshold 1
 	f.b.Done(t2, breaker.Ignored, 0)
-	f.wantWakes(wakes + 2)
+	f.wantWakes(wakes + 4)
 
 	r, ok := f.b.TakeTrials()
 	if !ok || r != (breaker.TrialReport{Generation: 6, Successes: 1, Released: 1}) {
@@ -166,20 +171,28 @@ func TestSharedPermits(t *testing.T) {
 	if r, ok := f.b.TakeTrials(); ok || r.Successes+r.Failures+r.Released != 0 {
 		t.Fatalf("second TakeTrials = %+v, %v", r, ok)
 	}
-	if !f.b.NeedsPermits() {
-		t.Fatal("no permit and no trial left: NeedsPermits false")
+	if n := f.b.NeedsPermits(); n != 5 {
+		t.Fatalf("no permit and no trial left: NeedsPermits = %d, want 5", n)
 	}
 
 	// A failed trial is reported, not acted on.
-	f.b.GrantPermits(6, 1)
+	f.b.GrantPermits(6, 1, time.Minute)
 	f.b.Done(f.trial(), breaker.Failure, 0)
 	f.wantState(breaker.HalfOpen)
 	if r, _ := f.b.TakeTrials(); r != (breaker.TrialReport{Generation: 6, Failures: 1}) {
 		t.Fatalf("TakeTrials = %+v", r)
 	}
 
+	// Permits expire with their leases: another replica may hold them by then.
+	f.b.GrantPermits(6, 2, time.Second)
+	f.clock.Advance(time.Second)
+	f.reject(breaker.ErrTooManyTrials)
+	if n := f.b.NeedsPermits(); n != 5 {
+		t.Fatalf("permits past their lease: NeedsPermits = %d, want 5", n)
+	}
+
 	// Permits die with a change of authority...
-	f.b.GrantPermits(6, 3)
+	f.b.GrantPermits(6, 3, time.Minute)
 	f.b.SetShared(false)
 	f.b.SetShared(true)
 	if sn := f.snap(); sn.Permits != 0 {
@@ -188,7 +201,7 @@ func TestSharedPermits(t *testing.T) {
 	f.reject(breaker.ErrTooManyTrials)
 
 	// ...and with their generation.
-	f.b.GrantPermits(6, 3)
+	f.b.GrantPermits(6, 3, time.Minute)
 	f.b.Apply(breaker.SharedState{State: breaker.HalfOpen, Generation: 8, Trips: 1}, false)
 	if sn := f.snap(); sn.Permits != 0 {
 		t.Fatalf("permits survived a new generation: %+v", sn)
@@ -201,8 +214,9 @@ func TestSharedForcedModesNeedNoPermits(t *testing.T) {
 	f.b.SetShared(true)
 	for _, m := range []breaker.Mode{breaker.ForcedOpen, breaker.ForcedClosed} {
 		f.b.Apply(breaker.SharedState{State: breaker.HalfOpen, Mode: m, Generation: f.snap().Generation + 1}, false)
-		if f.b.NeedsPermits() {
-			t.Errorf("%v: NeedsPermits true", m)
+		_, _ = f.b.Allow() // whatever the mode answers, it wants no permit
+		if n := f.b.NeedsPermits(); n != 0 {
+			t.Errorf("%v: NeedsPermits = %d, want 0", m, n)
 		}
 	}
 }
@@ -236,7 +250,7 @@ func TestSharedDegradedTripsLocally(t *testing.T) {
 	f = newFixture(t, sharedSettings())
 	f.b.SetShared(true)
 	f.b.Apply(breaker.SharedState{State: breaker.HalfOpen, Generation: 3, Trips: 2}, false)
-	f.b.GrantPermits(3, 1)
+	f.b.GrantPermits(3, 1, time.Minute)
 	tk := f.trial()
 	f.b.SetShared(false)
 	f.b.Done(tk, breaker.Failure, 0)
@@ -253,7 +267,7 @@ func TestApplyForceKeepsTicketsFenced(t *testing.T) {
 		f := newFixture(t, sharedSettings())
 		f.b.SetShared(true)
 		f.b.Apply(breaker.SharedState{State: breaker.HalfOpen, Generation: 4, Trips: 1}, false)
-		f.b.GrantPermits(4, 1)
+		f.b.GrantPermits(4, 1, time.Minute)
 		tk := f.trial()
 		if !f.b.Apply(breaker.SharedState{State: breaker.Closed, Generation: 4}, true) {
 			t.Fatal("not adopted")
@@ -273,7 +287,7 @@ func TestApplyForceKeepsTicketsFenced(t *testing.T) {
 		f := newFixture(t, sharedSettings())
 		f.b.SetShared(true)
 		f.b.Apply(breaker.SharedState{State: breaker.HalfOpen, Generation: 4, Trips: 1}, false)
-		f.b.GrantPermits(4, 1)
+		f.b.GrantPermits(4, 1, time.Minute)
 		tk := f.trial()
 		f.b.Apply(breaker.SharedState{State: breaker.Closed, Generation: 4}, true)
 		f.b.SetShared(false)

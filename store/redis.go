@@ -83,6 +83,14 @@ type circuit struct {
 	warnedCfg                     string      // settings hash last warned about (xmu)
 }
 
+// lease returns how long a trial permit's lease lasts in Redis.
+func (c *circuit) lease() time.Duration {
+	if c.TrialLease <= 0 {
+		return 30 * time.Second
+	}
+	return c.TrialLease
+}
+
 // lease is a trial permit held by this replica: its id in the leases set, and the
 // generation of the half-open period it belongs to.
 type lease struct {
@@ -281,11 +289,18 @@ func (r *Redis) exchange(ctx context.Context, cs []*circuit, resync bool) error 
 	if r.o.Hooks.Flush != nil {
 		r.o.Hooks.Flush(time.Since(now), err)
 	}
-	if err != nil {
+	// An error Redis answered (a script error on one circuit) leaves the other replies
+	// good; anything else (network, timeout) means the exchange failed as a whole.
+	var rerr redis.Error
+	if err != nil && !errors.As(err, &rerr) {
 		return err
 	}
 	rtt := r.o.Wall().Sub(sent)
 	for _, cl := range calls {
+		if err := cl.cmd.Err(); err != nil {
+			r.log.Error("script failed in Redis", zap.String("upstream", cl.c.name), zap.Error(err))
+			continue
+		}
 		rep, err := decodeReply(cl.cmd.Val())
 		if err != nil {
 			r.log.Error("unexpected reply from Redis", zap.String("upstream", cl.c.name), zap.Error(err))
@@ -332,14 +347,13 @@ func (r *Redis) plan(calls []*call, c *circuit, now time.Time, resync bool) []*c
 			r.o.ReplicaID, d.Generation, d.Requests, d.Failures, d.Slow, d.Tail,
 			boolArg(d.HadSuccess), c.settings, c.SettingsHash, rand.Float64(), r.channel, c.name}})
 	}
-	if !resync && !r.stopping && now.After(c.nextAcquire) && b.NeedsPermits() {
+	if resync || r.stopping || now.Before(c.nextAcquire) {
+		return calls
+	}
+	if want := b.NeedsPermits(); want > 0 {
 		base := r.o.ReplicaID + ":" + strconv.FormatUint(r.leaseSeq.Add(1), 10)
-		lease := c.TrialLease
-		if lease <= 0 {
-			lease = 30 * time.Second
-		}
 		calls = append(calls, &call{c: c, script: acquireScript, keys: keys, args: []any{
-			r.o.ReplicaID, 1, lease.Milliseconds(), c.settings, base, r.channel, c.name}})
+			r.o.ReplicaID, want, c.lease().Milliseconds(), c.settings, base, r.channel, c.name}})
 	}
 	return calls
 }
@@ -380,7 +394,11 @@ func (r *Redis) applyReply(cl *call, rep reply, force bool) {
 	r.apply(c, rep, force, "flush")
 	c.synced.Store(true)
 	if cl.script == acquireScript {
-		if rep.granted > 0 && c.Breaker.GrantPermits(rep.state.Generation, rep.granted) {
+		// Local permits lapse a little before their leases, so a permit is never used
+		// after Redis may have handed its lease to another replica.
+		ttl := c.lease() - c.lease()/10
+		ttl -= min(r.o.Timeout, ttl/2)
+		if rep.granted > 0 && c.Breaker.GrantPermits(rep.state.Generation, rep.granted, ttl) {
 			gen := rep.state.Generation
 			base := cl.args[4].(string) + ":" + strconv.FormatUint(gen, 10)
 			for i := 1; i <= rep.granted; i++ {

@@ -714,7 +714,7 @@ func TestRedisStoppedReplicaReleasesPermits(t *testing.T) {
 	if err := a.st.Control(t.Context(), circuitName, Command{Op: OpOpen}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, waitFor, "a holding the permit", func() bool { return a.b.Snapshot().Permits == 1 })
+	eventually(t, waitFor, "a holding the permit", func() bool { return holdsPermit(a.b) })
 	b := startReplica(t, srv, "b", rc)
 	exchangesDone(t, 3, func() {
 		if tk, err := b.b.Allow(); err == nil {
@@ -737,7 +737,7 @@ func TestRedisInspect(t *testing.T) {
 	if err := r.st.Control(t.Context(), circuitName, Command{Op: OpOpen}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, waitFor, "a lease", func() bool { return r.b.Snapshot().Permits == 1 })
+	eventually(t, waitFor, "a lease", func() bool { return holdsPermit(r.b) })
 	m, err := r.st.Inspect(t.Context(), circuitName)
 	if err != nil {
 		t.Fatal(err)
@@ -859,4 +859,98 @@ func BenchmarkRedisAllowDone(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(cmds)/float64(b.N), "redis-cmds/op")
+}
+
+// holdsPermit reports whether b holds a trial permit (granted, or in use by a trial
+// admitted here). A replica asks for permits only while requests wait for one, so while
+// it holds none this sends one (whose rejection is the request waiting).
+func holdsPermit(b *breaker.Breaker) bool {
+	if sn := b.Snapshot(); sn.Permits > 0 || sn.TrialsInFlight > 0 {
+		return true
+	}
+	tk, err := b.Allow()
+	return err == nil && tk.Trial()
+}
+
+// An idle replica does not take trial permits: only replicas whose requests wait for one
+// ask, so a permit is never stuck with a replica that has no traffic to try.
+func TestRedisIdleReplicaTakesNoPermit(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	rc := replicaConfig{settings: baseSettings(), lease: time.Minute}
+	idle, busy := startReplica(t, srv, "idle", rc), startReplica(t, srv, "busy", rc)
+	if err := busy.st.Control(t.Context(), circuitName, Command{Op: OpOpen}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, waitFor, "busy to hold the permit", func() bool { return holdsPermit(busy.b) })
+	exchangesDone(t, 5, nil, idle)
+	if sn := idle.b.Snapshot(); sn.Permits != 0 || sn.TrialsInFlight != 0 {
+		t.Fatalf("idle replica: got %d permits and %d trials, want none", sn.Permits, sn.TrialsInFlight)
+	}
+}
+
+// One replica may run as many trials at once as the fleet allows.
+func TestRedisOneReplicaRunsSeveralTrials(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	s := baseSettings()
+	s.HalfOpenMaxRequests, s.SuccessThreshold = 3, 3
+	r := startReplica(t, srv, "r", replicaConfig{settings: s, lease: time.Minute})
+	if err := r.st.Control(t.Context(), circuitName, Command{Op: OpOpen}); err != nil {
+		t.Fatal(err)
+	}
+	var tickets []breaker.Ticket
+	eventually(t, waitFor, "3 trials in flight", func() bool {
+		if tk, err := r.b.Allow(); err == nil {
+			tickets = append(tickets, tk)
+		}
+		return len(tickets) == 3
+	})
+	exchangesDone(t, 3, func() {
+		if tk, err := r.b.Allow(); err == nil {
+			t.Fatalf("a 4th trial was admitted: %+v", tk)
+		}
+	}, r)
+	for _, tk := range tickets {
+		r.b.Done(tk, breaker.Success, 0)
+	}
+	eventually(t, waitFor, "the circuit to close", func() bool { return r.b.State() == breaker.Closed })
+}
+
+// A script that fails in Redis for one circuit (here its leases key was replaced by a
+// foreign value) leaves the other circuits' replies good and does not degrade the store.
+func TestRedisOneFailingScriptSparesTheRest(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	s := baseSettings()
+	s.SuccessThreshold = 2
+	r := startReplica(t, srv, "r", replicaConfig{settings: s, lease: time.Minute})
+	other := breaker.New("other", baseSettings(), breaker.Options{Wake: r.st.Wake})
+	r.st.Attach(map[string]Circuit{
+		circuitName: {Breaker: r.b, SettingsHash: "h", TrialLease: time.Minute},
+		"other":     {Breaker: other, SettingsHash: "h", TrialLease: time.Minute},
+	})
+	if err := r.st.Control(t.Context(), circuitName, Command{Op: OpOpen}); err != nil {
+		t.Fatal(err)
+	}
+	var trial breaker.Ticket
+	eventually(t, waitFor, "a trial of api", func() bool {
+		tk, err := r.b.Allow()
+		trial = tk
+		return err == nil && tk.Trial()
+	})
+	if err := srv.Client().Set(t.Context(), "fuse:{api}:leases", "foreign", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	r.b.Done(trial, breaker.Success, 0) // its report fails in Redis: WRONGTYPE
+	eventually(t, waitFor, "api's trial report to fail in Redis", func() bool {
+		return len(r.logs.FilterMessage("script failed in Redis").All()) > 0
+	})
+	for range 3 {
+		fail(t, other)
+	}
+	eventually(t, waitFor, "other to open through Redis", func() bool { return other.State() == breaker.Open })
+	if r.st.Status().Degraded || r.degraded.Load() != 0 {
+		t.Fatalf("store degraded by one circuit's script error: %+v", r.st.Status())
+	}
 }

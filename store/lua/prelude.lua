@@ -134,6 +134,7 @@ local function trip(st, s, now, reason, rnd, leasekey)
   st.tr = st.tr + 1
   local d = s.open * (s.mult ^ (st.tr - 1))
   if s.maxopen > 0 and d > s.maxopen then d = s.maxopen end
+  if d > 4611686018427 then d = 4611686018427 end -- breaker.Settings.OpenPeriod's cap, in ms
   if s.jitter > 0 then d = d + d * s.jitter * (2 * rnd - 1) end
   d = math.floor(d)
   st.ou, st.of = now + d, d
