@@ -153,7 +153,7 @@ func TestSharedPermits(t *testing.T) {
 	}
 
 	wakes := f.wakes.Load()
-	t1, t2 := f.trial(), f.trial() // exactly 2 trials
+	t1, t2 := f.trial(), f.trial()     // exactly 2 trials
 	f.reject(breaker.ErrTooManyTrials) // slots free but no permit: ask for more
 	f.wantWakes(wakes + 1)
 	f.b.Done(t1, breaker.Success, 0)
