@@ -1,0 +1,291 @@
+// Package telemetry is fuseproxy's Prometheus instrumentation. One Metrics value per
+// replica owns a private prometheus.Registry (nothing is registered globally) holding:
+//
+//   - per-request counters and latency histograms, fed by the proxy through the
+//     proxy.Recorder interface with handles resolved per upstream in advance, so the
+//     request path costs one atomic load, one map lookup and the increments;
+//   - circuit state, mode and half-open trials, read from breaker snapshots by a custom
+//     Collector at scrape time (no cost on the request path);
+//   - transition counts, store health (flush latency and errors, degradation,
+//     propagation lag), config reloads, dropped events and webhook deliveries;
+//   - fuseproxy_build_info and the standard Go and process collectors.
+//
+// Label values are upstream names from the config and fixed enums only, so the number
+// of series is bounded by the config; an upstream removed by a reload has its series
+// deleted.
+package telemetry
+
+import (
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/fuseproxy/fuseproxy/breaker"
+	"github.com/fuseproxy/fuseproxy/proxy"
+	"github.com/fuseproxy/fuseproxy/store"
+)
+
+// Namespace prefixes every fuseproxy metric.
+const Namespace = "fuseproxy"
+
+// Options configure Metrics.
+type Options struct {
+	// Version is the build's version, for fuseproxy_build_info.
+	Version string
+	// Circuits returns the breakers in effect; the collector calls it on every scrape.
+	// Nil means no circuit metrics.
+	Circuits func() map[string]*breaker.Breaker
+	// NoRuntimeCollectors leaves out the Go and process collectors (benchmarks).
+	NoRuntimeCollectors bool
+}
+
+// Metrics is one replica's instrumentation. It implements proxy.Recorder. All methods
+// are safe for concurrent use.
+type Metrics struct {
+	reg *prometheus.Registry
+
+	requests    *prometheus.CounterVec
+	duration    *prometheus.HistogramVec
+	transitions *prometheus.CounterVec
+
+	flushDuration     prometheus.Histogram
+	flushErrors       prometheus.Counter
+	degraded          prometheus.Gauge
+	propagation       prometheus.Histogram
+	reloads           *prometheus.CounterVec
+	eventsDropped     prometheus.Counter
+	webhookDeliveries *prometheus.CounterVec
+
+	// upstreams holds the pre-resolved handles; replaced whole by SetUpstreams.
+	upstreams atomic.Pointer[map[string]*upstreamMetrics]
+	mu        sync.Mutex // serialises SetUpstreams
+}
+
+// upstreamMetrics are one upstream's handles, resolved once per upstream.
+type upstreamMetrics struct {
+	requests    [numResults]prometheus.Counter
+	duration    prometheus.Observer
+	transitions [numStates][numStates]prometheus.Counter // [from][to]; nil on the diagonal
+	hasBreaker  bool                                     // transitions are resolved
+}
+
+const (
+	numResults = 7 // len(proxy.Results())
+	numStates  = 3 // closed, open, half_open
+)
+
+// Webhook delivery results, the values of fuseproxy_webhook_deliveries_total's label.
+const (
+	DeliverySuccess = "success"
+	DeliveryFailure = "failure"
+)
+
+var _ proxy.Recorder = (*Metrics)(nil)
+
+// New returns Metrics with every collector registered in a new registry.
+func New(o Options) *Metrics {
+	m := &Metrics{reg: prometheus.NewRegistry()}
+	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: Namespace, Name: "requests_total",
+		Help: "Requests routed to an upstream, by outcome. A request a metrics_only breaker would have rejected is also counted as would_reject.",
+	}, []string{"upstream", "outcome"})
+	m.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: Namespace, Name: "upstream_request_duration_seconds",
+		Help:    "Time from admission to the upstream's response headers (or the error) for requests that reached the upstream and counted as success or failure.",
+		Buckets: prometheus.DefBuckets,
+	}, []string{"upstream"})
+	m.transitions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: Namespace, Name: "circuit_transitions_total",
+		Help: "Circuit state transitions seen by this replica.",
+	}, []string{"upstream", "from", "to"})
+	m.flushDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: Namespace, Name: "store_flush_duration_seconds",
+		Help:    "Duration of one exchange (pipeline of scripts) with the shared store.",
+		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
+	})
+	m.flushErrors = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: Namespace, Name: "store_flush_errors_total",
+		Help: "Exchanges with the shared store that failed.",
+	})
+	m.degraded = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: Namespace, Name: "store_degraded",
+		Help: "1 while the shared store is unreachable and breakers decide locally, else 0.",
+	})
+	m.propagation = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: Namespace, Name: "store_propagation_lag_seconds",
+		Help:    "Delay between a shared state change in the store and this replica adopting it (estimated against the store's clock).",
+		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+	})
+	m.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: Namespace, Name: "config_reloads_total",
+		Help: "Config reloads (SIGHUP or POST /reload), by result.",
+	}, []string{"result"})
+	m.eventsDropped = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: Namespace, Name: "events_dropped_total",
+		Help: "Transition events not delivered to webhooks because the event queue was full.",
+	})
+	m.webhookDeliveries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: Namespace, Name: "webhook_deliveries_total",
+		Help: "Event deliveries to webhooks, by result (failure: every attempt failed).",
+	}, []string{"result"})
+	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: Namespace, Name: "build_info",
+		Help:        "Always 1; the labels name the build.",
+		ConstLabels: prometheus.Labels{"version": o.Version, "goversion": runtime.Version()},
+	})
+	buildInfo.Set(1)
+	for _, r := range []string{"success", "failure"} {
+		m.reloads.WithLabelValues(r)
+	}
+	for _, r := range []string{DeliverySuccess, DeliveryFailure} {
+		m.webhookDeliveries.WithLabelValues(r)
+	}
+	m.reg.MustRegister(m.requests, m.duration, m.transitions, m.flushDuration, m.flushErrors,
+		m.degraded, m.propagation, m.reloads, m.eventsDropped, m.webhookDeliveries, buildInfo)
+	if o.Circuits != nil {
+		m.reg.MustRegister(newCircuitCollector(o.Circuits))
+	}
+	if !o.NoRuntimeCollectors {
+		m.reg.MustRegister(collectors.NewGoCollector(),
+			collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	empty := map[string]*upstreamMetrics{}
+	m.upstreams.Store(&empty)
+	return m
+}
+
+// Registry is the registry holding every fuseproxy metric, for /metrics.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// SetUpstreams sets the upstreams whose requests and transitions are counted, by name,
+// true for those with a breaker: handles for new names are resolved (their series start
+// at 0; transition series only for upstreams with a breaker), and the series of names
+// no longer listed are deleted. Call it at start and on every reload.
+func (m *Metrics) SetUpstreams(upstreams map[string]bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	old := *m.upstreams.Load()
+	next := make(map[string]*upstreamMetrics, len(upstreams))
+	for name, hasBreaker := range upstreams {
+		um, ok := old[name]
+		switch {
+		case !ok:
+			um = m.resolve(name, hasBreaker)
+		case hasBreaker != um.hasBreaker:
+			m.transitions.DeletePartialMatch(prometheus.Labels{"upstream": name})
+			um = m.resolve(name, hasBreaker)
+		}
+		next[name] = um
+	}
+	m.upstreams.Store(&next)
+	for name := range old {
+		if _, ok := next[name]; !ok {
+			l := prometheus.Labels{"upstream": name}
+			m.requests.DeletePartialMatch(l)
+			m.duration.DeletePartialMatch(l)
+			m.transitions.DeletePartialMatch(l)
+		}
+	}
+}
+
+// Upstreams returns the names SetUpstreams set, sorted.
+func (m *Metrics) Upstreams() []string {
+	ups := *m.upstreams.Load()
+	names := make([]string, 0, len(ups))
+	for name := range ups {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	return names
+}
+
+func (m *Metrics) resolve(name string, hasBreaker bool) *upstreamMetrics {
+	um := &upstreamMetrics{duration: m.duration.WithLabelValues(name), hasBreaker: hasBreaker}
+	for _, r := range proxy.Results() {
+		um.requests[r] = m.requests.WithLabelValues(name, r.String())
+	}
+	if !hasBreaker {
+		return um
+	}
+	for from := range breaker.State(numStates) {
+		for to := range breaker.State(numStates) {
+			if from != to {
+				um.transitions[from][to] = m.transitions.WithLabelValues(name, from.String(), to.String())
+			}
+		}
+	}
+	return um
+}
+
+// Request implements proxy.Recorder. Requests for an upstream SetUpstreams did not list
+// (one removed by a reload while the request was in flight) are not counted.
+func (m *Metrics) Request(upstream string, r proxy.Result, elapsed time.Duration) {
+	um := (*m.upstreams.Load())[upstream]
+	if um == nil || int(r) >= numResults {
+		return
+	}
+	um.requests[r].Inc()
+	switch r {
+	case proxy.Success, proxy.FailureStatus, proxy.FailureTransport, proxy.FailureTimeout:
+		um.duration.Observe(elapsed.Seconds())
+	}
+}
+
+// Transition counts one circuit transition.
+func (m *Metrics) Transition(t breaker.Transition) {
+	um := (*m.upstreams.Load())[t.Upstream]
+	if um == nil || t.From >= numStates || t.To >= numStates {
+		return
+	}
+	if c := um.transitions[t.From][t.To]; c != nil {
+		c.Inc()
+	}
+}
+
+// EventDropped counts a transition event dropped because the event queue was full.
+func (m *Metrics) EventDropped() { m.eventsDropped.Inc() }
+
+// WebhookDelivered counts one event delivery to one webhook: ok after a 2xx answer,
+// not ok once every attempt failed.
+func (m *Metrics) WebhookDelivered(ok bool) {
+	if ok {
+		m.webhookDeliveries.WithLabelValues(DeliverySuccess).Inc()
+		return
+	}
+	m.webhookDeliveries.WithLabelValues(DeliveryFailure).Inc()
+}
+
+// Reloaded counts a config reload that succeeded (err nil) or failed.
+func (m *Metrics) Reloaded(err error) {
+	if err == nil {
+		m.reloads.WithLabelValues("success").Inc()
+		return
+	}
+	m.reloads.WithLabelValues("failure").Inc()
+}
+
+// StoreHooks returns the hooks a Redis store reports its exchanges, degradation and
+// propagation lag through.
+func (m *Metrics) StoreHooks() store.Hooks {
+	return store.Hooks{
+		Flush: func(d time.Duration, err error) {
+			m.flushDuration.Observe(d.Seconds())
+			if err != nil {
+				m.flushErrors.Inc()
+			}
+		},
+		Degraded: func(d bool) {
+			if d {
+				m.degraded.Set(1)
+			} else {
+				m.degraded.Set(0)
+			}
+		},
+		Propagation: func(_ string, lag time.Duration) { m.propagation.Observe(lag.Seconds()) },
+	}
+}

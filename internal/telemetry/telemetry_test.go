@@ -1,0 +1,243 @@
+package telemetry
+
+import (
+	"bytes"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/fuseproxy/fuseproxy/breaker"
+	"github.com/fuseproxy/fuseproxy/proxy"
+)
+
+// clock is a manual breaker.Clock.
+type clock struct {
+	mu  sync.Mutex
+	now time.Duration
+}
+
+func (c *clock) Now() time.Duration  { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *clock) Add(d time.Duration) { c.mu.Lock(); c.now += d; c.mu.Unlock() }
+
+func TestResultsMatchArray(t *testing.T) {
+	if n := len(proxy.Results()); n != numResults {
+		t.Fatalf("proxy.Results() has %d values, numResults is %d", n, numResults)
+	}
+	for _, r := range proxy.Results() {
+		if int(r) >= numResults {
+			t.Fatalf("result %v = %d does not fit the handle array", r, r)
+		}
+	}
+}
+
+// scrape returns the registry's text exposition, as /metrics serves it.
+func scrape(t *testing.T, m *Metrics) string {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	promhttp.HandlerFor(m.Registry(), promhttp.HandlerOpts{}).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	if rec.Code != http.StatusOK {
+		t.Fatalf("/metrics: %d %s", rec.Code, rec.Body)
+	}
+	return rec.Body.String()
+}
+
+// PromtoolCheck runs `promtool check metrics` on an exposition and fails t on problems.
+// promtool missing is a failure, not a skip: CI installs it.
+func PromtoolCheck(t *testing.T, exposition string) {
+	t.Helper()
+	path, err := exec.LookPath("promtool")
+	if err != nil {
+		t.Fatalf("promtool not found: apt-get install -y prometheus")
+	}
+	cmd := exec.Command(path, "check", "metrics")
+	cmd.Stdin = strings.NewReader(exposition)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("promtool check metrics: %v\n%s", err, out.String())
+	}
+	if s := strings.TrimSpace(out.String()); s != "" {
+		t.Fatalf("promtool check metrics reported problems:\n%s", s)
+	}
+}
+
+func newTestMetrics(circuits map[string]*breaker.Breaker) *Metrics {
+	return New(Options{Version: "v1.2.3", Circuits: func() map[string]*breaker.Breaker { return circuits }})
+}
+
+func TestExpositionPassesPromtool(t *testing.T) {
+	b := breaker.New("api", breaker.Settings{ConsecutiveFailures: 1}, breaker.Options{Clock: &clock{}})
+	m := newTestMetrics(map[string]*breaker.Breaker{"api": b})
+	m.SetUpstreams(map[string]bool{"api": true, "legacy": false})
+	m.Request("api", proxy.Success, 12*time.Millisecond)
+	m.Request("api", proxy.FailureStatus, 30*time.Millisecond)
+	m.Transition(breaker.Transition{Upstream: "api", From: breaker.Closed, To: breaker.Open})
+	h := m.StoreHooks()
+	h.Flush(time.Millisecond, nil)
+	h.Flush(time.Millisecond, errors.New("timeout"))
+	h.Degraded(true)
+	h.Propagation("api", 3*time.Millisecond)
+	m.Reloaded(nil)
+	m.EventDropped()
+	m.WebhookDelivered(true)
+	text := scrape(t, m)
+	PromtoolCheck(t, text)
+	for _, want := range []string{
+		`fuseproxy_build_info{goversion="go`,
+		`fuseproxy_requests_total{outcome="success",upstream="api"} 1`,
+		`fuseproxy_requests_total{outcome="would_reject",upstream="legacy"} 0`,
+		`fuseproxy_upstream_request_duration_seconds_count{upstream="api"} 2`,
+		`fuseproxy_circuit_transitions_total{from="closed",to="open",upstream="api"} 1`,
+		`fuseproxy_circuit_state{state="closed",upstream="api"} 1`,
+		`fuseproxy_circuit_mode{mode="normal",upstream="api"} 1`,
+		`fuseproxy_circuit_half_open_trials{upstream="api"} 0`,
+		`fuseproxy_store_flush_duration_seconds_count 2`,
+		`fuseproxy_store_flush_errors_total 1`,
+		`fuseproxy_store_degraded 1`,
+		`fuseproxy_store_propagation_lag_seconds_count 1`,
+		`fuseproxy_config_reloads_total{result="success"} 1`,
+		`fuseproxy_config_reloads_total{result="failure"} 0`,
+		`fuseproxy_events_dropped_total 1`,
+		`fuseproxy_webhook_deliveries_total{result="success"} 1`,
+		`fuseproxy_webhook_deliveries_total{result="failure"} 0`,
+		"go_goroutines ",
+		"process_open_fds ",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("exposition lacks %q", want)
+		}
+	}
+	// An upstream without a breaker has no circuit and no transition series.
+	for _, unwanted := range []string{`fuseproxy_circuit_transitions_total{from="closed",to="open",upstream="legacy"}`,
+		`fuseproxy_circuit_state{state="closed",upstream="legacy"}`, `from="closed",to="closed"`} {
+		if strings.Contains(text, unwanted) {
+			t.Errorf("exposition has %q", unwanted)
+		}
+	}
+}
+
+func TestRequestCountsAndDuration(t *testing.T) {
+	m := newTestMetrics(nil)
+	m.SetUpstreams(map[string]bool{"api": true})
+	for _, r := range proxy.Results() {
+		m.Request("api", r, time.Second)
+	}
+	m.Request("unknown", proxy.Success, time.Second) // not counted, no new series
+	text := scrape(t, m)
+	for _, r := range proxy.Results() {
+		if want := `fuseproxy_requests_total{outcome="` + r.String() + `",upstream="api"} 1`; !strings.Contains(text, want) {
+			t.Errorf("exposition lacks %s", want)
+		}
+	}
+	// Only the four results that reached the upstream and counted are timed.
+	if !strings.Contains(text, `fuseproxy_upstream_request_duration_seconds_count{upstream="api"} 4`) {
+		t.Errorf("want 4 timed requests:\n%s", text)
+	}
+	if strings.Contains(text, `upstream="unknown"`) {
+		t.Errorf("an unknown upstream got a series")
+	}
+}
+
+func TestSetUpstreamsDeletesRemovedSeries(t *testing.T) {
+	m := newTestMetrics(nil)
+	m.SetUpstreams(map[string]bool{"api": true, "old": true})
+	m.Request("old", proxy.Success, time.Millisecond)
+	m.Transition(breaker.Transition{Upstream: "old", From: breaker.Closed, To: breaker.Open})
+	m.SetUpstreams(map[string]bool{"api": true, "new": false})
+	// Late reports for the removed upstream (requests in flight during the reload) must
+	// not bring its series back.
+	m.Request("old", proxy.Success, time.Millisecond)
+	m.Transition(breaker.Transition{Upstream: "old", From: breaker.Open, To: breaker.HalfOpen})
+	text := scrape(t, m)
+	if strings.Contains(text, `upstream="old"`) {
+		t.Errorf("series of the removed upstream remain:\n%s", text)
+	}
+	if !strings.Contains(text, `fuseproxy_requests_total{outcome="success",upstream="new"} 0`) {
+		t.Errorf("the new upstream has no series")
+	}
+	if got := m.Upstreams(); strings.Join(got, ",") != "api,new" {
+		t.Errorf("Upstreams() = %v", got)
+	}
+	// A breaker switched off drops the transition series, switched on adds them.
+	m.SetUpstreams(map[string]bool{"api": false, "new": true})
+	text = scrape(t, m)
+	if strings.Contains(text, `transitions_total{from="closed",to="open",upstream="api"}`) ||
+		!strings.Contains(text, `transitions_total{from="closed",to="open",upstream="new"} 0`) {
+		t.Errorf("transition series do not follow the breakers:\n%s", text)
+	}
+}
+
+func TestCollectorFollowsBreaker(t *testing.T) {
+	clk := &clock{}
+	b := breaker.New("api", breaker.Settings{ConsecutiveFailures: 2, OpenDuration: time.Second, HalfOpenMaxRequests: 2},
+		breaker.Options{Clock: clk, Rand: func() float64 { return 0.5 }})
+	m := newTestMetrics(map[string]*breaker.Breaker{"api": b})
+	state := func() string {
+		text := scrape(t, m)
+		for _, st := range []string{"closed", "open", "half_open"} {
+			if strings.Contains(text, `fuseproxy_circuit_state{state="`+st+`",upstream="api"} 1`) {
+				return st
+			}
+		}
+		return "none"
+	}
+	if s := state(); s != "closed" {
+		t.Fatalf("state %s, want closed", s)
+	}
+	for range 2 {
+		tk, _ := b.Allow()
+		b.Done(tk, breaker.Failure, 0)
+	}
+	if s := state(); s != "open" {
+		t.Fatalf("state %s, want open", s)
+	}
+	clk.Add(2 * time.Second)
+	if _, err := b.Allow(); err != nil { // becomes a half-open trial
+		t.Fatal(err)
+	}
+	if s := state(); s != "half_open" {
+		t.Fatalf("state %s, want half_open", s)
+	}
+	if text := scrape(t, m); !strings.Contains(text, `fuseproxy_circuit_half_open_trials{upstream="api"} 1`) {
+		t.Errorf("want one trial in flight:\n%s", text)
+	}
+	b.SetMode(breaker.MetricsOnly)
+	if text := scrape(t, m); !strings.Contains(text, `fuseproxy_circuit_mode{mode="metrics_only",upstream="api"} 1`) ||
+		!strings.Contains(text, `fuseproxy_circuit_mode{mode="normal",upstream="api"} 0`) {
+		t.Errorf("mode gauges wrong:\n%s", text)
+	}
+}
+
+func TestRequestDoesNotAllocate(t *testing.T) {
+	m := New(Options{NoRuntimeCollectors: true})
+	m.SetUpstreams(map[string]bool{"api": true})
+	allocs := testing.AllocsPerRun(1000, func() {
+		m.Request("api", proxy.Success, time.Millisecond)
+		m.Request("api", proxy.Rejected, 0)
+	})
+	if allocs != 0 {
+		t.Errorf("Request allocates %v times per call", allocs)
+	}
+}
+
+func BenchmarkRequest(b *testing.B) {
+	m := New(Options{NoRuntimeCollectors: true})
+	names := map[string]bool{}
+	for _, n := range []string{"a", "b", "c", "api", "payments", "search"} {
+		names[n] = true
+	}
+	m.SetUpstreams(names)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			m.Request("api", proxy.Success, time.Millisecond)
+		}
+	})
+}
