@@ -210,7 +210,7 @@ func (r *Redis) Run(ctx context.Context) error {
 	r.stopping = true
 	defer func() { r.stopping = false }()
 	if !r.degraded.Load() {
-		if err := r.exchange(final, r.list(), false); err != nil {
+		if err := r.exchange(final, r.list(), false); err != nil && !errors.Is(err, errIdle) {
 			r.log.Warn("last flush failed", zap.Error(err))
 		}
 	}
@@ -280,7 +280,7 @@ func (r *Redis) exchange(ctx context.Context, cs []*circuit, resync bool) error 
 		calls = r.plan(calls, c, now, resync)
 	}
 	if len(calls) == 0 {
-		return nil
+		return errIdle
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.o.Timeout)
 	defer cancel()
@@ -449,11 +449,20 @@ func (r *Redis) apply(c *circuit, rep reply, force bool, source string) {
 	r.log.Info("applied shared state", zap.String("upstream", c.name),
 		zap.String("from", from.String()), zap.String("to", rep.state.State.String()),
 		zap.Uint64("generation", rep.state.Generation), zap.String("source", source),
-		zap.Float64("lag_ms", float64(lag.Microseconds())/1000), zap.String("replica", r.o.ReplicaID))
+		zap.Float64("lag_ms", float64(lag.Microseconds())/1000))
 }
+
+// errIdle is what exchange returns when there was nothing to send: it says nothing
+// about Redis, so it neither counts towards degradation nor clears the count. (A tick
+// that clears the count would keep a lightly loaded replica from ever noticing that
+// Redis is gone; an idle replica need not notice, it has nothing to protect.)
+var errIdle = errors.New("nothing to exchange")
 
 // record counts a failed exchange towards degradation, or clears the count.
 func (r *Redis) record(err error) {
+	if errors.Is(err, errIdle) {
+		return
+	}
 	if err == nil {
 		r.failures = 0
 		return
@@ -481,9 +490,9 @@ func (r *Redis) setDegraded(d bool, err error) {
 			c.leases = c.leases[:0]
 		}
 		r.log.Warn("redis store degraded: breakers decide locally from the last shared state",
-			zap.Error(err), zap.String("replica", r.o.ReplicaID))
+			zap.Error(err))
 	} else {
-		r.log.Info("redis store recovered: state resynced", zap.String("replica", r.o.ReplicaID))
+		r.log.Info("redis store recovered: state resynced")
 	}
 	if r.o.Hooks.Degraded != nil {
 		r.o.Hooks.Degraded(d)
@@ -505,7 +514,7 @@ func (r *Redis) resyncLocked(ctx context.Context) error {
 		// Read first, with the breakers still deciding locally: handing them to the store
 		// before Redis has answered would leave them without anyone deciding (no trips,
 		// trial outcomes dropped) for as long as each failed attempt takes, every interval.
-		if err := r.exchange(ctx, cs, true); err != nil {
+		if err := r.exchange(ctx, cs, true); err != nil && !errors.Is(err, errIdle) {
 			r.record(err)
 			return err
 		}
@@ -516,7 +525,7 @@ func (r *Redis) resyncLocked(ctx context.Context) error {
 		}
 	}
 	err := r.exchange(ctx, cs, true)
-	if err != nil {
+	if err != nil && !errors.Is(err, errIdle) {
 		for _, c := range cs {
 			if r.degraded.Load() || !c.synced.Load() {
 				c.Breaker.SetShared(false)
@@ -626,7 +635,7 @@ func (r *Redis) subscribe(ctx context.Context) {
 					// Also the first time: what was published before the subscription
 					// took effect (since Resync) was missed too.
 					if subscribed {
-						r.log.Info("pub/sub resubscribed; resyncing", zap.String("replica", r.o.ReplicaID))
+						r.log.Info("pub/sub resubscribed; resyncing")
 					}
 					r.requestResync()
 					subscribed = true
