@@ -57,6 +57,9 @@ type SharedState struct {
 	OpenRemaining time.Duration
 	OpenFor       time.Duration
 	Trips         int
+	// Reason is why the shared state last changed, as the store recorded it; the
+	// Transition reported when it is applied carries it (ReasonShared when empty).
+	Reason string
 }
 
 // SetShared hands decisions to a shared store (true) or takes them back (false), for
@@ -94,7 +97,11 @@ func (b *Breaker) Apply(s SharedState, force bool) bool {
 		return false
 	}
 	now := b.clock.Now()
-	tr := Transition{Upstream: b.name, From: from, To: s.State, Mode: s.Mode, Reason: ReasonShared,
+	reason := s.Reason
+	if reason == "" {
+		reason = ReasonShared
+	}
+	tr := Transition{Upstream: b.name, From: from, To: s.State, Mode: s.Mode, Reason: reason,
 		Generation: s.Generation, Counts: b.win.sum(now), Consecutive: b.consecutive, OpenFor: s.OpenFor}
 	b.trips = s.Trips
 	if s.State == Open || (s.State == HalfOpen && from == Closed) {

@@ -19,15 +19,14 @@ type reply struct {
 	granted   int
 	cfg, cfgr string // the settings hash stored before this call, and who wrote it
 	corrupt   string // why the stored value was unreadable and replaced, if it was
-	reason    string // pub/sub only: why the state changed
 }
 
 // decodeReply decodes a script's reply. Anything that is not the expected shape is an
 // error naming the field: a foreign script or a future version must never be applied.
 func decodeReply(v any) (reply, error) {
 	a, ok := v.([]any)
-	if !ok || len(a) != 12 {
-		return reply{}, fmt.Errorf("script reply: want 12 elements, got %T %v", v, v)
+	if !ok || len(a) != 13 {
+		return reply{}, fmt.Errorf("script reply: want 13 elements, got %T %v", v, v)
 	}
 	var n [8]int64
 	for i := range n {
@@ -47,6 +46,7 @@ func decodeReply(v any) (reply, error) {
 	r.corrupt, _ = a[10].(string)
 	var err error
 	r.state, err = sharedState(n[0], n[1], n[2], n[3], n[4], n[5])
+	r.state.Reason, _ = a[12].(string)
 	return r, err
 }
 
@@ -85,12 +85,12 @@ func decodeMessage(payload string) (name string, r reply, err error) {
 		}
 	}
 	r = reply{now: n[6], epoch: n[7]}
-	if len(f) == 10 {
-		r.reason = f[9]
-	}
 	r.state, err = sharedState(n[0], n[1], n[2], n[3], n[4], n[5])
 	if err != nil {
 		return "", reply{}, fmt.Errorf("message %q: %w", payload, err)
+	}
+	if len(f) == 10 {
+		r.state.Reason = f[9]
 	}
 	return f[0], r, nil
 }

@@ -14,7 +14,7 @@ import (
 // validReply is a well-formed script reply: open, gen 5, 100 ms left of 200, 2 trips.
 func validReply() []any {
 	return []any{int64(1), int64(0), int64(5), int64(100), int64(200), int64(2),
-		int64(1_700_000_000_000), int64(1), "cfg", "r1", "", int64(1_600_000_000_000)}
+		int64(1_700_000_000_000), int64(1), "cfg", "r1", "", int64(1_600_000_000_000), "failure_rate"}
 }
 
 func replyWith(i int, v any) []any {
@@ -34,20 +34,22 @@ func TestDecodeReply(t *testing.T) {
 	}{
 		{name: "valid", in: validReply(), want: reply{
 			state: breaker.SharedState{State: breaker.Open, Mode: breaker.Normal, Generation: 5,
-				OpenRemaining: 100 * time.Millisecond, OpenFor: 200 * time.Millisecond, Trips: 2},
+				OpenRemaining: 100 * time.Millisecond, OpenFor: 200 * time.Millisecond, Trips: 2,
+				Reason: "failure_rate"},
 			now: 1_700_000_000_000, epoch: 1_600_000_000_000, granted: 1, cfg: "cfg", cfgr: "r1"}},
 		{name: "corrupt reason and half-open metrics-only",
-			in: []any{int64(2), int64(3), int64(0), int64(0), int64(0), int64(0), int64(1), int64(0), "", "", "not a hash", int64(1)},
-			want: reply{state: breaker.SharedState{State: breaker.HalfOpen, Mode: breaker.MetricsOnly},
-				now: 1, epoch: 1, corrupt: "not a hash"}},
+			in: []any{int64(2), int64(3), int64(0), int64(0), int64(0), int64(0), int64(1), int64(0), "", "", "not a hash", int64(1), "corrupt"},
+			want: reply{state: breaker.SharedState{State: breaker.HalfOpen, Mode: breaker.MetricsOnly,
+				Reason: "corrupt"}, now: 1, epoch: 1, corrupt: "not a hash"}},
 		{name: "non-string cfg is ignored", in: replyWith(8, int64(7)), want: reply{
 			state: breaker.SharedState{State: breaker.Open, Generation: 5,
-				OpenRemaining: 100 * time.Millisecond, OpenFor: 200 * time.Millisecond, Trips: 2},
+				OpenRemaining: 100 * time.Millisecond, OpenFor: 200 * time.Millisecond, Trips: 2,
+				Reason: "failure_rate"},
 			now: 1_700_000_000_000, epoch: 1_600_000_000_000, granted: 1, cfgr: "r1"}},
-		{name: "nil", in: nil, wantErr: "want 12 elements"},
-		{name: "not a slice", in: "OK", wantErr: "want 12 elements"},
-		{name: "too short", in: validReply()[:11], wantErr: "want 12 elements"},
-		{name: "too long", in: append(validReply(), int64(0)), wantErr: "want 12 elements"},
+		{name: "nil", in: nil, wantErr: "want 13 elements"},
+		{name: "not a slice", in: "OK", wantErr: "want 13 elements"},
+		{name: "too short", in: validReply()[:12], wantErr: "want 13 elements"},
+		{name: "too long", in: append(validReply(), int64(0)), wantErr: "want 13 elements"},
 		{name: "string state", in: replyWith(0, "1"), wantErr: "element 0: want integer"},
 		{name: "nil generation", in: replyWith(2, nil), wantErr: "element 2: want integer"},
 		{name: "float granted", in: replyWith(7, 1.0), wantErr: "element 7: want integer"},
@@ -96,15 +98,15 @@ func TestDecodeMessage(t *testing.T) {
 		wantErr  string
 	}{
 		{name: "with reason", in: "api 1 0 3 1500 2000 1 1700000000000 1600000000000 consecutive_failures",
-			wantName: "api", want: reply{state: open, now: 1_700_000_000_000, epoch: 1_600_000_000_000,
-				reason: "consecutive_failures"}},
+			wantName: "api", want: reply{state: withReason(open, "consecutive_failures"),
+				now: 1_700_000_000_000, epoch: 1_600_000_000_000}},
 		{name: "empty reason (trailing space)", in: "api 1 0 3 1500 2000 1 5 6 ",
 			wantName: "api", want: reply{state: open, now: 5, epoch: 6}},
 		{name: "extra whitespace", in: "  api\t1 0 3 1500  2000 1 5 6\n", wantName: "api",
 			want: reply{state: open, now: 5, epoch: 6}},
 		{name: "half-open forced closed", in: "a.b-c 2 2 9 0 0 0 1 1 open_timeout", wantName: "a.b-c",
 			want: reply{state: breaker.SharedState{State: breaker.HalfOpen, Mode: breaker.ForcedClosed,
-				Generation: 9}, now: 1, epoch: 1, reason: "open_timeout"}},
+				Generation: 9, Reason: "open_timeout"}, now: 1, epoch: 1}},
 		{name: "empty", in: "", wantErr: "want 9 or 10 fields, got 0"},
 		{name: "too few", in: "api 1 0 3 1500 2000 1 5", wantErr: "got 8"},
 		{name: "too many", in: "api 1 0 3 1500 2000 1 5 6 reason extra", wantErr: "got 11"},
@@ -158,7 +160,7 @@ func checkDecoded(t *testing.T, r reply) {
 func encodeMessage(name string, r reply) string {
 	s := r.state
 	return fmt.Sprintf("%s %d %d %d %d %d %d %d %d %s", name, s.State, s.Mode, s.Generation,
-		s.OpenRemaining.Milliseconds(), s.OpenFor.Milliseconds(), s.Trips, r.now, r.epoch, r.reason)
+		s.OpenRemaining.Milliseconds(), s.OpenFor.Milliseconds(), s.Trips, r.now, r.epoch, r.state.Reason)
 }
 
 func FuzzDecodeMessage(f *testing.F) {
@@ -178,8 +180,8 @@ func FuzzDecodeMessage(f *testing.F) {
 			return
 		}
 		checkDecoded(t, r)
-		if name == "" || strings.ContainsFunc(name, unicode.IsSpace) || strings.ContainsFunc(r.reason, unicode.IsSpace) {
-			t.Fatalf("decoded name %q reason %q", name, r.reason)
+		if name == "" || strings.ContainsFunc(name, unicode.IsSpace) || strings.ContainsFunc(r.state.Reason, unicode.IsSpace) {
+			t.Fatalf("decoded name %q reason %q", name, r.state.Reason)
 		}
 		// What decodes re-encodes to a message that decodes the same.
 		name2, r2, err := decodeMessage(encodeMessage(name, r))
@@ -237,4 +239,9 @@ func FuzzDecodeReply(f *testing.F) {
 		}
 		checkDecoded(t, r)
 	})
+}
+
+func withReason(s breaker.SharedState, reason string) breaker.SharedState {
+	s.Reason = reason
+	return s
 }

@@ -485,9 +485,9 @@ func TestLuaPublishesTransitions(t *testing.T) {
 		if err != nil {
 			t.Fatalf("message %q: %v", m.Payload, err)
 		}
-		if name != e.name || rep.reason != wantReason || rep.state.State != want {
+		if name != e.name || rep.state.Reason != wantReason || rep.state.State != want {
 			t.Fatalf("message %q: got %s %v %q, want %s %v %q", m.Payload, name, rep.state.State,
-				rep.reason, e.name, want, wantReason)
+				rep.state.Reason, e.name, want, wantReason)
 		}
 		return m.Payload, rep
 	}

@@ -73,7 +73,7 @@ local function load(key, s, now)
   if not st.corrupt and (st.st > 2 or st.md > 3) then
     st.corrupt = 'state or mode out of range'
   end
-  st.cfg, st.cfgr = h.cfg or '', h.cfgr or ''
+  st.cfg, st.cfgr, st.rs = h.cfg or '', h.cfgr or '', h.rs
   if st.corrupt then
     redis.call('DEL', key)
     -- a fresh closed state in a newer generation, published so every replica adopts it
@@ -202,5 +202,5 @@ local function reply(st, now, granted, prevcfg, prevcfgr)
   local remaining = 0
   if st.st == 1 then remaining = math.max(st.ou - now, 0) end
   return { st.st, st.md, st.gen, remaining, st.of, st.tr, now, granted or 0,
-    prevcfg or '', prevcfgr or '', st.corrupt or '', st.ep }
+    prevcfg or '', prevcfgr or '', st.corrupt or '', st.ep, st.rs or '' }
 end
