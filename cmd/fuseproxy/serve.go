@@ -20,6 +20,8 @@ import (
 	"github.com/fuseproxy/fuseproxy/config"
 	"github.com/fuseproxy/fuseproxy/internal/app"
 	"github.com/fuseproxy/fuseproxy/internal/flaky"
+	"github.com/fuseproxy/fuseproxy/internal/watch"
+	"github.com/fuseproxy/fuseproxy/store"
 )
 
 // serve runs the proxy until SIGINT or SIGTERM; SIGHUP reloads the config.
@@ -31,9 +33,11 @@ func serve(args []string, stderr io.Writer, defaultConfig string) error {
 		*path = defaultConfig
 	}
 	logFormat := fs.String("log-format", "", "json or console (overrides log.format)")
+	watchEvery := fs.Duration("watch", time.Second, "poll the config file this often and reload it when it changes; 0 disables")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	watcher := watch.New(*path) // before loading, so no change slips in between
 	cfg, err := config.Load(*path)
 	if err != nil {
 		return err
@@ -46,10 +50,12 @@ func serve(args []string, stderr io.Writer, defaultConfig string) error {
 		return err
 	}
 	defer func() { _ = log.Sync() }()
+	store.RouteClientLogs(log)
 	for _, w := range cfg.Warnings() {
 		log.Warn("risky config", zap.String("warning", w))
 	}
-	a, err := app.New(cfg, app.Options{Logger: log, Version: version, Wall: wallClock()})
+	a, err := app.New(cfg, app.Options{Logger: log, Version: version, Wall: wallClock(),
+		Watch: watcher, WatchInterval: *watchEvery})
 	if err != nil {
 		return err
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/fuseproxy/fuseproxy/internal/admin"
 	"github.com/fuseproxy/fuseproxy/internal/events"
 	"github.com/fuseproxy/fuseproxy/internal/telemetry"
+	"github.com/fuseproxy/fuseproxy/internal/watch"
 	"github.com/fuseproxy/fuseproxy/proxy"
 	"github.com/fuseproxy/fuseproxy/store"
 )
@@ -31,6 +32,11 @@ import (
 type Options struct {
 	Logger  *zap.Logger
 	Version string
+	// Watch, when set, watches the config file (create it before loading the file, so no
+	// change slips in between): it is polled every WatchInterval and reloaded when its
+	// content changes and holds still. SIGHUP and POST /reload reload it regardless.
+	Watch         *watch.Watcher
+	WatchInterval time.Duration
 	// Wall is the wall clock; tests skew it (FUSE_TEST_CLOCK_OFFSET) to show that replicas
 	// agree on open periods whatever their clocks say.
 	Wall func() time.Time
@@ -308,6 +314,16 @@ func (a *App) Run(ctx context.Context) error {
 		_ = a.store.Run(storeCtx)
 	}()
 	a.events.Start()
+	if w := a.opts.Watch; w != nil && a.opts.WatchInterval > 0 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w.Run(storeCtx, a.opts.WatchInterval, func() {
+				a.log.Info("config file changed; reloading", zap.String("path", cfg.Path))
+				_ = a.ReloadFile()
+			})
+		}()
+	}
 
 	srv := &http.Server{
 		Handler:           a.proxy,
