@@ -275,8 +275,9 @@ func (a *App) Addrs() (proxyAddr, adminAddr string) {
 }
 
 // Run serves until ctx ends, then shuts down gracefully: not ready at once, stop
-// accepting, finish in-flight requests up to the shutdown timeout, flush the last counts
-// to the store and close it. The admin listener is bound before the proxy's and closed
+// accepting, finish in-flight requests and streams (upgraded connections included) up to
+// the shutdown timeout and close those still open, flush the last counts to the store
+// and close it. The admin listener is bound before the proxy's and closed
 // after it, so /readyz reports the shutdown while requests drain.
 func (a *App) Run(ctx context.Context) error {
 	cfg := a.Config()
@@ -325,8 +326,10 @@ func (a *App) Run(ctx context.Context) error {
 		}()
 	}
 
+	ups := newUpgrades()
 	srv := &http.Server{
-		Handler:           a.proxy,
+		Handler:           ups.wrap(a.proxy),
+		ConnContext:       ups.connContext,
 		ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout,
 		ReadTimeout:       cfg.Server.ReadTimeout,
 		WriteTimeout:      cfg.Server.WriteTimeout,
@@ -359,6 +362,15 @@ func (a *App) Run(ctx context.Context) error {
 	if serr := srv.Shutdown(shCtx); serr != nil {
 		a.log.Warn("in-flight requests cut at the shutdown deadline", zap.Error(serr))
 		_ = srv.Close()
+	}
+	// Upgraded connections (WebSockets) are the proxy's, not the server's: Shutdown did not
+	// wait for them. They get the rest of the shutdown timeout too, then are closed.
+	if !ups.wait(shCtx) {
+		n := ups.closeAll()
+		a.log.Warn("upgraded connections (WebSockets) cut at the shutdown deadline", zap.Int("connections", n))
+		upCtx, upCancel := context.WithTimeout(context.Background(), time.Second)
+		_ = ups.wait(upCtx) // their handlers return once the connections are closed
+		upCancel()
 	}
 	stopStore()
 	wg.Wait()
