@@ -58,6 +58,19 @@ func startFleet(t *testing.T, o fleetOptions) *fleet {
 	return f
 }
 
+// waitSubscribed waits until n clients subscribe to the store's channel: each replica
+// resyncs when its subscription is confirmed, so from then on it learns every change.
+func (f *fleet) waitSubscribed(t *testing.T, n int) {
+	t.Helper()
+	ok := waitFor(10*time.Second, 5*time.Millisecond, func() bool {
+		subs, err := f.Redis.Client().PubSubNumSub(context.Background(), f.channel()).Result()
+		return err == nil && subs[f.channel()] >= int64(n)
+	})
+	if !ok {
+		t.Fatalf("fewer than %d subscribers on %s after 10s", n, f.channel())
+	}
+}
+
 // channel is the store's pub/sub channel, key the shared state of the test upstream.
 func (f *fleet) channel() string { return f.base.Prefix + ":events" }
 func (f *fleet) key() string     { return f.base.Prefix + ":{" + upstream + "}:state" }
@@ -205,7 +218,7 @@ func TestFleetOpensTogether(t *testing.T) {
 		HalfOpenMaxRequests: 1, SuccessThreshold: 1,
 	}})
 	msgs := f.subscribe(t)
-	time.Sleep(3 * flush) // the startup flushes are done
+	f.waitSubscribed(t, replicas+1) // the replicas and the test
 
 	var lags, productLags []time.Duration
 	for trip := 1; trip <= trips; trip++ {
