@@ -13,6 +13,8 @@ if st.md == 0 or st.md == 3 then
   end
   if st.st == 2 then
     redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+    -- a lease said to last more than a day was not granted by any replica
+    redis.call('ZREMRANGEBYSCORE', KEYS[2], '(' .. fmt(now + 86400000), '+inf')
     local avail = s.hmax - redis.call('ZCARD', KEYS[2])
     granted = math.max(0, math.min(tonumber(ARGV[2]), avail))
     local lease = tonumber(ARGV[3])

@@ -29,12 +29,36 @@ local function settings(arg)
 end
 
 local core = { 'st', 'md', 'gen', 'ou', 'of', 'tr', 'cf', 'sc', 'at', 'ep' }
+local known = { rs = true, cfg = true, cfgr = true }
+for _, f in ipairs(core) do known[f] = true end
 
--- load reads the hash. A key of another type or a field that does not parse is reported
--- (corrupt = reason) and replaced by a fresh closed state: never an error, never a crash.
+-- count reads a number as save writes it: decimal digits only, at most 15 of them, so
+-- below 2^53 and exact. Anything else (a sign, a fraction, an exponent, hex, inf, more
+-- digits than a replica can hold) is nil: Redis turns a Lua number beyond 2^63 into
+-- garbage in a reply, which no replica could decode.
+local function count(v)
+  if #v <= 15 and string.match(v, '^%d+$') then return tonumber(v) end
+  return nil
+end
+
+-- shown quotes a stored value for a corrupt reason, cut short.
+local function shown(v)
+  if #v > 40 then return string.format('%q', string.sub(v, 1, 40)) .. '...' end
+  return string.format('%q', v)
+end
+
+-- load reads the hash. A key of another type (the leases key too), or a field that does
+-- not parse, is reported (corrupt = reason) and replaced by a fresh closed state: never
+-- an error, never a crash. Fields no script writes are dropped.
 local function load(key, s, now)
   local st = { st = 0, md = s.mode, gen = 0, ou = 0, of = 0, tr = 0, cf = 0, sc = 0, at = 0, ep = now,
     b = {}, r = {}, del = {}, new = true, dirty = false, corrupt = false, cfg = '', cfgr = '' }
+  local lt = redis.call('TYPE', KEYS[2]).ok
+  if lt ~= 'none' and lt ~= 'zset' then
+    redis.call('DEL', key, KEYS[2])
+    st.corrupt, st.dirty, st.changed, st.rs = 'leases key is a ' .. lt, true, true, 'corrupt'
+    return st
+  end
   local ok, raw = pcall(redis.call, 'HGETALL', key)
   if not ok then
     redis.call('DEL', key)
@@ -48,23 +72,27 @@ local function load(key, s, now)
     if p == 'b:' then
       local k = tonumber(string.sub(f, 3))
       local a, b, c = string.match(v, '^(%d+) (%d+) (%d+)$')
-      if k and a then
+      if k and a and count(a) and count(b) and count(c) then
         st.b[k] = { tonumber(a), tonumber(b), tonumber(c) }
       else
         st.del[#st.del + 1] = f
+        st.dirty = true
       end
     elseif p == 'r:' then
-      st.r[string.sub(f, 3)] = tonumber(v) or 0
-    else
+      st.r[string.sub(f, 3)] = count(v) or 0
+    elseif known[f] then
       h[f] = v
+    else
+      st.del[#st.del + 1] = f
+      st.dirty = true
     end
   end
   st.new = #raw == 0
   for _, f in ipairs(core) do
     if h[f] ~= nil then
-      local n = tonumber(h[f])
-      if n == nil or n < 0 or n ~= math.floor(n) then
-        st.corrupt = 'field ' .. f .. ' is ' .. string.format('%q', h[f])
+      local n = count(h[f])
+      if n == nil then
+        st.corrupt = 'field ' .. f .. ' is ' .. shown(h[f])
       else
         st[f] = n
       end
@@ -72,6 +100,9 @@ local function load(key, s, now)
   end
   if not st.corrupt and (st.st > 2 or st.md > 3) then
     st.corrupt = 'state or mode out of range'
+  end
+  if not st.corrupt and h.rs ~= nil and (#h.rs > 64 or not string.match(h.rs, '^[%w_]+$')) then
+    st.corrupt = 'field rs is ' .. shown(h.rs)
   end
   st.cfg, st.cfgr, st.rs = h.cfg or '', h.cfgr or '', h.rs
   if st.corrupt then
@@ -174,7 +205,9 @@ local function save(key, st, s, now, channel, name, cfg, replica)
     st.dirty = true
   end
   if not st.dirty and not st.new then return end
-  if #st.del > 0 then redis.call('HDEL', key, unpack(st.del)) end
+  for i = 1, #st.del, 1000 do -- unpack has a limit: a hash of foreign fields can be large
+    redis.call('HDEL', key, unpack(st.del, i, math.min(i + 999, #st.del)))
+  end
   local args = { 'st', fmt(st.st), 'md', fmt(st.md), 'gen', fmt(st.gen), 'ou', fmt(st.ou),
     'of', fmt(st.of), 'tr', fmt(st.tr), 'cf', fmt(st.cf), 'sc', fmt(st.sc), 'at', fmt(st.at), 'ep', fmt(st.ep) }
   if st.rs then args[#args + 1] = 'rs'; args[#args + 1] = st.rs end
