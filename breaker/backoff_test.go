@@ -215,8 +215,8 @@ func TestRetryAfterWhenTrialsRejected(t *testing.T) {
 		f.b.Trip()
 		f.openToHalfOpen() // the only slot is taken
 		f.reject(breaker.ErrTooManyTrials)
-		if got := f.b.RetryAfter(); got != 10*time.Second {
-			t.Errorf("RetryAfter %v, want the first open period, 10s", got)
+		if got := f.b.RetryAfter(); got != breaker.TrialRetryAfter {
+			t.Errorf("RetryAfter %v, want %v", got, breaker.TrialRetryAfter)
 		}
 	})
 	t.Run("shared, open period over, no permit yet", func(t *testing.T) {
@@ -226,8 +226,8 @@ func TestRetryAfterWhenTrialsRejected(t *testing.T) {
 			OpenFor: 10 * time.Second, Trips: 1}, false)
 		f.clock.Advance(time.Second)
 		f.reject(breaker.ErrOpen)
-		if got := f.b.RetryAfter(); got != 10*time.Second {
-			t.Errorf("RetryAfter %v, want the first open period, 10s", got)
+		if got := f.b.RetryAfter(); got != breaker.TrialRetryAfter {
+			t.Errorf("RetryAfter %v, want %v", got, breaker.TrialRetryAfter)
 		}
 	})
 }

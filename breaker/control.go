@@ -126,24 +126,30 @@ func (b *Breaker) Mode() Mode {
 	return m
 }
 
+// TrialRetryAfter is what RetryAfter answers once the open period is over but requests
+// are still rejected: the trials in flight decide within about a request's time.
+const TrialRetryAfter = time.Second
+
 // RetryAfter is how long a rejected client should wait: the rest of the open period;
-// when that is over but requests are still rejected (half-open with every trial slot
-// taken, or waiting for the shared store's permits) or the circuit is forced open, the
-// first open period. It is 0 when requests are admitted.
+// TrialRetryAfter once it is over but requests are still rejected (half-open with every
+// trial slot taken, or waiting for the shared store's permits); the first open period
+// while the circuit is forced open. It is 0 when requests are admitted.
 func (b *Breaker) RetryAfter() time.Duration {
 	st, m, _ := b.load()
-	if m == ForcedClosed || (st == Closed && m != ForcedOpen) {
+	switch {
+	case m == ForcedClosed || (st == Closed && m != ForcedOpen):
 		return 0
-	}
-	if st == Open && m != ForcedOpen {
+	case m == ForcedOpen:
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return b.s.OpenDuration
+	case st == Open:
 		if d := time.Duration(b.openUntil.Load()) - b.clock.Now(); d > 0 {
 			return d
 		}
+		if !b.Shared() {
+			return 0 // the next request starts the half-open period
+		}
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if st == Open && m != ForcedOpen && !b.shared {
-		return 0 // the next request starts the half-open period
-	}
-	return b.s.OpenDuration
+	return TrialRetryAfter
 }

@@ -245,7 +245,9 @@ func TestFleetOpensTogether(t *testing.T) {
 		wg.Wait()
 		var lag time.Duration
 		for i, r := range firsts {
-			if !r.Rejected() || r.Circuit != "open" {
+			// A half_open rejection also shows the replica adopted the trip (its first
+			// poll came after the open period, as happens on a loaded machine).
+			if !r.Rejected() || (r.Circuit != "open" && r.Circuit != "half_open") {
 				t.Fatalf("trip %d: %s still not rejecting 2s after the open message: last %v", trip, f.Replicas[i].ID, r)
 			}
 			lag = max(lag, r.At.Sub(t0))

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -266,16 +267,26 @@ func statusBackend(t *testing.T) *httptest.Server {
 	return s
 }
 
-// refusedURL returns an http URL nothing listens on: a port that was just released.
+// refusedURL returns an http URL nothing listens on.
+//
+// The port is held by a TCP socket that is bound but never listens, until the test ends:
+// every dial to it is refused, and no other process can take the port meanwhile (a port
+// merely closed again can be, and was, by a parallel test's server).
 func refusedURL(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := l.Addr().String()
-	l.Close()
-	return "http://" + addr
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*syscall.SockaddrInet4).Port))
 }
 
 // blockingBackend blocks each request until release is closed (or the request ends),
