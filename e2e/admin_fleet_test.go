@@ -80,7 +80,9 @@ func TestAdminSteersTheFleet(t *testing.T) {
 		t.Fatalf("POST mode metrics_only: got %v, want 200", r)
 	}
 	backend.Set(t, "fail=on")
-	failed := func(r response) bool { return r.Err == nil && r.Status == http.StatusServiceUnavailable && r.Circuit == "" }
+	failed := func(r response) bool {
+		return r.Err == nil && r.Status == http.StatusServiceUnavailable && r.Circuit == ""
+	}
 	for i := range 3 {
 		if r := replicas[i%2].Get("/fail"); !failed(r) {
 			t.Fatalf("failure %d in metrics_only: got %v, want the backend's 503", i, r)
