@@ -260,8 +260,8 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	cleaned, ok := routingPath(r.URL)
-	if !ok || !validUpgrade(r.Header) {
-		writeProblem(w, http.StatusBadRequest, "bad_request", "invalid request path or upgrade")
+	if !ok || !validUpgrade(r.Header) || !validHost(r.Host) {
+		writeProblem(w, http.StatusBadRequest, "bad_request", "invalid request path, Host or upgrade")
 		return
 	}
 	t := p.table.Load()

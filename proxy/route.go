@@ -237,6 +237,36 @@ func firstMatch(l []*route, path, method string, best *route) *route {
 	return best
 }
 
+// validHost reports whether a Host header is a host with an optional numeric port:
+// an IPv6 literal must close its bracket, and only ":port" may follow a host. (net/http
+// has already refused characters that are never allowed in a Host.)
+func validHost(h string) bool {
+	port := ""
+	if strings.HasPrefix(h, "[") {
+		i := strings.IndexByte(h, ']')
+		if i < 0 {
+			return false
+		}
+		if rest := h[i+1:]; rest != "" {
+			if rest[0] != ':' {
+				return false
+			}
+			port = rest[1:]
+		}
+	} else if i := strings.LastIndexByte(h, ':'); i >= 0 {
+		if strings.IndexByte(h[:i], ':') >= 0 {
+			return false // an IPv6 address without brackets
+		}
+		port = h[i+1:]
+	}
+	for i := 0; i < len(port); i++ {
+		if port[i] < '0' || port[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
 // normalizeHost turns a Host header into the form routes are indexed by: the port
 // removed, lower-cased, without a trailing dot. It does not allocate unless the host
 // has upper-case letters.

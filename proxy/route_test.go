@@ -3,6 +3,8 @@ package proxy
 import (
 	"fmt"
 	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"path"
 	"slices"
@@ -306,5 +308,47 @@ func TestCleanPath(t *testing.T) {
 		if got, want := cleanPath(p), ref(p); got != want {
 			t.Fatalf("cleanPath(%q): got %q, want %q", p, got, want)
 		}
+	}
+}
+
+func TestValidHost(t *testing.T) {
+	for _, tc := range []struct {
+		host string
+		want bool
+	}{
+		{"", true}, // HTTP/1.0 without Host: routed by any-host routes
+		{"example.com", true},
+		{"example.com:8080", true},
+		{"127.0.0.1:80", true},
+		{"[::1]", true},
+		{"[::1]:8080", true},
+		{"[::1", false},      // unterminated IPv6 literal
+		{"[::1]x", false},    // junk after the literal
+		{"[::1]:80a", false}, // non-numeric port
+		{"example.com:http", false},
+		{"::1", false}, // IPv6 without brackets
+		{"a:b:c", false},
+	} {
+		if got := validHost(tc.host); got != tc.want {
+			t.Errorf("validHost(%q) = %v, want %v", tc.host, got, tc.want)
+		}
+	}
+}
+
+// A malformed Host is refused before routing, so it never falls through to the
+// any-host routes.
+func TestMalformedHostRefused(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		t.Errorf("backend reached with Host %q", r.Host)
+	}))
+	defer backend.Close()
+	f := newFixture(t, &config.Config{Upstreams: map[string]*config.Upstream{"svc": upstreamCfg(t, backend.URL)},
+		Routes: oneRoute("svc")})
+	req := httptest.NewRequest(http.MethodGet, "/x", nil)
+	req.Host = "[::1"
+	w := httptest.NewRecorder()
+	f.p.ServeHTTP(w, req)
+	if w.Code != http.StatusBadRequest {
+		t.Fatalf("status: got %d, want 400", w.Code)
 	}
 }
