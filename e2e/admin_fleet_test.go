@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"encoding/json"
-	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -11,24 +10,14 @@ import (
 	"github.com/fuseproxy/fuseproxy/internal/testutil/redistest"
 )
 
-// post sends POST path to a replica's admin API and returns the response.
+// post sends POST path to a replica's admin API (no token) and returns the answer.
 func (a *adminAPI) post(t testing.TB, path, body string) response {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, a.base+path, strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
+	r := faultAdmin(t, a.client, strings.TrimPrefix(a.base, "http://"), http.MethodPost, path, "", body)
+	if r.Err != nil {
+		t.Fatalf("POST %s: %v", path, r.Err)
 	}
-	req.Header.Set("Content-Type", "application/json")
-	res, err := a.client.Do(req)
-	if err != nil {
-		t.Fatalf("POST %s: %v", path, err)
-	}
-	defer res.Body.Close()
-	b, err := io.ReadAll(res.Body)
-	if err != nil {
-		t.Fatalf("POST %s: reading the answer: %v", path, err)
-	}
-	return response{Status: res.StatusCode, Body: string(b)}
+	return r
 }
 
 // TestAdminSteersTheFleet drives two replica processes sharing one redis-server through

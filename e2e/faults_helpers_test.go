@@ -395,16 +395,7 @@ func faultAdmin(t testing.TB, c *http.Client, addr, method, path, token, body st
 	if body != "" {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	r := response{Sent: time.Now()}
-	resp, err := c.Do(req)
-	if err != nil {
-		r.Err, r.At = err, time.Now()
-		return r
-	}
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
-	resp.Body.Close()
-	r.At, r.Status, r.Body, r.Err = time.Now(), resp.StatusCode, string(b), err
-	return r
+	return do(c, req)
 }
 
 // faultReadiness is /readyz.

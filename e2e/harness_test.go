@@ -65,13 +65,22 @@ func (r response) String() string {
 }
 
 func doGet(c *http.Client, url string) response {
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		return response{Sent: time.Now(), At: time.Now(), Err: err}
+	}
+	return do(c, req)
+}
+
+// do sends req and returns what came back, the body read up to 4 MiB.
+func do(c *http.Client, req *http.Request) response {
 	r := response{Sent: time.Now()}
-	resp, err := c.Get(url)
+	resp, err := c.Do(req)
 	if err != nil {
 		r.Err, r.At = err, time.Now()
 		return r
 	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
 	resp.Body.Close()
 	r.At = time.Now()
 	r.Status, r.Body, r.Err = resp.StatusCode, string(body), err
