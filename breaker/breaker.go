@@ -37,6 +37,8 @@ type Breaker struct {
 	word atomic.Uint64
 	// openUntil is the clock reading (ns) at which the open period ends.
 	openUntil atomic.Int64
+	// openDuration mirrors s.OpenDuration for RetryAfter while forced open (lock-free).
+	openDuration atomic.Int64
 
 	mu             sync.Mutex // guards everything below and every write to word/openUntil
 	s              Settings
@@ -66,6 +68,7 @@ func New(name string, s Settings, o Options) *Breaker {
 	}
 	b := &Breaker{name: name, clock: o.Clock, obs: o.Observer, rand: o.Rand, wake: o.Wake}
 	b.s = normalize(s)
+	b.openDuration.Store(int64(b.s.OpenDuration))
 	b.win = newWindow(b.s.Window, b.s.Buckets)
 	b.store(Closed, b.s.Mode, 0)
 	return b

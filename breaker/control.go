@@ -74,6 +74,7 @@ func (b *Breaker) SetSettings(s Settings) {
 		b.win.addCounts(now, c)
 	}
 	b.s = s
+	b.openDuration.Store(int64(s.OpenDuration))
 }
 
 // Snapshot is a breaker's state as the admin API shows it.
@@ -140,9 +141,7 @@ func (b *Breaker) RetryAfter() time.Duration {
 	case m == ForcedClosed || (st == Closed && m != ForcedOpen):
 		return 0
 	case m == ForcedOpen:
-		b.mu.Lock()
-		defer b.mu.Unlock()
-		return b.s.OpenDuration
+		return time.Duration(b.openDuration.Load())
 	case st == Open:
 		if d := time.Duration(b.openUntil.Load()) - b.clock.Now(); d > 0 {
 			return d
