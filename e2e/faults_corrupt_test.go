@@ -23,6 +23,9 @@ func TestFaultCorruptSharedState(t *testing.T) {
 	f := startFaultFleet(t, 2, false, func(_ int, c *faultConfig) {
 		c.FlushInterval = 50 * time.Millisecond
 		c.Upstreams[0].ConsecutiveFailures, c.Upstreams[0].OpenDuration = threshold, 30*time.Second
+		// A quiet circuit's successes are held for up to a window: a short one, so that
+		// each case can wait for every replica's to reach Redis.
+		c.Upstreams[0].Window = 300 * time.Millisecond
 	})
 	ctx := context.Background()
 	rc := f.Redis.Client()
@@ -80,7 +83,8 @@ func TestFaultCorruptSharedState(t *testing.T) {
 				t.Fatalf("%s: writing the foreign value: %v", c.name, err)
 			}
 			// Only p gets traffic, so with the circuit closed p's flush reads the value
-			// first. An open circuit is polled by every replica: either may read it.
+			// first (within a window: p holds the successes of a quiet circuit). An open
+			// circuit is polled by every replica: either may read it.
 			readers := []*Proxy{p}
 			if c.open {
 				readers = f.Replicas
@@ -112,7 +116,8 @@ func TestFaultCorruptSharedState(t *testing.T) {
 					t.Errorf("%s: %s after the repair: %v, want 200 (a fresh closed state)", c.name, q.ID, r)
 				}
 			}
-			time.Sleep(3 * f.Cfgs[0].FlushInterval) // the successes reach Redis before the next case
+			// The successes (held: the circuit is quiet) reach Redis before the next case.
+			time.Sleep(f.Cfgs[0].Upstreams[0].Window + 3*f.Cfgs[0].FlushInterval)
 		}
 	}
 	for _, p := range f.Replicas {

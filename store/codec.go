@@ -19,14 +19,16 @@ type reply struct {
 	granted   int
 	cfg, cfgr string // the settings hash stored before this call, and who wrote it
 	corrupt   string // why the stored value was unreadable and replaced, if it was
+	quiet     bool   // closed with nothing bad in the window: successes may be held
+	deciding  bool   // closed, and the rate rules wait for a failure onset's grace to end
 }
 
 // decodeReply decodes a script's reply. Anything that is not the expected shape is an
 // error naming the field: a foreign script or a future version must never be applied.
 func decodeReply(v any) (reply, error) {
 	a, ok := v.([]any)
-	if !ok || len(a) != 13 {
-		return reply{}, fmt.Errorf("script reply: want 13 elements, got %T %v", v, v)
+	if !ok || len(a) != 14 {
+		return reply{}, fmt.Errorf("script reply: want 14 elements, got %T %v", v, v)
 	}
 	var n [8]int64
 	for i := range n {
@@ -40,7 +42,11 @@ func decodeReply(v any) (reply, error) {
 	if !ok {
 		return reply{}, fmt.Errorf("script reply element 11: want integer, got %T", a[11])
 	}
-	r := reply{now: n[6], granted: int(n[7]), epoch: ep}
+	q, ok := a[13].(int64)
+	if !ok {
+		return reply{}, fmt.Errorf("script reply element 13: want integer, got %T", a[13])
+	}
+	r := reply{now: n[6], granted: int(n[7]), epoch: ep, quiet: q == 1, deciding: q == 2}
 	r.cfg, _ = a[8].(string)
 	r.cfgr, _ = a[9].(string)
 	r.corrupt, _ = a[10].(string)

@@ -25,7 +25,8 @@ type luaEnv struct {
 	rdb                  *redis.Client
 	name, key, leaseKey  string
 	channel, settingsArg string
-	hash                 string // settings hash sent with flushes
+	hash                 string        // settings hash sent with flushes
+	grace                time.Duration // how long the rate rules wait after a failure onset
 }
 
 func newLuaEnv(t testing.TB, s breaker.Settings, minReplicas int) *luaEnv {
@@ -69,7 +70,7 @@ func successes(n int) batch { return batch{req: n, hadSuccess: true} }
 func (e *luaEnv) flush(replica string, gen uint64, b batch) reply {
 	e.t.Helper()
 	return e.run(flushScript, replica, gen, b.req, b.fail, b.slow, b.tail, boolArg(b.hadSuccess),
-		e.settingsArg, e.hash, 0.5, e.channel, e.name)
+		e.settingsArg, e.hash, 0.5, e.channel, e.name, "fuse:onset", e.grace.Milliseconds())
 }
 
 func (e *luaEnv) poll() reply { e.t.Helper(); return e.flush("poller", 0, batch{}) }
@@ -700,4 +701,99 @@ func sample(h map[string]string, n int) map[string]string {
 		out[k] = v
 	}
 	return out
+}
+
+// TestLuaQuietAndOnset: a window with nothing bad in it is quiet; the first failure or slow
+// call to reach it is the onset, published once on the onset channel; the rate rules then
+// wait the grace (the flush replies say so, so the sender polls), while the consecutive
+// rule does not wait.
+func TestLuaQuietAndOnset(t *testing.T) {
+	t.Parallel()
+	s := baseSettings()
+	s.ConsecutiveFailures = 0
+	s.FailureRate, s.MinimumRequests, s.Window = 50, 4, time.Minute
+	e := newLuaEnv(t, s, 1)
+	e.grace = 300 * time.Millisecond
+	sub := e.rdb.Subscribe(t.Context(), "fuse:onset")
+	defer sub.Close()
+	if _, err := sub.Receive(t.Context()); err != nil { // the subscription's confirmation
+		t.Fatal(err)
+	}
+	onsets := sub.Channel()
+
+	if rep := e.poll(); !rep.quiet || rep.deciding {
+		t.Fatalf("a fresh circuit: quiet %t deciding %t, want quiet", rep.quiet, rep.deciding)
+	}
+	if rep := e.flush("r1", 0, successes(100)); !rep.quiet {
+		t.Fatal("successes only: not quiet")
+	}
+	rep := e.flush("r2", 0, failures(150)) // 150 of 250: the rate rule would trip
+	wantState(t, rep, breaker.Closed, 0)
+	if rep.quiet || !rep.deciding {
+		t.Fatalf("after the onset: quiet %t deciding %t, want deciding", rep.quiet, rep.deciding)
+	}
+	select {
+	case m := <-onsets:
+		if m.Payload != e.name {
+			t.Fatalf("onset payload %q, want %q", m.Payload, e.name)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no onset message")
+	}
+	onset := e.hgetall()["fo"]
+	// More failures within the grace: no second onset, no decision yet.
+	wantState(t, e.flush("r3", 0, failures(10)), breaker.Closed, 0)
+	if fo := e.hgetall()["fo"]; fo != onset {
+		t.Errorf("fo moved from %s to %s: not quiet any more, so no new onset", onset, fo)
+	}
+	var last reply
+	eventually(t, waitFor, "the rate rule to decide after the grace", func() bool {
+		last = e.poll() // a poll decides too
+		return last.state.State == breaker.Open
+	})
+	if last.state.Reason != breaker.ReasonFailureRate {
+		t.Errorf("reason %q, want %q", last.state.Reason, breaker.ReasonFailureRate)
+	}
+	if elapsed := time.Duration(last.now-mustInt(t, onset)) * time.Millisecond; elapsed < e.grace {
+		t.Errorf("decided %v after the onset, before the grace of %v ended", elapsed, e.grace)
+	}
+	select {
+	case m := <-onsets:
+		t.Errorf("a second onset message %q", m.Payload)
+	default:
+	}
+
+	// The consecutive rule does not wait for the grace.
+	s2 := baseSettings() // 3 consecutive failures
+	e2 := luaEnvOn(t, e.srv, "other", s2, 1)
+	e2.grace = time.Minute
+	wantState(t, e2.flush("r1", 0, failures(3)), breaker.Open, 1)
+}
+
+// TestLuaOnsetGraceLetsHeldSuccessesIn: the successes a quiet replica held, sent after
+// the onset but within the grace, count before the rate rule decides.
+func TestLuaOnsetGraceLetsHeldSuccessesIn(t *testing.T) {
+	t.Parallel()
+	s := baseSettings()
+	s.ConsecutiveFailures = 0
+	s.FailureRate, s.MinimumRequests, s.Window = 50, 4, time.Minute
+	e := newLuaEnv(t, s, 1)
+	e.grace = 300 * time.Millisecond
+	wantState(t, e.flush("sick", 0, failures(30)), breaker.Closed, 0) // 100 %, but within the grace
+	wantState(t, e.flush("healthy", 0, successes(1000)), breaker.Closed, 0)
+	var rep reply
+	eventually(t, waitFor, "the grace to end", func() bool { rep = e.poll(); return !rep.deciding })
+	wantState(t, rep, breaker.Closed, 0) // 30 of 1030
+	if rep.deciding || rep.quiet {
+		t.Errorf("after the grace with failures in the window: quiet %t deciding %t, want neither", rep.quiet, rep.deciding)
+	}
+}
+
+func mustInt(t testing.TB, s string) int64 {
+	t.Helper()
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

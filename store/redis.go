@@ -43,14 +43,18 @@ type Hooks struct {
 // decide locally; every FlushInterval the loop sends each circuit's new counts (and polls
 // each circuit that is not closed) in one pipeline of scripts that count, decide on
 // Redis's clock and answer with the current state; a pub/sub subscription brings other
-// replicas' transitions at once. After DegradeAfter failed exchanges the store is
+// replicas' transitions at once. The successes of a quiet circuit (closed, nothing bad in
+// its window) change no decision, so they are held and sent once per window, or at once
+// when the circuit stops being quiet (a failure here, or an onset message from another
+// replica): at steady closed state Redis hears from a replica about once per window. After DegradeAfter failed exchanges the store is
 // degraded: breakers decide locally from the last shared state until Redis answers again,
 // when every circuit is re-read before shared decisions resume.
 type Redis struct {
 	client  redis.UniversalClient
 	o       RedisOptions
 	log     *zap.Logger
-	channel string
+	channel string // transitions
+	onset   string // names of circuits whose quiet window just saw a failure
 
 	mu       sync.RWMutex // guards circuits
 	circuits map[string]*circuit
@@ -61,8 +65,10 @@ type Redis struct {
 	// xmu serialises exchanges with Redis (the loop, Resync, Attach) and guards what they
 	// own: failures and each circuit's leases, nextAcquire and warnedCfg.
 	xmu      sync.Mutex
-	failures int  // consecutive failed exchanges
-	stopping bool // the last flush: take no permits, give back those held
+	failures int       // consecutive failed exchanges
+	stopping bool      // the last flush: take no permits, give back those held
+	holding  bool      // the last exchange held some circuit's successes back
+	lastOK   time.Time // the last exchange Redis answered
 
 	degraded atomic.Bool
 	status   atomic.Pointer[Status]
@@ -81,6 +87,14 @@ type circuit struct {
 	leases                        []lease     // trial permits held (xmu)
 	nextAcquire                   time.Time   // no permit request before (xmu)
 	warnedCfg                     string      // settings hash last warned about (xmu)
+	// quiet: the last reply said the circuit is closed with nothing bad in its window, and
+	// no message since said otherwise; its successes may then be held (in held, since
+	// heldSince, for at most holdFor; xmu).
+	quiet     atomic.Bool
+	deciding  bool // the last reply said a rate decision waits: poll again (xmu)
+	held      breaker.Delta
+	heldSince time.Time
+	holdFor   time.Duration
 }
 
 // lease returns how long a trial permit's lease lasts in Redis.
@@ -122,7 +136,7 @@ func NewRedis(client redis.UniversalClient, o RedisOptions) *Redis {
 	}
 	r := &Redis{
 		client: client, o: o, log: o.Logger.With(zap.String("store", "redis")),
-		channel:  o.Prefix + ":events",
+		channel: o.Prefix + ":events", onset: o.Prefix + ":onset",
 		circuits: map[string]*circuit{},
 		wake:     make(chan struct{}, 1), resync: make(chan struct{}, 1),
 	}
@@ -148,8 +162,9 @@ func (r *Redis) Attach(circuits map[string]Circuit) {
 	r.mu.Lock()
 	for name, c := range circuits {
 		state, leases := keys(r.o.Prefix, name)
+		bs := c.Breaker.Settings()
 		sc := &circuit{Circuit: c, name: name, key: state, leaseKey: leases,
-			settings: settingsArg(c.Breaker.Settings(), c.MinReplicasReporting)}
+			settings: settingsArg(bs, c.MinReplicasReporting), holdFor: max(bs.Window, r.o.FlushInterval)}
 		if old, ok := r.circuits[name]; ok && old.Breaker == c.Breaker {
 			sc.epoch.Store(old.epoch.Load())
 			sc.synced.Store(old.synced.Load())
@@ -157,6 +172,8 @@ func (r *Redis) Attach(circuits map[string]Circuit) {
 			sc.seen = old.seen
 			old.amu.Unlock()
 			sc.leases, sc.nextAcquire, sc.warnedCfg = old.leases, old.nextAcquire, old.warnedCfg
+			sc.held, sc.heldSince = old.held, old.heldSince
+			sc.quiet.Store(old.quiet.Load())
 		}
 		next[name] = sc
 	}
@@ -248,7 +265,12 @@ func (r *Redis) loop(ctx context.Context) {
 			err := r.resyncLocked(ctx)
 			needResync = err != nil && !r.degraded.Load()
 		} else {
-			r.record(r.exchange(ctx, r.list(), false))
+			err := r.exchange(ctx, r.list(), false)
+			if errors.Is(err, errIdle) && r.holding &&
+				(r.failures > 0 || time.Since(r.lastOK) >= heartbeatEvery*r.o.FlushInterval) {
+				err = r.heartbeat(ctx)
+			}
+			r.record(err)
 		}
 		r.xmu.Unlock()
 		if d := minGap - time.Since(start); d > 0 {
@@ -259,6 +281,24 @@ func (r *Redis) loop(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// A replica that serves traffic but holds it all back (quiet circuits) still checks on
+// Redis every heartbeatEvery flush intervals, and every interval once a check failed: it
+// must notice that Redis is gone (and degrade) before its first failures need it.
+const heartbeatEvery = 5
+
+// heartbeat is an exchange with nothing to say: one trivial script, so that it waits
+// wherever the flush scripts would (a Redis that holds scripts is not healthy).
+func (r *Redis) heartbeat(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, r.o.Timeout)
+	defer cancel()
+	start := time.Now()
+	err := r.run(ctx, []*call{{script: heartbeatScript}})
+	if r.o.Hooks.Flush != nil {
+		r.o.Hooks.Flush(time.Since(start), err)
+	}
+	return err
 }
 
 // call is one script call of an exchange.
@@ -275,6 +315,7 @@ type call struct {
 // resync set it reads every circuit and adopts what Redis holds whatever the generation.
 func (r *Redis) exchange(ctx context.Context, cs []*circuit, resync bool) error {
 	now := time.Now()
+	r.holding = false
 	calls := make([]*call, 0, len(cs))
 	for _, c := range cs {
 		calls = r.plan(calls, c, now, resync)
@@ -282,13 +323,26 @@ func (r *Redis) exchange(ctx context.Context, cs []*circuit, resync bool) error 
 	if len(calls) == 0 {
 		return errIdle
 	}
+	var err error
+	for i := 0; i < len(calls) && err == nil; i += maxPipeline {
+		err = r.send(ctx, calls[i:min(i+maxPipeline, len(calls))], resync)
+	}
+	if r.o.Hooks.Flush != nil {
+		r.o.Hooks.Flush(time.Since(now), err)
+	}
+	return err
+}
+
+// maxPipeline bounds the scripts of one round trip, each round trip bounded by Timeout:
+// a resync of 10,000 circuits is 40 round trips, not one that cannot finish in time.
+const maxPipeline = 256
+
+// send runs calls in one pipeline and applies the replies.
+func (r *Redis) send(ctx context.Context, calls []*call, resync bool) error {
 	ctx, cancel := context.WithTimeout(ctx, r.o.Timeout)
 	defer cancel()
 	sent := r.o.Wall()
 	err := r.run(ctx, calls)
-	if r.o.Hooks.Flush != nil {
-		r.o.Hooks.Flush(time.Since(now), err)
-	}
 	// An error Redis answered (a script error on one circuit) leaves the other replies
 	// good; anything else (network, timeout) means the exchange failed as a whole.
 	var rerr redis.Error
@@ -341,11 +395,21 @@ func (r *Redis) plan(calls []*call, c *circuit, now time.Time, resync bool) []*c
 	}
 	// A resync sends the counts too: they are fenced by generation in Redis, and a
 	// breaker that was deciding locally has none (it counts into a Delta only when shared).
-	d, counted := b.TakeDelta()
-	if resync || counted || !c.synced.Load() || b.State() != breaker.Closed {
+	d, _ := b.TakeDelta()
+	d = merge(c.held, d)
+	c.held = breaker.Delta{}
+	send := resync || c.deciding || !c.synced.Load() || b.State() != breaker.Closed
+	if !send && d.Requests > 0 && r.holds(c, d, now) {
+		c.held, r.holding = d, true
+		if c.heldSince.IsZero() {
+			c.heldSince = now
+		}
+	} else if send || d.Requests > 0 {
+		c.heldSince = time.Time{}
 		calls = append(calls, &call{c: c, script: flushScript, keys: keys, args: []any{
 			r.o.ReplicaID, d.Generation, d.Requests, d.Failures, d.Slow, d.Tail,
-			boolArg(d.HadSuccess), c.settings, c.SettingsHash, rand.Float64(), r.channel, c.name}})
+			boolArg(d.HadSuccess), c.settings, c.SettingsHash, rand.Float64(), r.channel, c.name,
+			r.onset, r.o.FlushInterval.Milliseconds()}})
 	}
 	if resync || r.stopping || now.Before(c.nextAcquire) {
 		return calls
@@ -356,6 +420,32 @@ func (r *Redis) plan(calls []*call, c *circuit, now time.Time, resync bool) []*c
 			r.o.ReplicaID, want, c.lease().Milliseconds(), c.settings, base, r.channel, c.name}})
 	}
 	return calls
+}
+
+// holds reports whether a closed, synced circuit's counts d may wait: they are all
+// successes, the circuit is quiet, and they have waited less than a window. Held
+// successes change no decision anywhere: the fleet's rate rules only look at them once a
+// failure arrives, and then every replica sends them first (see the onset in flush.lua).
+func (r *Redis) holds(c *circuit, d breaker.Delta, now time.Time) bool {
+	return !r.stopping && c.quiet.Load() && d.Failures == 0 && d.Slow == 0 && d.Tail == 0 &&
+		d.Requests < 1<<30 && (c.heldSince.IsZero() || now.Sub(c.heldSince) < c.holdFor)
+}
+
+// merge returns the held batch h followed by the newer batch d as one batch. Held
+// successes count as requests but do not end a run of consecutive failures: they were
+// held while the circuit was quiet (no run in Redis), so they came before any run that
+// other replicas are building now; a replica stops holding as soon as it hears of one.
+// A held batch of another generation is dropped: Redis would drop it too.
+func merge(h, d breaker.Delta) breaker.Delta {
+	switch {
+	case d.Requests == 0:
+		h.HadSuccess, h.Tail = false, 0
+		return h
+	case h.Requests == 0 || h.Generation != d.Generation:
+		return d
+	}
+	d.Requests += h.Requests // h holds successes only (see holds)
+	return d
 }
 
 func boolArg(b bool) int {
@@ -392,6 +482,10 @@ func (r *Redis) applyReply(cl *call, rep reply, force bool) {
 			zap.String("upstream", c.name), zap.String("key", c.key), zap.String("problem", rep.corrupt))
 	}
 	r.apply(c, rep, force, "flush")
+	c.quiet.Store(rep.quiet)
+	if cl.script == flushScript {
+		c.deciding = rep.deciding
+	}
 	c.synced.Store(true)
 	if cl.script == acquireScript {
 		// Local permits lapse a little before their leases, so a permit is never used
@@ -464,7 +558,7 @@ func (r *Redis) record(err error) {
 		return
 	}
 	if err == nil {
-		r.failures = 0
+		r.failures, r.lastOK = 0, time.Now()
 		return
 	}
 	if errors.Is(err, context.Canceled) {
@@ -488,6 +582,7 @@ func (r *Redis) setDegraded(d bool, err error) {
 		for _, c := range r.list() {
 			c.Breaker.SetShared(false)
 			c.leases = c.leases[:0]
+			c.held, c.heldSince = breaker.Delta{}, time.Time{}
 		}
 		r.log.Warn("redis store degraded: breakers decide locally from the last shared state",
 			zap.Error(err))
@@ -534,7 +629,7 @@ func (r *Redis) resyncLocked(ctx context.Context) error {
 		r.record(err)
 		return err
 	}
-	r.failures = 0
+	r.failures, r.lastOK = 0, time.Now()
 	if r.degraded.Load() {
 		r.setDegraded(false, nil)
 	}
@@ -571,6 +666,7 @@ func (r *Redis) Control(ctx context.Context, name string, cmd Command) error {
 		return err
 	}
 	r.apply(c, rep, false, "control")
+	c.quiet.Store(rep.quiet)
 	return nil
 }
 
@@ -617,7 +713,7 @@ func (r *Redis) Close() error { return r.client.Close() }
 // at-most-once, so every (re)subscription asks the loop for a full resync, and the flush
 // replies remain the backstop for messages lost in between.
 func (r *Redis) subscribe(ctx context.Context) {
-	ps := r.client.Subscribe(ctx, r.channel)
+	ps := r.client.Subscribe(ctx, r.channel, r.onset)
 	defer ps.Close()
 	ch := ps.ChannelWithSubscriptions(redis.WithChannelHealthCheckInterval(time.Second))
 	subscribed := false
@@ -631,7 +727,7 @@ func (r *Redis) subscribe(ctx context.Context) {
 			}
 			switch m := m.(type) {
 			case *redis.Subscription:
-				if m.Kind == "subscribe" {
+				if m.Kind == "subscribe" && m.Channel == r.channel {
 					// Also the first time: what was published before the subscription
 					// took effect (since Resync) was missed too.
 					if subscribed {
@@ -641,7 +737,11 @@ func (r *Redis) subscribe(ctx context.Context) {
 					subscribed = true
 				}
 			case *redis.Message:
-				r.onMessage(m.Payload)
+				if m.Channel == r.onset {
+					r.onOnset(m.Payload)
+				} else {
+					r.onMessage(m.Payload)
+				}
 			}
 		}
 	}
@@ -657,5 +757,15 @@ func (r *Redis) onMessage(payload string) {
 	if !ok || r.degraded.Load() || !c.synced.Load() {
 		return
 	}
+	c.quiet.Store(false) // until the next reply says otherwise
 	r.apply(c, rep, false, "pubsub")
+}
+
+// onOnset handles a failure reaching a quiet circuit's window (payload: its name): the
+// successes this replica holds for it must be in the window before the rate rules look,
+// so they go now.
+func (r *Redis) onOnset(name string) {
+	if c, ok := r.get(name); ok && c.quiet.Swap(false) {
+		r.Wake()
+	}
 }

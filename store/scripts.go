@@ -31,7 +31,9 @@ var (
 	acquireScript = redis.NewScript(prelude + acquireSrc)
 	trialScript   = redis.NewScript(prelude + trialSrc)
 	controlScript = redis.NewScript(prelude + controlSrc)
-	allScripts    = []*redis.Script{flushScript, acquireScript, trialScript, controlScript}
+	// heartbeatScript checks that Redis runs scripts, touching no key.
+	heartbeatScript = redis.NewScript("return 1")
+	allScripts      = []*redis.Script{flushScript, acquireScript, trialScript, controlScript, heartbeatScript}
 )
 
 // settingsArg encodes a circuit's settings as the scripts' settings argument.

@@ -25,4 +25,4 @@ if st.md == 0 or st.md == 3 then
   end
 end
 save(KEYS[1], st, s, now, ARGV[6], ARGV[7], '', ARGV[1])
-return reply(st, now, granted)
+return reply(st, s, now, granted)

@@ -20,4 +20,4 @@ elseif op == 'mode' then
   redis.call('DEL', KEYS[2])
 end
 save(KEYS[1], st, s, now, ARGV[5], ARGV[6], '', ARGV[7])
-return reply(st, now, 0)
+return reply(st, s, now, 0)

@@ -6,7 +6,8 @@
 -- 2 forced_closed, 3 metrics_only), gen generation, ou open-until (Redis ms), of open
 -- period (ms), tr trips since the last recovery, cf fleet-wide consecutive failures,
 -- sc successful trials this half-open period, at time of the last transition (Redis ms),
--- rs its reason, ep the epoch (Redis ms when this hash was created: a new epoch means the
+-- fo failure onset (Redis ms when a failure or slow call first reached a window that had
+-- none: the rate rules wait one grace period after it), rs its reason, ep the epoch (Redis ms when this hash was created: a new epoch means the
 -- state was lost or replaced, and replicas adopt it whatever its generation), cfg/cfgr settings hash and the replica that wrote it,
 -- "b:<k>" window bucket k as "requests failures slow", "r:<replica>" last failure report
 -- (Redis ms) of each replica, for the quorum rule.
@@ -28,7 +29,7 @@ local function settings(arg)
     sthresh = v[12], minrep = v[13], mode = v[14] }
 end
 
-local core = { 'st', 'md', 'gen', 'ou', 'of', 'tr', 'cf', 'sc', 'at', 'ep' }
+local core = { 'st', 'md', 'gen', 'ou', 'of', 'tr', 'cf', 'sc', 'at', 'ep', 'fo' }
 local known = { rs = true, cfg = true, cfgr = true }
 for _, f in ipairs(core) do known[f] = true end
 
@@ -51,7 +52,7 @@ end
 -- not parse, is reported (corrupt = reason) and replaced by a fresh closed state: never
 -- an error, never a crash. Fields no script writes are dropped.
 local function load(key, s, now)
-  local st = { st = 0, md = s.mode, gen = 0, ou = 0, of = 0, tr = 0, cf = 0, sc = 0, at = 0, ep = now,
+  local st = { st = 0, md = s.mode, gen = 0, ou = 0, of = 0, tr = 0, cf = 0, sc = 0, at = 0, ep = now, fo = 0,
     b = {}, r = {}, del = {}, new = true, dirty = false, corrupt = false, cfg = '', cfgr = '' }
   local lt = redis.call('TYPE', KEYS[2]).ok
   if lt ~= 'none' and lt ~= 'zset' then
@@ -109,7 +110,7 @@ local function load(key, s, now)
     redis.call('DEL', key)
     -- a fresh closed state in a newer generation, published so every replica adopts it
     return { st = 0, md = s.mode, gen = st.gen + 1, ou = 0, of = 0, tr = 0, cf = 0, sc = 0,
-      at = 0, ep = now, b = {}, r = {}, del = {}, new = true, dirty = true, changed = true,
+      at = 0, ep = now, fo = 0, b = {}, r = {}, del = {}, new = true, dirty = true, changed = true,
       rs = 'corrupt', corrupt = st.corrupt, cfg = '', cfgr = '' }
   end
   return st
@@ -150,7 +151,16 @@ end
 local function clear_counts(st)
   for idx in pairs(st.b) do st.del[#st.del + 1] = 'b:' .. idx end
   for id in pairs(st.r) do st.del[#st.del + 1] = 'r:' .. id end
-  st.b, st.r, st.cf, st.sc = {}, {}, 0, 0
+  st.b, st.r, st.cf, st.sc, st.fo = {}, {}, 0, 0, 0
+end
+
+-- quiet reports a closed circuit with nothing bad in its window: no failure or slow call,
+-- no run of consecutive failures. Replicas hold the successes of a quiet circuit (they
+-- change no decision) and report them once per window, or at once when it stops being
+-- quiet. It prunes stale buckets, as window does.
+local function quiet(st, s, now)
+  local _, f, sl = window(st, s, now)
+  return st.st == 0 and st.cf == 0 and f + sl == 0
 end
 
 local function transition(st, to, reason, now, leasekey)
@@ -178,11 +188,13 @@ local function close(st, reason, now, leasekey)
 end
 
 -- trip_reason evaluates the rules in the same order as breaker.tripReasonLocked, then the
--- quorum: a trip needs failures reported by at least minrep distinct replicas.
-local function trip_reason(st, s, now)
+-- quorum: a trip needs failures reported by at least minrep distinct replicas. The rate
+-- rules wait grace ms after the failure onset, so that the successes other replicas held
+-- while the circuit was quiet (they are told of the onset) are in the window first.
+local function trip_reason(st, s, now, grace)
   local reason = nil
   if s.cf > 0 and st.cf >= s.cf then reason = 'consecutive_failures' end
-  if not reason and (s.fr > 0 or s.sr > 0) then
+  if not reason and (s.fr > 0 or s.sr > 0) and now >= st.fo + grace then
     local r, f, sl = window(st, s, now)
     if r > 0 and r >= s.minreq then
       if s.fr > 0 and f * 100 >= s.fr * r then
@@ -209,7 +221,8 @@ local function save(key, st, s, now, channel, name, cfg, replica)
     redis.call('HDEL', key, unpack(st.del, i, math.min(i + 999, #st.del)))
   end
   local args = { 'st', fmt(st.st), 'md', fmt(st.md), 'gen', fmt(st.gen), 'ou', fmt(st.ou),
-    'of', fmt(st.of), 'tr', fmt(st.tr), 'cf', fmt(st.cf), 'sc', fmt(st.sc), 'at', fmt(st.at), 'ep', fmt(st.ep) }
+    'of', fmt(st.of), 'tr', fmt(st.tr), 'cf', fmt(st.cf), 'sc', fmt(st.sc), 'at', fmt(st.at), 'ep', fmt(st.ep),
+    'fo', fmt(st.fo) }
   if st.rs then args[#args + 1] = 'rs'; args[#args + 1] = st.rs end
   if cfg ~= '' then
     args[#args + 1] = 'cfg'; args[#args + 1] = cfg
@@ -230,10 +243,19 @@ local function save(key, st, s, now, channel, name, cfg, replica)
   end
 end
 
--- reply is what every script returns: the state as the caller must apply it.
-local function reply(st, now, granted, prevcfg, prevcfgr)
+-- reply is what every script returns: the state as the caller must apply it, and how
+-- busy the circuit is: 1 quiet, 0 not, 2 not and the rate rules wait for the grace after
+-- the failure onset (st.grace, set by flush) to end (the caller polls again soon). It
+-- runs after save: what quiet prunes is not written.
+local function reply(st, s, now, granted, prevcfg, prevcfgr)
   local remaining = 0
   if st.st == 1 then remaining = math.max(st.ou - now, 0) end
+  local q = 0
+  if quiet(st, s, now) then
+    q = 1
+  elseif st.st == 0 and st.grace and now < st.fo + st.grace then
+    q = 2
+  end
   return { st.st, st.md, st.gen, remaining, st.of, st.tr, now, granted or 0,
-    prevcfg or '', prevcfgr or '', st.corrupt or '', st.ep, st.rs or '' }
+    prevcfg or '', prevcfgr or '', st.corrupt or '', st.ep, st.rs or '', q }
 end

@@ -15,4 +15,4 @@ if tonumber(ARGV[2]) == st.gen and st.st == 2 then
   end
 end
 save(KEYS[1], st, s, now, ARGV[7], ARGV[8], '', ARGV[1])
-return reply(st, now, 0)
+return reply(st, s, now, 0)

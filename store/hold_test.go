@@ -1,0 +1,228 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/fuseproxy/fuseproxy/breaker"
+	"github.com/fuseproxy/fuseproxy/internal/testutil/redistest"
+)
+
+// scriptCounter is a client hook counting the scripts a replica sends, by script, and
+// the flush scripts that carry requests (not polls).
+type scriptCounter struct {
+	mu      sync.Mutex
+	n       map[string]int // by SHA
+	counted int
+}
+
+func newScriptCounter() *scriptCounter { return &scriptCounter{n: map[string]int{}} }
+
+func (c *scriptCounter) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (c *scriptCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (c *scriptCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		c.mu.Lock()
+		for _, cmd := range cmds {
+			if a := cmd.Args(); len(a) > 1 && strings.EqualFold(a[0].(string), "evalsha") {
+				c.n[a[1].(string)]++
+				// evalsha sha numkeys state leases replica generation requests ...
+				if a[1] == flushScript.Hash() && len(a) > 7 && fmt.Sprint(a[7]) != "0" {
+					c.counted++
+				}
+			}
+		}
+		c.mu.Unlock()
+		return next(ctx, cmds)
+	}
+}
+
+func (c *scriptCounter) flushes() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.counted
+}
+
+func (c *scriptCounter) count(s *redis.Script) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n[s.Hash()]
+}
+
+// windowRequests sums the requests of the circuit's window in Redis.
+func windowRequests(t *testing.T, srv *redistest.Server) int {
+	t.Helper()
+	e := luaEnvOn(t, srv, circuitName, baseSettings(), 1)
+	req, _, _ := e.windowTotals()
+	return req
+}
+
+// TestRedisQuietCircuitHoldsSuccesses: a busy replica whose circuit is quiet sends no
+// script for its successes until a window has passed (only heartbeats, a few per second),
+// and then all of them.
+func TestRedisQuietCircuitHoldsSuccesses(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	s := longOpen()
+	s.Window = 2 * time.Second
+	sc := newScriptCounter()
+	r := startReplica(t, srv, "r", replicaConfig{settings: s, hook: sc})
+	c, _ := r.st.get(circuitName)
+	if !c.quiet.Load() {
+		t.Fatal("a fresh circuit is not quiet after Resync")
+	}
+	// Warm up until the start-up resyncs (which send whatever was counted) are over.
+	sent := 0
+	exchangesDone(t, 3, func() { succeed(t, r.b); sent++ }, r)
+	flushes0, beats0, inRedis := sc.flushes(), sc.count(heartbeatScript), windowRequests(t, srv)
+	start := time.Now()
+	for time.Since(start) < time.Second {
+		for range 50 {
+			succeed(t, r.b)
+			sent++
+		}
+		time.Sleep(time.Millisecond)
+	}
+	flushes, beats := sc.flushes()-flushes0, sc.count(heartbeatScript)-beats0
+	t.Logf("%d successes in %v: %d flush scripts, %d heartbeats", sent, time.Since(start), flushes, beats)
+	if flushes != 0 {
+		t.Errorf("%d flush scripts for successes of a quiet circuit within its window, want 0", flushes)
+	}
+	if beats == 0 || beats > 15 {
+		t.Errorf("%d heartbeats in a second with a 20 ms flush interval, want about 10 (one per 5 intervals)", beats)
+	}
+	if n := windowRequests(t, srv); n != inRedis {
+		t.Errorf("Redis holds %d requests, %d before: successes were sent within the window", n, inRedis)
+	}
+	// The warm-up's bucket may have left the window by then.
+	eventually(t, 5*time.Second, "the held successes to be sent", func() bool {
+		n := windowRequests(t, srv)
+		return n == sent || n == sent-inRedis
+	})
+	if d := time.Since(start); d < s.Window-time.Second {
+		t.Errorf("held successes sent %v after the measured traffic began, before the window of %v could pass", d, s.Window)
+	}
+}
+
+// TestRedisStopSendsHeldSuccesses: the last flush at shutdown sends what was held.
+func TestRedisStopSendsHeldSuccesses(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	s := longOpen()
+	s.Window = time.Minute
+	sc := newScriptCounter()
+	r := startReplica(t, srv, "r", replicaConfig{settings: s, hook: sc})
+	sent := 0
+	exchangesDone(t, 3, func() { succeed(t, r.b); sent++ }, r) // past the start-up resyncs
+	flushes0 := sc.flushes()
+	for range 500 {
+		succeed(t, r.b)
+	}
+	sent += 500
+	exchangesDone(t, 3, nil, r) // heartbeats: the loop has taken (and held) them
+	if n := sc.flushes() - flushes0; n != 0 {
+		t.Fatalf("%d flush scripts before the stop, want 0 (held)", n)
+	}
+	r.stop()
+	if n := windowRequests(t, srv); n != sent {
+		t.Errorf("after the stop Redis holds %d requests, want %d", n, sent)
+	}
+}
+
+// TestRedisOnsetSendsHeldSuccesses: a healthy replica's held successes still dilute
+// another replica's failures. The sick replica's 30 failures (100 % of its traffic) would
+// open the circuit by the rate rule on their own; the healthy replica's 1,000 successes,
+// held while the circuit was quiet, are sent when the onset is published, within the
+// grace, and keep it closed (30 of 1,030).
+func TestRedisOnsetSendsHeldSuccesses(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	s := longOpen()
+	s.ConsecutiveFailures = 0
+	s.FailureRate, s.MinimumRequests, s.Window = 50, 20, time.Minute
+	hc := newScriptCounter()
+	healthy := startReplica(t, srv, "healthy", replicaConfig{settings: s, hook: hc})
+	sick := startReplica(t, srv, "sick", replicaConfig{settings: s})
+	for range 1000 {
+		succeed(t, healthy.b)
+	}
+	exchangesDone(t, 3, nil, healthy)
+	if n := hc.flushes(); n != 0 {
+		t.Fatalf("healthy sent %d flush scripts before the onset, want 0 (held)", n)
+	}
+	for range 30 {
+		fail(t, sick.b)
+	}
+	eventually(t, waitFor, "the held successes in Redis", func() bool { return windowRequests(t, srv) == 1030 })
+	c, _ := sick.st.get(circuitName)
+	eventually(t, waitFor, "sick's polls after the grace to decide", func() bool {
+		sick.st.xmu.Lock()
+		defer sick.st.xmu.Unlock()
+		return !c.deciding
+	})
+	allIn(t, breaker.Closed, healthy, sick)
+	if st := luaEnvOn(t, srv, circuitName, s, 1).hgetall()["st"]; st != "0" {
+		t.Fatalf("Redis state %s, want 0 (closed): 30 failures of 1,030 requests", st)
+	}
+}
+
+// TestRedisHeldSuccessesDoNotEndARun: successes held while the circuit was quiet came
+// before the run of failures the fleet builds now, so they do not end it: 2 failures on
+// each of 3 replicas, each of which held successes, make the 6 in a row that trip it.
+func TestRedisHeldSuccessesDoNotEndARun(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	s := longOpen()
+	s.ConsecutiveFailures, s.Window = 6, time.Minute
+	fleet := startFleet(t, srv, 3, replicaConfig{settings: s})
+	for _, r := range fleet {
+		for range 100 {
+			succeed(t, r.b)
+		}
+	}
+	exchangesDone(t, 3, nil, fleet...) // past the start-up resyncs; the successes are held
+	for _, r := range fleet {
+		fail(t, r.b)
+		fail(t, r.b)
+	}
+	eventually(t, waitFor, "the fleet open", func() bool {
+		return fleet[0].b.State() == breaker.Open && fleet[1].b.State() == breaker.Open &&
+			fleet[2].b.State() == breaker.Open
+	})
+}
+
+func TestMergeHeldSuccesses(t *testing.T) {
+	t.Parallel()
+	held := breaker.Delta{Generation: 3, Counts: breaker.Counts{Requests: 100}, HadSuccess: true}
+	cases := []struct {
+		name string
+		h, d breaker.Delta
+		want breaker.Delta
+	}{
+		{"held alone ends no run", held, breaker.Delta{},
+			breaker.Delta{Generation: 3, Counts: breaker.Counts{Requests: 100}}},
+		{"failures after held successes continue the run", held,
+			breaker.Delta{Generation: 3, Counts: breaker.Counts{Requests: 2, Failures: 2}, Tail: 2},
+			breaker.Delta{Generation: 3, Counts: breaker.Counts{Requests: 102, Failures: 2}, Tail: 2}},
+		{"a fresh success still ends it", held,
+			breaker.Delta{Generation: 3, Counts: breaker.Counts{Requests: 3, Failures: 1}, Tail: 1, HadSuccess: true},
+			breaker.Delta{Generation: 3, Counts: breaker.Counts{Requests: 103, Failures: 1}, Tail: 1, HadSuccess: true}},
+		{"held of an older generation is dropped", held,
+			breaker.Delta{Generation: 4, Counts: breaker.Counts{Requests: 1, Failures: 1}, Tail: 1},
+			breaker.Delta{Generation: 4, Counts: breaker.Counts{Requests: 1, Failures: 1}, Tail: 1}},
+		{"nothing held", breaker.Delta{},
+			breaker.Delta{Generation: 3, Counts: breaker.Counts{Requests: 1}, HadSuccess: true},
+			breaker.Delta{Generation: 3, Counts: breaker.Counts{Requests: 1}, HadSuccess: true}},
+	}
+	for _, tc := range cases {
+		if got := merge(tc.h, tc.d); got != tc.want {
+			t.Errorf("%s: merge = %+v, want %+v", tc.name, got, tc.want)
+		}
+	}
+}

@@ -1,0 +1,64 @@
+package store
+
+import (
+	"context"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/fuseproxy/fuseproxy/breaker"
+	"github.com/fuseproxy/fuseproxy/config"
+	"github.com/fuseproxy/fuseproxy/internal/testutil/redistest"
+)
+
+// TestRedisResyncTenThousandCircuits: a replica with 10,000 upstreams reads them all at
+// start in pipelines of maxPipeline scripts, each within the store's timeout (200 ms: one
+// pipeline of all 10,000 takes longer), and then rejects on every circuit the fleet opened.
+func TestRedisResyncTenThousandCircuits(t *testing.T) {
+	if testing.Short() {
+		t.Skip("10,000 circuits")
+	}
+	t.Parallel()
+	const n = 10_000
+	srv := redistest.Start(t)
+	newStore := func() (*Redis, map[string]Circuit) {
+		client, err := NewRedisClient(config.Redis{URL: srv.URL(), PoolSize: 4})
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := NewRedis(client, RedisOptions{ReplicaID: "r", Timeout: 200 * time.Millisecond})
+		t.Cleanup(func() { st.Close() })
+		cs := make(map[string]Circuit, n)
+		for i := range n {
+			name := "u" + strconv.Itoa(i)
+			cs[name] = Circuit{Breaker: breaker.New(name, longOpen(), breaker.Options{Wake: st.Wake}), SettingsHash: "h"}
+		}
+		st.Attach(cs)
+		return st, cs
+	}
+	first, _ := newStore()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := first.Resync(ctx); err != nil {
+		t.Fatalf("Resync of %d circuits: %v", n, err)
+	}
+	t.Logf("first Resync of %d circuits (creating every key): %v", n, time.Since(start))
+	for i := 0; i < n; i += 1000 { // one circuit in a thousand opens
+		if err := first.Control(ctx, "u"+strconv.Itoa(i), Command{Op: OpOpen}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	second, cs := newStore()
+	start = time.Now()
+	if err := second.Resync(ctx); err != nil {
+		t.Fatalf("Resync of %d circuits: %v", n, err)
+	}
+	t.Logf("Resync of %d circuits by a second replica: %v", n, time.Since(start))
+	for name, c := range cs {
+		i, _ := strconv.Atoi(name[1:])
+		if want := map[bool]breaker.State{true: breaker.Open, false: breaker.Closed}[i%1000 == 0]; c.Breaker.State() != want {
+			t.Fatalf("%s: %v after Resync, want %v", name, c.Breaker.State(), want)
+		}
+	}
+}
