@@ -245,7 +245,10 @@ func newUpstream(name string, cu *config.Upstream, b *breaker.Breaker) (*upstrea
 // is the cleaned one, so "/api/../admin" is "/admin"; a path hiding a dot-segment in
 // percent-encoding is refused with 400. No match: 404 with a JSON body. CONNECT: 405.
 // The proxy only ever connects to configured targets: an absolute-form request URI
-// naming another host routes like any request for that Host.
+// naming another host routes like any request for that Host. Every answer to a request
+// with a chunked body says Connection: close, and the connection is closed after it
+// (RFC 9112 §6.1: net/http has removed any Content-Length sent beside the
+// Transfer-Encoding, so the proxy cannot tell whether there was one).
 //
 // Admission: a rejected request gets the upstream's fallback response (see
 // HeaderCircuit). Otherwise the outcome is reported to the breaker exactly once: when
@@ -254,6 +257,15 @@ func newUpstream(name string, cu *config.Upstream, b *breaker.Breaker) (*upstrea
 // nothing for a client that went away). A body copy that fails after the headers were
 // sent is not reclassified.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if chunkedBody(r) {
+		// RFC 9112 §6.1: a server must close the connection after responding to a request
+		// with both Content-Length and Transfer-Encoding. net/http has dropped the
+		// Content-Length by now (§6.3), so every chunked request is treated as one that
+		// may have had both. The header is set before any answer is written, so it is on
+		// every one, proxied or the proxy's own; the server closes the connection after
+		// the response, and bytes after the chunked body are never read as a request.
+		w.Header().Set("Connection", "close")
+	}
 	if r.Method == http.MethodConnect {
 		w.Header().Set("Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
 		writeProblem(w, http.StatusMethodNotAllowed, "method_not_allowed", "CONNECT is not supported")
@@ -309,6 +321,17 @@ func (p *Proxy) release(e *exchange) {
 	e.report(Ignored, breaker.Ignored)
 	*e = exchange{}
 	p.exchanges.Put(e)
+}
+
+// chunkedBody reports whether the request's body was framed by chunked transfer coding
+// (net/http accepts no other transfer coding).
+func chunkedBody(r *http.Request) bool {
+	for _, te := range r.TransferEncoding {
+		if te == "chunked" {
+			return true
+		}
+	}
+	return false
 }
 
 // validUpgrade reports whether the Upgrade header is printable ASCII, as ReverseProxy
