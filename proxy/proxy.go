@@ -192,11 +192,12 @@ func (p *Proxy) build(cfg *config.Config, breakers map[string]*breaker.Breaker, 
 			rt.methods = append(rt.methods, strings.ToUpper(m))
 		}
 		rt.rp = &httputil.ReverseProxy{
-			Rewrite:      rt.rewrite,
-			Transport:    up.transport,
-			BufferPool:   &p.buffers,
-			ErrorHandler: p.handleError,
-			ErrorLog:     p.errLog,
+			Rewrite:        rt.rewrite,
+			Transport:      up.transport,
+			BufferPool:     &p.buffers,
+			ModifyResponse: watchBody,
+			ErrorHandler:   p.handleError,
+			ErrorLog:       p.errLog,
 		}
 		routes[i] = rt
 	}
@@ -254,8 +255,11 @@ func newUpstream(name string, cu *config.Upstream, b *breaker.Breaker) (*upstrea
 // HeaderCircuit). Otherwise the outcome is reported to the breaker exactly once: when
 // the response headers arrive (the latency the breaker's slow-call rule measures), on
 // a protocol switch, or on an error (502 for a transport error, 504 for a timeout,
-// nothing for a client that went away). A body copy that fails after the headers were
-// sent is not reclassified.
+// nothing for a client that went away). Reporting at the headers keeps a half-open
+// trial from holding its slot for the length of a stream. If the upstream then breaks
+// the body off (a read error from the upstream, not a client that went away), a
+// success becomes a failure after all (breaker.LateFailure, Result FailureBody); the
+// client sees the body cut, as ReverseProxy aborts the response.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if chunkedBody(r) {
 		// RFC 9112 §6.1: a server must close the connection after responding to a request
@@ -304,19 +308,21 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		e.body = &clientBody{rc: r.Body}
 		r.Body = e.body
 	}
+	ctx := context.WithValue(r.Context(), exchangeKey{}, e) // for watchBody
 	if up.timeout > 0 {
-		ctx, cancel := context.WithTimeout(r.Context(), up.timeout)
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, up.timeout)
 		defer cancel()
-		r = r.WithContext(ctx)
 	}
-	rt.rp.ServeHTTP(e, r)
+	rt.rp.ServeHTTP(e, r.WithContext(ctx))
 }
 
 // release reports an exchange that ended without an outcome (a panic before the
 // response headers: not the upstream's fault) and returns it to the pool. It runs
 // deferred, so on a panic it runs before the panic continues up the stack; the
 // http.ErrAbortHandler with which ReverseProxy aborts a broken body copy comes after the
-// outcome was reported and is left alone.
+// outcome was reported (and a late failure, if the upstream broke the body) and is left
+// alone.
 func (p *Proxy) release(e *exchange) {
 	e.report(Ignored, breaker.Ignored)
 	*e = exchange{}
