@@ -29,6 +29,13 @@ func TestRequestPathDoesNotAllocate(t *testing.T) {
 			tk, _ := b.Allow()
 			b.Done(tk, breaker.Success, 2*time.Second)
 		}},
+		{"closed Allow+Done+LateFailure", func(*breaker.Breaker, *fakeClock) {}, func(t *testing.T, b *breaker.Breaker, c *fakeClock) {
+			c.Advance(time.Millisecond)
+			tk, _ := b.Allow()
+			b.LateFailure(b.Done(tk, breaker.Success, 0)) // a run of 1
+			tk, _ = b.Allow()
+			b.Done(tk, breaker.Success, 0) // ends it
+		}},
 		{"open rejection", func(b *breaker.Breaker, c *fakeClock) { b.Trip() }, func(t *testing.T, b *breaker.Breaker, c *fakeClock) {
 			if _, err := b.Allow(); err == nil {
 				t.Fatal("admitted")
@@ -63,6 +70,16 @@ func TestRequestPathDoesNotAllocate(t *testing.T) {
 				t.Fatal("a second trial admitted")
 			}
 			b.Done(tk, breaker.Success, 0)
+		}},
+		{"half-open trial, late failure", func(b *breaker.Breaker, c *fakeClock) {
+			b.Trip()
+		}, func(t *testing.T, b *breaker.Breaker, c *fakeClock) {
+			c.Advance(time.Hour) // past any open period
+			tk, err := b.Allow()
+			if err != nil || !tk.Trial() {
+				t.Fatal("no trial")
+			}
+			b.LateFailure(b.Done(tk, breaker.Success, 0)) // reopens
 		}},
 		{"half-open cancelled trial", func(b *breaker.Breaker, c *fakeClock) {
 			b.Trip()

@@ -56,6 +56,13 @@ type Breaker struct {
 	delta          Delta
 	trials         TrialReport
 	epoch          uint64 // see word
+
+	// Bookkeeping for LateFailure, which takes back a closed-state success.
+	successes    uint64 // closed-state successes counted so far, never reset: Receipt.seq
+	lastSuccess  uint64 // seq of the latest success; 0 once a late failure took it back
+	cleared      int    // the run of consecutive failures the latest success ended
+	deltaCleared uint32 // shared: the delta's Tail the latest success ended
+	deltaFrom    uint64 // shared: successes up to this seq are not in delta (taken or never put)
 }
 
 // New returns a closed breaker for the named upstream.
@@ -206,58 +213,74 @@ func (b *Breaker) allowLocked(tr *Transition) (Ticket, error, bool) {
 // Done reports the outcome of an admitted request and how long it took. Outcomes of
 // tickets from an older generation, and of requests a metrics-only breaker would have
 // rejected, change nothing.
-func (b *Breaker) Done(t Ticket, o Outcome, elapsed time.Duration) {
+//
+// When it counted a success, Done returns a Receipt for it: should the request fail
+// after all (its response body broke off after the headers), hand the receipt to
+// LateFailure. Otherwise it returns the zero Receipt, which LateFailure ignores.
+func (b *Breaker) Done(t Ticket, o Outcome, elapsed time.Duration) Receipt {
 	if t.flags&ticketWouldReject != 0 || (o == Ignored && t.flags&ticketTrial == 0) {
-		return
+		return Receipt{}
 	}
 	if _, _, gen := b.load(); gen != t.gen {
-		return
+		return Receipt{}
 	}
 	var tr Transition
 	b.mu.Lock()
-	wake := b.doneLocked(t, o, elapsed, &tr)
+	r, wake := b.doneLocked(t, o, elapsed, &tr)
 	b.mu.Unlock()
 	b.after(tr, wake)
+	return r
 }
 
-func (b *Breaker) doneLocked(t Ticket, o Outcome, elapsed time.Duration, tr *Transition) bool {
+func (b *Breaker) doneLocked(t Ticket, o Outcome, elapsed time.Duration, tr *Transition) (Receipt, bool) {
 	st, m, gen := b.load()
 	if gen != t.gen {
-		return false
+		return Receipt{}, false
 	}
 	now := b.clock.Now()
 	if t.Trial() {
-		return b.trialDoneLocked(now, o, tr)
+		return b.trialDoneLocked(t, now, o, tr)
 	}
 	if st != Closed {
-		return false
+		return Receipt{}, false
 	}
 	failure := o == Failure
 	slow := b.s.SlowCallDuration > 0 && elapsed > b.s.SlowCallDuration
 	b.win.add(now, failure, slow)
+	var r Receipt
 	if failure {
 		b.consecutive++
 	} else {
+		b.successes++
+		b.lastSuccess, b.cleared = b.successes, b.consecutive
 		b.consecutive = 0
+		r = Receipt{gen: t.gen, at: now, seq: b.successes, flags: receiptSuccess}
 	}
 	if b.shared {
+		if !failure {
+			b.deltaCleared = b.delta.Tail
+		}
 		b.delta.add(gen>>8, failure, slow)
-		return false
+		return r, false
 	}
 	if m == ForcedClosed {
-		return false
+		return r, false
 	}
 	if reason := b.tripReasonLocked(now); reason != "" {
 		*tr = b.openLocked(now, reason)
 	}
-	return false
+	return r, false
 }
 
-func (b *Breaker) trialDoneLocked(now time.Duration, o Outcome, tr *Transition) bool {
+func (b *Breaker) trialDoneLocked(t Ticket, now time.Duration, o Outcome, tr *Transition) (Receipt, bool) {
 	b.trialsInFlight--
+	var r Receipt
+	if o == Success {
+		r = Receipt{gen: t.gen, at: now, flags: receiptSuccess | receiptTrial}
+	}
 	if b.shared {
 		b.trials.add(o)
-		return true
+		return r, true
 	}
 	switch o {
 	case Success:
@@ -267,6 +290,109 @@ func (b *Breaker) trialDoneLocked(now time.Duration, o Outcome, tr *Transition) 
 		}
 	case Failure:
 		*tr = b.openLocked(now, ReasonTrialFailed)
+	}
+	return r, false
+}
+
+// Receipt is Done's record of a success it counted, for LateFailure. The zero Receipt
+// stands for no success.
+type Receipt struct {
+	gen   uint64        // the ticket's stamp: generation<<8 | epoch
+	at    time.Duration // clock reading when the success was counted
+	seq   uint64        // closed state: the success's number (Breaker.successes)
+	flags uint8
+}
+
+const (
+	receiptSuccess uint8 = 1 << iota
+	receiptTrial
+)
+
+// LateFailure reports that a request whose success Done counted (the receipt Done
+// returned) failed after all: for the proxy, the upstream broke its response body off
+// after the headers, which is when Done was told. Done reports at the headers so that a
+// trial or a long stream does not hold the outcome back; LateFailure corrects it. Call
+// it at most once per receipt. It does not allocate.
+//
+// It is fenced like Done: a receipt from an older generation (the circuit changed
+// state, or was reset, forced or resynced since) changes nothing, and neither does the
+// zero Receipt. Otherwise:
+//
+//   - Closed: the success becomes a failure, so the request still counts once in the
+//     window: while the bucket it was counted in is still in the window, that bucket's
+//     success turns into a failure; after that, the failure is counted now, as a request
+//     of its own (the success has left the window). For the run of consecutive failures
+//     the failure happens now; if no success was counted after the one taken back, the
+//     run that success had ended is restored (so alternating headers and broken bodies
+//     build a run). The slow count does not change: slowness is judged at the headers.
+//     The trip rules then run as for Done (not while forced closed).
+//   - Closed, shared: the same locally, and the store learns it through the Delta. If
+//     the success is still in the Delta the store has not taken, it turns into a failure
+//     there (Requests unchanged; Tail and HadSuccess as if the success had never been
+//     counted and the failure came last). If the store took it already, the Delta gets a
+//     failed request of its own (Requests+1, Failures+1): the shared window can only be
+//     added to, so it then holds this request twice, once as a success and once as a
+//     failure, until the success leaves the window.
+//   - Half-open, a trial's receipt: a failed trial. Local: the circuit opens again
+//     (ReasonTrialFailed) with the next backoff. Shared: the failure is added to the
+//     TrialReport, taking back a success not yet taken by the store, and the store is
+//     woken to report it at once; the store reopens the circuit if it is still in that
+//     half-open period. A trial whose success closed the circuit is of an older
+//     generation by then: its late failure is dropped, like any other from before the
+//     close.
+func (b *Breaker) LateFailure(r Receipt) {
+	if r.flags&receiptSuccess == 0 {
+		return
+	}
+	if _, _, gen := b.load(); gen != r.gen {
+		return
+	}
+	var tr Transition
+	b.mu.Lock()
+	wake := b.lateFailureLocked(r, &tr)
+	b.mu.Unlock()
+	b.after(tr, wake)
+}
+
+func (b *Breaker) lateFailureLocked(r Receipt, tr *Transition) bool {
+	st, m, gen := b.load()
+	if gen != r.gen {
+		return false
+	}
+	now := b.clock.Now()
+	if r.flags&receiptTrial != 0 {
+		if b.shared {
+			if b.trials.Successes > 0 {
+				b.trials.Successes--
+			}
+			b.trials.Failures++
+			return true
+		}
+		*tr = b.openLocked(now, ReasonTrialFailed)
+		return false
+	}
+	if st != Closed {
+		return false
+	}
+	if !b.win.fail(now, r.at) {
+		b.win.add(now, true, false)
+	}
+	latest := r.seq == b.lastSuccess
+	if latest {
+		b.consecutive += b.cleared + 1
+		b.lastSuccess = 0
+	} else {
+		b.consecutive++
+	}
+	if b.shared {
+		b.delta.lateFailure(gen>>8, r.seq > b.deltaFrom, latest, b.deltaCleared)
+		return false
+	}
+	if m == ForcedClosed {
+		return false
+	}
+	if reason := b.tripReasonLocked(now); reason != "" {
+		*tr = b.openLocked(now, reason)
 	}
 	return false
 }
@@ -345,6 +471,7 @@ func (b *Breaker) resetGenerationLocked() {
 	b.trialsInFlight, b.trialSuccesses, b.permits, b.wanted = 0, 0, 0, false
 	b.delta = Delta{}
 	b.trials = TrialReport{}
+	b.lastSuccess, b.deltaFrom = 0, b.successes
 }
 
 func (b *Breaker) after(tr Transition, wake bool) {

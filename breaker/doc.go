@@ -24,6 +24,16 @@
 // the generation, and an outcome whose ticket is from an older generation is dropped:
 // a slow request admitted before the circuit opened cannot close it again.
 //
+// # Late failures
+//
+// The proxy reports an outcome when the response headers arrive, so that a half-open
+// trial frees its slot then rather than when a stream of hours ends. A response whose
+// body the upstream breaks off afterwards is a failure after all: Done returns a Receipt
+// for each success it counted, and LateFailure turns that success into a failure,
+// fenced by generation like Done. In the window the request still counts once; for the
+// run of consecutive failures the failure comes last; a trial's late failure reopens
+// the circuit if its half-open period is still going on.
+//
 // # Modes
 //
 // An operator can override the machine: ForcedOpen rejects everything, ForcedClosed admits

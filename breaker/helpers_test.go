@@ -69,9 +69,11 @@ type fixture struct {
 	rnd   float64 // what Options.Rand returns
 
 	// Tickets some tests and table rows keep for later.
-	staleClosed breaker.Ticket // a closed-state ticket of an older generation
-	staleTrial  breaker.Ticket // a trial ticket of an older half-open period
-	held        []breaker.Ticket
+	staleClosed       breaker.Ticket  // a closed-state ticket of an older generation
+	staleTrial        breaker.Ticket  // a trial ticket of an older half-open period
+	staleReceipt      breaker.Receipt // a closed-state success of an older generation
+	staleTrialReceipt breaker.Receipt // a trial success of an older half-open period
+	held              []breaker.Ticket
 }
 
 func newFixture(t testing.TB, s breaker.Settings) *fixture {

@@ -27,6 +27,25 @@ func (d *Delta) add(gen uint64, failure, slow bool) {
 	}
 }
 
+// lateFailure takes back a success of generation gen as a failure (see
+// Breaker.LateFailure). inDelta tells whether the success was counted into this delta;
+// latest, whether no success was counted after it, and then cleared is the Tail it ended.
+func (d *Delta) lateFailure(gen uint64, inDelta, latest bool, cleared uint32) {
+	if !inDelta || d.Requests <= d.Failures {
+		d.add(gen, true, false) // the store has the success: add a failed request
+		return
+	}
+	d.Failures++
+	switch {
+	case d.Failures == d.Requests: // no success left: the batch continues the fleet's run
+		d.HadSuccess, d.Tail = false, d.Failures
+	case latest: // the failures before it join those after it
+		d.Tail += cleared + 1
+	default:
+		d.Tail++
+	}
+}
+
 // TrialReport is what a shared breaker's finished trials said since the store last took
 // it. Released counts trials whose client cancelled: their permits go back unused.
 type TrialReport struct {
@@ -70,6 +89,7 @@ func (b *Breaker) SetShared(shared bool) {
 	b.shared = shared
 	b.permits = 0
 	b.delta = Delta{}
+	b.deltaFrom = b.successes
 	b.trials = TrialReport{}
 	b.mu.Unlock()
 }
@@ -128,6 +148,7 @@ func (b *Breaker) Apply(s SharedState, force bool) bool {
 func (b *Breaker) TakeDelta() (d Delta, ok bool) {
 	b.mu.Lock()
 	d, b.delta = b.delta, Delta{}
+	b.deltaFrom = b.successes
 	b.mu.Unlock()
 	return d, d.Requests > 0
 }

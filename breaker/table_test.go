@@ -27,12 +27,15 @@ type start struct {
 }
 
 // prelude gives every start state a stale closed-state ticket and a stale trial ticket,
-// then leaves the breaker closed with no backoff.
+// and receipts of a stale success of each kind, then leaves the breaker closed with no
+// backoff.
 func prelude(f *fixture) {
 	f.staleClosed = f.allow() // generation 0, closed
-	f.b.Trip()                // 1: open
+	f.staleReceipt = f.b.Done(f.allow(), breaker.Success, 0)
+	f.b.Trip() // 1: open
 	f.staleTrial = f.openToHalfOpen()
-	f.b.Reset() // 3: closed, trips 0
+	f.staleTrialReceipt = f.b.Done(f.trial(), breaker.Success, 0) // 1 of 2
+	f.b.Reset()                                                   // 3: closed, trips 0
 }
 
 var (
@@ -111,6 +114,24 @@ var (
 	staleTrialFailure = event{"stale trial outcome (failure)", func(f *fixture) { f.b.Done(f.staleTrial, breaker.Failure, 0) }}
 	staleTrialSuccess = event{"stale trial outcome (success)", func(f *fixture) { f.b.Done(f.staleTrial, breaker.Success, 0) }}
 
+	// A success whose body then breaks off (LateFailure), in the state the row starts in.
+	lateFailure = event{"a success, then its late failure", func(f *fixture) {
+		tk, err := f.b.Allow()
+		if err == nil {
+			f.b.LateFailure(f.b.Done(tk, breaker.Success, 0))
+		}
+	}}
+	heldTrialLateFailure = event{"a trial in flight succeeds, then fails late", func(f *fixture) {
+		f.b.LateFailure(f.b.Done(f.held[0], breaker.Success, 0))
+	}}
+	heldTrialsPassOneLate = event{"both trials in flight succeed, then one fails late", func(f *fixture) {
+		r := f.b.Done(f.held[0], breaker.Success, 0)
+		f.b.Done(f.held[1], breaker.Success, 0)
+		f.b.LateFailure(r)
+	}}
+	staleLateFailure      = event{"stale receipt late failure", func(f *fixture) { f.b.LateFailure(f.staleReceipt) }}
+	staleTrialLateFailure = event{"stale trial receipt late failure", func(f *fixture) { f.b.LateFailure(f.staleTrialReceipt) }}
+
 	heldTrialFails = event{"a trial in flight fails", func(f *fixture) { f.b.Done(f.held[0], breaker.Failure, 0) }}
 	heldTrialsPass = event{"both trials in flight succeed", func(f *fixture) {
 		f.b.Done(f.held[0], breaker.Success, 0)
@@ -147,6 +168,9 @@ var transitionTable = []struct {
 	{closed, staleTrialFailure, breaker.Closed, ""},
 	{closed, applyNewerOpen, breaker.Open, breaker.ReasonShared},
 	{closed, applyOlderClosed, breaker.Closed, ""},
+	{closed, lateFailure, breaker.Closed, ""},
+	{closed, staleLateFailure, breaker.Closed, ""},
+	{closed, staleTrialLateFailure, breaker.Closed, ""},
 
 	{closedOneShort, failure, breaker.Open, breaker.ReasonConsecutiveFailures},
 	{closedOneShort, success, breaker.Closed, ""},
@@ -154,6 +178,9 @@ var transitionTable = []struct {
 	{closedOneShort, staleTrialFailure, breaker.Closed, ""},
 	{closedOneShort, forcedClosedFailure, breaker.Closed, ""},
 	{closedOneShort, longPause, breaker.Closed, ""},
+	// The success ended the run of 2; its late failure restores it and makes it 3.
+	{closedOneShort, lateFailure, breaker.Open, breaker.ReasonConsecutiveFailures},
+	{closedOneShort, staleLateFailure, breaker.Closed, ""},
 
 	{open, failure, breaker.Open, ""},
 	{open, openAlmost, breaker.Open, ""},
@@ -169,6 +196,8 @@ var transitionTable = []struct {
 	{open, staleTrialSuccess, breaker.Open, ""},
 	{open, applyNewerClosed, breaker.Closed, breaker.ReasonShared},
 	{open, applyOlderClosed, breaker.Open, ""},
+	{open, staleLateFailure, breaker.Open, ""},
+	{open, staleTrialLateFailure, breaker.Open, ""},
 
 	{halfOpen, trialSuccess, breaker.HalfOpen, ""}, // 1 of 2
 	{halfOpen, trialFailure, breaker.Open, breaker.ReasonTrialFailed},
@@ -182,16 +211,23 @@ var transitionTable = []struct {
 	{halfOpen, staleTrialFailure, breaker.HalfOpen, ""},
 	{halfOpen, staleTrialSuccess, breaker.HalfOpen, ""},
 	{halfOpen, applyNewerOpen, breaker.Open, breaker.ReasonShared},
+	{halfOpen, lateFailure, breaker.Open, breaker.ReasonTrialFailed},
+	{halfOpen, staleLateFailure, breaker.HalfOpen, ""},
+	{halfOpen, staleTrialLateFailure, breaker.HalfOpen, ""},
 
 	{halfOpenOneShort, trialSuccess, breaker.Closed, breaker.ReasonTrialsSucceeded},
 	{halfOpenOneShort, trialFailure, breaker.Open, breaker.ReasonTrialFailed},
 	{halfOpenOneShort, trialIgnored, breaker.HalfOpen, ""},
 	{halfOpenOneShort, staleTrialSuccess, breaker.HalfOpen, ""},
 	{halfOpenOneShort, metricsOnly, breaker.HalfOpen, ""},
+	// The trial's success closes the circuit: its late failure is of the old generation.
+	{halfOpenOneShort, lateFailure, breaker.Closed, breaker.ReasonTrialsSucceeded},
 
 	{halfOpenFull, rejected, breaker.HalfOpen, ""},
 	{halfOpenFull, heldTrialFails, breaker.Open, breaker.ReasonTrialFailed},
 	{halfOpenFull, heldTrialsPass, breaker.Closed, breaker.ReasonTrialsSucceeded},
+	{halfOpenFull, heldTrialLateFailure, breaker.Open, breaker.ReasonTrialFailed},
+	{halfOpenFull, heldTrialsPassOneLate, breaker.Closed, breaker.ReasonTrialsSucceeded},
 }
 
 func TestTransitionTable(t *testing.T) {

@@ -68,6 +68,20 @@ func (w *window) add(now time.Duration, failure, slow bool) {
 	}
 }
 
+// fail turns one success counted at clock reading at into a failure, if at's bucket is
+// still in the window at now; it reports whether it did. A bucket that has left the
+// window, or holds no success (its counts moved when the window was resized), is left
+// alone.
+func (w *window) fail(now, at time.Duration) bool {
+	k, _ := w.bucket(now)
+	ka, s := w.bucket(at)
+	if ka <= k-int64(len(w.slots)) || s.index != ka || s.c.Failures >= s.c.Requests {
+		return false
+	}
+	s.c.Failures++
+	return true
+}
+
 // addCounts puts c into the current bucket (used when the window is resized).
 func (w *window) addCounts(now time.Duration, c Counts) {
 	k, s := w.bucket(now)

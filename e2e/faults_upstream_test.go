@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"net"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -105,9 +106,10 @@ func TestFaultUpstreamHangs(t *testing.T) {
 // 20 bytes of each response (mid status line/headers): the client gets the proxy's 502,
 // each counts as a failure and consecutive_failures opens the circuit. Then, separately,
 // a reset after the headers and 5 body bytes: the client must see a broken response (a
-// read error), never a short body passed off as complete; such a response counts as the
-// upstream's success (its headers arrived; documented in proxy.ServeHTTP) and opens
-// nothing.
+// read error), never a short body passed off as complete, and each such response counts
+// as a failure after all (its success at the headers is taken back), so
+// consecutive_failures opens the circuit again: on one replica, and on a fleet of two
+// sharing Redis.
 func TestFaultUpstreamResetsMidResponse(t *testing.T) {
 	t.Parallel()
 	const threshold = 3
@@ -139,7 +141,7 @@ func TestFaultUpstreamResetsMidResponse(t *testing.T) {
 			Extra: map[string]any{"bad_gateway_502": threshold, "cut_after_bytes": 20}}.record(t, "upstream_resets_mid_response")
 	})
 	t.Run("in_body", func(t *testing.T) {
-		_, fp, p := startFaultUpstream(t, func(u *faultUpstream) {
+		backend, fp, p := startFaultUpstream(t, func(u *faultUpstream) {
 			u.ConsecutiveFailures, u.OpenDuration = threshold, 10*time.Second
 		})
 		// One whole response's size tells where its headers end.
@@ -148,20 +150,89 @@ func TestFaultUpstreamResetsMidResponse(t *testing.T) {
 		headers := fp.Stats().BytesDown - down - int64(len(r.Body))
 		fp.Reset() // new connections from here, each counted from its first byte
 		fp.Set(faultproxy.Faults{ResponseLimit: headers + 5, Cut: faultproxy.CutReset})
-		broken := 0
-		for i := range 2 * threshold {
+		// The client may see the connection close before any byte of the response (the
+		// proxy aborts it with the headers still buffered) and then retries the GET
+		// itself, so count what reached the backend.
+		before := backend.Stats(t).Requests
+		broken, sent := 0, 0
+		for sent < 2*threshold {
 			r := p.Get("/size")
+			sent++
+			if r.Rejected() {
+				break
+			}
 			if r.Err == nil {
-				t.Errorf("request %d cut 5 bytes into the body: got %v with no error, want the client to see the body broken", i+1, r)
-				continue
+				t.Fatalf("request %d cut 5 bytes into the body: got %v with no error, want the client to see the body broken", sent, r)
 			}
 			broken++
 		}
-		if n := p.CountTransitionsTo(upstream, "open"); n != 0 {
-			t.Errorf("%d transitions to open for responses cut after their headers, want 0", n)
+		p.WaitTransitions(t, 2*time.Second, upstream, "open", 1)
+		if tr := transitions(p, upstream); tr[0].Reason != "consecutive_failures" {
+			t.Errorf("transition %v, want reason consecutive_failures", tr[0])
 		}
-		faultFigures{Sent: 1 + 2*threshold, ProxyFailed: 0, Extra: map[string]any{
-			"cut_after_header_plus_bytes": 5, "client_saw_broken_body": broken}}.record(t, "upstream_resets_in_body")
+		if got := backend.Stats(t).Requests - before; got != threshold {
+			t.Errorf("backend answered %d requests before the circuit opened, want %d: each cut body is one failure", got, threshold)
+		}
+		_, reached := faultOpenRejections(t, p, fp, 10)
+		if reached != 0 {
+			t.Errorf("%d bytes/connections went towards the upstream while open, want none", reached)
+		}
+		faultFigures{Sent: 2 + sent + 10, ProxyFailed: 0, ReachedOpen: int(reached), Extra: map[string]any{
+			"cut_after_header_plus_bytes": 5, "client_saw_broken_body": broken,
+			"opened_after_cut_bodies": threshold}}.record(t, "upstream_resets_in_body")
+	})
+	t.Run("in_body_fleet", func(t *testing.T) {
+		// The upstream sends its headers and 5 of 100 body bytes, then resets.
+		backend := startFaultBackend(t, func(w http.ResponseWriter, r *http.Request, _ int64) {
+			w.Header().Set("Content-Length", "100")
+			_, _ = w.Write([]byte("hello"))
+			rc := http.NewResponseController(w)
+			_ = rc.Flush()
+			if conn, _, err := rc.Hijack(); err == nil {
+				_ = conn.(*net.TCPConn).SetLinger(0)
+				conn.Close()
+			}
+		})
+		srv := redistest.Start(t)
+		base := newFaultConfig(t, backend.URL())
+		base.Upstreams[0] = faultUpstream{Name: upstream, Target: backend.URL(), Timeout: 5 * time.Second,
+			ConsecutiveFailures: threshold, OpenDuration: 10 * time.Second}
+		var replicas []*Proxy
+		for _, id := range []string{"r1", "r2"} {
+			replicas = append(replicas, startProxy(t, base.fresh(t, id).withRedis(id, srv.URL()).YAML(t)))
+		}
+		rr := &roundRobin{proxies: replicas}
+		broken, start, first := 0, time.Now(), backend.requests.Load()
+		for time.Since(start) < 10*time.Second {
+			r := rr.Next().Get("/cut")
+			if r.Rejected() {
+				break
+			}
+			if r.Err == nil {
+				t.Fatalf("request cut 5 bytes into the body: got %v with no error, want the client to see the body broken", r)
+			}
+			broken++
+			time.Sleep(10 * time.Millisecond) // let flushes interleave with the traffic
+		}
+		for _, p := range replicas {
+			p.WaitTransitions(t, 2*time.Second, upstream, "open", 1)
+			if tr := transitions(p, upstream); tr[0].Reason != "consecutive_failures" {
+				t.Errorf("%s: transition %v, want reason consecutive_failures", p.ID, tr[0])
+			}
+		}
+		before := backend.requests.Load()
+		for _, p := range replicas {
+			if r := p.Get("/while-open"); !r.Rejected() {
+				t.Errorf("%s while open: got %v, want a rejection", p.ID, r)
+			}
+		}
+		if reached := backend.requests.Load() - before; reached != 0 {
+			t.Errorf("%d requests reached the upstream while open", reached)
+		}
+		cut := before - first
+		t.Logf("the fleet opened after %d cut bodies (%d client requests, %v)", cut, broken, time.Since(start).Round(time.Millisecond))
+		faultFigures{Sent: broken + 3, Extra: map[string]any{"replicas": 2, "client_saw_broken_body": broken,
+			"cut_bodies_before_open": cut, "time_to_open_ms": ms(time.Since(start))}}.record(t, "upstream_resets_in_body_fleet")
 	})
 }
 

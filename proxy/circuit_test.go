@@ -306,22 +306,22 @@ func TestDoneExactlyOnce(t *testing.T) {
 		backend func(t *testing.T) string
 		prepare func(t *testing.T, f *fixture, u *config.Upstream)
 		request func(t *testing.T, f *fixture)
-		want    Result
+		want    []Result // the Recorder calls
 	}{
-		{name: "success", want: Success,
+		{name: "success", want: []Result{Success},
 			backend: func(t *testing.T) string { return statusBackend(t).URL },
 			request: func(t *testing.T, f *fixture) { wantStatus(t, f.get(t, "", "/status/200"), 200) }},
-		{name: "failure status", want: FailureStatus,
+		{name: "failure status", want: []Result{FailureStatus},
 			backend: func(t *testing.T) string { return statusBackend(t).URL },
 			request: func(t *testing.T, f *fixture) { wantStatus(t, f.get(t, "", "/status/500"), 500) }},
-		{name: "refused", want: FailureTransport,
+		{name: "refused", want: []Result{FailureTransport},
 			backend: refusedURL,
 			request: func(t *testing.T, f *fixture) { wantStatus(t, f.get(t, "", "/"), 502) }},
-		{name: "timeout", want: FailureTimeout,
+		{name: "timeout", want: []Result{FailureTimeout},
 			backend: func(t *testing.T) string { return newBlockingBackend(t).URL },
 			prepare: func(t *testing.T, f *fixture, u *config.Upstream) { u.Timeout = 30 * time.Millisecond },
 			request: func(t *testing.T, f *fixture) { wantStatus(t, f.get(t, "", "/"), 504) }},
-		{name: "client cancel", want: Ignored,
+		{name: "client cancel", want: []Result{Ignored},
 			backend: func(t *testing.T) string { return newBlockingBackend(t).URL },
 			request: func(t *testing.T, f *fixture) {
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
@@ -332,7 +332,7 @@ func TestDoneExactlyOnce(t *testing.T) {
 					t.Fatalf("got a response, want the client's deadline")
 				}
 			}},
-		{name: "upgrade", want: Success,
+		{name: "upgrade", want: []Result{Success},
 			backend: func(t *testing.T) string {
 				s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 					conn, brw, _ := http.NewResponseController(w).Hijack()
@@ -348,7 +348,7 @@ func TestDoneExactlyOnce(t *testing.T) {
 					"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n")
 				wantStatus(t, resp, http.StatusSwitchingProtocols)
 			}},
-		{name: "upgrade refused by a non-hijackable writer", want: Success,
+		{name: "upgrade refused by a non-hijackable writer", want: []Result{Success},
 			backend: func(t *testing.T) string {
 				s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 					w.Header().Set("Connection", "Upgrade")
@@ -370,7 +370,7 @@ func TestDoneExactlyOnce(t *testing.T) {
 					t.Errorf("status: got %d, want 502", w.Code)
 				}
 			}},
-		{name: "panic before headers", want: Ignored,
+		{name: "panic before headers", want: []Result{Ignored},
 			backend: func(t *testing.T) string { return statusBackend(t).URL },
 			prepare: nil,
 			request: func(t *testing.T, f *fixture) {
@@ -382,7 +382,8 @@ func TestDoneExactlyOnce(t *testing.T) {
 					t.Fatalf("got a response, want the connection aborted")
 				}
 			}},
-		{name: "body broken after headers", want: Success,
+		// Reported at the headers, then as a late failure when the body breaks.
+		{name: "body broken after headers", want: []Result{Success, FailureBody},
 			backend: func(t *testing.T) string {
 				s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 					conn, brw, _ := http.NewResponseController(w).Hijack()
@@ -420,10 +421,10 @@ func TestDoneExactlyOnce(t *testing.T) {
 			f.clock.Add(31 * time.Second) // the next request is a half-open trial
 			tc.request(t, f)
 
-			wantResults(t, f.rec.wait(t, 1), tc.want)
+			wantResults(t, f.rec.wait(t, len(tc.want)), tc.want...)
 			eventually(t, "the trial to finish", func() bool { return b.Snapshot().TrialsInFlight == 0 })
 			f.srv.Close() // waits for the handler to return
-			wantResults(t, f.rec.snapshot(), tc.want)
+			wantResults(t, f.rec.snapshot(), tc.want...)
 			if sn := b.Snapshot(); sn.TrialsInFlight != 0 {
 				t.Errorf("trials in flight: got %d, want 0", sn.TrialsInFlight)
 			}

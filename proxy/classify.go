@@ -34,6 +34,11 @@ const (
 	FailureTransport
 	// FailureTimeout: the upstream did not answer in time (the client got 504).
 	FailureTimeout
+	// FailureBody: the upstream broke its response body off after headers counted as a
+	// Success (a reset, a truncated body, the upstream's timeout mid-body). It is
+	// reported in addition to the Success, once the body breaks: the breaker then takes
+	// that success back as a failure (breaker.LateFailure).
+	FailureBody
 	// Rejected: the circuit rejected the request; it never reached the upstream.
 	Rejected
 	// WouldReject: a metrics-only breaker admitted a request it would have rejected.
@@ -46,7 +51,7 @@ const (
 
 // Results lists every Result, for pre-registering metric label values.
 func Results() []Result {
-	return []Result{Success, FailureStatus, FailureTransport, FailureTimeout, Rejected, WouldReject, Ignored}
+	return []Result{Success, FailureStatus, FailureTransport, FailureTimeout, FailureBody, Rejected, WouldReject, Ignored}
 }
 
 // String returns the result's metric label value, such as "failure_status".
@@ -60,6 +65,8 @@ func (r Result) String() string {
 		return "failure_transport"
 	case FailureTimeout:
 		return "failure_timeout"
+	case FailureBody:
+		return "failure_body"
 	case Rejected:
 		return "rejected"
 	case WouldReject:
@@ -73,9 +80,11 @@ func (r Result) String() string {
 // Recorder receives one call per routed request, for metrics: the upstream's name, the
 // Result, and the time from admission to the upstream's response headers (to the error
 // for failures; zero for rejections). A request a metrics-only breaker would have
-// rejected is reported twice: once with its real result, then with WouldReject.
-// Requests that match no route, or are refused before routing (400, 405), are not
-// reported. Request is called on the request's goroutine and must not block.
+// rejected is reported twice: once with its real result, then with WouldReject. A
+// Success whose body the upstream then breaks off is reported again with FailureBody
+// and the time from admission to the break. Requests that match no route, or are
+// refused before routing (400, 405), are not reported. Request is called on the
+// request's goroutine and must not block.
 type Recorder interface {
 	Request(upstream string, r Result, elapsed time.Duration)
 }
@@ -94,31 +103,39 @@ func (up *upstream) classifyStatus(code int) (Result, breaker.Outcome) {
 
 // exchange is the per-request state of an admitted request. It is also the
 // http.ResponseWriter handed to the upstream's ReverseProxy, which is how the
-// ReverseProxy callbacks find it without a context value: the first final status
-// written, a protocol switch (Hijack), or the ErrorHandler reports the outcome to the
-// breaker and the Recorder, exactly once. Exchanges are pooled; every field is owned by
-// the request's goroutine (1xx responses, written from the transport's goroutine, touch
-// only w).
+// ErrorHandler finds it: the first final status written, a protocol switch (Hijack), or
+// the ErrorHandler reports the outcome to the breaker and the Recorder, exactly once.
+// ModifyResponse finds it in the outbound request's context (exchangeKey) to watch the
+// response body, whose breaking off turns a Success into a late failure. Exchanges are
+// pooled; every field is owned by the request's goroutine (1xx responses, written from
+// the transport's goroutine, touch only w).
 type exchange struct {
-	w      http.ResponseWriter
-	p      *Proxy
-	up     *upstream
-	client context.Context // the inbound request's context, before any upstream timeout
-	body   *clientBody     // nil when the request has no body
-	ticket breaker.Ticket
-	start  time.Time
-	done   bool // the outcome was reported
+	w       http.ResponseWriter
+	p       *Proxy
+	up      *upstream
+	client  context.Context // the inbound request's context, before any upstream timeout
+	body    *clientBody     // nil when the request has no body
+	ticket  breaker.Ticket
+	start   time.Time
+	done    bool            // the outcome was reported
+	result  Result          // the outcome reported (once done)
+	receipt breaker.Receipt // the breaker's receipt for a success, for a late failure
+	resBody upstreamBody    // the upstream's response body, watched (see watchBody)
 }
+
+// exchangeKey is the context key under which ServeHTTP puts the exchange for
+// ModifyResponse.
+type exchangeKey struct{}
 
 // report hands the outcome to the breaker and the Recorder unless that was done already.
 func (e *exchange) report(r Result, o breaker.Outcome) {
 	if e.done {
 		return
 	}
-	e.done = true
+	e.done, e.result = true, r
 	elapsed := e.p.now().Sub(e.start)
 	if b := e.up.breaker; b != nil {
-		b.Done(e.ticket, o, elapsed)
+		e.receipt = b.Done(e.ticket, o, elapsed)
 	}
 	if rec := e.p.rec; rec != nil {
 		rec.Request(e.up.name, r, elapsed)
@@ -127,6 +144,64 @@ func (e *exchange) report(r Result, o breaker.Outcome) {
 		}
 	}
 }
+
+// bodyFailed is told of a read error from the upstream's response body: the upstream
+// broke the body off after its headers. If those headers were reported as a Success and
+// the failure settings count this kind of error, the request failed after all: the
+// breaker takes the success back and the Recorder gets FailureBody. A read aborted
+// because the client went away (its context is cancelled, and with it the upstream
+// request) is not the upstream's failure; neither is a failed write to the client,
+// which is no read error.
+func (e *exchange) bodyFailed(err error) {
+	if !e.done || e.result != Success || e.client.Err() != nil || errors.Is(err, context.Canceled) {
+		return
+	}
+	if timeout := isTimeout(err); timeout && !e.up.countTimeouts || !timeout && !e.up.countTransport {
+		return
+	}
+	e.result = FailureBody
+	if b := e.up.breaker; b != nil {
+		b.LateFailure(e.receipt)
+	}
+	if rec := e.p.rec; rec != nil {
+		rec.Request(e.up.name, FailureBody, e.p.now().Sub(e.start))
+	}
+}
+
+// watchBody is every upstream ReverseProxy's ModifyResponse: it puts the exchange's
+// upstreamBody around the response body, so that the exchange learns when the upstream
+// breaks it off. A 101's body is the upgraded connection, which ReverseProxy needs as it
+// is.
+func watchBody(res *http.Response) error {
+	if res.StatusCode == http.StatusSwitchingProtocols || res.Request == nil {
+		return nil
+	}
+	e, ok := res.Request.Context().Value(exchangeKey{}).(*exchange)
+	if !ok {
+		return nil
+	}
+	e.resBody = upstreamBody{e: e, rc: res.Body}
+	res.Body = &e.resBody
+	return nil
+}
+
+// upstreamBody wraps an upstream's response body and tells its exchange of the first
+// read error other than io.EOF. ReverseProxy reads and closes it on the request's
+// goroutine before ServeHTTP returns, so it can live in the pooled exchange.
+type upstreamBody struct {
+	e  *exchange
+	rc io.ReadCloser
+}
+
+func (b *upstreamBody) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	if err != nil && err != io.EOF {
+		b.e.bodyFailed(err)
+	}
+	return n, err
+}
+
+func (b *upstreamBody) Close() error { return b.rc.Close() }
 
 func (e *exchange) Header() http.Header { return e.w.Header() }
 

@@ -16,7 +16,8 @@
 //     tunnelled.
 //  4. Classification (classify.go): the response status, or the error, becomes a
 //     breaker outcome (success, failure or ignored), reported exactly once, and a
-//     Result for the Recorder.
+//     Result for the Recorder. A success whose body the upstream then breaks off is
+//     taken back as a failure (breaker.LateFailure, Result FailureBody).
 //
 // Config reloads swap the whole routing table atomically (Proxy.Update).
 package proxy

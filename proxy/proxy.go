@@ -192,11 +192,12 @@ func (p *Proxy) build(cfg *config.Config, breakers map[string]*breaker.Breaker, 
 			rt.methods = append(rt.methods, strings.ToUpper(m))
 		}
 		rt.rp = &httputil.ReverseProxy{
-			Rewrite:      rt.rewrite,
-			Transport:    up.transport,
-			BufferPool:   &p.buffers,
-			ErrorHandler: p.handleError,
-			ErrorLog:     p.errLog,
+			Rewrite:        rt.rewrite,
+			Transport:      up.transport,
+			BufferPool:     &p.buffers,
+			ModifyResponse: watchBody,
+			ErrorHandler:   p.handleError,
+			ErrorLog:       p.errLog,
 		}
 		routes[i] = rt
 	}
@@ -245,15 +246,30 @@ func newUpstream(name string, cu *config.Upstream, b *breaker.Breaker) (*upstrea
 // is the cleaned one, so "/api/../admin" is "/admin"; a path hiding a dot-segment in
 // percent-encoding is refused with 400. No match: 404 with a JSON body. CONNECT: 405.
 // The proxy only ever connects to configured targets: an absolute-form request URI
-// naming another host routes like any request for that Host.
+// naming another host routes like any request for that Host. Every answer to a request
+// with a chunked body says Connection: close, and the connection is closed after it
+// (RFC 9112 §6.1: net/http has removed any Content-Length sent beside the
+// Transfer-Encoding, so the proxy cannot tell whether there was one).
 //
 // Admission: a rejected request gets the upstream's fallback response (see
 // HeaderCircuit). Otherwise the outcome is reported to the breaker exactly once: when
 // the response headers arrive (the latency the breaker's slow-call rule measures), on
 // a protocol switch, or on an error (502 for a transport error, 504 for a timeout,
-// nothing for a client that went away). A body copy that fails after the headers were
-// sent is not reclassified.
+// nothing for a client that went away). Reporting at the headers keeps a half-open
+// trial from holding its slot for the length of a stream. If the upstream then breaks
+// the body off (a read error from the upstream, not a client that went away), a
+// success becomes a failure after all (breaker.LateFailure, Result FailureBody); the
+// client sees the body cut, as ReverseProxy aborts the response.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if chunkedBody(r) {
+		// RFC 9112 §6.1: a server must close the connection after responding to a request
+		// with both Content-Length and Transfer-Encoding. net/http has dropped the
+		// Content-Length by now (§6.3), so every chunked request is treated as one that
+		// may have had both. The header is set before any answer is written, so it is on
+		// every one, proxied or the proxy's own; the server closes the connection after
+		// the response, and bytes after the chunked body are never read as a request.
+		w.Header().Set("Connection", "close")
+	}
 	if r.Method == http.MethodConnect {
 		w.Header().Set("Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
 		writeProblem(w, http.StatusMethodNotAllowed, "method_not_allowed", "CONNECT is not supported")
@@ -292,23 +308,36 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		e.body = &clientBody{rc: r.Body}
 		r.Body = e.body
 	}
+	ctx := context.WithValue(r.Context(), exchangeKey{}, e) // for watchBody
 	if up.timeout > 0 {
-		ctx, cancel := context.WithTimeout(r.Context(), up.timeout)
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, up.timeout)
 		defer cancel()
-		r = r.WithContext(ctx)
 	}
-	rt.rp.ServeHTTP(e, r)
+	rt.rp.ServeHTTP(e, r.WithContext(ctx))
 }
 
 // release reports an exchange that ended without an outcome (a panic before the
 // response headers: not the upstream's fault) and returns it to the pool. It runs
 // deferred, so on a panic it runs before the panic continues up the stack; the
 // http.ErrAbortHandler with which ReverseProxy aborts a broken body copy comes after the
-// outcome was reported and is left alone.
+// outcome was reported (and a late failure, if the upstream broke the body) and is left
+// alone.
 func (p *Proxy) release(e *exchange) {
 	e.report(Ignored, breaker.Ignored)
 	*e = exchange{}
 	p.exchanges.Put(e)
+}
+
+// chunkedBody reports whether the request's body was framed by chunked transfer coding
+// (net/http accepts no other transfer coding).
+func chunkedBody(r *http.Request) bool {
+	for _, te := range r.TransferEncoding {
+		if te == "chunked" {
+			return true
+		}
+	}
+	return false
 }
 
 // validUpgrade reports whether the Upgrade header is printable ASCII, as ReverseProxy

@@ -75,7 +75,7 @@ type upstreamMetrics struct {
 }
 
 const (
-	numResults = 7 // len(proxy.Results())
+	numResults = 8 // len(proxy.Results())
 	numStates  = 3 // closed, open, half_open
 )
 
@@ -92,7 +92,7 @@ func New(o Options) *Metrics {
 	m := &Metrics{reg: prometheus.NewRegistry()}
 	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: Namespace, Name: "requests_total",
-		Help: "Requests routed to an upstream, by outcome. A request a metrics_only breaker would have rejected is also counted as would_reject.",
+		Help: "Requests routed to an upstream, by outcome. A request a metrics_only breaker would have rejected is also counted as would_reject; a success whose body the upstream then broke off, also as failure_body.",
 	}, []string{"upstream", "outcome"})
 	m.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: Namespace, Name: "upstream_request_duration_seconds",
