@@ -347,7 +347,8 @@ run_load() {
   echo "== wrk -t$THREADS -c$CONNS -d$DURATION (+$WARMUP warm-up) -s paths.lua, $ROUNDS interleaved rounds over: ${names[*]}"
   for ((r = 1; r <= ROUNDS; r++)); do
     for t in "${names[@]}"; do
-      line="$r,$t,$(measure "$t" "${URL[$t]}" "$lua" "$OUT/wrk/r$r-$t.txt")"
+      # raw.csv is comma-separated: memory@GOGC=200,GOMAXPROCS=1 is recorded as memory@GOGC=200+GOMAXPROCS=1
+      line="$r,${t//,/+},$(measure "$t" "${URL[$t]}" "$lua" "$OUT/wrk/r$r-$t.txt")"
       echo "$line" >>"$raw"
       awk -F, '{ printf "  round %s %-10s %8.0f req/s  p50 %6.3f ms  p99 %6.3f ms  err %d  proxy %6.1f µs/req  backend %5.1f  machine %6.1f µs/req  busy %s%%  steal %s%%  load %s%s\n",
         $1, $2, $3, $4, $5, $6, $8, $9, $10, $11, $12, $15, ($2 ~ /redis/ ? sprintf("  redis cmds/req %s (evalsha %s)", $13, $14) : "") }' <<<"$line"
