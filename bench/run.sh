@@ -7,7 +7,7 @@
 #   bench/run.sh scale      fuseproxy with 10,000 upstreams: RSS idle and under load
 #   bench/run.sh shared     ../shared/bench/run.sh (nginx, HAProxy, Caddy, bare httputil)
 #                           with fuseproxy added as extra targets
-#   bench/run.sh go         the Go benchmarks (breaker, handler, lookup+admit, memory)
+#   bench/run.sh go         the Go benchmarks (breaker, handler, lookup+admit, metrics, heap per upstream)
 #
 # load: builds fuseproxy, starts the bench backend (../shared/bench/backend when present,
 # else `fuseproxy flaky`; the same backend process serves every target), a private
@@ -347,7 +347,8 @@ run_load() {
   echo "== wrk -t$THREADS -c$CONNS -d$DURATION (+$WARMUP warm-up) -s paths.lua, $ROUNDS interleaved rounds over: ${names[*]}"
   for ((r = 1; r <= ROUNDS; r++)); do
     for t in "${names[@]}"; do
-      line="$r,$t,$(measure "$t" "${URL[$t]}" "$lua" "$OUT/wrk/r$r-$t.txt")"
+      # raw.csv is comma-separated: memory@GOGC=200,GOMAXPROCS=1 is recorded as memory@GOGC=200+GOMAXPROCS=1
+      line="$r,${t//,/+},$(measure "$t" "${URL[$t]}" "$lua" "$OUT/wrk/r$r-$t.txt")"
       echo "$line" >>"$raw"
       awk -F, '{ printf "  round %s %-10s %8.0f req/s  p50 %6.3f ms  p99 %6.3f ms  err %d  proxy %6.1f µs/req  backend %5.1f  machine %6.1f µs/req  busy %s%%  steal %s%%  load %s%s\n",
         $1, $2, $3, $4, $5, $6, $8, $9, $10, $11, $12, $15, ($2 ~ /redis/ ? sprintf("  redis cmds/req %s (evalsha %s)", $13, $14) : "") }' <<<"$line"
@@ -445,7 +446,7 @@ run_scale() {
     cat "$OUT/env.txt"
     echo '```'
     echo
-    echo "Each replica has $SCALE_UPSTREAMS upstreams (breakers enabled, all closed; all target the bench backend, so they share one transport)"
+    echo "Each replica has $SCALE_UPSTREAMS upstreams (breakers enabled, all closed; all target the bench backend, each with its own transport and pool)"
     echo "and $((2 * SCALE_UPSTREAMS + 1)) routes. Load: \`wrk -t$THREADS -c$CONNS -d$SCALE_DURATION --latency -s hot.lua\`, request i to"
     echo "/u<i mod $SCALE_HOT>/. RSS idle is read $((3 + IDLE)) s after start; Redis cmds/s idle over $IDLE s (all commands, INFO excluded)."
     echo
@@ -483,7 +484,9 @@ run_go() {
   env_info >"$OUT/env.txt"
   local count=${COUNT:-6}
   (cd "$ROOT" && go test -run '^$' -bench 'BenchmarkAllowDone|BenchmarkRejectOpen' -benchmem -count "$count" ./breaker/) | tee "$OUT/breaker.txt"
-  (cd "$ROOT" && go test -run '^$' -bench 'BenchmarkHandler|BenchmarkLookupAdmit|BenchmarkBuild' -benchmem -count "$count" ./proxy/) | tee "$OUT/proxy.txt"
+  (cd "$ROOT" && go test -run '^$' -bench 'BenchmarkHandler|BenchmarkLookupAdmit' -benchmem -count "$count" ./proxy/) | tee "$OUT/proxy.txt"
+  (cd "$ROOT" && go test -run '^$' -bench 'BenchmarkRequest|BenchmarkScrape' -benchmem -count "$count" ./internal/telemetry/) | tee "$OUT/telemetry.txt"
+  (cd "$ROOT" && go test -run '^$' -bench 'BenchmarkUpstreamMemory' -benchtime 1x -count 1 ./internal/app/) | tee "$OUT/memory.txt"
   echo "loadavg after: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/env.txt"
   echo "saved in $OUT/"
 }

@@ -28,6 +28,7 @@ func main() {
 	path := flag.String("config", "config.yaml", "config file")
 	pprofAddr := flag.String("pprof", "127.0.0.1:6061", "net/http/pprof listen address")
 	flag.Parse()
+	gc := app.ApplyGCDefault(os.Getenv) // as fuseproxy serve does
 	cfg, err := config.Load(*path)
 	if err != nil {
 		log.Fatal(err)
@@ -36,6 +37,7 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
+	lg.Warn("garbage collector", gc.Fields()...)
 	a, err := app.New(cfg, app.Options{Logger: lg, Version: "profserve"})
 	if err != nil {
 		log.Fatal(err)

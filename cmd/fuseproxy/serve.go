@@ -37,7 +37,8 @@ func serve(args []string, stderr io.Writer, defaultConfig string) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	watcher := watch.New(*path) // before loading, so no change slips in between
+	gc := app.ApplyGCDefault(os.Getenv) // GOGC=200 unless the environment sets GOGC
+	watcher := watch.New(*path)         // before loading, so no change slips in between
 	cfg, err := config.Load(*path)
 	if err != nil {
 		return err
@@ -51,6 +52,7 @@ func serve(args []string, stderr io.Writer, defaultConfig string) error {
 	}
 	defer func() { _ = log.Sync() }()
 	store.RouteClientLogs(log)
+	log.Info("garbage collector", gc.Fields()...)
 	for _, w := range cfg.Warnings() {
 		log.Warn("risky config", zap.String("warning", w))
 	}

@@ -2,8 +2,9 @@
 // replica owns a private prometheus.Registry (nothing is registered globally) holding:
 //
 //   - per-request counters and latency histograms, fed by the proxy through the
-//     proxy.Recorder interface with handles resolved per upstream in advance, so the
-//     request path costs one atomic load, one map lookup and the increments;
+//     proxy.Recorder interface into atomic counters kept per upstream and exposed at
+//     scrape time (upstreams.go), so the request path costs one atomic load, one map
+//     lookup and the increments;
 //   - circuit state, mode and half-open trials, read from breaker snapshots by a custom
 //     Collector at scrape time (no cost on the request path);
 //   - transition counts, store health (flush latency and errors, degradation,
@@ -49,10 +50,6 @@ type Options struct {
 type Metrics struct {
 	reg *prometheus.Registry
 
-	requests    *prometheus.CounterVec
-	duration    *prometheus.HistogramVec
-	transitions *prometheus.CounterVec
-
 	flushDuration     prometheus.Histogram
 	flushErrors       prometheus.Counter
 	degraded          prometheus.Gauge
@@ -61,17 +58,10 @@ type Metrics struct {
 	eventsDropped     prometheus.Counter
 	webhookDeliveries *prometheus.CounterVec
 
-	// upstreams holds the pre-resolved handles; replaced whole by SetUpstreams.
+	// upstreams holds each counted upstream's counts (upstreams.go); replaced whole by
+	// SetUpstreams.
 	upstreams atomic.Pointer[map[string]*upstreamMetrics]
 	mu        sync.Mutex // serialises SetUpstreams
-}
-
-// upstreamMetrics are one upstream's handles, resolved once per upstream.
-type upstreamMetrics struct {
-	requests    [numResults]prometheus.Counter
-	duration    prometheus.Observer
-	transitions [numStates][numStates]prometheus.Counter // [from][to]; nil on the diagonal
-	hasBreaker  bool                                     // transitions are resolved
 }
 
 const (
@@ -90,19 +80,6 @@ var _ proxy.Recorder = (*Metrics)(nil)
 // New returns Metrics with every collector registered in a new registry.
 func New(o Options) *Metrics {
 	m := &Metrics{reg: prometheus.NewRegistry()}
-	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: Namespace, Name: "requests_total",
-		Help: "Requests routed to an upstream, by outcome. A request a metrics_only breaker would have rejected is also counted as would_reject; a success whose body the upstream then broke off, also as failure_body.",
-	}, []string{"upstream", "outcome"})
-	m.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Namespace: Namespace, Name: "upstream_request_duration_seconds",
-		Help:    "Time from admission to the upstream's response headers (or the error) for requests that reached the upstream and counted as success or failure.",
-		Buckets: prometheus.DefBuckets,
-	}, []string{"upstream"})
-	m.transitions = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: Namespace, Name: "circuit_transitions_total",
-		Help: "Circuit state transitions seen by this replica.",
-	}, []string{"upstream", "from", "to"})
 	m.flushDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Namespace: Namespace, Name: "store_flush_duration_seconds",
 		Help:    "Duration of one exchange (pipeline of scripts) with the shared store.",
@@ -145,7 +122,7 @@ func New(o Options) *Metrics {
 	for _, r := range []string{DeliverySuccess, DeliveryFailure} {
 		m.webhookDeliveries.WithLabelValues(r)
 	}
-	m.reg.MustRegister(m.requests, m.duration, m.transitions, m.flushDuration, m.flushErrors,
+	m.reg.MustRegister(newUpstreamCollector(m), m.flushDuration, m.flushErrors,
 		m.degraded, m.propagation, m.reloads, m.eventsDropped, m.webhookDeliveries, buildInfo)
 	if o.Circuits != nil {
 		m.reg.MustRegister(newCircuitCollector(o.Circuits))
@@ -163,9 +140,11 @@ func New(o Options) *Metrics {
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
 // SetUpstreams sets the upstreams whose requests and transitions are counted, by name,
-// true for those with a breaker: handles for new names are resolved (their series start
-// at 0; transition series only for upstreams with a breaker), and the series of names
-// no longer listed are deleted. Call it at start and on every reload.
+// true for those with a breaker: new names get their series, at 0 (transition series
+// only for upstreams with a breaker), and the series of names no longer listed are
+// deleted. An upstream that stays keeps its counts; one whose breaker is switched on or
+// off gains or loses its transition series (gained ones start at 0). Call it at start and
+// on every reload.
 func (m *Metrics) SetUpstreams(upstreams map[string]bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -173,24 +152,20 @@ func (m *Metrics) SetUpstreams(upstreams map[string]bool) {
 	next := make(map[string]*upstreamMetrics, len(upstreams))
 	for name, hasBreaker := range upstreams {
 		um, ok := old[name]
-		switch {
-		case !ok:
-			um = m.resolve(name, hasBreaker)
-		case hasBreaker != um.hasBreaker:
-			m.transitions.DeletePartialMatch(prometheus.Labels{"upstream": name})
-			um = m.resolve(name, hasBreaker)
+		if !ok {
+			um = new(upstreamMetrics)
+		}
+		if um.hasBreaker.Load() != hasBreaker {
+			for from := range um.transitions {
+				for to := range um.transitions[from] {
+					um.transitions[from][to].Store(0)
+				}
+			}
+			um.hasBreaker.Store(hasBreaker)
 		}
 		next[name] = um
 	}
 	m.upstreams.Store(&next)
-	for name := range old {
-		if _, ok := next[name]; !ok {
-			l := prometheus.Labels{"upstream": name}
-			m.requests.DeletePartialMatch(l)
-			m.duration.DeletePartialMatch(l)
-			m.transitions.DeletePartialMatch(l)
-		}
-	}
 }
 
 // Upstreams returns the names SetUpstreams set, sorted.
@@ -204,24 +179,6 @@ func (m *Metrics) Upstreams() []string {
 	return names
 }
 
-func (m *Metrics) resolve(name string, hasBreaker bool) *upstreamMetrics {
-	um := &upstreamMetrics{duration: m.duration.WithLabelValues(name), hasBreaker: hasBreaker}
-	for _, r := range proxy.Results() {
-		um.requests[r] = m.requests.WithLabelValues(name, r.String())
-	}
-	if !hasBreaker {
-		return um
-	}
-	for from := range breaker.State(numStates) {
-		for to := range breaker.State(numStates) {
-			if from != to {
-				um.transitions[from][to] = m.transitions.WithLabelValues(name, from.String(), to.String())
-			}
-		}
-	}
-	return um
-}
-
 // Request implements proxy.Recorder. Requests for an upstream SetUpstreams did not list
 // (one removed by a reload while the request was in flight) are not counted.
 func (m *Metrics) Request(upstream string, r proxy.Result, elapsed time.Duration) {
@@ -229,22 +186,20 @@ func (m *Metrics) Request(upstream string, r proxy.Result, elapsed time.Duration
 	if um == nil || int(r) >= numResults {
 		return
 	}
-	um.requests[r].Inc()
+	um.requests[r].Add(1)
 	switch r {
 	case proxy.Success, proxy.FailureStatus, proxy.FailureTransport, proxy.FailureTimeout:
-		um.duration.Observe(elapsed.Seconds())
+		um.observe(elapsed)
 	}
 }
 
 // Transition counts one circuit transition.
 func (m *Metrics) Transition(t breaker.Transition) {
 	um := (*m.upstreams.Load())[t.Upstream]
-	if um == nil || t.From >= numStates || t.To >= numStates {
+	if um == nil || t.From >= numStates || t.To >= numStates || t.From == t.To || !um.hasBreaker.Load() {
 		return
 	}
-	if c := um.transitions[t.From][t.To]; c != nil {
-		c.Inc()
-	}
+	um.transitions[t.From][t.To].Add(1)
 }
 
 // EventDropped counts a transition event dropped because the event queue was full.

@@ -1,0 +1,147 @@
+package telemetry
+
+import (
+	"fmt"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/fuseproxy/fuseproxy/breaker"
+	"github.com/fuseproxy/fuseproxy/proxy"
+)
+
+func TestDurationBoundsAreDefBuckets(t *testing.T) {
+	if len(durationBounds) != len(prometheus.DefBuckets) {
+		t.Fatalf("%d bounds, DefBuckets has %d", len(durationBounds), len(prometheus.DefBuckets))
+	}
+	for i, b := range durationBounds {
+		if b.Seconds() != prometheus.DefBuckets[i] {
+			t.Errorf("bound %d: %v, DefBuckets has %v", i, b, prometheus.DefBuckets[i])
+		}
+	}
+}
+
+// Buckets are "less than or equal" (as client_golang's histograms): an observation on a
+// bound counts in that bound's bucket.
+func TestHistogramBuckets(t *testing.T) {
+	m := New(Options{NoRuntimeCollectors: true})
+	m.SetUpstreams(map[string]bool{"api": false})
+	for _, d := range []time.Duration{0, 5 * time.Millisecond, 5*time.Millisecond + 1, 10 * time.Second, 10*time.Second + 1} {
+		m.Request("api", proxy.Success, d)
+	}
+	text := scrape(t, m)
+	for _, want := range []string{
+		`fuseproxy_upstream_request_duration_seconds_bucket{upstream="api",le="0.005"} 2`,
+		`fuseproxy_upstream_request_duration_seconds_bucket{upstream="api",le="0.01"} 3`,
+		`fuseproxy_upstream_request_duration_seconds_bucket{upstream="api",le="5"} 3`,
+		`fuseproxy_upstream_request_duration_seconds_bucket{upstream="api",le="10"} 4`,
+		`fuseproxy_upstream_request_duration_seconds_bucket{upstream="api",le="+Inf"} 5`,
+		`fuseproxy_upstream_request_duration_seconds_sum{upstream="api"} 20.010000002`,
+		`fuseproxy_upstream_request_duration_seconds_count{upstream="api"} 5`,
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("exposition lacks %s", want)
+		}
+	}
+}
+
+// Switching an upstream's breaker off and on again keeps its request counts and starts
+// its transition series over at 0, as deleting and re-creating them did.
+func TestBreakerToggleKeepsRequestCounts(t *testing.T) {
+	m := New(Options{NoRuntimeCollectors: true})
+	m.SetUpstreams(map[string]bool{"api": true})
+	m.Request("api", proxy.Success, time.Millisecond)
+	m.Transition(breaker.Transition{Upstream: "api", From: breaker.Closed, To: breaker.Open})
+	m.SetUpstreams(map[string]bool{"api": false})
+	m.Transition(breaker.Transition{Upstream: "api", From: breaker.Open, To: breaker.Closed}) // not counted
+	m.SetUpstreams(map[string]bool{"api": true})
+	text := scrape(t, m)
+	for _, want := range []string{
+		`fuseproxy_requests_total{outcome="success",upstream="api"} 1`,
+		`fuseproxy_circuit_transitions_total{from="closed",to="open",upstream="api"} 0`,
+		`fuseproxy_circuit_transitions_total{from="open",to="closed",upstream="api"} 0`,
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("exposition lacks %s:\n%s", want, text)
+		}
+	}
+}
+
+// Scrapes, reloads and requests run concurrently (go test -race).
+func TestScrapeWhileCounting(t *testing.T) {
+	m := New(Options{NoRuntimeCollectors: true})
+	m.SetUpstreams(map[string]bool{"a": true, "b": false})
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for _, name := range []string{"a", "b"} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				m.Request(name, proxy.Success, time.Millisecond)
+				m.Transition(breaker.Transition{Upstream: name, From: breaker.Closed, To: breaker.Open})
+			}
+		}()
+	}
+	for i := range 20 {
+		m.SetUpstreams(map[string]bool{"a": i%2 == 0, "b": true})
+		scrape(t, m)
+	}
+	close(stop)
+	wg.Wait()
+	text := scrape(t, m)
+	PromtoolCheck(t, text)
+}
+
+// An idle upstream's series must stay cheap: with client_golang's vectors they cost about
+// 9 KiB of heap each (85 MiB for 10,000 upstreams).
+func TestHeapPerUpstream(t *testing.T) {
+	const n = 2000
+	names := make(map[string]bool, n)
+	for i := range n {
+		names[fmt.Sprintf("upstream-%d", i)] = true
+	}
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	m := New(Options{NoRuntimeCollectors: true})
+	m.SetUpstreams(names)
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	per := (float64(after.HeapAlloc) - float64(before.HeapAlloc)) / n
+	runtime.KeepAlive(m)
+	runtime.KeepAlive(names)
+	t.Logf("%.0f bytes of heap per upstream", per)
+	if per > 1024 {
+		t.Errorf("%.0f bytes of heap per upstream, want at most 1 KiB", per)
+	}
+}
+
+// BenchmarkScrape gathers the registry (what /metrics does before encoding) with 10,000
+// upstreams, each with a breaker.
+func BenchmarkScrape(b *testing.B) {
+	names := make(map[string]bool, 10_000)
+	for i := range 10_000 {
+		names[fmt.Sprintf("upstream-%d", i)] = true
+	}
+	m := New(Options{NoRuntimeCollectors: true})
+	m.SetUpstreams(names)
+	for name := range names {
+		m.Request(name, proxy.Success, 30*time.Millisecond)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := m.Registry().Gather(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
