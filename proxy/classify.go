@@ -104,11 +104,10 @@ func (up *upstream) classifyStatus(code int) (Result, breaker.Outcome) {
 // exchange is the per-request state of an admitted request. It is also the
 // http.ResponseWriter handed to the upstream's ReverseProxy, which is how the
 // ErrorHandler finds it: the first final status written, a protocol switch (Hijack), or
-// the ErrorHandler reports the outcome to the breaker and the Recorder, exactly once.
-// ModifyResponse finds it in the outbound request's context (exchangeKey) to watch the
-// response body, whose breaking off turns a Success into a late failure. Exchanges are
-// pooled; every field is owned by the request's goroutine (1xx responses, written from
-// the transport's goroutine, touch only w).
+// the ErrorHandler reports the outcome to the breaker and the Recorder, exactly once. A
+// body copy the upstream breaks off after the headers turns a Success into a late
+// failure (see bodyBroken). Exchanges are pooled; every field is owned by the request's
+// goroutine (1xx responses, written from the transport's goroutine, touch only w).
 type exchange struct {
 	w       http.ResponseWriter
 	p       *Proxy
@@ -120,12 +119,12 @@ type exchange struct {
 	done    bool            // the outcome was reported
 	result  Result          // the outcome reported (once done)
 	receipt breaker.Receipt // the breaker's receipt for a success, for a late failure
-	resBody upstreamBody    // the upstream's response body, watched (see watchBody)
+	// upstream is the upstream request's context when it has its own deadline (the
+	// upstream's timeout), else nil.
+	upstream context.Context
+	returned bool // ReverseProxy.ServeHTTP returned rather than panicked
+	writeErr bool // a write to the client failed
 }
-
-// exchangeKey is the context key under which ServeHTTP puts the exchange for
-// ModifyResponse.
-type exchangeKey struct{}
 
 // report hands the outcome to the breaker and the Recorder unless that was done already.
 func (e *exchange) report(r Result, o breaker.Outcome) {
@@ -145,18 +144,20 @@ func (e *exchange) report(r Result, o breaker.Outcome) {
 	}
 }
 
-// bodyFailed is told of a read error from the upstream's response body: the upstream
-// broke the body off after its headers. If those headers were reported as a Success and
-// the failure settings count this kind of error, the request failed after all: the
-// breaker takes the success back and the Recorder gets FailureBody. A read aborted
-// because the client went away (its context is cancelled, and with it the upstream
-// request) is not the upstream's failure; neither is a failed write to the client,
-// which is no read error.
-func (e *exchange) bodyFailed(err error) {
-	if !e.done || e.result != Success || e.client.Err() != nil || errors.Is(err, context.Canceled) {
+// bodyBroken runs when ReverseProxy aborted the response after its headers (it panics
+// with http.ErrAbortHandler when the body copy fails). If the copy failed on the
+// client's side (a failed write, or the client went away, which also cancels the
+// upstream request) it is not the upstream's failure. Otherwise the upstream broke the
+// body off: if the headers were reported as a Success and the failure settings count
+// this kind of error (a timeout when the upstream's deadline passed, else a transport
+// error), the request failed after all: the breaker takes the success back and the
+// Recorder gets FailureBody.
+func (e *exchange) bodyBroken() {
+	if !e.done || e.result != Success || e.writeErr || e.client.Err() != nil {
 		return
 	}
-	if timeout := isTimeout(err); timeout && !e.up.countTimeouts || !timeout && !e.up.countTransport {
+	timeout := e.upstream != nil && errors.Is(e.upstream.Err(), context.DeadlineExceeded)
+	if timeout && !e.up.countTimeouts || !timeout && !e.up.countTransport {
 		return
 	}
 	e.result = FailureBody
@@ -167,41 +168,6 @@ func (e *exchange) bodyFailed(err error) {
 		rec.Request(e.up.name, FailureBody, e.p.now().Sub(e.start))
 	}
 }
-
-// watchBody is every upstream ReverseProxy's ModifyResponse: it puts the exchange's
-// upstreamBody around the response body, so that the exchange learns when the upstream
-// breaks it off. A 101's body is the upgraded connection, which ReverseProxy needs as it
-// is.
-func watchBody(res *http.Response) error {
-	if res.StatusCode == http.StatusSwitchingProtocols || res.Request == nil {
-		return nil
-	}
-	e, ok := res.Request.Context().Value(exchangeKey{}).(*exchange)
-	if !ok {
-		return nil
-	}
-	e.resBody = upstreamBody{e: e, rc: res.Body}
-	res.Body = &e.resBody
-	return nil
-}
-
-// upstreamBody wraps an upstream's response body and tells its exchange of the first
-// read error other than io.EOF. ReverseProxy reads and closes it on the request's
-// goroutine before ServeHTTP returns, so it can live in the pooled exchange.
-type upstreamBody struct {
-	e  *exchange
-	rc io.ReadCloser
-}
-
-func (b *upstreamBody) Read(p []byte) (int, error) {
-	n, err := b.rc.Read(p)
-	if err != nil && err != io.EOF {
-		b.e.bodyFailed(err)
-	}
-	return n, err
-}
-
-func (b *upstreamBody) Close() error { return b.rc.Close() }
 
 func (e *exchange) Header() http.Header { return e.w.Header() }
 
@@ -225,7 +191,11 @@ func (e *exchange) Write(b []byte) (int, error) {
 	if !e.done {
 		e.report(e.up.classifyStatus(http.StatusOK))
 	}
-	return e.w.Write(b)
+	n, err := e.w.Write(b)
+	if err != nil {
+		e.writeErr = true
+	}
+	return n, err
 }
 
 // Hijack is how ReverseProxy takes over the client's connection after the upstream
@@ -243,7 +213,11 @@ func (e *exchange) FlushError() error {
 	if !e.done {
 		e.report(e.up.classifyStatus(http.StatusOK))
 	}
-	return http.NewResponseController(e.w).Flush()
+	err := http.NewResponseController(e.w).Flush()
+	if err != nil {
+		e.writeErr = true
+	}
+	return err
 }
 
 // Flush implements http.Flusher.

@@ -192,12 +192,11 @@ func (p *Proxy) build(cfg *config.Config, breakers map[string]*breaker.Breaker, 
 			rt.methods = append(rt.methods, strings.ToUpper(m))
 		}
 		rt.rp = &httputil.ReverseProxy{
-			Rewrite:        rt.rewrite,
-			Transport:      up.transport,
-			BufferPool:     &p.buffers,
-			ModifyResponse: watchBody,
-			ErrorHandler:   p.handleError,
-			ErrorLog:       p.errLog,
+			Rewrite:      rt.rewrite,
+			Transport:    up.transport,
+			BufferPool:   &p.buffers,
+			ErrorHandler: p.handleError,
+			ErrorLog:     p.errLog,
 		}
 		routes[i] = rt
 	}
@@ -308,22 +307,24 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		e.body = &clientBody{rc: r.Body}
 		r.Body = e.body
 	}
-	ctx := context.WithValue(r.Context(), exchangeKey{}, e) // for watchBody
 	if up.timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, up.timeout)
+		ctx, cancel := context.WithTimeout(r.Context(), up.timeout)
 		defer cancel()
+		r, e.upstream = r.WithContext(ctx), ctx
 	}
-	rt.rp.ServeHTTP(e, r.WithContext(ctx))
+	rt.rp.ServeHTTP(e, r)
+	e.returned = true
 }
 
 // release reports an exchange that ended without an outcome (a panic before the
 // response headers: not the upstream's fault) and returns it to the pool. It runs
-// deferred, so on a panic it runs before the panic continues up the stack; the
-// http.ErrAbortHandler with which ReverseProxy aborts a broken body copy comes after the
-// outcome was reported (and a late failure, if the upstream broke the body) and is left
-// alone.
+// deferred, so on a panic it runs before the panic continues up the stack. A panic
+// after the outcome was reported is the http.ErrAbortHandler with which ReverseProxy
+// aborts a broken body copy: bodyBroken tells whether the upstream broke it.
 func (p *Proxy) release(e *exchange) {
+	if !e.returned {
+		e.bodyBroken()
+	}
 	e.report(Ignored, breaker.Ignored)
 	*e = exchange{}
 	p.exchanges.Put(e)
