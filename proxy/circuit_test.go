@@ -441,7 +441,7 @@ func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { retu
 func replaceTransport(p *Proxy, rt http.RoundTripper) {
 	old := p.table.Load()
 	var routes []*route
-	for _, l := range [][]*route{old.routes.any} {
+	for _, l := range [][]*route{old.routes.any.routes} {
 		for _, r := range l {
 			c := *r
 			rp := *r.rp

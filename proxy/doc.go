@@ -5,7 +5,7 @@
 //
 //  1. Routing (route.go): the first configured route whose host, path prefix and
 //     methods match the request. The index makes the lookup cost independent of the
-//     number of hosts.
+//     number of hosts, and of the number of path prefixes (a prefix trie).
 //  2. Admission: the upstream's breaker.Breaker admits the request or rejects it; a
 //     rejection is answered with the upstream's fallback response (fallback.go) and
 //     never reaches the upstream.

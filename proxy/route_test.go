@@ -147,6 +147,115 @@ func TestRouteLookupMatchesLinearScan(t *testing.T) {
 	}
 }
 
+// TestRouteLookupLongLists checks the index against a linear scan where lists are long
+// enough to be searched through a prefix trie: many routes per host, shared and nested
+// prefixes ("/a", "/a/", "/a/b", "/ab"), prefixes a clean path never has ("/a//"),
+// method filters.
+func TestRouteLookupLongLists(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	hosts := []string{"", "", "a.com", "b.a.com", "*.a.com", "x.org"}
+	reqHosts := []string{"", "a.com", "b.a.com", "c.b.a.com", "z.a.com", "x.org", "q.com"}
+	tokens := []string{"a", "b", "/", "ab", "a/", "b/c"}
+	methods := [][]string{nil, nil, {"GET"}, {"POST"}, {"GET", "POST"}}
+	reqMethods := []string{"GET", "POST", "PUT"}
+	pick := func(s []string) string { return s[rng.IntN(len(s))] }
+	randPath := func(max int) string {
+		p := "/"
+		for range rng.IntN(max + 1) {
+			p += pick(tokens)
+		}
+		return p
+	}
+	for round := range 150 {
+		n := prefixTrieMin - 2 + rng.IntN(60)
+		routes := make([]config.Route, n)
+		for i := range routes {
+			routes[i] = config.Route{Host: pick(hosts), PathPrefix: randPath(4), Methods: methods[rng.IntN(len(methods))]}
+		}
+		tab := buildTable(t, slices.Clone(routes))
+		for range 100 {
+			p := randPath(6)
+			if rng.IntN(2) == 0 { // extend a configured prefix
+				p = routes[rng.IntN(n)].PathPrefix + randPath(2)[1:]
+			}
+			checkLookup(t, tab, routes, pick(reqMethods), pick(reqHosts), p, fmt.Sprintf("round %d", round))
+		}
+	}
+}
+
+// TestRouteLookupThousands checks the index against a linear scan on thousands of
+// host-less prefix routes, shared (the same prefix several times, with different
+// methods) and overlapping ("/svc-1", "/svc-1/", "/svc-12/"; "/wA", "/wA/", "/wAx/"
+// for 60 letters), next to long per-host lists.
+func TestRouteLookupThousands(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	methods := [][]string{nil, nil, nil, {"GET"}, {"POST"}}
+	var routes []config.Route
+	for i := range 3000 {
+		var prefix string
+		switch rng.IntN(7) {
+		case 0:
+			prefix = fmt.Sprintf("/svc-%d", rng.IntN(1000))
+		case 1:
+			prefix = pickOf(rng, []string{"/", "/a", "/a/", "/a/b", "/a/b/c", "/a/bc", "/ab"})
+		case 2: // a node with many children
+			prefix = fmt.Sprintf("/w%c%s", '0'+rng.IntN(60), pickOf(rng, []string{"", "/", "x/"}))
+		default:
+			prefix = fmt.Sprintf("/svc-%d/", rng.IntN(1000))
+		}
+		host := ""
+		if i%10 == 0 {
+			host = pickOf(rng, []string{"a.com", "*.a.com", "b.a.com"})
+		}
+		routes = append(routes, config.Route{Host: host, PathPrefix: prefix, Methods: methods[rng.IntN(len(methods))]})
+	}
+	tab := buildTable(t, slices.Clone(routes))
+	if tab.routes.any.trie == nil || tab.routes.exact["a.com"].trie == nil || tab.routes.wildcard["a.com"].trie == nil {
+		t.Fatal("long lists are not in a prefix trie")
+	}
+	for range 3000 {
+		p := pickOf(rng, []string{"/", "/a", "/a/b/c/d", "/ab", "/abc", "/svc-", "/svc-1000/", "/w", "/w/"})
+		switch rng.IntN(5) {
+		case 0: // one of the above
+		case 1:
+			p = fmt.Sprintf("/w%c%s", '-'+rng.IntN(70), pickOf(rng, []string{"", "/", "x", "x/y"}))
+		default:
+			p = fmt.Sprintf("/svc-%d%s", rng.IntN(1100), pickOf(rng, []string{"", "/", "/x", "0/", "x"}))
+		}
+		checkLookup(t, tab, routes, pickOf(rng, []string{"GET", "POST", "PUT"}),
+			pickOf(rng, []string{"", "a.com", "b.a.com", "c.a.com", "x.org"}), p, "")
+	}
+}
+
+func pickOf(rng *rand.Rand, s []string) string { return s[rng.IntN(len(s))] }
+
+// checkLookup compares the index's answer for a request with the definition: the first
+// route of routes, in config order, whose host, prefix (of the cleaned path) and methods
+// match.
+func checkLookup(t *testing.T, tab *table, routes []config.Route, method, host, target, what string) {
+	t.Helper()
+	p, ok := routingPath(&url.URL{Path: target})
+	if !ok {
+		t.Fatalf("routingPath(%q) refused", target)
+	}
+	want := -1
+	for i, r := range routes {
+		if hostMatches(r.Host, host) && strings.HasPrefix(p, r.PathPrefix) &&
+			(len(r.Methods) == 0 || slices.Contains(r.Methods, method)) {
+			want = i
+			break
+		}
+	}
+	got := -1
+	if rt := tab.routes.lookup(normalizeHost(host), p, method); rt != nil {
+		got = rt.index
+	}
+	if got != want {
+		t.Fatalf("%s %s %s%s (routed as %s): got route %d, want %d; routes %+v",
+			what, method, host, target, p, got, want, routes)
+	}
+}
+
 // hostMatches is the definition of a route's host match.
 func hostMatches(pattern, host string) bool {
 	switch {
@@ -265,20 +374,26 @@ func TestNormalizeHost(t *testing.T) {
 }
 
 func TestLookupDoesNotAllocate(t *testing.T) {
-	tab := buildTable(t, []config.Route{
+	routes := []config.Route{
 		{Host: "*.example.com", PathPrefix: "/x/"},
 		{Host: "api.example.com", PathPrefix: "/v1/", Methods: []string{"GET"}},
-		{PathPrefix: "/"},
-	})
-	u, _ := url.ParseRequestURI("/v1/users/42")
-	n := testing.AllocsPerRun(100, func() {
-		p, _ := routingPath(u)
-		if tab.routes.lookup(normalizeHost("api.example.com"), p, "GET") == nil {
-			panic("no route")
+	}
+	for i := range 2 * prefixTrieMin { // host-less routes in a prefix trie
+		routes = append(routes, config.Route{PathPrefix: fmt.Sprintf("/svc-%d/", i)})
+	}
+	routes = append(routes, config.Route{PathPrefix: "/"})
+	tab := buildTable(t, routes)
+	for _, target := range []string{"/v1/users/42", "/svc-11/users/42", "/other"} {
+		u, _ := url.ParseRequestURI(target)
+		n := testing.AllocsPerRun(100, func() {
+			p, _ := routingPath(u)
+			if tab.routes.lookup(normalizeHost("api.example.com"), p, "POST") == nil {
+				panic("no route")
+			}
+		})
+		if n != 0 {
+			t.Errorf("%s: allocations per lookup: got %v, want 0", target, n)
 		}
-	})
-	if n != 0 {
-		t.Errorf("allocations per lookup: got %v, want 0", n)
 	}
 }
 
