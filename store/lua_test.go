@@ -703,17 +703,24 @@ func sample(h map[string]string, n int) map[string]string {
 	return out
 }
 
+// rateEnv is a circuit with only the failure-rate rule (50 % of at least 4 requests in a
+// minute) and a grace of 300 ms after a failure onset.
+func rateEnv(t *testing.T) *luaEnv {
+	s := baseSettings()
+	s.ConsecutiveFailures = 0
+	s.FailureRate, s.MinimumRequests, s.Window = 50, 4, time.Minute
+	e := newLuaEnv(t, s, 1)
+	e.grace = 300 * time.Millisecond
+	return e
+}
+
 // TestLuaQuietAndOnset: a window with nothing bad in it is quiet; the first failure or slow
 // call to reach it is the onset, published once on the onset channel; the rate rules then
 // wait the grace (the flush replies say so, so the sender polls), while the consecutive
 // rule does not wait.
 func TestLuaQuietAndOnset(t *testing.T) {
 	t.Parallel()
-	s := baseSettings()
-	s.ConsecutiveFailures = 0
-	s.FailureRate, s.MinimumRequests, s.Window = 50, 4, time.Minute
-	e := newLuaEnv(t, s, 1)
-	e.grace = 300 * time.Millisecond
+	e := rateEnv(t)
 	sub := e.rdb.Subscribe(t.Context(), "fuse:onset")
 	defer sub.Close()
 	if _, err := sub.Receive(t.Context()); err != nil { // the subscription's confirmation
@@ -774,11 +781,7 @@ func TestLuaQuietAndOnset(t *testing.T) {
 // the onset but within the grace, count before the rate rule decides.
 func TestLuaOnsetGraceLetsHeldSuccessesIn(t *testing.T) {
 	t.Parallel()
-	s := baseSettings()
-	s.ConsecutiveFailures = 0
-	s.FailureRate, s.MinimumRequests, s.Window = 50, 4, time.Minute
-	e := newLuaEnv(t, s, 1)
-	e.grace = 300 * time.Millisecond
+	e := rateEnv(t)
 	wantState(t, e.flush("sick", 0, failures(30)), breaker.Closed, 0) // 100 %, but within the grace
 	wantState(t, e.flush("healthy", 0, successes(1000)), breaker.Closed, 0)
 	var rep reply

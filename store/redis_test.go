@@ -789,8 +789,8 @@ func TestRedisStaleResyncReplyDoesNotUndoNewerState(t *testing.T) {
 	}
 }
 
-// TestRedisLoadDoesNotGrowWithRequests: Redis sees a pipeline per flush interval, not a
-// command per request.
+// TestRedisLoadDoesNotGrowWithRequests: Redis sees at most a pipeline per flush interval
+// (for a quiet circuit, far fewer: see hold_test.go), not a command per request.
 func TestRedisLoadDoesNotGrowWithRequests(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Start(t)
