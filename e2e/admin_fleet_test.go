@@ -68,6 +68,12 @@ func TestAdminSteersTheFleet(t *testing.T) {
 	if r := a.post(t, "/circuits/"+upstream+"/mode", `{"mode":"metrics_only"}`); r.Status != http.StatusOK {
 		t.Fatalf("POST mode metrics_only: got %v, want 200", r)
 	}
+	// The mode change starts a new generation; a2 learns it by pub/sub. A failure a2
+	// counts before that belongs to the old generation, and Redis drops it by design.
+	gen := a.Circuit(t, upstream).Generation
+	if !waitFor(5*time.Second, 2*time.Millisecond, func() bool { return b.Circuit(t, upstream).Generation == gen }) {
+		t.Fatalf("a2 did not reach generation %d of the mode change within 5s", gen)
+	}
 	backend.Set(t, "fail=on")
 	failed := func(r response) bool {
 		return r.Err == nil && r.Status == http.StatusServiceUnavailable && r.Circuit == ""

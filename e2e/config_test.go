@@ -1,9 +1,7 @@
 package e2e
 
 import (
-	"strings"
 	"testing"
-	"text/template"
 	"time"
 )
 
@@ -34,55 +32,19 @@ type proxyConfig struct {
 	Breaker       breakerSettings
 }
 
-var configTemplate = template.Must(template.New("config").Parse(`# written by the e2e tests
-listen: "{{.Listen}}"
-admin:
-  listen: "{{.AdminListen}}"
-log:
-  format: json
-  level: info
-server:
-  shutdown_timeout: 3s
-store:
-  driver: {{.Store}}
-{{- if .ReplicaID}}
-  replica_id: {{.ReplicaID}}
-{{- end}}
-{{- if eq .Store "redis"}}
-  flush_interval: {{.FlushInterval}}
-  redis:
-    url: "{{.RedisURL}}"
-    prefix: {{.Prefix}}
-{{- end}}
-upstreams:
-  {{.Upstream}}:
-    targets: ["{{.Backend}}"]
-    timeout: 5s
-    breaker:
-      consecutive_failures: {{.Breaker.ConsecutiveFailures}}
-      failure_rate: {{.Breaker.FailureRate}}
-      open_duration: {{.Breaker.OpenDuration}}
-      backoff_multiplier: 1
-      jitter: {{.Breaker.Jitter}}
-      half_open_max_requests: {{.Breaker.HalfOpenMaxRequests}}
-      success_threshold: {{.Breaker.SuccessThreshold}}
-routes:
-  - path_prefix: /
-    upstream: {{.Upstream}}
-`))
-
-// YAML renders the config.
+// YAML renders the config: the one upstream, routed from "/", with a 5 s timeout.
 func (c proxyConfig) YAML(t testing.TB) string {
 	t.Helper()
-	var b strings.Builder
-	data := struct {
-		proxyConfig
-		Upstream string
-	}{c, upstream}
-	if err := configTemplate.Execute(&b, data); err != nil {
-		t.Fatalf("config template: %v", err)
-	}
-	return b.String()
+	b := c.Breaker
+	return faultConfig{
+		Listen: c.Listen, AdminListen: c.AdminListen, ReplicaID: c.ReplicaID,
+		Store: c.Store, RedisURL: c.RedisURL, Prefix: c.Prefix, FlushInterval: c.FlushInterval,
+		Upstreams: []faultUpstream{{Name: upstream, Target: c.Backend, Timeout: 5 * time.Second,
+			ConsecutiveFailures: b.ConsecutiveFailures, FailureRate: b.FailureRate,
+			OpenDuration: b.OpenDuration, Jitter: b.Jitter,
+			HalfOpenMaxRequests: b.HalfOpenMaxRequests, SuccessThreshold: b.SuccessThreshold}},
+		Routes: []faultRoute{{Prefix: "/", Upstream: upstream}},
+	}.YAML(t)
 }
 
 // newConfig returns a config for a replica on fresh ports in front of backend.

@@ -29,6 +29,9 @@ import (
 // ---------------------------------------------------------------------------------------
 // Config.
 
+// faultConfig is the e2e tests' one config builder (config_test.go's proxyConfig and
+// ops_config_test.go's opsConfig render through it).
+
 // faultUpstream is one upstream of a faultConfig. Zero durations and counts are left out of
 // the file (the product's defaults apply) unless noted.
 type faultUpstream struct {
@@ -44,6 +47,7 @@ type faultUpstream struct {
 	MinimumRequests      int
 	Window               time.Duration
 	OpenDuration         time.Duration
+	Jitter               float64
 	HalfOpenMaxRequests  int
 	SuccessThreshold     int
 	MinReplicasReporting int
@@ -68,6 +72,7 @@ type faultConfig struct {
 	RedisRead     time.Duration
 	RedisWrite    time.Duration
 
+	ShutdownTimeout   time.Duration // 3s when zero
 	ReadHeaderTimeout time.Duration
 	MaxHeaderBytes    int
 
@@ -77,7 +82,7 @@ type faultConfig struct {
 
 var faultTemplate = template.Must(template.New("fault").Funcs(template.FuncMap{
 	"q": strconv.Quote,
-}).Parse(`# written by the e2e fault tests
+}).Parse(`# written by the e2e tests
 listen: {{q .Listen}}
 admin:
   listen: {{q .AdminListen}}
@@ -88,7 +93,7 @@ log:
   format: json
   level: info
 server:
-  shutdown_timeout: 3s
+  shutdown_timeout: {{or .ShutdownTimeout "3s"}}
 {{- if .ReadHeaderTimeout}}
   read_header_timeout: {{.ReadHeaderTimeout}}
 {{- end}}
@@ -143,7 +148,7 @@ upstreams:
 {{- end}}
       open_duration: {{.OpenDuration}}
       backoff_multiplier: 1
-      jitter: 0
+      jitter: {{.Jitter}}
       half_open_max_requests: {{or .HalfOpenMaxRequests 1}}
       success_threshold: {{or .SuccessThreshold 1}}
       min_replicas_reporting: {{or .MinReplicasReporting 1}}

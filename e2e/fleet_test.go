@@ -297,19 +297,22 @@ func pollUntil(p *Proxy, timeout, every time.Duration, done func(response) bool)
 // never has more than 2 requests in flight during a half-open period.
 func TestFleetHalfOpenTrialsBounded(t *testing.T) {
 	const (
-		threshold   = 6
-		halfOpenMax = 2
-		successes   = 2
-		cycles      = 3
+		threshold    = 6
+		halfOpenMax  = 2
+		successes    = 2
+		cycles       = 3
+		openDuration = 300 * time.Millisecond
 	)
 	f := startFleet(t, fleetOptions{Replicas: 3, FlushInterval: 50 * time.Millisecond, Breaker: breakerSettings{
-		ConsecutiveFailures: threshold, OpenDuration: 300 * time.Millisecond,
+		ConsecutiveFailures: threshold, OpenDuration: openDuration,
 		HalfOpenMaxRequests: halfOpenMax, SuccessThreshold: successes,
 	}})
 	for cycle := 1; cycle <= cycles; cycle++ {
 		f.Backend.Set(t, "fail=on")
 		f.sendFailures(t, threshold)
 		f.waitAll(t, 5*time.Second, "open", cycle)
+		// Start the bursts after the open period (see testCircuitLifecycle).
+		time.Sleep(openDuration)
 
 		tp := trialPhase(t, f.Backend, f.Replicas, 7, cycle)
 		t.Logf("cycle %d: %v", cycle, tp)

@@ -82,7 +82,10 @@ func testCircuitLifecycle(t *testing.T, driver string) {
 	}
 
 	// Open → half-open → closed: the backend heals but answers slowly, so concurrent
-	// requests pile up; at most halfOpenMax trials reach it.
+	// requests pile up; at most halfOpenMax trials reach it. The bursts start once the
+	// open period is over: a burst the deadline cut in two could hold the trials and no
+	// request after them, and then no half_open rejection would be seen.
+	time.Sleep(time.Until(opened.Add(openDuration)))
 	tp := trialPhase(t, backend, []*Proxy{p}, burstSize, 1)
 	t.Logf("trial phase: %v", tp)
 	if tp.MaxInFlight > halfOpenMax {

@@ -5,13 +5,12 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"text/template"
 	"time"
 )
 
-// The operations tests (ops_*_test.go) need knobs the shared config builder
-// (config_test.go) does not have: several upstreams and routes, the shutdown timeout and
-// the upstream timeout. opsConfig is their own small builder.
+// The operations tests (ops_*_test.go) describe their configs with opsConfig: several
+// upstreams and routes, the shutdown timeout and the upstream timeout. It renders through
+// the fault tests' builder (faultConfig).
 
 // opsUpstream is one upstream of an opsConfig.
 type opsUpstream struct {
@@ -43,45 +42,6 @@ type opsConfig struct {
 	Routes          []opsRoute // the first matching prefix wins: put "/" last
 }
 
-var opsTemplate = template.Must(template.New("ops").Parse(`# written by the e2e operations tests
-listen: "{{.Listen}}"
-admin:
-  listen: "{{.AdminListen}}"
-log:
-  format: json
-  level: info
-server:
-  shutdown_timeout: {{.ShutdownTimeout}}
-store:
-  driver: {{.Store}}
-{{- if .ReplicaID}}
-  replica_id: {{.ReplicaID}}
-{{- end}}
-{{- if eq .Store "redis"}}
-  flush_interval: {{.FlushInterval}}
-  redis:
-    url: "{{.RedisURL}}"
-    prefix: {{.Prefix}}
-{{- end}}
-upstreams:
-{{- range .Upstreams}}
-  {{.Name}}:
-    targets: ["{{.Target}}"]
-    timeout: {{.Timeout}}
-    breaker:
-      consecutive_failures: {{.ConsecutiveFailures}}
-      failure_rate: {{.FailureRate}}
-      open_duration: {{.OpenDuration}}
-      backoff_multiplier: 1
-      jitter: 0
-{{- end}}
-routes:
-{{- range .Routes}}
-  - path_prefix: {{.Prefix}}
-    upstream: {{.Upstream}}
-{{- end}}
-`))
-
 // newOpsConfig returns a memory-store config on fresh loopback ports, shutdown timeout
 // 3 s, with the given upstreams and routes.
 func newOpsConfig(t testing.TB, ups []opsUpstream, routes []opsRoute) opsConfig {
@@ -103,11 +63,20 @@ func newOpsConfig(t testing.TB, ups []opsUpstream, routes []opsRoute) opsConfig 
 // YAML renders the config.
 func (c opsConfig) YAML(t testing.TB) string {
 	t.Helper()
-	var b strings.Builder
-	if err := opsTemplate.Execute(&b, c); err != nil {
-		t.Fatalf("ops config template: %v", err)
+	fc := faultConfig{
+		Listen: c.Listen, AdminListen: c.AdminListen, ReplicaID: c.ReplicaID,
+		ShutdownTimeout: c.ShutdownTimeout, Store: c.Store, RedisURL: c.RedisURL,
+		Prefix: c.Prefix, FlushInterval: c.FlushInterval,
 	}
-	return b.String()
+	for _, u := range c.Upstreams {
+		fc.Upstreams = append(fc.Upstreams, faultUpstream{Name: u.Name, Target: u.Target,
+			Timeout: u.Timeout, ConsecutiveFailures: u.ConsecutiveFailures,
+			FailureRate: u.FailureRate, OpenDuration: u.OpenDuration})
+	}
+	for _, r := range c.Routes {
+		fc.Routes = append(fc.Routes, faultRoute{Prefix: r.Prefix, Upstream: r.Upstream})
+	}
+	return fc.YAML(t)
 }
 
 // upstream returns a pointer to the named upstream, to change it before rendering again.
