@@ -28,6 +28,22 @@ func startFaultUpstream(t *testing.T, tune func(u *faultUpstream)) (*Backend, *f
 	return b, fp, p
 }
 
+// openedOnConsecutiveFailures waits for p's first transition to open, checks that
+// consecutive_failures opened it, then sends n requests that must be rejected without
+// anything going towards the upstream; it returns their latencies and what went up.
+func openedOnConsecutiveFailures(t *testing.T, p *Proxy, fp *faultproxy.Proxy, n int) ([]time.Duration, int64) {
+	t.Helper()
+	p.WaitTransitions(t, 2*time.Second, upstream, "open", 1)
+	if tr := transitions(p, upstream); tr[0].Reason != "consecutive_failures" {
+		t.Errorf("transition %v, want reason consecutive_failures", tr[0])
+	}
+	lat, sent := faultOpenRejections(t, p, fp, n)
+	if sent != 0 {
+		t.Errorf("%d bytes/connections went towards the upstream while the circuit was open, want none", sent)
+	}
+	return lat, sent
+}
+
 // faultOpenRejections sends n requests through p while its circuit is open and checks each
 // is rejected at once; it returns their latencies and how many bytes the proxy sent
 // towards the upstream meanwhile (through fp).
@@ -72,14 +88,7 @@ func TestFaultUpstreamHangs(t *testing.T) {
 			t.Errorf("request %d to the hung upstream answered after %v, want at the %v timeout", i+1, d, timeout)
 		}
 	}
-	p.WaitTransitions(t, 2*time.Second, upstream, "open", 1)
-	if tr := transitions(p, upstream); tr[0].Reason != "consecutive_failures" {
-		t.Errorf("transition %v, want reason consecutive_failures", tr[0])
-	}
-	lat, sent := faultOpenRejections(t, p, fp, 20)
-	if sent != 0 {
-		t.Errorf("%d bytes/connections went towards the hung upstream while the circuit was open, want none", sent)
-	}
+	lat, sent := openedOnConsecutiveFailures(t, p, fp, 20)
 	if p99 := percentile(lat, 99); p99 > 200*time.Millisecond {
 		t.Errorf("rejections while open took p99 %v, want immediate (< 200ms, against a 400ms timeout)", p99)
 	}
@@ -126,17 +135,10 @@ func TestFaultUpstreamResetsMidResponse(t *testing.T) {
 				t.Fatalf("request %d cut mid-response: got %v, want the proxy's 502 bad_gateway", i+1, r)
 			}
 		}
-		p.WaitTransitions(t, 2*time.Second, upstream, "open", 1)
-		if tr := transitions(p, upstream); tr[0].Reason != "consecutive_failures" {
-			t.Errorf("transition %v, want reason consecutive_failures", tr[0])
-		}
 		if got := backend.Stats(t).Requests - before; got != threshold {
 			t.Errorf("backend received %d of the cut requests, want %d (each answered, then cut on the way back)", got, threshold)
 		}
-		_, sent := faultOpenRejections(t, p, fp, 10)
-		if sent != 0 {
-			t.Errorf("%d bytes/connections went towards the upstream while open, want none", sent)
-		}
+		_, sent := openedOnConsecutiveFailures(t, p, fp, 10)
 		faultFigures{Sent: 1 + threshold + 10, ReachedOpen: int(sent),
 			Extra: map[string]any{"bad_gateway_502": threshold, "cut_after_bytes": 20}}.record(t, "upstream_resets_mid_response")
 	})
@@ -166,17 +168,10 @@ func TestFaultUpstreamResetsMidResponse(t *testing.T) {
 			}
 			broken++
 		}
-		p.WaitTransitions(t, 2*time.Second, upstream, "open", 1)
-		if tr := transitions(p, upstream); tr[0].Reason != "consecutive_failures" {
-			t.Errorf("transition %v, want reason consecutive_failures", tr[0])
-		}
 		if got := backend.Stats(t).Requests - before; got != threshold {
 			t.Errorf("backend answered %d requests before the circuit opened, want %d: each cut body is one failure", got, threshold)
 		}
-		_, reached := faultOpenRejections(t, p, fp, 10)
-		if reached != 0 {
-			t.Errorf("%d bytes/connections went towards the upstream while open, want none", reached)
-		}
+		_, reached := openedOnConsecutiveFailures(t, p, fp, 10)
 		faultFigures{Sent: 2 + sent + 10, ProxyFailed: 0, ReachedOpen: int(reached), Extra: map[string]any{
 			"cut_after_header_plus_bytes": 5, "client_saw_broken_body": broken,
 			"opened_after_cut_bodies": threshold}}.record(t, "upstream_resets_in_body")
