@@ -342,13 +342,21 @@ func (l *link) forward(dst net.Conn, b []byte, response bool) bool {
 	}
 }
 
+// write forwards b. The bytes are counted before they are written, so whoever has
+// received them finds them in Stats; a short write takes back what was not written.
 func (l *link) write(dst net.Conn, b []byte, response bool) bool {
-	n, err := dst.Write(b)
+	count := &l.p.bytesUp
 	if response {
-		l.down.Add(int64(n))
-		l.p.bytesDown.Add(int64(n))
-	} else {
-		l.p.bytesUp.Add(int64(n))
+		count = &l.p.bytesDown
+		l.down.Add(int64(len(b)))
+	}
+	count.Add(int64(len(b)))
+	n, err := dst.Write(b)
+	if n < len(b) {
+		count.Add(int64(n - len(b)))
+		if response {
+			l.down.Add(int64(n - len(b)))
+		}
 	}
 	if err != nil {
 		l.close()
