@@ -76,7 +76,7 @@ var Reference = []FieldDoc{
 	{"upstreams.<name>.dial_timeout", "2s", "", "TCP connect timeout."},
 	{"upstreams.<name>.response_header_timeout", "10s", "", "Time to wait for the response headers once the request is sent."},
 	{"upstreams.<name>.timeout", "0s", "", "Limit on the whole request; 0 means none."},
-	{"upstreams.<name>.max_idle_conns_per_host", "256", "", "Idle keep-alive connections kept per target."},
+	{"upstreams.<name>.max_idle_conns_per_host", "256", "", "Idle keep-alive connections kept per target. Upstreams with the same `targets`, `dial_timeout`, `response_header_timeout` and `max_idle_conns_per_host` share one connection pool (each still has its own breaker), so many upstreams in front of one backend keep one set of connections; the limit is then per target across them."},
 	{"upstreams.<name>.breaker", "", "", "Circuit breaker settings. A zero threshold disables that trip rule."},
 	{"upstreams.<name>.breaker.enabled", "true", "", "`false` turns the breaker off: requests always go through."},
 	{"upstreams.<name>.breaker.mode", "normal", "", "`normal`; `forced_open` (reject every request with the fallback); `forced_closed` (never open); `metrics_only` (evaluate and report, never reject)."},

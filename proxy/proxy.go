@@ -55,7 +55,17 @@ type table struct {
 	upstreams map[string]*upstream
 }
 
-// upstream is one compiled config.Upstream with its breaker and transport.
+// transports returns the distinct transports of t's upstreams.
+func (t *table) transports() map[*http.Transport]bool {
+	set := make(map[*http.Transport]bool)
+	for _, up := range t.upstreams {
+		set[up.transport] = true
+	}
+	return set
+}
+
+// upstream is one compiled config.Upstream with its breaker and transport. Upstreams
+// with equal transport keys (the same targets and transport settings) share a transport.
 type upstream struct {
 	name      string
 	targets   []*url.URL
@@ -122,16 +132,18 @@ func (p *Proxy) Update(cfg *config.Config, breakers map[string]*breaker.Breaker)
 		return err
 	}
 	p.table.Store(t)
+	kept := t.transports()
 	reused := 0
-	for name, up := range old.upstreams {
-		if nu := t.upstreams[name]; nu != nil && nu.transport == up.transport {
+	for tr := range old.transports() {
+		if kept[tr] {
 			reused++
 			continue
 		}
-		up.transport.CloseIdleConnections()
+		tr.CloseIdleConnections()
 	}
 	p.log.Debug("proxy routing table updated", zap.Int("routes", len(cfg.Routes)),
-		zap.Int("upstreams", len(t.upstreams)), zap.Int("transports_reused", reused))
+		zap.Int("upstreams", len(t.upstreams)), zap.Int("transports", len(kept)),
+		zap.Int("transports_reused", reused))
 	return nil
 }
 
@@ -140,8 +152,8 @@ func (p *Proxy) Update(cfg *config.Config, breakers map[string]*breaker.Breaker)
 func (p *Proxy) Close() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for _, up := range p.table.Load().upstreams {
-		up.transport.CloseIdleConnections()
+	for tr := range p.table.Load().transports() {
+		tr.CloseIdleConnections()
 	}
 }
 
@@ -151,6 +163,14 @@ func (p *Proxy) build(cfg *config.Config, breakers map[string]*breaker.Breaker, 
 		return nil, errors.New("proxy: nil config")
 	}
 	t := &table{upstreams: make(map[string]*upstream, len(cfg.Upstreams))}
+	// Upstreams with the same targets and transport settings share one transport, and so
+	// one pool of connections: the old table's when it has one for their key.
+	transports := map[transportKey]*http.Transport{}
+	if old != nil {
+		for _, up := range old.upstreams {
+			transports[up.tkey] = up.transport
+		}
+	}
 	for name, cu := range cfg.Upstreams {
 		if cu == nil {
 			return nil, fmt.Errorf("proxy: upstream %q has no settings", name)
@@ -159,13 +179,10 @@ func (p *Proxy) build(cfg *config.Config, breakers map[string]*breaker.Breaker, 
 		if err != nil {
 			return nil, err
 		}
-		if old != nil {
-			if prev := old.upstreams[name]; prev != nil && prev.tkey == up.tkey {
-				up.transport = prev.transport
-			}
-		}
+		up.transport = transports[up.tkey]
 		if up.transport == nil {
 			up.transport = newTransport(up.tkey, up.targets)
+			transports[up.tkey] = up.transport
 		}
 		t.upstreams[name] = up
 	}

@@ -21,8 +21,10 @@ const (
 	copyBufferSize        = 32 << 10
 )
 
-// transportKey is everything an upstream's *http.Transport is built from. Update reuses
-// an upstream's transport, with its pooled connections, when the key did not change.
+// transportKey is everything an upstream's *http.Transport is built from. Upstreams with
+// equal keys share one transport and its pool of connections (their idle limits are
+// then shared too), and Update keeps a transport, with its pooled connections, while
+// some upstream still has its key.
 type transportKey struct {
 	dialTimeout           time.Duration
 	responseHeaderTimeout time.Duration

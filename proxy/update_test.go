@@ -174,3 +174,84 @@ func TestUpdateConcurrent(t *testing.T) {
 	close(stop)
 	wg.Wait()
 }
+
+// TestUpstreamsShareTransport: upstreams with the same targets and transport settings
+// share one transport and one pool of connections; an Update keeps the shared pool while
+// any upstream still uses it, and closes its idle connections when none does.
+func TestUpstreamsShareTransport(t *testing.T) {
+	var opened, closed atomic.Int64
+	backend := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	backend.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		switch s {
+		case http.StateNew:
+			opened.Add(1)
+		case http.StateClosed:
+			closed.Add(1)
+		}
+	}
+	backend.Start()
+	t.Cleanup(backend.Close)
+
+	mk := func(names ...string) *config.Config {
+		cfg := &config.Config{Upstreams: map[string]*config.Upstream{}}
+		for _, name := range names {
+			u := upstreamCfg(t, backend.URL)
+			if name == "slow" {
+				u.ResponseHeaderTimeout = 5 * time.Second // another transport setting
+			}
+			cfg.Upstreams[name] = u
+			cfg.Routes = append(cfg.Routes, config.Route{PathPrefix: "/" + name, Upstream: name})
+		}
+		return cfg
+	}
+	f := newFixture(t, mk("a", "b", "slow"))
+	ups := f.p.table.Load().upstreams
+	if ups["a"].transport != ups["b"].transport {
+		t.Error("upstreams a and b, same targets and settings: separate transports, want one shared")
+	}
+	if ups["slow"].transport == ups["a"].transport {
+		t.Error("upstream slow, another response_header_timeout: shares a's transport, want its own")
+	}
+	for _, path := range []string{"/a", "/b", "/a", "/b"} {
+		wantStatus(t, f.get(t, "", path), http.StatusOK)
+	}
+	if n := opened.Load(); n != 1 {
+		t.Errorf("sequential requests to a and b: backend saw %d connections, want 1 (a shared pool)", n)
+	}
+	wantStatus(t, f.get(t, "", "/slow"), http.StatusOK)
+	if n := opened.Load(); n != 2 {
+		t.Errorf("after a request to slow: backend saw %d connections, want 2", n)
+	}
+
+	// a goes away; b still uses the shared transport: its idle connection stays.
+	shared := ups["b"].transport
+	if err := f.p.Update(mk("b", "slow"), f.breakers); err != nil {
+		t.Fatal(err)
+	}
+	if f.p.table.Load().upstreams["b"].transport != shared {
+		t.Error("b's transport replaced by an Update that did not change b")
+	}
+	wantStatus(t, f.get(t, "", "/b"), http.StatusOK)
+	if n, c := opened.Load(), closed.Load(); n != 2 || c != 0 {
+		t.Errorf("after removing a: %d connections opened, %d closed; want 2 and 0", n, c)
+	}
+
+	// A renamed upstream with the same settings takes over the pool.
+	renamed := mk("c", "slow")
+	if err := f.p.Update(renamed, f.makeBreakers(t, renamed)); err != nil {
+		t.Fatal(err)
+	}
+	if f.p.table.Load().upstreams["c"].transport != shared {
+		t.Error("c, with b's targets and settings: a new transport, want b's")
+	}
+	wantStatus(t, f.get(t, "", "/c"), http.StatusOK)
+	if n, c := opened.Load(), closed.Load(); n != 2 || c != 0 {
+		t.Errorf("after renaming b to c: %d connections opened, %d closed; want 2 and 0", n, c)
+	}
+
+	// No upstream uses the shared transport any more: its idle connection is closed.
+	if err := f.p.Update(mk("slow"), f.breakers); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the unused transport's idle connection to close", func() bool { return closed.Load() == 1 })
+}
