@@ -24,7 +24,9 @@
 # Knobs (environment, defaults shown):
 #   DURATION=10s WARMUP=2s ROUNDS=3 CONNS=32 THREADS=1 UPSTREAMS=10 IDLE=5
 #   TARGETS="direct goproxy memory redis nobreaker"   (goproxy needs ../shared/bench); a fuseproxy
-#                       target may carry environment: memory@GOGC=400 or memory@GOGC=200,GOMAXPROCS=1;
+#                       target may carry its own number of upstreams, requests spread over all
+#                       of them: memory:10000; and environment: memory@GOGC=400 or
+#                       memory:10000@GOGC=200,GOMAXPROCS=1;
 #                       "before" runs FP_BEFORE_BIN (an older build) with the memory store
 #   FP_ENV=""           environment for the fuseproxy processes, e.g. "GOGC=400 GOMAXPROCS=1"
 #   FLUSH=100ms         store.flush_interval of the redis replica
@@ -302,7 +304,7 @@ summarize_load() { # from raw.csv
 
 # ---- load mode ---------------------------------------------------------------------
 run_load() {
-  declare -gA PID=() URL=()
+  declare -gA PID=() URL=() N=() LUA=()
   setup_out load
   build
   start_backend
@@ -316,17 +318,24 @@ run_load() {
         start goproxy "$WORK/bin/goproxy" -listen "127.0.0.1:$GOPROXY_PORT" -upstream "http://127.0.0.1:$BACKEND_PORT"
         PID[goproxy]=$LAST_PID URL[goproxy]=http://127.0.0.1:$GOPROXY_PORT/
         wait_http "${URL[goproxy]}" 10 ;;
-      memory | redis | nobreaker | memory@* | redis@* | nobreaker@*)
-        # NAME@VAR=value,VAR=value runs that replica with extra environment, e.g. memory@GOGC=400
-        local kind=${t%%@*} envs=() store
+      memory* | redis* | nobreaker*)
+        # KIND[:N][@VAR=value,VAR=value]: N upstreams instead of UPSTREAMS, requests spread
+        # over all N (memory:10000); extra environment for the replica (memory@GOGC=400)
+        local spec=${t%%@*} kind n envs=() store
+        kind=${spec%%:*} n=$UPSTREAMS
+        [[ $spec == *:* ]] && n=${spec#*:}
         [[ $t == *@* ]] && IFS=, read -r -a envs <<<"${t#*@}"
-        case $kind in memory) store=memory ;; redis) store=redis ;; nobreaker) store=none ;; esac
+        case $kind in
+          memory) store=memory ;; redis) store=redis ;; nobreaker) store=none ;;
+          *) echo "unknown target $t" >&2; exit 2 ;;
+        esac
+        [[ $n =~ ^[1-9][0-9]*$ ]] || { echo "target $t: upstream count $n is not a positive number" >&2; exit 2; }
         if [[ $kind == redis ]]; then
           [[ -n ${REDIS_PID:-} ]] || start_redis
-          FP_REDIS=$t
+          FP_REDIS=$t FP_REDIS_N=$n
         fi
-        start_fp "$t" "$store" "$UPSTREAMS" "${envs[@]}"
-        URL[$t]=http://127.0.0.1:${FP_PORT[$t]}/ ;;
+        start_fp "$t" "$store" "$n" "${envs[@]}"
+        URL[$t]=http://127.0.0.1:${FP_PORT[$t]}/ N[$t]=$n ;;
       before)
         [[ -x ${FP_BEFORE_BIN:-} ]] || { echo "target before needs FP_BEFORE_BIN=/path/to/an/older/fuseproxy" >&2; exit 2; }
         start_fp before memory "$UPSTREAMS"
@@ -336,19 +345,21 @@ run_load() {
     names+=("$t")
   done
   [[ -n ${REDIS_PID:-} ]] || start_redis # redis_calls needs a Redis to ask
-  local lua=$OUT/paths.lua
-  write_lua "$lua" "$UPSTREAMS"
+  for t in "${names[@]}"; do # paths-N.lua sends request i to /u<i mod N>/
+    LUA[$t]=$OUT/paths-${N[$t]:-$UPSTREAMS}.lua
+    [[ -f ${LUA[$t]} ]] || write_lua "${LUA[$t]}" "${N[$t]:-$UPSTREAMS}"
+  done
   env_info >"$OUT/env.txt"
   for t in "${names[@]}"; do echo "target $t: ${URL[$t]} pid ${PID[$t]}" >>"$OUT/env.txt"; done
   cat "$OUT/env.txt"
 
   local raw=$OUT/raw.csv r line
   echo "round,target,rps,p50_ms,p99_ms,errors,requests,proc_us_req,backend_us_req,machine_us_req,busy_pct,steal_pct,redis_all_req,redis_evalsha_req,load1" >"$raw"
-  echo "== wrk -t$THREADS -c$CONNS -d$DURATION (+$WARMUP warm-up) -s paths.lua, $ROUNDS interleaved rounds over: ${names[*]}"
+  echo "== wrk -t$THREADS -c$CONNS -d$DURATION (+$WARMUP warm-up) -s paths-N.lua, $ROUNDS interleaved rounds over: ${names[*]}"
   for ((r = 1; r <= ROUNDS; r++)); do
     for t in "${names[@]}"; do
       # raw.csv is comma-separated: memory@GOGC=200,GOMAXPROCS=1 is recorded as memory@GOGC=200+GOMAXPROCS=1
-      line="$r,${t//,/+},$(measure "$t" "${URL[$t]}" "$lua" "$OUT/wrk/r$r-$t.txt")"
+      line="$r,${t//,/+},$(measure "$t" "${URL[$t]}" "${LUA[$t]}" "$OUT/wrk/r$r-$t.txt")"
       echo "$line" >>"$raw"
       awk -F, '{ printf "  round %s %-10s %8.0f req/s  p50 %6.3f ms  p99 %6.3f ms  err %d  proxy %6.1f µs/req  backend %5.1f  machine %6.1f µs/req  busy %s%%  steal %s%%  load %s%s\n",
         $1, $2, $3, $4, $5, $6, $8, $9, $10, $11, $12, $15, ($2 ~ /redis/ ? sprintf("  redis cmds/req %s (evalsha %s)", $13, $14) : "") }' <<<"$line"
@@ -365,7 +376,7 @@ run_load() {
     sleep "$IDLE"
     i1=$(redis_calls)
     redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' >"$OUT/redis/idle-after.txt"
-    idle=$(awk -v a="$i0" -v b="$i1" -v s="$IDLE" -v n="$UPSTREAMS" 'BEGIN { split(a, x, " "); split(b, y, " ")
+    idle=$(awk -v a="$i0" -v b="$i1" -v s="$IDLE" -v n="$FP_REDIS_N" 'BEGIN { split(a, x, " "); split(b, y, " ")
       printf "Redis commands while idle (%d s, one replica, %d upstreams, all closed): %.2f commands/s per replica (%.4f per upstream), of which EVALSHA %.2f/s (%.4f per upstream).",
         s, n, (y[1] - x[1]) / s, (y[1] - x[1]) / s / n, (y[2] - x[2]) / s, (y[2] - x[2]) / s / n }')
     idle+=$'\n\nIdle commands by type (calls during the idle period):\n\n'
@@ -382,7 +393,8 @@ run_load() {
     cat "$OUT/env.txt"
     echo '```'
     echo
-    echo "Per run: \`wrk -t$THREADS -c$CONNS -d$DURATION --latency -s paths.lua URL\` after a $WARMUP warm-up; paths.lua sends request i to /u<i mod $UPSTREAMS>/."
+    echo "Per run: \`wrk -t$THREADS -c$CONNS -d$DURATION --latency -s paths-N.lua URL\` after a $WARMUP warm-up; paths-N.lua sends request i to"
+    echo "/u<i mod N>/, N the target's number of upstreams ($UPSTREAMS unless the target says KIND:N)."
     echo "Medians over $ROUNDS interleaved rounds. \"proxy process CPU\" = utime+stime of the proxy process / requests; \"machine CPU\" = busy"
     echo "ticks of the whole machine (wrk, backend, proxy and anything else running; steal excluded) / requests. Redis cmds/req counts every"
     echo "command in INFO commandstats (including those run inside Lua scripts), INFO itself excluded."
@@ -446,7 +458,7 @@ run_scale() {
     cat "$OUT/env.txt"
     echo '```'
     echo
-    echo "Each replica has $SCALE_UPSTREAMS upstreams (breakers enabled, all closed; all target the bench backend, each with its own transport and pool)"
+    echo "Each replica has $SCALE_UPSTREAMS upstreams (breakers enabled, all closed; all target the bench backend, so they share one transport and pool)"
     echo "and $((2 * SCALE_UPSTREAMS + 1)) routes. Load: \`wrk -t$THREADS -c$CONNS -d$SCALE_DURATION --latency -s hot.lua\`, request i to"
     echo "/u<i mod $SCALE_HOT>/. RSS idle is read $((3 + IDLE)) s after start; Redis cmds/s idle over $IDLE s (all commands, INFO excluded)."
     echo
