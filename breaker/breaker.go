@@ -39,6 +39,9 @@ type Breaker struct {
 	openUntil atomic.Int64
 	// openDuration mirrors s.OpenDuration for RetryAfter while forced open (lock-free).
 	openDuration atomic.Int64
+	// news is set (under mu) when a shared breaker's delta or trial report gains
+	// something, and cleared when they are taken: see HasNews.
+	news atomic.Bool
 
 	mu             sync.Mutex // guards everything below and every write to word/openUntil
 	s              Settings
@@ -261,6 +264,7 @@ func (b *Breaker) doneLocked(t Ticket, o Outcome, elapsed time.Duration, tr *Tra
 			b.deltaCleared = b.delta.Tail
 		}
 		b.delta.add(gen>>8, failure, slow)
+		b.noteNews()
 		return r, false
 	}
 	if m == ForcedClosed {
@@ -280,6 +284,7 @@ func (b *Breaker) trialDoneLocked(t Ticket, now time.Duration, o Outcome, tr *Tr
 	}
 	if b.shared {
 		b.trials.add(o)
+		b.noteNews()
 		return r, true
 	}
 	switch o {
@@ -366,6 +371,7 @@ func (b *Breaker) lateFailureLocked(r Receipt, tr *Transition) bool {
 				b.trials.Successes--
 			}
 			b.trials.Failures++
+			b.noteNews()
 			return true
 		}
 		*tr = b.openLocked(now, ReasonTrialFailed)
@@ -386,6 +392,7 @@ func (b *Breaker) lateFailureLocked(r Receipt, tr *Transition) bool {
 	}
 	if b.shared {
 		b.delta.lateFailure(gen>>8, r.seq > b.deltaFrom, latest, b.deltaCleared)
+		b.noteNews()
 		return false
 	}
 	if m == ForcedClosed {

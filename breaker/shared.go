@@ -149,6 +149,9 @@ func (b *Breaker) TakeDelta() (d Delta, ok bool) {
 	b.mu.Lock()
 	d, b.delta = b.delta, Delta{}
 	b.deltaFrom = b.successes
+	if b.trials.empty() {
+		b.news.Store(false)
+	}
 	b.mu.Unlock()
 	return d, d.Requests > 0
 }
@@ -158,8 +161,25 @@ func (b *Breaker) TakeTrials() (r TrialReport, ok bool) {
 	b.mu.Lock()
 	r, b.trials = b.trials, TrialReport{}
 	r.Generation = b.generation()
+	if b.delta == (Delta{}) {
+		b.news.Store(false)
+	}
 	b.mu.Unlock()
 	return r, !r.empty()
+}
+
+// HasNews reports, without taking the lock, whether a shared breaker has counts or trial
+// outcomes for TakeDelta or TakeTrials. It never reports false while either has
+// something; it may report true for a moment after they were taken, or for an empty
+// delta. A store can skip a breaker without news (and with nothing else to do) without
+// contending for its lock.
+func (b *Breaker) HasNews() bool { return b.news.Load() }
+
+// noteNews records that the delta or the trial report gained something. b.mu is held.
+func (b *Breaker) noteNews() {
+	if !b.news.Load() {
+		b.news.Store(true)
+	}
 }
 
 // NeedsPermits returns how many trial permits a shared breaker should ask its store for:

@@ -20,6 +20,9 @@ func sharedSettings() breaker.Settings {
 
 func (f *fixture) wantDelta(want breaker.Delta) {
 	f.t.Helper()
+	if want != (breaker.Delta{}) && !f.b.HasNews() {
+		f.t.Fatalf("HasNews = false with a delta waiting (%+v): a store would skip it", want)
+	}
 	got, ok := f.b.TakeDelta()
 	if got != want || ok != (want.Requests > 0) {
 		f.t.Fatalf("TakeDelta = %+v, %v; want %+v", got, ok, want)
@@ -58,6 +61,50 @@ func TestSharedDeltaDoesNotTripLocally(t *testing.T) {
 	f.wantDelta(breaker.Delta{Generation: gen, Counts: breaker.Counts{Requests: 3, Failures: 3}, Tail: 3})
 	f.wantState(breaker.Closed)
 	f.wantWakes(0) // closed-state outcomes wait for the flush
+}
+
+// TestSharedHasNews: HasNews is true whenever TakeDelta or TakeTrials has something, and
+// false once both were taken.
+func TestSharedHasNews(t *testing.T) {
+	f := newFixture(t, sharedSettings())
+	f.b.SetShared(true)
+	wantNews := func(want bool, when string) {
+		t.Helper()
+		if got := f.b.HasNews(); got != want {
+			t.Fatalf("%s: HasNews = %v, want %v", when, got, want)
+		}
+	}
+	wantNews(false, "new")
+	f.succeed(1)
+	wantNews(true, "after a success")
+	f.b.TakeTrials()
+	wantNews(true, "after TakeTrials alone: the delta waits")
+	f.b.TakeDelta()
+	wantNews(false, "after TakeDelta")
+
+	r := f.succeedLater()
+	f.b.TakeDelta()
+	wantNews(false, "success taken")
+	f.b.LateFailure(r)
+	wantNews(true, "after a late failure of a success already taken")
+	f.b.TakeDelta()
+
+	// Half-open with permits: a trial's outcome is news too.
+	f.b.Apply(breaker.SharedState{State: breaker.HalfOpen, Generation: f.snap().Generation + 1, Trips: 1}, false)
+	if !f.b.GrantPermits(f.snap().Generation, 1, time.Minute) {
+		t.Fatal("permits refused")
+	}
+	f.b.TakeDelta()
+	f.b.TakeTrials()
+	wantNews(false, "half-open, nothing done yet")
+	f.b.Done(f.trial(), breaker.Success, 0)
+	wantNews(true, "after a trial")
+	f.b.TakeDelta()
+	wantNews(true, "after TakeDelta alone: the trial waits")
+	if tr, ok := f.b.TakeTrials(); !ok || tr.Successes != 1 {
+		t.Fatalf("TakeTrials = %+v, %v; want 1 success", tr, ok)
+	}
+	wantNews(false, "after TakeTrials")
 }
 
 func TestSharedApply(t *testing.T) {

@@ -56,8 +56,9 @@ type Redis struct {
 	channel string // transitions
 	onset   string // names of circuits whose quiet window just saw a failure
 
-	mu       sync.RWMutex // guards circuits
+	mu       sync.RWMutex // guards circuits and all
 	circuits map[string]*circuit
+	all      []*circuit // the circuits' values, rebuilt by Attach (list)
 
 	wake   chan struct{} // a breaker needs the loop now
 	resync chan struct{} // the subscription reconnected: re-read everything
@@ -178,6 +179,10 @@ func (r *Redis) Attach(circuits map[string]Circuit) {
 		next[name] = sc
 	}
 	r.circuits = next
+	r.all = make([]*circuit, 0, len(next))
+	for _, c := range next {
+		r.all = append(r.all, c)
+	}
 	r.mu.Unlock()
 	r.requestResync()
 }
@@ -189,14 +194,11 @@ func (r *Redis) requestResync() {
 	}
 }
 
+// list returns every attached circuit. The slice is shared: do not modify it.
 func (r *Redis) list() []*circuit {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	cs := make([]*circuit, 0, len(r.circuits))
-	for _, c := range r.circuits {
-		cs = append(cs, c)
-	}
-	return cs
+	return r.all
 }
 
 func (r *Redis) get(name string) (*circuit, bool) {
@@ -316,7 +318,7 @@ type call struct {
 func (r *Redis) exchange(ctx context.Context, cs []*circuit, resync bool) error {
 	now := time.Now()
 	r.holding = false
-	calls := make([]*call, 0, len(cs))
+	var calls []*call
 	for _, c := range cs {
 		calls = r.plan(calls, c, now, resync)
 	}
@@ -370,6 +372,15 @@ func (r *Redis) send(ctx context.Context, calls []*call, resync bool) error {
 // a poll when it is not closed, and a permit request when it waits for one.
 func (r *Redis) plan(calls []*call, c *circuit, now time.Time, resync bool) []*call {
 	b := c.Breaker
+	// Most circuits of a replica with many upstreams have nothing to say on most flushes:
+	// closed and synced, no news from the breaker, successes held (if any) still waiting.
+	// They are skipped without taking the breaker's lock; everything they could send goes
+	// through the full path below on a later flush (news, a hold that ran out, an onset).
+	if !resync && !r.stopping && !b.HasNews() && c.synced.Load() && !c.deciding &&
+		b.State() == breaker.Closed && (c.held.Requests == 0 || r.holds(c, c.held, now)) {
+		r.holding = r.holding || c.held.Requests > 0
+		return calls
+	}
 	keys := []string{c.key, c.leaseKey}
 	if tr, ok := b.TakeTrials(); (ok || r.stopping && len(c.leases) > 0) && !resync {
 		args := []any{r.o.ReplicaID, tr.Generation, tr.Successes, tr.Failures, c.settings,

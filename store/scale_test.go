@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"testing"
 	"time"
@@ -61,4 +62,58 @@ func TestRedisResyncTenThousandCircuits(t *testing.T) {
 			t.Fatalf("%s: %v after Resync, want %v", name, c.Breaker.State(), want)
 		}
 	}
+}
+
+// BenchmarkRedisIdleFlush is one turn of the flush loop (every flush_interval, 100 ms by
+// default) for a replica whose n circuits are closed and synced and have nothing to
+// send: "idle", no traffic; "holding", each holds successes of a quiet window (a replica
+// under load spread over every upstream, between sends). No call reaches Redis.
+func BenchmarkRedisIdleFlush(b *testing.B) {
+	for _, kind := range []string{"idle", "holding"} {
+		for _, n := range []int{10, 10_000} {
+			b.Run(kind+"/"+strconv.Itoa(n), func(b *testing.B) {
+				client, err := NewRedisClient(config.Redis{URL: "redis://127.0.0.1:1/0"}) // never dialled
+				if err != nil {
+					b.Fatal(err)
+				}
+				st := NewRedis(client, RedisOptions{ReplicaID: "r", FlushInterval: 100 * time.Millisecond})
+				b.Cleanup(func() { st.Close() })
+				s := longOpen()
+				s.Window = 10 * time.Second // successes are held this long
+				cs := make(map[string]Circuit, n)
+				for i := range n {
+					name := "u" + strconv.Itoa(i)
+					cs[name] = Circuit{Breaker: breaker.New(name, s, breaker.Options{}), SettingsHash: "h"}
+				}
+				st.Attach(cs)
+				for _, c := range st.list() { // as a resync leaves them
+					c.Breaker.SetShared(true)
+					c.synced.Store(true)
+					c.quiet.Store(true)
+					if kind == "holding" {
+						c.Breaker.Done(must(c.Breaker.Allow()), breaker.Success, 0)
+					}
+				}
+				ctx := context.Background()
+				st.xmu.Lock()
+				defer st.xmu.Unlock()
+				for b.Loop() {
+					if err := st.exchange(ctx, st.list(), false); !errors.Is(err, errIdle) {
+						b.Fatalf("exchange: %v, want errIdle (nothing sent)", err)
+					}
+				}
+				if kind == "holding" && !st.holding {
+					b.Fatal("no circuit holds successes")
+				}
+				b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(n), "ns/circuit")
+			})
+		}
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
 }
