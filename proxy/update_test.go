@@ -223,31 +223,25 @@ func TestUpstreamsShareTransport(t *testing.T) {
 		t.Errorf("after a request to slow: backend saw %d connections, want 2", n)
 	}
 
-	// a goes away; b still uses the shared transport: its idle connection stays.
+	// An Update after which upstream name still has the shared transport, with its idle
+	// connection: no connection opened or closed.
 	shared := ups["b"].transport
-	if err := f.p.Update(mk("b", "slow"), f.breakers); err != nil {
-		t.Fatal(err)
+	keeps := func(what, name string, names ...string) {
+		t.Helper()
+		cfg := mk(names...)
+		if err := f.p.Update(cfg, f.makeBreakers(t, cfg)); err != nil {
+			t.Fatal(err)
+		}
+		if f.p.table.Load().upstreams[name].transport != shared {
+			t.Errorf("%s: %s has a new transport, want the shared one", what, name)
+		}
+		wantStatus(t, f.get(t, "", "/"+name), http.StatusOK)
+		if n, c := opened.Load(), closed.Load(); n != 2 || c != 0 {
+			t.Errorf("%s: %d connections opened, %d closed; want 2 and 0", what, n, c)
+		}
 	}
-	if f.p.table.Load().upstreams["b"].transport != shared {
-		t.Error("b's transport replaced by an Update that did not change b")
-	}
-	wantStatus(t, f.get(t, "", "/b"), http.StatusOK)
-	if n, c := opened.Load(), closed.Load(); n != 2 || c != 0 {
-		t.Errorf("after removing a: %d connections opened, %d closed; want 2 and 0", n, c)
-	}
-
-	// A renamed upstream with the same settings takes over the pool.
-	renamed := mk("c", "slow")
-	if err := f.p.Update(renamed, f.makeBreakers(t, renamed)); err != nil {
-		t.Fatal(err)
-	}
-	if f.p.table.Load().upstreams["c"].transport != shared {
-		t.Error("c, with b's targets and settings: a new transport, want b's")
-	}
-	wantStatus(t, f.get(t, "", "/c"), http.StatusOK)
-	if n, c := opened.Load(), closed.Load(); n != 2 || c != 0 {
-		t.Errorf("after renaming b to c: %d connections opened, %d closed; want 2 and 0", n, c)
-	}
+	keeps("a removed, b unchanged", "b", "b", "slow")
+	keeps("b renamed c, same targets and settings", "c", "c", "slow")
 
 	// No upstream uses the shared transport any more: its idle connection is closed.
 	if err := f.p.Update(mk("slow"), f.breakers); err != nil {
