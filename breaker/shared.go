@@ -170,9 +170,10 @@ func (b *Breaker) TakeTrials() (r TrialReport, ok bool) {
 
 // HasNews reports, without taking the lock, whether a shared breaker has counts or trial
 // outcomes for TakeDelta or TakeTrials. It never reports false while either has
-// something; it may report true for a moment after they were taken, or for an empty
-// delta. A store can skip a breaker without news (and with nothing else to do) without
-// contending for its lock.
+// something; it may report true when both are empty (after SetShared, Apply or a new
+// generation emptied them, until the next TakeDelta and TakeTrials), which costs the
+// store one locked look. A store can skip a breaker without news (and with nothing else
+// to do) without contending for its lock.
 func (b *Breaker) HasNews() bool { return b.news.Load() }
 
 // noteNews records that the delta or the trial report gained something. b.mu is held.

@@ -229,3 +229,80 @@ func TestMergeHeldSuccesses(t *testing.T) {
 		}
 	}
 }
+
+// TestPlanSkipsOnlyCircuitsWithNothingToSend: a flush passes over a closed, synced,
+// quiet circuit without news whose held successes may wait (no call, the hold kept);
+// each condition of that shortcut, when it does not hold, gets the circuit its script.
+func TestPlanSkipsOnlyCircuitsWithNothingToSend(t *testing.T) {
+	t.Parallel()
+	const held = 5
+	cases := []struct {
+		name  string
+		setup func(c *circuit, now time.Time)
+		calls int    // scripts planned
+		sent  uint32 // requests in the flush script, when there is one
+		hold  uint32 // requests held afterwards
+	}{
+		{"idle", func(*circuit, time.Time) {}, 0, 0, 0},
+		{"holding, within the window", func(c *circuit, now time.Time) {
+			c.held, c.heldSince = breaker.Delta{Counts: breaker.Counts{Requests: held}}, now.Add(-time.Second)
+		}, 0, 0, held},
+		{"a new success joins the hold", func(c *circuit, now time.Time) {
+			c.held, c.heldSince = breaker.Delta{Counts: breaker.Counts{Requests: held}}, now.Add(-time.Second)
+			c.Breaker.Done(must(c.Breaker.Allow()), breaker.Success, 0)
+		}, 0, 0, held + 1},
+		{"a failure", func(c *circuit, now time.Time) {
+			c.Breaker.Done(must(c.Breaker.Allow()), breaker.Failure, 0)
+		}, 1, 1, 0},
+		{"the hold ran out", func(c *circuit, now time.Time) {
+			c.held, c.heldSince = breaker.Delta{Counts: breaker.Counts{Requests: held}}, now.Add(-c.holdFor)
+		}, 1, held, 0},
+		{"no longer quiet (an onset)", func(c *circuit, now time.Time) {
+			c.held, c.heldSince = breaker.Delta{Counts: breaker.Counts{Requests: held}}, now.Add(-time.Second)
+			c.quiet.Store(false)
+		}, 1, held, 0},
+		{"not synced yet", func(c *circuit, _ time.Time) { c.synced.Store(false) }, 1, 0, 0},
+		{"a rate decision waits", func(c *circuit, _ time.Time) { c.deciding = true }, 1, 0, 0},
+		{"open", func(c *circuit, _ time.Time) {
+			c.Breaker.Apply(breaker.SharedState{State: breaker.Open, Generation: 1, OpenRemaining: time.Minute,
+				OpenFor: time.Minute, Trips: 1}, true)
+			c.Breaker.TakeDelta() // Apply leaves the news flag up: take it down
+			c.Breaker.TakeTrials()
+		}, 1, 0, 0},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			st := offlineStore(t)
+			s := baseSettings()
+			s.Window = 10 * time.Second
+			b := breaker.New("u", s, breaker.Options{})
+			st.Attach(map[string]Circuit{"u": {Breaker: b, SettingsHash: "h"}})
+			c := st.list()[0]
+			b.SetShared(true)
+			b.TakeDelta()
+			c.synced.Store(true)
+			c.quiet.Store(true)
+			now := time.Now()
+			tc.setup(c, now)
+
+			calls := st.plan(nil, c, now, false)
+			if len(calls) != tc.calls {
+				t.Fatalf("planned %d scripts, want %d", len(calls), tc.calls)
+			}
+			if tc.calls > 0 {
+				if calls[0].script != flushScript {
+					t.Fatal("planned a script other than the flush")
+				}
+				if got := calls[0].args[2]; got != tc.sent {
+					t.Errorf("flush sends %v requests, want %d", got, tc.sent)
+				}
+			}
+			if c.held.Requests != tc.hold {
+				t.Errorf("holds %d requests afterwards, want %d", c.held.Requests, tc.hold)
+			}
+			if st.holding != (tc.hold > 0) {
+				t.Errorf("store holding = %v, want %v", st.holding, tc.hold > 0)
+			}
+		})
+	}
+}
