@@ -10,8 +10,9 @@
 //     rejection is answered with the upstream's fallback response (fallback.go) and
 //     never reaches the upstream.
 //  3. Forwarding: a httputil.ReverseProxy per route, with a Rewrite function, sends the
-//     request to the upstream's next target (round-robin) over the upstream's own
-//     tuned http.Transport (transport.go). Streaming responses (server-sent events,
+//     request to the upstream's next target (round-robin) over a tuned http.Transport
+//     (transport.go), shared by the upstreams with the same targets and transport
+//     settings. Streaming responses (server-sent events,
 //     chunked bodies) are flushed as they arrive; protocol upgrades (WebSocket) are
 //     tunnelled.
 //  4. Classification (classify.go): the response status, or the error, becomes a

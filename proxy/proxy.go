@@ -119,9 +119,10 @@ func New(cfg *config.Config, breakers map[string]*breaker.Breaker, opts Options)
 
 // Update swaps in a routing table built from cfg and breakers, atomically: a request
 // uses either the old table or the new one throughout, and requests in flight finish on
-// the old one. An upstream whose targets and transport settings did not change keeps its
-// *http.Transport and pooled connections; the idle connections of transports no longer
-// used are closed (busy ones close when their requests finish and they go idle, at the
+// the old one. An upstream whose targets and transport settings match a transport of the
+// old table (its own, or another upstream's: a renamed one) gets that *http.Transport
+// and its pooled connections; the idle connections of transports no longer used are
+// closed (busy ones close when their requests finish and they go idle, at the
 // latest after the idle timeout). On error the old table stays in effect.
 func (p *Proxy) Update(cfg *config.Config, breakers map[string]*breaker.Breaker) error {
 	p.mu.Lock()

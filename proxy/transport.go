@@ -52,7 +52,7 @@ func newTransportKey(u *config.Upstream, targets []*url.URL) transportKey {
 	}
 }
 
-// newTransport returns the tuned transport one upstream's requests share.
+// newTransport returns the tuned transport the upstreams with key k share.
 //
 // Environment proxies (HTTP_PROXY) are not used: targets are dialled directly.
 // Compression is disabled so that bodies pass through as the upstream encoded them.

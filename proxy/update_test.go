@@ -65,15 +65,7 @@ func TestUpdateInFlight(t *testing.T) {
 }
 
 func TestUpdateTransportReuse(t *testing.T) {
-	var closed atomic.Int64
-	watched := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
-	watched.Config.ConnState = func(_ net.Conn, s http.ConnState) {
-		if s == http.StateClosed {
-			closed.Add(1)
-		}
-	}
-	watched.Start()
-	t.Cleanup(watched.Close)
+	watched, _, closed := watchedBackend(t)
 	other := echoBackend(t, "other")
 
 	mk := func(rht time.Duration) *config.Config {
@@ -179,18 +171,7 @@ func TestUpdateConcurrent(t *testing.T) {
 // share one transport and one pool of connections; an Update keeps the shared pool while
 // any upstream still uses it, and closes its idle connections when none does.
 func TestUpstreamsShareTransport(t *testing.T) {
-	var opened, closed atomic.Int64
-	backend := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
-	backend.Config.ConnState = func(_ net.Conn, s http.ConnState) {
-		switch s {
-		case http.StateNew:
-			opened.Add(1)
-		case http.StateClosed:
-			closed.Add(1)
-		}
-	}
-	backend.Start()
-	t.Cleanup(backend.Close)
+	backend, opened, closed := watchedBackend(t)
 
 	mk := func(names ...string) *config.Config {
 		cfg := &config.Config{Upstreams: map[string]*config.Upstream{}}
@@ -248,4 +229,56 @@ func TestUpstreamsShareTransport(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, "the unused transport's idle connection to close", func() bool { return closed.Load() == 1 })
+}
+
+// TestSharedTransportSplit: of two upstreams sharing a transport, one changes a transport
+// setting and gets a transport of its own; the other keeps the shared one, with its idle
+// connection.
+func TestSharedTransportSplit(t *testing.T) {
+	backend, _, closed := watchedBackend(t)
+	mk := func(aDial time.Duration) *config.Config {
+		a, b := upstreamCfg(t, backend.URL), upstreamCfg(t, backend.URL)
+		a.DialTimeout = aDial
+		return &config.Config{
+			Upstreams: map[string]*config.Upstream{"a": a, "b": b},
+			Routes:    []config.Route{{PathPrefix: "/a", Upstream: "a"}, {PathPrefix: "/b", Upstream: "b"}},
+		}
+	}
+	f := newFixture(t, mk(upstreamCfg(t).DialTimeout))
+	shared := f.p.table.Load().upstreams["b"].transport
+	if f.p.table.Load().upstreams["a"].transport != shared {
+		t.Fatal("a and b, same settings: separate transports")
+	}
+	wantStatus(t, f.get(t, "", "/b"), http.StatusOK) // an idle connection in the shared pool
+
+	if err := f.p.Update(mk(5*time.Second), f.breakers); err != nil {
+		t.Fatal(err)
+	}
+	ups := f.p.table.Load().upstreams
+	if ups["a"].transport == shared || ups["b"].transport != shared {
+		t.Errorf("after a's dial_timeout changed: a kept the shared transport %v (want false), b kept it %v (want true)",
+			ups["a"].transport == shared, ups["b"].transport == shared)
+	}
+	wantStatus(t, f.get(t, "", "/b"), http.StatusOK)
+	if n := closed.Load(); n != 0 {
+		t.Errorf("connections closed by the split: %d, want 0 (b still uses them)", n)
+	}
+}
+
+// watchedBackend is a backend answering 200 to everything that counts the connections
+// it has accepted and closed.
+func watchedBackend(t *testing.T) (srv *httptest.Server, opened, closed *atomic.Int64) {
+	opened, closed = new(atomic.Int64), new(atomic.Int64)
+	srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		switch s {
+		case http.StateNew:
+			opened.Add(1)
+		case http.StateClosed:
+			closed.Add(1)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return srv, opened, closed
 }
