@@ -7,7 +7,8 @@
 #   bench/run.sh scale      fuseproxy with 10,000 upstreams: RSS idle and under load
 #   bench/run.sh shared     ../shared/bench/run.sh (nginx, HAProxy, Caddy, bare httputil)
 #                           with fuseproxy added as extra targets
-#   bench/run.sh go         the Go benchmarks (breaker, handler, lookup+admit, metrics, heap per upstream)
+#   bench/run.sh go         the Go benchmarks (breaker, handler, lookup+admit, metrics, heap per upstream,
+#                           the redis store's flush loop)
 #
 # load: builds fuseproxy, starts the bench backend (../shared/bench/backend when present,
 # else `fuseproxy flaky`; the same backend process serves every target), a private
@@ -499,6 +500,7 @@ run_go() {
   (cd "$ROOT" && go test -run '^$' -bench 'BenchmarkHandler|BenchmarkLookupAdmit' -benchmem -count "$count" ./proxy/) | tee "$OUT/proxy.txt"
   (cd "$ROOT" && go test -run '^$' -bench 'BenchmarkRequest|BenchmarkScrape' -benchmem -count "$count" ./internal/telemetry/) | tee "$OUT/telemetry.txt"
   (cd "$ROOT" && go test -run '^$' -bench 'BenchmarkUpstreamMemory' -benchtime 1x -count 1 ./internal/app/) | tee "$OUT/memory.txt"
+  (cd "$ROOT" && go test -run '^$' -bench 'BenchmarkRedisIdleFlush' -benchmem -count "$count" ./store/) | tee "$OUT/store.txt"
   echo "loadavg after: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/env.txt"
   echo "saved in $OUT/"
 }
