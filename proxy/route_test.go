@@ -122,27 +122,17 @@ func TestRouteLookupMatchesLinearScan(t *testing.T) {
 	methods := [][]string{nil, {"GET"}, {"POST"}, {"GET", "POST"}}
 	reqMethods := []string{"GET", "POST", "PUT"}
 
-	pick := func(s []string) string { return s[rng.IntN(len(s))] }
 	for round := range 200 {
 		n := 1 + rng.IntN(12)
 		routes := make([]config.Route, n)
 		for i := range routes {
-			routes[i] = config.Route{Host: pick(hosts), PathPrefix: pick(prefixes), Methods: methods[rng.IntN(len(methods))]}
+			routes[i] = config.Route{Host: pickOf(rng, hosts), PathPrefix: pickOf(rng, prefixes),
+				Methods: methods[rng.IntN(len(methods))]}
 		}
 		tab := buildTable(t, slices.Clone(routes))
 		for range 50 {
-			h, p, m := pick(reqHosts), pick(paths), pick(reqMethods)
-			want := -1
-			for i, r := range routes {
-				if hostMatches(r.Host, h) && strings.HasPrefix(p, r.PathPrefix) &&
-					(len(r.Methods) == 0 || slices.Contains(r.Methods, m)) {
-					want = i
-					break
-				}
-			}
-			if got := lookupIndex(t, tab, m, h, p); got != want {
-				t.Fatalf("round %d, routes %+v, %s %s%s: got route %d, want %d", round, routes, m, h, p, got, want)
-			}
+			checkLookup(t, tab, routes, pickOf(rng, reqMethods), pickOf(rng, reqHosts), pickOf(rng, paths),
+				fmt.Sprint("round ", round))
 		}
 	}
 }
@@ -246,11 +236,7 @@ func checkLookup(t *testing.T, tab *table, routes []config.Route, method, host, 
 			break
 		}
 	}
-	got := -1
-	if rt := tab.routes.lookup(normalizeHost(host), p, method); rt != nil {
-		got = rt.index
-	}
-	if got != want {
+	if got := lookupIndex(t, tab, method, host, target); got != want {
 		t.Fatalf("%s %s %s%s (routed as %s): got route %d, want %d; routes %+v",
 			what, method, host, target, p, got, want, routes)
 	}
