@@ -38,19 +38,10 @@ func TestGenerationFenceClosedTicket(t *testing.T) {
 				t.Fatalf("first ticket %+v", old)
 			}
 			tc.between(f)
-			_ = f.request(breaker.Failure, 0) // 2 failures in the current generation
-			_ = f.request(breaker.Failure, 0)
-			f.clock.Advance(time.Second)
-			before := f.snap()
-			f.obs.reset()
-
-			f.b.Done(old, breaker.Failure, time.Hour) // would be the 3rd in a row
-			f.b.Done(old, breaker.Success, 0)         // would end the run
-
-			if after := f.snap(); after != before {
-				t.Fatalf("stale outcome changed the breaker:\nbefore %+v\nafter  %+v", before, after)
-			}
-			f.wantReasons("")
+			f.wantStaleIgnored(func() {
+				f.b.Done(old, breaker.Failure, time.Hour) // would be the 3rd failure in a row
+				f.b.Done(old, breaker.Success, 0)         // would end the run
+			})
 		})
 	}
 }

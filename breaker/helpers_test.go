@@ -199,3 +199,20 @@ func (f *fixture) openToHalfOpen() breaker.Ticket {
 	f.wantState(breaker.HalfOpen)
 	return tk
 }
+
+// wantStaleIgnored runs two failures in the current generation (with baseSettings, a
+// third would trip), then stale, which reports outcomes of an earlier generation, and
+// checks that the breaker did not change and reported no transition.
+func (f *fixture) wantStaleIgnored(stale func()) {
+	f.t.Helper()
+	_ = f.request(breaker.Failure, 0)
+	_ = f.request(breaker.Failure, 0)
+	f.clock.Advance(time.Second)
+	before := f.snap()
+	f.obs.reset()
+	stale()
+	if after := f.snap(); after != before {
+		f.t.Fatalf("stale outcome changed the breaker:\nbefore %+v\nafter  %+v", before, after)
+	}
+	f.wantReasons("")
+}
