@@ -14,20 +14,22 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/fuseproxy/fuseproxy/internal/testutil/freeport"
 )
 
 // stopGrace is how long a process may take to exit after SIGTERM before it is killed.
 const stopGrace = 10 * time.Second
 
-// freePort returns a loopback port nobody listens on right now.
+// freePort returns a loopback port nobody listens on right now, for a process to bind
+// (freeport: outside the kernel's ephemeral range, never handed out twice).
 func freePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := freeport.Port()
 	if err != nil {
-		t.Fatalf("free port: %v", err)
+		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return p
 }
 
 // freeAddr returns "127.0.0.1:PORT" for a free port.

@@ -23,6 +23,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/fuseproxy/fuseproxy/internal/testutil/freeport"
 )
 
 // startTimeout bounds how long redis-server may take to answer PING.
@@ -50,11 +52,11 @@ func Start(t testing.TB) *Server {
 	}
 	s := &Server{t: t, dir: t.TempDir()}
 	t.Cleanup(s.cleanup)
-	// The free port is found by binding to :0 and closing; another process may take it
-	// before redis-server binds it, so a failed start is retried on a new port.
+	// Another test binary may take the free port before redis-server binds it (rarely:
+	// see freeport), so a failed start is retried on a new port.
 	var err error
 	for range 3 {
-		if s.port, err = freePort(); err != nil {
+		if s.port, err = freeport.Port(); err != nil {
 			t.Fatalf("redistest: no free port: %v", err)
 		}
 		if err = s.start(); err == nil {
@@ -63,15 +65,6 @@ func Start(t testing.TB) *Server {
 	}
 	t.Fatalf("redistest: %v", err)
 	return nil
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // start runs redis-server on s.port and waits until it answers PING.
