@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"math/rand/v2"
@@ -54,7 +55,9 @@ type Redis struct {
 	o       RedisOptions
 	log     *zap.Logger
 	channel string // transitions
-	onset   string // names of circuits whose quiet window just saw a failure
+	// heartbeatKey is the key the heartbeat writes (see heartbeat).
+	heartbeatKey string
+	onset        string // names of circuits whose quiet window just saw a failure
 
 	mu       sync.RWMutex // guards circuits and all
 	circuits map[string]*circuit
@@ -91,8 +94,13 @@ type circuit struct {
 	// quiet: the last reply said the circuit is closed with nothing bad in its window, and
 	// no message since said otherwise; its successes may then be held (in held, since
 	// heldSince, for at most holdFor; xmu).
-	quiet     atomic.Bool
-	deciding  bool // the last reply said a rate decision waits: poll again (xmu)
+	quiet    atomic.Bool
+	deciding bool // the last reply said a rate decision waits: poll again (xmu)
+	// retry: the last call for this circuit got no good reply (no answer, or an error
+	// reply that is not its own data's): poll it again on the next flush, so that a fault
+	// that only its keys meet keeps counting towards degradation, and a heartbeat that
+	// works in between does not clear the count (xmu).
+	retry     bool
 	held      breaker.Delta
 	heldSince time.Time
 	holdFor   time.Duration
@@ -138,8 +146,9 @@ func NewRedis(client redis.UniversalClient, o RedisOptions) *Redis {
 	r := &Redis{
 		client: client, o: o, log: o.Logger.With(zap.String("store", "redis")),
 		channel: o.Prefix + ":events", onset: o.Prefix + ":onset",
-		circuits: map[string]*circuit{},
-		wake:     make(chan struct{}, 1), resync: make(chan struct{}, 1),
+		heartbeatKey: o.Prefix + ":heartbeat:" + o.ReplicaID,
+		circuits:     map[string]*circuit{},
+		wake:         make(chan struct{}, 1), resync: make(chan struct{}, 1),
 	}
 	r.status.Store(&Status{Driver: "redis", ReplicaID: o.ReplicaID})
 	return r
@@ -268,8 +277,8 @@ func (r *Redis) loop(ctx context.Context) {
 			needResync = err != nil && !r.degraded.Load()
 		} else {
 			err := r.exchange(ctx, r.list(), false)
-			if errors.Is(err, errIdle) && r.holding &&
-				(r.failures > 0 || time.Since(r.lastOK) >= heartbeatEvery*r.o.FlushInterval) {
+			if errors.Is(err, errIdle) && (r.failures > 0 ||
+				time.Since(r.lastOK) >= min(heartbeatEvery*r.o.FlushInterval, heartbeatMax)) {
 				err = r.heartbeat(ctx)
 			}
 			r.record(err)
@@ -285,18 +294,32 @@ func (r *Redis) loop(ctx context.Context) {
 	}
 }
 
-// A replica that serves traffic but holds it all back (quiet circuits) still checks on
-// Redis every heartbeatEvery flush intervals, and every interval once a check failed: it
-// must notice that Redis is gone (and degrade) before its first failures need it.
-const heartbeatEvery = 5
+// A replica with nothing to send (idle, or holding back the successes of quiet circuits)
+// still checks on Redis once heartbeatEvery flush intervals, and at most
+// heartbeatMax, have passed without an exchange Redis answered, and on every flush
+// interval once a check failed: every replica, idle or busy, must know that Redis is
+// gone (and degrade, so that /readyz says so and its breakers protect locally) before
+// its first failures need it. At the defaults (flush every 100 ms, degrade after 3) a
+// dead Redis is noticed within 0.5 + 2 × 0.1 s. It costs an idle replica 2 EVALSHA a
+// second, each one SET of a small key.
+const (
+	heartbeatEvery = 5
+	heartbeatMax   = 500 * time.Millisecond
+)
 
-// heartbeat is an exchange with nothing to say: one trivial script, so that it waits
-// wherever the flush scripts would (a Redis that holds scripts is not healthy).
+// heartbeatTTL is how long a heartbeat key lives in Redis.
+const heartbeatTTL = 5 * time.Second
+
+// heartbeat is an exchange with nothing to say: a script that writes one short-lived key
+// under the prefix, so that it fails wherever the flush scripts would: a Redis that
+// holds scripts, refuses this replica (NOAUTH, NOPERM on the prefix), or refuses writes
+// (OOM, READONLY, MISCONF, ...).
 func (r *Redis) heartbeat(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, r.o.Timeout)
 	defer cancel()
 	start := time.Now()
-	err := r.run(ctx, []*call{{script: heartbeatScript}})
+	err := r.run(ctx, []*call{{script: heartbeatScript, keys: []string{r.heartbeatKey},
+		args: []any{heartbeatTTL.Milliseconds()}}})
 	if r.o.Hooks.Flush != nil {
 		r.o.Hooks.Flush(time.Since(start), err)
 	}
@@ -326,8 +349,18 @@ func (r *Redis) exchange(ctx context.Context, cs []*circuit, resync bool) error 
 		return errIdle
 	}
 	var err error
-	for i := 0; i < len(calls) && err == nil; i += maxPipeline {
-		err = r.send(ctx, calls[i:min(i+maxPipeline, len(calls))], resync)
+	for i := 0; i < len(calls); i += maxPipeline {
+		chunk := calls[i:min(i+maxPipeline, len(calls))]
+		if e := r.send(ctx, chunk, resync); e != nil {
+			var rerr redis.Error
+			if err = cmp.Or(err, e); !errors.As(e, &rerr) {
+				// No answer: the rest would wait as long. Poll them on the next flush.
+				for _, cl := range calls[i:] {
+					cl.c.retry = true
+				}
+				break
+			}
+		}
 	}
 	if r.o.Hooks.Flush != nil {
 		r.o.Hooks.Flush(time.Since(now), err)
@@ -345,16 +378,32 @@ func (r *Redis) send(ctx context.Context, calls []*call, resync bool) error {
 	defer cancel()
 	sent := r.o.Wall()
 	err := r.run(ctx, calls)
-	// An error Redis answered (a script error on one circuit) leaves the other replies
-	// good; anything else (network, timeout) means the exchange failed as a whole.
+	// No answer at all (network, timeout): the exchange failed as a whole.
 	var rerr redis.Error
 	if err != nil && !errors.As(err, &rerr) {
 		return err
 	}
+	// Redis answered, but possibly with error replies. Only an error that is provably
+	// one circuit's bad data (circuitData) spares the exchange; any other error reply
+	// fails it, so that enough of them degrade the store, while the good replies of the
+	// other circuits are still applied.
+	var failed error
 	rtt := r.o.Wall().Sub(sent)
 	for _, cl := range calls {
-		if err := cl.cmd.Err(); err != nil {
-			r.log.Error("script failed in Redis", zap.String("upstream", cl.c.name), zap.Error(err))
+		cerr := cl.cmd.Err()
+		if cerr == nil && err != nil && cl.cmd.Val() == nil {
+			// The pipeline was refused before this script ran (a new connection's AUTH
+			// or HELLO failed): go-redis leaves the command without a reply or an error,
+			// and Exec's error is everyone's.
+			cerr = err
+		}
+		if cerr != nil {
+			if circuitData(cerr) {
+				r.log.Error("script failed in Redis on this circuit's data", zap.String("upstream", cl.c.name), zap.Error(cerr))
+			} else {
+				failed = cmp.Or(failed, cerr)
+				cl.c.retry = true
+			}
 			continue
 		}
 		rep, err := decodeReply(cl.cmd.Val())
@@ -365,8 +414,19 @@ func (r *Redis) send(ctx context.Context, calls []*call, resync bool) error {
 		r.offset.Store(rep.now*int64(time.Millisecond) - sent.Add(rtt/2).UnixNano())
 		r.applyReply(cl, rep, resync)
 	}
-	return nil
+	return failed
 }
+
+// circuitData reports whether a script's error reply is provably about its own
+// circuit's data, so that the other circuits and the store as a whole are sound: only
+// WRONGTYPE, which a script can meet only on the two keys it was given (its circuit's;
+// the scripts replace a foreign value they can read, see load in lua/prelude.lua). It is
+// an allow-list on purpose: every other error reply (NOAUTH, WRONGPASS, NOPERM, OOM,
+// READONLY, MISCONF, LOADING, BUSY, MASTERDOWN, CLUSTERDOWN, TRYAGAIN, a MOVED that
+// outlived go-redis's redirects, an unknown or renamed command, a script's runtime
+// error, and any class nobody has listed) speaks of Redis or of this replica's access
+// to it, which every circuit shares, and counts towards degradation.
+func circuitData(err error) bool { return redis.HasErrorPrefix(err, "WRONGTYPE") }
 
 // plan appends the calls one circuit needs: its finished trials (at once), its counts or
 // a poll when it is not closed, and a permit request when it waits for one.
@@ -376,7 +436,7 @@ func (r *Redis) plan(calls []*call, c *circuit, now time.Time, resync bool) []*c
 	// closed and synced, no news from the breaker, successes held (if any) still waiting.
 	// They are skipped without taking the breaker's lock; everything they could send goes
 	// through the full path below on a later flush (news, a hold that ran out, an onset).
-	if !resync && !r.stopping && !b.HasNews() && c.synced.Load() && !c.deciding &&
+	if !resync && !r.stopping && !b.HasNews() && c.synced.Load() && !c.deciding && !c.retry &&
 		b.State() == breaker.Closed && (c.held.Requests == 0 || r.holds(c, c.held, now)) {
 		r.holding = r.holding || c.held.Requests > 0
 		return calls
@@ -409,7 +469,7 @@ func (r *Redis) plan(calls []*call, c *circuit, now time.Time, resync bool) []*c
 	d, _ := b.TakeDelta()
 	d = merge(c.held, d)
 	c.held = breaker.Delta{}
-	send := resync || c.deciding || !c.synced.Load() || b.State() != breaker.Closed
+	send := resync || c.deciding || c.retry || !c.synced.Load() || b.State() != breaker.Closed
 	if !send && d.Requests > 0 && r.holds(c, d, now) {
 		c.held, r.holding = d, true
 		if c.heldSince.IsZero() {
@@ -497,6 +557,7 @@ func (r *Redis) applyReply(cl *call, rep reply, force bool) {
 	if cl.script == flushScript {
 		c.deciding = rep.deciding
 	}
+	c.retry = false
 	c.synced.Store(true)
 	if cl.script == acquireScript {
 		// Local permits lapse a little before their leases, so a permit is never used
@@ -577,8 +638,15 @@ func (r *Redis) record(err error) {
 	}
 	r.failures++
 	r.log.Debug("exchange with Redis failed", zap.Int("consecutive", r.failures), zap.Error(err))
-	if r.failures >= r.o.DegradeAfter && !r.degraded.Load() {
+	switch st := r.status.Load(); {
+	case r.failures >= r.o.DegradeAfter && !r.degraded.Load():
 		r.setDegraded(true, err)
+	case r.degraded.Load() && st.LastError != err.Error():
+		// Still degraded, for another reason now (NOAUTH fixed, OOM next): /readyz and
+		// the admin API show the current one.
+		next := *st
+		next.LastError = err.Error()
+		r.status.Store(&next)
 	}
 }
 

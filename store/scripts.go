@@ -31,8 +31,9 @@ var (
 	acquireScript = redis.NewScript(prelude + acquireSrc)
 	trialScript   = redis.NewScript(prelude + trialSrc)
 	controlScript = redis.NewScript(prelude + controlSrc)
-	// heartbeatScript checks that Redis runs scripts, touching no key.
-	heartbeatScript = redis.NewScript("return 1")
+	// heartbeatScript checks that Redis runs this replica's scripts and takes their
+	// writes: it sets KEYS[1] (the replica's heartbeat key) for ARGV[1] ms.
+	heartbeatScript = redis.NewScript("redis.call('SET', KEYS[1], '1', 'PX', ARGV[1]) return 1")
 	allScripts      = []*redis.Script{flushScript, acquireScript, trialScript, controlScript, heartbeatScript}
 )
 

@@ -35,6 +35,7 @@ type Server struct {
 	t    testing.TB
 	port int
 	dir  string
+	args []string // more configuration directives
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -44,13 +45,14 @@ type Server struct {
 }
 
 // Start starts a redis-server for t and stops it when t ends. The test fails if
-// redis-server is not installed or does not come up.
-func Start(t testing.TB) *Server {
+// redis-server is not installed or does not come up. args are more configuration
+// directives for redis-server ("--rename-command", "EVALSHA", ""), on every (re)start.
+func Start(t testing.TB, args ...string) *Server {
 	t.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		t.Fatalf("redis-server not found: apt-get install -y redis-server")
 	}
-	s := &Server{t: t, dir: t.TempDir()}
+	s := &Server{t: t, dir: t.TempDir(), args: args}
 	t.Cleanup(s.cleanup)
 	// Another test binary may take the free port before redis-server binds it (rarely:
 	// see freeport), so a failed start is retried on a new port.
@@ -72,10 +74,10 @@ func (s *Server) start() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := &syncBuffer{}
-	cmd := exec.Command("redis-server",
+	cmd := exec.Command("redis-server", append([]string{
 		"--save", "", "--appendonly", "no",
 		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
-		"--dir", s.dir)
+		"--dir", s.dir}, s.args...)...)
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start redis-server: %w", err)
