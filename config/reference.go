@@ -43,7 +43,7 @@ var Reference = []FieldDoc{
 	{"store.redis.username", `""`, "REDIS_USERNAME", "ACL user name; empty for the default user."},
 	{"store.redis.password", `""`, "REDIS_PASSWORD", "Password; prefer the environment variable."},
 	{"store.redis.db", "0", "REDIS_DB", "Database number."},
-	{"store.redis.tls", "", "", "TLS to Redis (a rediss:// URL also turns it on)."},
+	{"store.redis.tls", "", "", "TLS to Redis: on with `enabled`, with any other tls key set, or with a rediss:// URL; every tls key applies in each case."},
 	{"store.redis.tls.enabled", "false", "", "Connect with TLS."},
 	{"store.redis.tls.ca_file", `""`, "", "PEM CA bundle to verify the server with; empty means the system roots."},
 	{"store.redis.tls.cert_file", `""`, "", "PEM client certificate for mutual TLS; set together with key_file."},

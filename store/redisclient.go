@@ -50,7 +50,9 @@ func NewRedisClient(c config.Redis) (redis.UniversalClient, error) {
 			o.Password = c.Password
 		}
 	}
-	if c.TLS.Enabled || c.TLS.CAFile != "" || c.TLS.CertFile != "" {
+	// Every tls key applies, whether TLS is on through a rediss:// URL, through enabled or
+	// through the key itself (any tls key set turns TLS on).
+	if o.TLSConfig != nil || c.TLS != (config.TLS{}) {
 		tc, err := tlsConfig(c.TLS, o.TLSConfig)
 		if err != nil {
 			return nil, err
@@ -70,13 +72,19 @@ func NewRedisClient(c config.Redis) (redis.UniversalClient, error) {
 	return redis.NewUniversalClient(o), nil
 }
 
+// tlsConfig applies the tls keys to base (a rediss:// URL's, which names its host as the
+// server name; nil otherwise: then the name verified is the host each connection dials).
 func tlsConfig(c config.TLS, base *tls.Config) (*tls.Config, error) {
 	tc := &tls.Config{MinVersion: tls.VersionTLS12}
 	if base != nil {
 		tc = base.Clone()
 	}
-	tc.ServerName = c.ServerName
-	tc.InsecureSkipVerify = c.InsecureSkipVerify //nolint:gosec // an operator's explicit choice
+	if c.ServerName != "" {
+		tc.ServerName = c.ServerName
+	}
+	if c.InsecureSkipVerify {
+		tc.InsecureSkipVerify = true //nolint:gosec // an operator's explicit choice
+	}
 	if c.CAFile != "" {
 		pem, err := os.ReadFile(c.CAFile)
 		if err != nil {
