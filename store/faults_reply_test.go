@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"os"
 	"path/filepath"
@@ -112,6 +113,15 @@ func replyFaults(t *testing.T) []replyFault {
 		name: "NOPERM command", want: "NOPERM",
 		breaks: func(t *testing.T, f *faultEnv) { f.do(t, "ACL", "SETUSER", "default", "-evalsha") },
 		heals:  func(t *testing.T, f *faultEnv) { f.do(t, "ACL", "SETUSER", "default", "+evalsha") },
+	}, {
+		// The scripts are gone from Redis and may not be loaded again: the reason
+		// named is the refused SCRIPT LOAD, not the NOSCRIPT that led to it.
+		name: "NOPERM script load", want: "NOPERM",
+		breaks: func(t *testing.T, f *faultEnv) {
+			f.do(t, "ACL", "SETUSER", "default", "-script|load")
+			f.do(t, "SCRIPT", "FLUSH")
+		},
+		heals: func(t *testing.T, f *faultEnv) { f.do(t, "ACL", "SETUSER", "default", "+script|load") },
 	}, {
 		name: "MISCONF", want: "MISCONF", args: []string{"--enable-protected-configs", "yes"},
 		breaks: func(t *testing.T, f *faultEnv) {
@@ -257,28 +267,44 @@ func TestRedisIdleReplicaNoticesKilledRedis(t *testing.T) {
 	t.Logf("noticed after %v", time.Since(start))
 }
 
-// An error reply of a class nobody listed degrades the store too: only errors proven to
-// be one circuit's data spare it (circuitData).
+// An error reply of a class nobody listed degrades the store too, and so does a reply
+// that is not the scripts' shape: only errors proven to be one circuit's data spare it
+// (circuitData).
 func TestRedisUnlistedErrorReplyDegrades(t *testing.T) {
 	t.Parallel()
-	srv := redistest.Start(t)
-	var broken atomic.Bool
-	r := startReplica(t, srv, "r", replicaConfig{settings: longOpen(),
-		hook: replaceReplies{match: func(redis.Cmder) bool { return broken.Load() }, err: "NEWKIND something nobody listed"}})
-	broken.Store(true)
-	eventually(t, waitFor, "the store degraded", func() bool { return r.st.Status().Degraded })
-	if st := r.st.Status(); st.LastError != "NEWKIND something nobody listed" {
-		t.Errorf("status error %q", st.LastError)
+	for _, tc := range []struct {
+		name, err, want string
+		val             any
+	}{
+		{name: "unlisted error", err: "NEWKIND something nobody listed", want: "NEWKIND something nobody listed"},
+		{name: "foreign reply", val: "OK", want: `unexpected reply from Redis for upstream "api": script reply: want 14 elements, got string OK`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			srv := redistest.Start(t)
+			var broken atomic.Bool
+			r := startReplica(t, srv, "r", replicaConfig{settings: longOpen(), hook: replaceReplies{
+				match: func(c redis.Cmder) bool { return broken.Load() }, err: tc.err, val: tc.val}})
+			broken.Store(true)
+			eventually(t, waitFor, "the store degraded", func() bool {
+				succeed(t, r.b) // a script to answer (heartbeats have no reply to decode)
+				return r.st.Status().Degraded
+			})
+			if st := r.st.Status(); st.LastError != tc.want {
+				t.Errorf("status error %q, want %q", st.LastError, tc.want)
+			}
+			broken.Store(false)
+			eventually(t, waitFor, "the store shared again", func() bool { return !r.st.Status().Degraded && r.b.Shared() })
+		})
 	}
-	broken.Store(false)
-	eventually(t, waitFor, "the store shared again", func() bool { return !r.st.Status().Degraded && r.b.Shared() })
 }
 
 // replaceReplies is a client hook that turns the replies of the commands match picks
-// into the error reply err, as Redis would send it.
+// into the error reply err, as Redis would send it, or (err empty) into the reply val.
 type replaceReplies struct {
 	match func(redis.Cmder) bool
 	err   string
+	val   any
 }
 
 type replyError string
@@ -294,11 +320,13 @@ func (h replaceReplies) ProcessPipelineHook(next redis.ProcessPipelineHook) redi
 	return func(ctx context.Context, cmds []redis.Cmder) error {
 		err := next(ctx, cmds)
 		for _, c := range cmds {
-			if c.Err() == nil && h.match(c) {
+			switch cmd, ok := c.(*redis.Cmd); {
+			case c.Err() != nil || !h.match(c):
+			case h.err != "":
 				c.SetErr(replyError(h.err))
-				if err == nil {
-					err = c.Err()
-				}
+				err = cmp.Or(err, c.Err())
+			case ok:
+				cmd.SetVal(h.val)
 			}
 		}
 		return err

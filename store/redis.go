@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"strconv"
 	"strings"
@@ -391,10 +392,14 @@ func (r *Redis) send(ctx context.Context, calls []*call, resync bool) error {
 	rtt := r.o.Wall().Sub(sent)
 	for _, cl := range calls {
 		cerr := cl.cmd.Err()
-		if cerr == nil && err != nil && cl.cmd.Val() == nil {
+		switch {
+		case cerr == nil && err != nil && cl.cmd.Val() == nil:
 			// The pipeline was refused before this script ran (a new connection's AUTH
 			// or HELLO failed): go-redis leaves the command without a reply or an error,
 			// and Exec's error is everyone's.
+			cerr = err
+		case redis.HasErrorPrefix(cerr, "NOSCRIPT") && err != nil && !redis.HasErrorPrefix(err, "NOSCRIPT"):
+			// Loading the scripts failed (run): that error is the reason.
 			cerr = err
 		}
 		if cerr != nil {
@@ -406,9 +411,12 @@ func (r *Redis) send(ctx context.Context, calls []*call, resync bool) error {
 			}
 			continue
 		}
-		rep, err := decodeReply(cl.cmd.Val())
-		if err != nil {
-			r.log.Error("unexpected reply from Redis", zap.String("upstream", cl.c.name), zap.Error(err))
+		rep, derr := decodeReply(cl.cmd.Val())
+		if derr != nil {
+			// Not an error reply, and not one either that proves the circuit's data bad:
+			// whatever answers is not the Redis these scripts expect.
+			failed = cmp.Or(failed, fmt.Errorf("unexpected reply from Redis for upstream %q: %w", cl.c.name, derr))
+			cl.c.retry = true
 			continue
 		}
 		r.offset.Store(rep.now*int64(time.Millisecond) - sent.Add(rtt/2).UnixNano())
