@@ -206,6 +206,10 @@ func testRedisErrorReply(t *testing.T, fc redisReplyFault) {
 		t.Errorf("with %s: opened after %d failures (%v), want %d", fc.name, n, r, threshold)
 	}
 	backend.Reset(t)
+	time.Sleep(500 * time.Millisecond) // several flush intervals with the fault in place
+	if lines := p.LogsWhere(msgPrefix("redis store recovered")); len(lines) != 0 || !readyz().Degraded {
+		t.Errorf("with %s in place: %v, /readyz %+v; want no recovery while the fault lasts", fc.name, lines, readyz())
+	}
 	if fc.heals == nil {
 		return
 	}

@@ -234,6 +234,14 @@ func TestRedisErrorRepliesDegrade(t *testing.T) {
 			if r.b.State() != breaker.Open || r.b.Shared() {
 				t.Fatalf("after 3 failures: %v (shared %v), want open by a local decision", r.b.State(), r.b.Shared())
 			}
+			// It stays degraded while the fault lasts: an exchange that writes nothing
+			// (a resync read) must not end it.
+			exchangesDone(t, 5, nil, r)
+			if !r.st.Status().Degraded || r.degraded.Load() != 1 ||
+				len(r.logs.FilterMessage("redis store recovered: state resynced").All()) != 0 {
+				t.Fatalf("with %s in place: status %+v after %d degradations; want degraded once, never recovered",
+					fc.name, r.st.Status(), r.degraded.Load())
+			}
 			if fc.heals == nil {
 				return
 			}

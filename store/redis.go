@@ -319,12 +319,16 @@ func (r *Redis) heartbeat(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, r.o.Timeout)
 	defer cancel()
 	start := time.Now()
-	err := r.run(ctx, []*call{{script: heartbeatScript, keys: []string{r.heartbeatKey},
-		args: []any{heartbeatTTL.Milliseconds()}}})
+	err := r.run(ctx, []*call{r.beat()})
 	if r.o.Hooks.Flush != nil {
 		r.o.Hooks.Flush(time.Since(start), err)
 	}
 	return err
+}
+
+// beat is the heartbeat's call, with no circuit.
+func (r *Redis) beat() *call {
+	return &call{script: heartbeatScript, keys: []string{r.heartbeatKey}, args: []any{heartbeatTTL.Milliseconds()}}
 }
 
 // call is one script call of an exchange.
@@ -349,6 +353,13 @@ func (r *Redis) exchange(ctx context.Context, cs []*circuit, resync bool) error 
 	if len(calls) == 0 {
 		return errIdle
 	}
+	if r.failures > 0 || r.degraded.Load() {
+		// In doubt, an exchange must also show that Redis takes this replica's writes:
+		// a poll or a resync read with nothing to write succeeds on a Redis that refuses
+		// them (OOM, READONLY, MISCONF), and must neither clear the count of failed
+		// exchanges nor end a degradation.
+		calls = append([]*call{r.beat()}, calls...)
+	}
 	var err error
 	for i := 0; i < len(calls); i += maxPipeline {
 		chunk := calls[i:min(i+maxPipeline, len(calls))]
@@ -357,7 +368,9 @@ func (r *Redis) exchange(ctx context.Context, cs []*circuit, resync bool) error 
 			if err = cmp.Or(err, e); !errors.As(e, &rerr) {
 				// No answer: the rest would wait as long. Poll them on the next flush.
 				for _, cl := range calls[i:] {
-					cl.c.retry = true
+					if cl.c != nil {
+						cl.c.retry = true
+					}
 				}
 				break
 			}
@@ -402,13 +415,17 @@ func (r *Redis) send(ctx context.Context, calls []*call, resync bool) error {
 			// Loading the scripts failed (run): that error is the reason.
 			cerr = err
 		}
-		if cerr != nil {
-			if circuitData(cerr) {
-				r.log.Error("script failed in Redis on this circuit's data", zap.String("upstream", cl.c.name), zap.Error(cerr))
-			} else {
-				failed = cmp.Or(failed, cerr)
-				cl.c.retry = true
-			}
+		switch {
+		case cl.c == nil: // the heartbeat: nothing to apply
+			failed = cmp.Or(failed, cerr)
+			continue
+		case cerr == nil:
+		case circuitData(cerr):
+			r.log.Error("script failed in Redis on this circuit's data", zap.String("upstream", cl.c.name), zap.Error(cerr))
+			continue
+		default:
+			failed = cmp.Or(failed, cerr)
+			cl.c.retry = true
 			continue
 		}
 		rep, derr := decodeReply(cl.cmd.Val())
