@@ -300,12 +300,13 @@ func (r *Redis) loop(ctx context.Context) {
 // heartbeatMax, have passed without an exchange Redis answered, and on every flush
 // interval once a check failed: every replica, idle or busy, must know that Redis is
 // gone (and degrade, so that /readyz says so and its breakers protect locally) before
-// its first failures need it. At the defaults (flush every 100 ms, degrade after 3) a
-// dead Redis is noticed within 0.5 + 2 × 0.1 s. It costs an idle replica 2 EVALSHA a
-// second, each one SET of a small key.
+// its first failures need it, within a second. At the defaults (flush every 100 ms ±10 %,
+// degrade after 3) a dead Redis is noticed within about 0.4 + 0.1 (the tick) + 2 × 0.1
+// s = 0.7 s, which leaves room for a busy machine. It costs an idle replica about 2
+// EVALSHA a second, each one SET of a small key.
 const (
 	heartbeatEvery = 5
-	heartbeatMax   = 500 * time.Millisecond
+	heartbeatMax   = 400 * time.Millisecond
 )
 
 // heartbeatTTL is how long a heartbeat key lives in Redis.
