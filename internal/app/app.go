@@ -322,6 +322,11 @@ func (a *App) Run(ctx context.Context) error {
 			w.Run(storeCtx, a.opts.WatchInterval, func() {
 				a.log.Info("config file changed; reloading", zap.String("path", cfg.Path))
 				_ = a.ReloadFile()
+			}, func(err error) {
+				// Every failure to read the watched file is a line: a file that cannot be
+				// read is never loaded, and the old config keeps serving.
+				a.metrics.Reloaded(err)
+				a.log.Error("config file unreadable; the old config keeps serving", zap.String("path", cfg.Path), zap.Error(err))
 			})
 		}()
 	}
