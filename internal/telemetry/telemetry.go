@@ -65,7 +65,7 @@ type Metrics struct {
 }
 
 const (
-	numResults = 8 // len(proxy.Results())
+	numResults = 9 // len(proxy.Results())
 	numStates  = 3 // closed, open, half_open
 )
 
