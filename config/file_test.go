@@ -138,3 +138,23 @@ func TestReadLimitedStopsAtTheLimit(t *testing.T) {
 		t.Errorf("read %d bytes of an endless file, want at most %d", src.n, MaxFileSize+1)
 	}
 }
+
+// TestLoadManyValuesWithoutAliases: a file within the size limit with more values than
+// the alias allowance (300,000 list entries, 1.2 MB) loads: only values reached through
+// aliases count against it (the message used to blame aliases for a file without any).
+func TestLoadManyValuesWithoutAliases(t *testing.T) {
+	const n = 300_000
+	data := "upstreams:\n  a:\n    targets: [\"http://127.0.0.1:1\"]\n" +
+		"    failure: {success_statuses: [" + strings.Repeat("200, ", n-1) + "200]}\nroutes:\n  - {upstream: a}\n"
+	p := filepath.Join(t.TempDir(), "many.yaml")
+	if err := os.WriteFile(p, []byte(data), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Load(p)
+	if err != nil {
+		t.Fatalf("Load of %d bytes with %d values and no alias: %v", len(data), n, err)
+	}
+	if got := len(cfg.Upstreams["a"].Failure.SuccessStatuses); got != n {
+		t.Fatalf("%d success statuses decoded, want %d", got, n)
+	}
+}
