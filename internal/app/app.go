@@ -291,6 +291,7 @@ func (a *App) Run(ctx context.Context) error {
 		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
 	}
 	proxyAddr, adminAddr := ln.Addr().String(), adminLn.Addr().String()
+	ln = newLimitListener(ln, cfg.Server.MaxConnections, a.metrics.ConnectionsOpened, a.metrics.ConnectionRejected)
 	a.proxyAddr.Store(&proxyAddr)
 	a.adminAddr.Store(&adminAddr)
 
@@ -333,7 +334,8 @@ func (a *App) Run(ctx context.Context) error {
 
 	ups := newUpgrades()
 	srv := &http.Server{
-		Handler:           ups.wrap(a.proxy),
+		Handler: bodyLimits{timeout: cfg.Server.BodyReadTimeout, minRate: cfg.Server.BodyMinRate,
+			readTimeout: cfg.Server.ReadTimeout}.wrap(ups.wrap(a.proxy)),
 		ConnContext:       ups.connContext,
 		ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout,
 		ReadTimeout:       cfg.Server.ReadTimeout,
