@@ -296,6 +296,7 @@ func TestSlowButMovingUploadSucceeds(t *testing.T) {
 	if code != http.StatusOK || backend.complete.Load() != 1 {
 		t.Fatalf("slow-but-moving upload (2000 B/s for %v): status %d, complete bodies %d; want 200 and 1", took, code, backend.complete.Load())
 	}
+	t.Logf("slow-but-moving upload: 200 after %v", took)
 	code, took = upload(t, addr, "/late", 16<<20, 64<<10, 0)
 	if code != http.StatusOK || backend.complete.Load() != 2 {
 		t.Fatalf("16 MiB upload to an upstream that reads it after 1 s: status %d after %v, complete bodies %d; want 200 and 2", code, took, backend.complete.Load())
@@ -322,6 +323,7 @@ func TestStalledUploadIsCut(t *testing.T) {
 		if code != http.StatusRequestTimeout || took > 3*time.Second {
 			t.Errorf("%s upload: status %d after %v; want it cut with 408 within 3s", c.name, code, took)
 		}
+		t.Logf("%s upload: %d after %v", c.name, code, took)
 	}
 	if n := backend.complete.Load(); n != 0 {
 		t.Errorf("%d cut uploads reached the upstream whole", n)
