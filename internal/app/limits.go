@@ -201,13 +201,21 @@ func (b *deadlineBody) clearLocked() {
 }
 
 // finish runs when the handler returns: the connection stops being the request's, so
-// later reads no longer touch it. A deadline still in force (the body was not read to
-// its end) stays: the server reads the rest of an unread body before it answers (up to
-// 256 KiB) and must not wait for a stalled client without one. It sets its own deadlines
+// later reads no longer touch it. The server reads the rest of a body the handler left
+// unread (up to 256 KiB) before it answers, and must not wait for a stalled client
+// without a deadline: a deadline in force stays, and a body never read at all (a
+// rejection, a 404) gets one of body_read_timeout. The server sets its own deadlines
 // for the next request.
 func (b *deadlineBody) finish() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if !b.done && !b.set {
+		deadline := b.limits.now().Add(b.limits.timeout)
+		if !b.cap.IsZero() && b.cap.Before(deadline) {
+			deadline = b.cap
+		}
+		b.setDeadline(deadline)
+	}
 	b.done = true
 }
 

@@ -338,6 +338,20 @@ func TestStalledUploadIsCut(t *testing.T) {
 	}
 }
 
+// TestUnreadBodyOfARejectedRequestIsBounded: a request the proxy answers without reading
+// its body (here the fallback of a forced-open circuit) from a client that stops sending
+// it is answered and closed after body_read_timeout: the server reads the rest of an
+// unread body before it answers, and used to wait for it without a deadline.
+func TestUnreadBodyOfARejectedRequestIsBounded(t *testing.T) {
+	backend := newLimitsBackend(t)
+	_, addr := startLimitsApp(t, "  body_read_timeout: 300ms", "    breaker: {mode: forced_open}", backend.URL)
+	code, took := upload(t, addr, "/", 1000, 10, 10*time.Second) // 10 bytes, then nothing
+	if code != http.StatusServiceUnavailable || took > 3*time.Second {
+		t.Fatalf("stalled body of a rejected request: status %d after %v; want the fallback 503 within 3s", code, took)
+	}
+	t.Logf("stalled body of a rejected request: %d after %v", code, took)
+}
+
 // TestBulkheadRejectionCounted: with max_concurrent_requests 1 and one request held by
 // the upstream, the next gets the fallback marked X-Fuse-Limit and is counted as
 // fuseproxy_requests_total{outcome="rejected_concurrency"}.
