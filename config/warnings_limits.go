@@ -10,7 +10,7 @@ import (
 func (w *validator) limitWarnings(c *Config) {
 	s := &c.Server
 	if s.MaxConnections == 0 {
-		w.errorf("server.max_connections", "0: no cap on client connections (each open one costs about 50 KiB, idle keep-alive ones included)")
+		w.errorf("server.max_connections", "0: no cap on client connections (each open one costs about 23 KiB, idle keep-alive ones included)")
 	}
 	if s.BodyReadTimeout == 0 {
 		w.errorf("server.body_read_timeout", "0: request bodies have no deadline; a client that stops sending holds its connection and an upstream connection")

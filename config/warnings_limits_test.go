@@ -33,7 +33,7 @@ routes:
 		t.Errorf("warnings:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 	if w := mustParse(t, "server: {max_connections: 0}\n"+minimal, nil).Warnings(); !slices.Equal(w, []string{
-		`config.yaml:1: server.max_connections: 0: no cap on client connections (each open one costs about 50 KiB, idle keep-alive ones included)`,
+		`config.yaml:1: server.max_connections: 0: no cap on client connections (each open one costs about 23 KiB, idle keep-alive ones included)`,
 	}) {
 		t.Errorf("warnings with max_connections 0: %q", w)
 	}
