@@ -28,15 +28,17 @@ type limitListener struct {
 	net.Listener
 	max      int64
 	open     atomic.Int64
-	onReject func() // counts a refused connection; may be nil
-	onOpen   func(delta int)
+	onReject func()          // counts a refused connection; may be nil
+	onOpen   func(delta int) // counts connections opened (+1) and closed (-1); may be nil
 }
 
-func newLimitListener(ln net.Listener, max int, onOpen func(int), onReject func()) net.Listener {
-	if max <= 0 && onOpen == nil {
+// newLimitListener caps ln at limit connections (0: no cap, only counted); onOpen gets
+// +1 and -1 as connections open and close, onReject a call per connection refused.
+func newLimitListener(ln net.Listener, limit int, onOpen func(int), onReject func()) net.Listener {
+	if limit <= 0 && onOpen == nil {
 		return ln
 	}
-	return &limitListener{Listener: ln, max: int64(max), onOpen: onOpen, onReject: onReject}
+	return &limitListener{Listener: ln, max: int64(limit), onOpen: onOpen, onReject: onReject}
 }
 
 // Accept returns the next connection within the cap, closing those past it.
@@ -87,9 +89,10 @@ func (c *limitConn) Close() error {
 // arrived at minRate bytes per second on average. Only the time spent waiting for the
 // client counts (inside Read): time the upstream takes to accept what was read does not,
 // so a slow upstream never makes a client look slow. The deadline is the connection's
-// read deadline (http.ResponseController.SetReadDeadline), moved at each read, and
-// cleared once the body is read or the handler returns. A request without a body is not
-// touched and costs nothing.
+// read deadline (http.ResponseController.SetReadDeadline), moved at each read, cleared
+// at the body's end or before a protocol switch, and kept (or set) for a body the
+// handler left unread (see finish). A request without a body is not touched and costs
+// nothing.
 type bodyLimits struct {
 	timeout     time.Duration // 0: off
 	minRate     int           // bytes per second; 0: no rate rule
