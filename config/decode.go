@@ -14,9 +14,10 @@ import (
 )
 
 const (
-	// maxVisits bounds the nodes one decode may visit: aliases let a small file
-	// describe a huge tree ("billion laughs"). Real configs use a tiny fraction.
-	maxVisits = 1 << 18
+	// maxAliasVisits bounds the nodes one decode may visit beyond those written in the
+	// file: aliases let a small file describe a huge tree ("billion laughs"). Real
+	// configs use a tiny fraction. (The file's own nodes are bounded by MaxFileSize.)
+	maxAliasVisits = 1 << 18
 	// maxMergeDepth bounds merge keys nested inside merged mappings.
 	maxMergeDepth = 32
 	// maxErrors bounds the problems reported for one file.
@@ -35,6 +36,8 @@ type decoder struct {
 	errs    Errors
 	dropped int // problems beyond maxErrors
 	visits  int
+	// maxVisits is the nodes written in the file plus maxAliasVisits (set by document).
+	maxVisits int
 }
 
 func newDecoder(file string, lookup func(string) (string, bool)) *decoder {
@@ -74,17 +77,27 @@ func (d *decoder) visit(n *yaml.Node) (*yaml.Node, bool) {
 		return nil, false
 	}
 	d.visits++
-	if d.visits == maxVisits {
-		d.fail(n, "", "document too large once aliases are expanded")
+	if d.visits == d.maxVisits {
+		d.fail(n, "", "document too large once aliases are expanded (more than %d values beyond the file's own)", maxAliasVisits)
 	}
-	return n, d.visits < maxVisits
+	return n, d.visits < d.maxVisits
 }
 
 // document decodes a parsed file onto cfg.
 func (d *decoder) document(doc *yaml.Node, cfg *Config) {
+	d.maxVisits = countNodes(doc) + maxAliasVisits
 	if doc.Kind == yaml.DocumentNode && len(doc.Content) > 0 {
 		d.decode(doc.Content[0], reflect.ValueOf(cfg).Elem(), "")
 	}
+}
+
+// countNodes counts the nodes written in a parsed file, not following aliases.
+func countNodes(n *yaml.Node) int {
+	c := 1
+	for _, child := range n.Content {
+		c += countNodes(child)
+	}
+	return c
 }
 
 // decode fills v from n. A null node leaves v as it is, that is at its default.

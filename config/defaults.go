@@ -20,6 +20,9 @@ func Default() *Config {
 			IdleTimeout:       120 * time.Second,
 			MaxHeaderBytes:    1 << 20,
 			ShutdownTimeout:   30 * time.Second,
+			MaxConnections:    4096,
+			BodyReadTimeout:   30 * time.Second,
+			BodyMinRate:       500,
 		},
 		Admin: Admin{
 			Listen: "127.0.0.1:9090",
@@ -58,6 +61,7 @@ func DefaultUpstream() *Upstream {
 		ResponseHeaderTimeout: 10 * time.Second,
 		Timeout:               0, // none
 		MaxIdleConnsPerHost:   256,
+		MaxConcurrentRequests: 1024,
 		Breaker: Breaker{
 			Enabled:              true,
 			Mode:                 "normal",

@@ -15,6 +15,10 @@ func TestDefaults(t *testing.T) {
 			IdleTimeout:       120 * time.Second,
 			MaxHeaderBytes:    1 << 20,
 			ShutdownTimeout:   30 * time.Second,
+			// Safe on the internet: a connection cap and a progress deadline for bodies.
+			MaxConnections:  4096,
+			BodyReadTimeout: 30 * time.Second,
+			BodyMinRate:     500,
 		},
 		Admin: Admin{Listen: "127.0.0.1:9090"},
 		Log:   Log{Format: "json", Level: "info"},
@@ -38,6 +42,7 @@ func TestDefaults(t *testing.T) {
 		DialTimeout:           2 * time.Second,
 		ResponseHeaderTimeout: 10 * time.Second,
 		MaxIdleConnsPerHost:   256,
+		MaxConcurrentRequests: 1024, // a bulkhead by default
 		Breaker: Breaker{
 			Enabled: true, Mode: "normal", ConsecutiveFailures: 5, FailureRate: 50,
 			SlowCallDuration: time.Second, MinimumRequests: 20, Window: 10 * time.Second,

@@ -3,7 +3,6 @@ package config
 import (
 	"bytes"
 	"errors"
-	"fmt"
 	"io"
 	"os"
 	"strconv"
@@ -15,11 +14,12 @@ import (
 // Load reads the config file at path and returns it decoded onto the defaults,
 // overridden by the process environment (ApplyEnv) and validated. Problems with the
 // file's content are returned as *Errors; a file that cannot be read gives the
-// os error, wrapped (errors.Is(err, fs.ErrNotExist) works).
+// os error, wrapped (errors.Is(err, fs.ErrNotExist) works). The file is read with
+// ReadFile: it must be a regular file of at most MaxFileSize bytes.
 func Load(path string) (*Config, error) {
-	data, err := os.ReadFile(path)
+	data, err := ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("config: %w", err)
+		return nil, err
 	}
 	return Parse(path, data)
 }

@@ -543,7 +543,7 @@ func TestAliasBombIsBounded(t *testing.T) {
 	b.WriteString("upstreams:\n  p:\n    targets: [http://a]\n    breaker: {<<: *m12}\nroutes: [{upstream: p}]\n")
 	start := time.Now()
 	_, err := parse(t, b.String(), nil)
-	want := "config.yaml:1: document too large once aliases are expanded"
+	want := "config.yaml:1: document too large once aliases are expanded (more than 262144 values beyond the file's own)"
 	if err == nil || err.Error() != want {
 		t.Fatalf("err = %v, want %s", err, want)
 	}

@@ -38,6 +38,12 @@ type Server struct {
 	IdleTimeout       time.Duration `yaml:"idle_timeout"`
 	MaxHeaderBytes    int           `yaml:"max_header_bytes"`
 	ShutdownTimeout   time.Duration `yaml:"shutdown_timeout"`
+
+	// Limits against exhaustion (a connection cap and a progress deadline for request
+	// bodies); see the config reference for the reasons of their defaults.
+	MaxConnections  int           `yaml:"max_connections"`   // 0 = no cap
+	BodyReadTimeout time.Duration `yaml:"body_read_timeout"` // 0 = no body deadline
+	BodyMinRate     int           `yaml:"body_min_rate"`     // bytes/s; 0 = no rate rule
 }
 
 // Admin is the admin/metrics listener.
@@ -114,9 +120,12 @@ type Upstream struct {
 	ResponseHeaderTimeout time.Duration `yaml:"response_header_timeout"`
 	Timeout               time.Duration `yaml:"timeout"` // whole request, 0 = none
 	MaxIdleConnsPerHost   int           `yaml:"max_idle_conns_per_host"`
-	Breaker               Breaker       `yaml:"breaker"`
-	Failure               Failure       `yaml:"failure"`
-	Fallback              Fallback      `yaml:"fallback"`
+	// MaxConcurrentRequests is the upstream's bulkhead: requests in flight to it beyond
+	// this get the fallback at once. 0 = no cap.
+	MaxConcurrentRequests int      `yaml:"max_concurrent_requests"`
+	Breaker               Breaker  `yaml:"breaker"`
+	Failure               Failure  `yaml:"failure"`
+	Fallback              Fallback `yaml:"fallback"`
 
 	// TargetURLs are Targets parsed (not a YAML key; filled by Load).
 	TargetURLs []*url.URL `yaml:"-"`

@@ -59,6 +59,9 @@ func (v *validator) server(s *Server) {
 	v.nonNegative("server.idle_timeout", s.IdleTimeout)
 	v.atLeast("server.max_header_bytes", s.MaxHeaderBytes, 0)
 	v.nonNegative("server.shutdown_timeout", s.ShutdownTimeout)
+	v.atLeast("server.max_connections", s.MaxConnections, 0)
+	v.nonNegative("server.body_read_timeout", s.BodyReadTimeout)
+	v.atLeast("server.body_min_rate", s.BodyMinRate, 0)
 }
 
 func (v *validator) admin(a *Admin) {
@@ -175,6 +178,7 @@ func (v *validator) upstream(p string, u *Upstream) {
 	v.nonNegative(p+".response_header_timeout", u.ResponseHeaderTimeout)
 	v.nonNegative(p+".timeout", u.Timeout)
 	v.atLeast(p+".max_idle_conns_per_host", u.MaxIdleConnsPerHost, 0)
+	v.atLeast(p+".max_concurrent_requests", u.MaxConcurrentRequests, 0)
 	v.breaker(p+".breaker", &u.Breaker)
 	v.failure(p+".failure", &u.Failure)
 	v.intBetween(p+".fallback.status", u.Fallback.Status, 100, 599)

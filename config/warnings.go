@@ -33,6 +33,7 @@ func (c *Config) Warnings() []string {
 		}
 	}
 	w.shadowedRoutes(c.Routes)
+	w.limitWarnings(c)
 
 	errs, _ := w.errs.err().(*Errors)
 	if errs == nil {

@@ -50,8 +50,9 @@ func BenchmarkHandler(b *testing.B) {
 	u := &config.Upstream{
 		Targets: []string{backend.URL}, TargetURLs: []*url.URL{target},
 		DialTimeout: 2 * time.Second, ResponseHeaderTimeout: 10 * time.Second, MaxIdleConnsPerHost: 256,
-		Breaker: config.Breaker{Enabled: true},
-		Failure: config.Failure{TransportErrors: true, Timeouts: true},
+		MaxConcurrentRequests: 1024, // the default: the bulkhead is on
+		Breaker:               config.Breaker{Enabled: true},
+		Failure:               config.Failure{TransportErrors: true, Timeouts: true},
 	}
 	u.Failure.FailureStatus = defaultFailures()
 	cfg := &config.Config{

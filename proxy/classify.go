@@ -47,11 +47,14 @@ const (
 	// Ignored: the outcome did not count for the breaker: the client cancelled its
 	// request or failed to send its body, or the failure settings exclude the error.
 	Ignored
+	// RejectedConcurrency: the upstream's bulkhead (max_concurrent_requests) was full;
+	// the request got the fallback and never reached the breaker or the upstream.
+	RejectedConcurrency
 )
 
 // Results lists every Result, for pre-registering metric label values.
 func Results() []Result {
-	return []Result{Success, FailureStatus, FailureTransport, FailureTimeout, FailureBody, Rejected, WouldReject, Ignored}
+	return []Result{Success, FailureStatus, FailureTransport, FailureTimeout, FailureBody, Rejected, WouldReject, Ignored, RejectedConcurrency}
 }
 
 // String returns the result's metric label value, such as "failure_status".
@@ -73,6 +76,8 @@ func (r Result) String() string {
 		return "would_reject"
 	case Ignored:
 		return "ignored"
+	case RejectedConcurrency:
+		return "rejected_concurrency"
 	}
 	return "unknown"
 }
@@ -182,8 +187,10 @@ func (e *exchange) WriteHeader(code int) {
 	if !e.done {
 		e.report(e.up.classifyStatus(code))
 	}
-	// Only rejections carry HeaderCircuit, even behind another fuseproxy.
-	delete(e.w.Header(), HeaderCircuit)
+	// Only rejections carry HeaderCircuit or HeaderLimit, even behind another fuseproxy.
+	h := e.w.Header()
+	delete(h, HeaderCircuit)
+	delete(h, HeaderLimit)
 	e.w.WriteHeader(code)
 }
 

@@ -79,6 +79,9 @@ type upstream struct {
 	countTransport bool
 	countTimeouts  bool
 	fallback       fallback
+	bulkhead       *bulkhead     // shared with the same-named upstream of the tables before and after
+	maxConcurrent  int64         // the bulkhead's cap in this table (setLimits)
+	limited        limitResponse // the answer when the bulkhead is full
 	// Precomputed JSON bodies of the proxy's own error responses.
 	errBadGateway, errGatewayTimeout, errBadRequest []byte
 }
@@ -114,6 +117,7 @@ func New(cfg *config.Config, breakers map[string]*breaker.Breaker, opts Options)
 		return nil, err
 	}
 	p.table.Store(t)
+	t.setLimits()
 	return p, nil
 }
 
@@ -133,6 +137,7 @@ func (p *Proxy) Update(cfg *config.Config, breakers map[string]*breaker.Breaker)
 		return err
 	}
 	p.table.Store(t)
+	t.setLimits()
 	kept := t.transports()
 	reused := 0
 	for tr := range old.transports() {
@@ -172,6 +177,13 @@ func (p *Proxy) build(cfg *config.Config, breakers map[string]*breaker.Breaker, 
 			transports[up.tkey] = up.transport
 		}
 	}
+	// An upstream keeps its bulkhead (its count of requests in flight) across tables.
+	bulkheads := map[string]*bulkhead{}
+	if old != nil {
+		for name, up := range old.upstreams {
+			bulkheads[name] = up.bulkhead
+		}
+	}
 	for name, cu := range cfg.Upstreams {
 		if cu == nil {
 			return nil, fmt.Errorf("proxy: upstream %q has no settings", name)
@@ -179,6 +191,9 @@ func (p *Proxy) build(cfg *config.Config, breakers map[string]*breaker.Breaker, 
 		up, err := newUpstream(name, cu, breakers[name])
 		if err != nil {
 			return nil, err
+		}
+		if bh := bulkheads[name]; bh != nil {
+			up.bulkhead = bh
 		}
 		up.transport = transports[up.tkey]
 		if up.transport == nil {
@@ -252,6 +267,9 @@ func newUpstream(name string, cu *config.Upstream, b *breaker.Breaker) (*upstrea
 		up.targets = append(up.targets, &c)
 	}
 	up.tkey = newTransportKey(cu, up.targets)
+	up.bulkhead = new(bulkhead)
+	up.maxConcurrent = int64(cu.MaxConcurrentRequests)
+	up.limited = newLimitResponse(name, cu, &up.fallback)
 	return up, nil
 }
 
@@ -304,6 +322,16 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	up := rt.up
+	// The bulkhead comes before the breaker: a request it refuses never reaches the
+	// breaker, so it is neither a failure nor a trial (bulkhead.go).
+	if !up.bulkhead.acquire() {
+		up.limited.write(w)
+		if p.rec != nil {
+			p.rec.Request(up.name, RejectedConcurrency, 0)
+		}
+		return
+	}
+	defer up.bulkhead.release()
 
 	var ticket breaker.Ticket
 	if b := up.breaker; b != nil {

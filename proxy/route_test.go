@@ -387,7 +387,7 @@ func ExampleResult_String() {
 	for _, r := range Results() {
 		fmt.Print(r, " ")
 	}
-	// Output: success failure_status failure_transport failure_timeout failure_body rejected would_reject ignored
+	// Output: success failure_status failure_transport failure_timeout failure_body rejected would_reject ignored rejected_concurrency
 }
 
 // TestCleanPath checks cleanPath against its definition on random paths.

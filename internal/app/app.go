@@ -291,6 +291,7 @@ func (a *App) Run(ctx context.Context) error {
 		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
 	}
 	proxyAddr, adminAddr := ln.Addr().String(), adminLn.Addr().String()
+	ln = newLimitListener(ln, cfg.Server.MaxConnections, a.metrics.ConnectionsOpened, a.metrics.ConnectionRejected)
 	a.proxyAddr.Store(&proxyAddr)
 	a.adminAddr.Store(&adminAddr)
 
@@ -322,13 +323,19 @@ func (a *App) Run(ctx context.Context) error {
 			w.Run(storeCtx, a.opts.WatchInterval, func() {
 				a.log.Info("config file changed; reloading", zap.String("path", cfg.Path))
 				_ = a.ReloadFile()
+			}, func(err error) {
+				// Every failure to read the watched file is a line: a file that cannot be
+				// read is never loaded, and the old config keeps serving.
+				a.metrics.Reloaded(err)
+				a.log.Error("config file unreadable; the old config keeps serving", zap.String("path", cfg.Path), zap.Error(err))
 			})
 		}()
 	}
 
 	ups := newUpgrades()
 	srv := &http.Server{
-		Handler:           ups.wrap(a.proxy),
+		Handler: bodyLimits{timeout: cfg.Server.BodyReadTimeout, minRate: cfg.Server.BodyMinRate,
+			readTimeout: cfg.Server.ReadTimeout}.wrap(ups.wrap(a.proxy)),
 		ConnContext:       ups.connContext,
 		ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout,
 		ReadTimeout:       cfg.Server.ReadTimeout,

@@ -57,6 +57,8 @@ type Metrics struct {
 	reloads           *prometheus.CounterVec
 	eventsDropped     prometheus.Counter
 	webhookDeliveries *prometheus.CounterVec
+	connsOpen         prometheus.Gauge   // client connections of the proxy listener
+	connsRejected     prometheus.Counter // refused past server.max_connections
 
 	// upstreams holds each counted upstream's counts (upstreams.go); replaced whole by
 	// SetUpstreams.
@@ -65,7 +67,7 @@ type Metrics struct {
 }
 
 const (
-	numResults = 8 // len(proxy.Results())
+	numResults = 9 // len(proxy.Results())
 	numStates  = 3 // closed, open, half_open
 )
 
@@ -110,6 +112,14 @@ func New(o Options) *Metrics {
 		Namespace: Namespace, Name: "webhook_deliveries_total",
 		Help: "Event deliveries to webhooks, by result (failure: every attempt failed).",
 	}, []string{"result"})
+	m.connsOpen = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: Namespace, Name: "connections_open",
+		Help: "Client connections open on the proxy listener (idle keep-alive, in use and upgraded ones).",
+	})
+	m.connsRejected = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: Namespace, Name: "connections_rejected_total",
+		Help: "Client connections closed at once because server.max_connections were open.",
+	})
 	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: Namespace, Name: "build_info",
 		Help:        "Always 1; the labels name the build.",
@@ -123,7 +133,8 @@ func New(o Options) *Metrics {
 		m.webhookDeliveries.WithLabelValues(r)
 	}
 	m.reg.MustRegister(newUpstreamCollector(m), m.flushDuration, m.flushErrors,
-		m.degraded, m.propagation, m.reloads, m.eventsDropped, m.webhookDeliveries, buildInfo)
+		m.degraded, m.propagation, m.reloads, m.eventsDropped, m.webhookDeliveries,
+		m.connsOpen, m.connsRejected, buildInfo)
 	if o.Circuits != nil {
 		m.reg.MustRegister(newCircuitCollector(o.Circuits))
 	}
@@ -201,6 +212,12 @@ func (m *Metrics) Transition(t breaker.Transition) {
 	}
 	um.transitions[t.From][t.To].Add(1)
 }
+
+// ConnectionsOpened adds delta (1 or -1) to the client connections open.
+func (m *Metrics) ConnectionsOpened(delta int) { m.connsOpen.Add(float64(delta)) }
+
+// ConnectionRejected counts a client connection refused past server.max_connections.
+func (m *Metrics) ConnectionRejected() { m.connsRejected.Inc() }
 
 // EventDropped counts a transition event dropped because the event queue was full.
 func (m *Metrics) EventDropped() { m.eventsDropped.Inc() }

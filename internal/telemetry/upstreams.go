@@ -66,7 +66,7 @@ func newUpstreamCollector(m *Metrics) *upstreamCollector {
 	c := &upstreamCollector{
 		m: m,
 		requests: prometheus.NewDesc(Namespace+"_requests_total",
-			"Requests routed to an upstream, by outcome. A request a metrics_only breaker would have rejected is also counted as would_reject; a success whose body the upstream then broke off, also as failure_body.",
+			"Requests routed to an upstream, by outcome. A request a metrics_only breaker would have rejected is also counted as would_reject; a success whose body the upstream then broke off, also as failure_body; rejected_concurrency is a request the upstream's bulkhead (max_concurrent_requests) refused.",
 			[]string{"upstream", "outcome"}, nil),
 		duration: prometheus.NewDesc(Namespace+"_upstream_request_duration_seconds",
 			"Time from admission to the upstream's response headers (or the error) for requests that reached the upstream and counted as success or failure.",

@@ -1,15 +1,18 @@
 // Package watch notices when a file's content changes. It polls (no platform-specific
 // notification API, no dependency) and debounces: an editor that truncates, writes and
 // renames in several steps produces one change, reported once the content has stayed the
-// same for one more poll.
+// same for one more poll. The file is read with config.ReadFile: only a regular file of at
+// most config.MaxFileSize bytes is read, so a named pipe, a device or a huge file at the
+// path neither blocks the watcher nor costs memory; each such failure is reported.
 package watch
 
 import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"os"
 	"time"
+
+	"github.com/fuseproxy/fuseproxy/config"
 )
 
 // Watcher watches one file.
@@ -20,13 +23,21 @@ type Watcher struct {
 
 // New reads the file's content now, as the reference later changes are measured
 // against. Create it before loading the file, so no change slips in between.
-func New(path string) *Watcher { return &Watcher{path: path, last: digest(path)} }
+func New(path string) *Watcher {
+	d, _ := digest(path)
+	return &Watcher{path: path, last: d}
+}
 
 // Run calls onChange each time the content changes and then holds still for one
-// interval. It returns when ctx ends. A missing or unreadable file is not a change: the
-// last content read stays the reference until the file is readable again.
-func (w *Watcher) Run(ctx context.Context, interval time.Duration, onChange func()) {
+// interval. It returns when ctx ends. A file that cannot be read (missing, a dangling
+// symbolic link, not a regular file, larger than config.MaxFileSize) is not a change:
+// the last content read stays the reference until the file is readable again. Such a
+// failure is passed to onError (when not nil) once, and again only when the error
+// changes or after the file was readable in between, so a lasting problem is reported
+// without repeating it every poll.
+func (w *Watcher) Run(ctx context.Context, interval time.Duration, onChange func(), onError func(error)) {
 	var pending []byte // content seen changed, waiting to hold still
+	var lastErr string // the failure last reported, "" when the last read worked
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -35,7 +46,15 @@ func (w *Watcher) Run(ctx context.Context, interval time.Duration, onChange func
 			return
 		case <-t.C:
 		}
-		d := digest(w.path)
+		d, err := digest(w.path)
+		if err != nil {
+			if msg := err.Error(); msg != lastErr && onError != nil {
+				onError(err)
+				lastErr = msg
+			}
+		} else {
+			lastErr = ""
+		}
 		switch {
 		case d == nil || bytes.Equal(d, w.last):
 			pending = nil
@@ -48,11 +67,11 @@ func (w *Watcher) Run(ctx context.Context, interval time.Duration, onChange func
 	}
 }
 
-func digest(path string) []byte {
-	b, err := os.ReadFile(path)
+func digest(path string) ([]byte, error) {
+	b, err := config.ReadFile(path)
 	if err != nil {
-		return nil
+		return nil, err
 	}
 	sum := sha256.Sum256(b)
-	return sum[:]
+	return sum[:], nil
 }
