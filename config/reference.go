@@ -26,7 +26,7 @@ var Reference = []FieldDoc{
 
 	{"admin", "", "", "The admin API and metrics listener."},
 	{"admin.listen", "127.0.0.1:9090", "", "Address of the admin API and /metrics, host:port. A non-loopback address requires a token."},
-	{"admin.token", `""`, "FUSE_ADMIN_TOKEN", "Bearer token the admin API requires. Prefer the environment variable to writing it in the file."},
+	{"admin.token", `""`, "FUSE_ADMIN_TOKEN", "Bearer token the admin API requires. Prefer the environment variable to writing it in the file. Surrounding whitespace (the trailing newline of a secret made from a file) is removed; a control character inside is an error."},
 
 	{"log", "", "", "Logging."},
 	{"log.format", "json", "", "`json` or `console`."},

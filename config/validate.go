@@ -66,6 +66,9 @@ func (v *validator) admin(a *Admin) {
 	if ok && a.Token == "" && !isLoopback(host) {
 		v.errorf("admin.listen", "%s is not a loopback address, so an admin token is required (set admin.token or env FUSE_ADMIN_TOKEN)", quote(a.Listen))
 	}
+	if _, err := CleanToken(a.Token); err != nil {
+		v.errorf("admin.token", "%v", err)
+	}
 }
 
 func (v *validator) store(s *Store) {
