@@ -69,6 +69,11 @@ func (v *validator) admin(a *Admin) {
 	if _, err := CleanToken(a.Token); err != nil {
 		v.errorf("admin.token", "%v", err)
 	}
+	for i, h := range a.AllowedHosts {
+		if !isHostname(strings.TrimSuffix(h, ".")) {
+			v.errorf(fmt.Sprintf("admin.allowed_hosts[%d]", i), "must be a host name (no scheme, port or wildcard), got %s", quote(h))
+		}
+	}
 }
 
 func (v *validator) store(s *Store) {

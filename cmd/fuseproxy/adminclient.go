@@ -130,6 +130,8 @@ func (c *adminClient) call(method, path string, in any) (int, []byte, error) {
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	// The admin API refuses a command without it, as one a web page could have sent.
+	req.Header.Set(admin.HeaderAdmin, "1")
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
