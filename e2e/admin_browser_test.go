@@ -37,7 +37,8 @@ func startBrowser(t testing.TB, stdout io.Writer, url string, extra ...string) <
 	t.Helper()
 	args := append([]string{"--headless", "--no-sandbox", "--disable-gpu",
 		"--disable-background-networking", "--disable-component-update", "--disable-sync",
-		"--no-first-run", "--disable-dev-shm-usage", "--user-data-dir=" + t.TempDir()}, extra...)
+		"--no-first-run", "--disable-dev-shm-usage", "--disable-breakpad", "--disable-crash-reporter",
+		"--user-data-dir=" + t.TempDir()}, extra...)
 	cmd := exec.Command(chromium(t), append(args, url)...)
 	cmd.Stdout, cmd.Stderr = stdout, io.Discard
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -47,6 +48,11 @@ func startBrowser(t testing.TB, stdout io.Writer, url string, extra ...string) <
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(done) }()
 	t.Cleanup(func() {
+		select {
+		case <-done:
+			return // exited by itself (--dump-dom): its group is gone with it
+		default:
+		}
 		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
 		select {
 		case <-done:
