@@ -47,6 +47,10 @@ func ParseWithEnv(path string, data []byte, lookup func(string) (string, bool)) 
 
 	set, envErrs := applyEnv(cfg, lookup)
 	problems = append(problems, envErrs...)
+	// The token as operators write it (validate reports one CleanToken refuses).
+	if tok, err := CleanToken(cfg.Admin.Token); err == nil {
+		cfg.Admin.Token = tok
+	}
 
 	cfg.Path = path
 	cfg.origin = &origin{file: path, lines: d.lines, env: set}

@@ -29,7 +29,8 @@ var Reference = []FieldDoc{
 
 	{"admin", "", "", "The admin API and metrics listener."},
 	{"admin.listen", "127.0.0.1:9090", "", "Address of the admin API and /metrics, host:port. A non-loopback address requires a token."},
-	{"admin.token", `""`, "FUSE_ADMIN_TOKEN", "Bearer token the admin API requires. Prefer the environment variable to writing it in the file."},
+	{"admin.token", `""`, "FUSE_ADMIN_TOKEN", "Bearer token the admin API requires. Prefer the environment variable to writing it in the file. Surrounding whitespace (the trailing newline of a secret made from a file) is removed; a control character inside is an error."},
+	{"admin.allowed_hosts", "[]", "", "Host names, besides IP addresses and `localhost`, that the admin API accepts in the Host header, any port: e.g. a Kubernetes service name Prometheus scrapes by. Any other name gets 403, so a DNS-rebinding web page cannot read the API. Empty by default: IP addresses and localhost cover the probes, `kubectl port-forward` and scrapes by pod IP."},
 
 	{"log", "", "", "Logging."},
 	{"log.format", "json", "", "`json` or `console`."},

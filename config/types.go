@@ -50,6 +50,9 @@ type Server struct {
 type Admin struct {
 	Listen string `yaml:"listen"`
 	Token  string `yaml:"token"`
+	// AllowedHosts are the names, besides IP literals and localhost, that the admin API
+	// accepts in a request's Host header (a defence against DNS rebinding).
+	AllowedHosts []string `yaml:"allowed_hosts"`
 }
 
 // Log selects the zap encoder and level.

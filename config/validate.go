@@ -69,6 +69,14 @@ func (v *validator) admin(a *Admin) {
 	if ok && a.Token == "" && !isLoopback(host) {
 		v.errorf("admin.listen", "%s is not a loopback address, so an admin token is required (set admin.token or env FUSE_ADMIN_TOKEN)", quote(a.Listen))
 	}
+	if _, err := CleanToken(a.Token); err != nil {
+		v.errorf("admin.token", "%v", err)
+	}
+	for i, h := range a.AllowedHosts {
+		if !isHostname(strings.TrimSuffix(h, ".")) {
+			v.errorf(fmt.Sprintf("admin.allowed_hosts[%d]", i), "must be a host name (no scheme, port or wildcard), got %s", quote(h))
+		}
+	}
 }
 
 func (v *validator) store(s *Store) {

@@ -62,6 +62,7 @@ type faultRoute struct {
 // faultConfig is one replica's config for the fault tests.
 type faultConfig struct {
 	Listen, AdminListen, ReplicaID, AdminToken string
+	AdminAllowedHosts                          []string
 
 	Store         string // memory | redis
 	RedisURL      string
@@ -88,6 +89,9 @@ admin:
   listen: {{q .AdminListen}}
 {{- if .AdminToken}}
   token: {{q .AdminToken}}
+{{- end}}
+{{- if .AdminAllowedHosts}}
+  allowed_hosts: [{{range $i, $h := .AdminAllowedHosts}}{{if $i}}, {{end}}{{q $h}}{{end}}]
 {{- end}}
 log:
   format: json
@@ -400,6 +404,7 @@ func faultAdmin(t testing.TB, c *http.Client, addr, method, path, token, body st
 	if body != "" {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	req.Header.Set("X-Fuse-Admin", "1") // as the CLI does
 	return do(c, req)
 }
 

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/fuseproxy/fuseproxy/config"
 	"github.com/fuseproxy/fuseproxy/internal/admin"
 )
 
@@ -23,6 +24,7 @@ const defaultAdminURL = "http://127.0.0.1:9090"
 
 // adminFlags are the flags every admin command takes.
 type adminFlags struct {
+	fs      *flag.FlagSet
 	url     string
 	token   string
 	json    bool
@@ -33,7 +35,7 @@ type adminFlags struct {
 func newAdminFlagSet(name string, stderr io.Writer, timeout time.Duration) (*flag.FlagSet, *adminFlags) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	f := &adminFlags{}
+	f := &adminFlags{fs: fs}
 	def := os.Getenv("FUSE_ADMIN_URL")
 	if def == "" {
 		def = defaultAdminURL
@@ -71,12 +73,25 @@ type adminClient struct {
 	http  *http.Client
 }
 
-func (f *adminFlags) client() *adminClient {
+// client returns the client the flags describe. The token is read as the server reads
+// admin.token (config.CleanToken): a trailing newline from a secret file is dropped, and
+// a control character inside is an error naming where the token came from.
+func (f *adminFlags) client() (*adminClient, error) {
 	base := strings.TrimRight(f.url, "/")
 	if !strings.Contains(base, "://") {
 		base = "http://" + base
 	}
-	return &adminClient{base: base, token: f.token, http: &http.Client{Timeout: f.timeout}}
+	token, err := config.CleanToken(f.token)
+	if err != nil {
+		source := "env FUSE_ADMIN_TOKEN"
+		f.fs.Visit(func(fl *flag.Flag) {
+			if fl.Name == "token" {
+				source = "--token"
+			}
+		})
+		return nil, fmt.Errorf("%s: %w", source, err)
+	}
+	return &adminClient{base: base, token: token, http: &http.Client{Timeout: f.timeout}}, nil
 }
 
 // apiError is an answer with a status other than 2xx.
@@ -115,6 +130,8 @@ func (c *adminClient) call(method, path string, in any) (int, []byte, error) {
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	// The admin API refuses a command without it, as one a web page could have sent.
+	req.Header.Set(admin.HeaderAdmin, "1")
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
 	}

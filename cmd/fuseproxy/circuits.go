@@ -52,7 +52,10 @@ func circuits(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stderr, "fuseproxy circuits %s: want %d argument(s), got %d\n\n%s", sub, n, len(pos), circuitsUsage)
 		return errUsage
 	}
-	c := f.client()
+	c, err := f.client()
+	if err != nil {
+		return err
+	}
 	switch sub {
 	case "list":
 		return circuitsList(c, f.json, stdout)

@@ -239,6 +239,31 @@ func TestAdminCommandsToken(t *testing.T) {
 	}
 }
 
+// TestAdminTokenAsWritten: the CLI reads its token as the server does (config.CleanToken):
+// a FUSE_ADMIN_TOKEN with the trailing newline of a secret made from a file works (it
+// used to fail every command, the image's HEALTHCHECK included, with "invalid header
+// field value"), and a control character inside is an error naming where it came from.
+func TestAdminTokenAsWritten(t *testing.T) {
+	srv, _ := adminServer(t, "tok-123")
+	t.Setenv("FUSE_ADMIN_TOKEN", "tok-123\n")
+	if code, out, errs := runCLI("health", "--admin", srv.URL); code != 0 {
+		t.Errorf("health with FUSE_ADMIN_TOKEN ending in a newline: exit %d, %q %q", code, out, errs)
+	}
+	if code, _, errs := runCLI("circuits", "open", "api", "--admin", srv.URL); code != 0 {
+		t.Errorf("circuits open with FUSE_ADMIN_TOKEN ending in a newline: exit %d, %q", code, errs)
+	}
+	if code, _, errs := runCLI("reload", "--admin", srv.URL, "--token", " tok-123\r\n"); code != 0 {
+		t.Errorf("reload with --token in blanks: exit %d, %q", code, errs)
+	}
+	t.Setenv("FUSE_ADMIN_TOKEN", "tok\n-123")
+	if code, _, errs := runCLI("circuits", "list", "--admin", srv.URL); code != 1 || !strings.Contains(errs, "env FUSE_ADMIN_TOKEN: the token has a control character ('\\n') at byte 3") {
+		t.Errorf("FUSE_ADMIN_TOKEN with a newline inside: exit %d, %q", code, errs)
+	}
+	if code, _, errs := runCLI("health", "--admin", srv.URL, "--token", "tok\x01"); code != 1 || !strings.Contains(errs, "--token: the token has a control character") {
+		t.Errorf("--token with a control character: exit %d, %q", code, errs)
+	}
+}
+
 func TestHealth(t *testing.T) {
 	srv, f := adminServer(t, "")
 	code, out, errs := runCLI("health", "--admin", srv.URL)

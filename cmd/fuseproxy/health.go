@@ -18,7 +18,11 @@ func health(args []string, stdout, stderr io.Writer) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	status, data, err := f.client().call(http.MethodGet, "/readyz", nil)
+	c, err := f.client()
+	if err != nil {
+		return fmt.Errorf("not ready: %w", err)
+	}
+	status, data, err := c.call(http.MethodGet, "/readyz", nil)
 	if f.json && data != nil {
 		printJSON(stdout, data)
 	}

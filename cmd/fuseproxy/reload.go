@@ -16,7 +16,11 @@ func reloadCmd(args []string, stdout, stderr io.Writer) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	_, data, err := f.client().call(http.MethodPost, "/reload", nil)
+	c, err := f.client()
+	if err != nil {
+		return err
+	}
+	_, data, err := c.call(http.MethodPost, "/reload", nil)
 	if f.json && data != nil {
 		printJSON(stdout, data)
 	}

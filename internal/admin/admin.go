@@ -29,6 +29,14 @@
 // answers only "ok", so liveness probes need no secret. Without a token the API must be
 // on loopback: Listen refuses any other address, and the handler itself answers 403 to a
 // connection that arrived on a non-loopback address.
+//
+// Whether or not there is a token, web pages the operator's browser opens can neither
+// steer nor read the API (see guard): every route but /healthz answers 403 to a Host
+// header that is not an IP address, localhost or a name in admin.allowed_hosts (DNS
+// rebinding), and every command (any method but GET, HEAD and OPTIONS) answers 403 when
+// Sec-Fetch-Site or Origin names another origin, or when it carries none of
+// X-Fuse-Admin, Authorization or Content-Type: application/json, which a page cannot send
+// to another origin without a CORS preflight, never granted here.
 package admin
 
 import (
@@ -75,6 +83,9 @@ type Options struct {
 	// Token is the bearer token every route but /healthz requires; empty: none (loopback
 	// only).
 	Token string
+	// AllowedHosts are the names, besides IP literals and localhost, accepted in the
+	// Host header (admin.allowed_hosts).
+	AllowedHosts []string
 	// Gatherer serves /metrics; nil: /metrics answers 404.
 	Gatherer prometheus.Gatherer
 	Logger   *zap.Logger
@@ -92,6 +103,7 @@ type handler struct {
 	token   [sha256.Size]byte // hash of Options.Token, compared in constant time
 	mux     *http.ServeMux
 	metrics http.Handler
+	guard   *guard
 }
 
 // NewHandler returns the admin API for b.
@@ -105,7 +117,8 @@ func NewHandler(b Backend, o Options) http.Handler {
 	if o.StoreTimeout <= 0 {
 		o.StoreTimeout = 5 * time.Second
 	}
-	h := &handler{b: b, o: o, log: o.Logger, mux: http.NewServeMux(), token: sha256.Sum256([]byte(o.Token))}
+	h := &handler{b: b, o: o, log: o.Logger, mux: http.NewServeMux(), token: sha256.Sum256([]byte(o.Token)),
+		guard: newGuard(o.AllowedHosts)}
 	if o.Gatherer != nil {
 		h.metrics = promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{
 			ErrorLog: zap.NewStdLog(o.Logger.Named("metrics")), ErrorHandling: promhttp.ContinueOnError,
@@ -144,6 +157,10 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	if r.URL.Path != "/healthz" {
+		if why := h.guard.hostRefusal(r); why != "" {
+			writeJSON(w, http.StatusForbidden, Error{Error: why})
+			return
+		}
 		if h.o.Token == "" {
 			if !loopbackConn(r) {
 				writeJSON(w, http.StatusForbidden, Error{Error: "admin API without a token is served on loopback only"})
@@ -152,6 +169,10 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		} else if !h.authorized(r) {
 			w.Header().Set("WWW-Authenticate", "Bearer")
 			writeJSON(w, http.StatusUnauthorized, Error{Error: "unauthorized"})
+			return
+		}
+		if why := h.guard.commandRefusal(r); why != "" {
+			writeJSON(w, http.StatusForbidden, Error{Error: why})
 			return
 		}
 	}

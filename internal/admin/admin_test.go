@@ -121,6 +121,9 @@ func do(t testing.TB, method, url, token, body string) answer {
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
+	if method != http.MethodGet {
+		req.Header.Set(admin.HeaderAdmin, "1") // as the CLI does
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, url, err)
@@ -450,7 +453,7 @@ func TestNoTokenOnlyOnLoopback(t *testing.T) {
 		{&net.TCPAddr{IP: net.ParseIP("10.1.2.3"), Port: 9090}, 403},
 		{&net.TCPAddr{IP: net.ParseIP("0.0.0.0"), Port: 9090}, 403},
 	} {
-		req := httptest.NewRequest("GET", "/circuits", nil)
+		req := httptest.NewRequest("GET", "http://"+tc.addr.String()+"/circuits", nil)
 		req = req.WithContext(context.WithValue(req.Context(), http.LocalAddrContextKey, tc.addr))
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, req)

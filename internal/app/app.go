@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -175,8 +176,8 @@ func (a *App) circuits(cfg *config.Config, bs map[string]*breaker.Breaker) map[s
 // Reload swaps in a new validated config: in-flight requests finish on the old routes,
 // existing circuits keep their state and counts under the new thresholds, removed
 // upstreams are dropped (with their metric series) and new ones start closed (or adopt
-// the shared state). Events settings apply at once except queue_size; admin.listen and
-// admin.token need a restart.
+// the shared state). Events settings apply at once except queue_size; admin.listen,
+// admin.token and admin.allowed_hosts need a restart.
 func (a *App) Reload(cfg *config.Config) (err error) {
 	defer func() { a.metrics.Reloaded(err) }()
 	a.reloadMu.Lock()
@@ -199,8 +200,8 @@ func (a *App) Reload(cfg *config.Config) (err error) {
 	a.mu.Lock()
 	a.cfg, a.breakers = cfg, bs
 	a.mu.Unlock()
-	if cfg.Admin != oldCfg.Admin {
-		a.log.Warn("admin.listen and admin.token changes take effect at the next restart")
+	if na, oa := cfg.Admin, oldCfg.Admin; na.Listen != oa.Listen || na.Token != oa.Token || !slices.Equal(na.AllowedHosts, oa.AllowedHosts) {
+		a.log.Warn("admin.listen, admin.token and admin.allowed_hosts changes take effect at the next restart")
 	}
 	if cfg.Events.QueueSize != oldCfg.Events.QueueSize {
 		a.log.Warn("events.queue_size changes take effect at the next restart")
@@ -296,7 +297,7 @@ func (a *App) Run(ctx context.Context) error {
 	a.adminAddr.Store(&adminAddr)
 
 	adminSrv := admin.NewServer(admin.NewHandler(a, admin.Options{
-		Token: cfg.Admin.Token, Gatherer: a.metrics.Registry(), Logger: a.log,
+		Token: cfg.Admin.Token, AllowedHosts: cfg.Admin.AllowedHosts, Gatherer: a.metrics.Registry(), Logger: a.log,
 	}), a.log)
 	adminErr := make(chan error, 1)
 	go func() { adminErr <- adminSrv.Serve(adminLn) }()
