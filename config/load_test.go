@@ -341,6 +341,16 @@ routes:
 			want: `config.yaml:6: routes[0].path_prefix: must start with "/", got "api/"`,
 		},
 		{
+			name: "path prefix with a dot-segment",
+			src:  minimal + "    path_prefix: /api/../admin\n",
+			want: `config.yaml:6: routes[0].path_prefix: must be a clean path (no "." or ".." segment, no "//"): requests are matched cleaned, so "/api/../admin" would never match`,
+		},
+		{
+			name: "target path escaping its base",
+			src:  "upstreams:\n  payments:\n    targets: [http://a/tenant/%2e%2e/x]\nroutes:\n  - upstream: payments\n",
+			want: `config.yaml:3: upstreams.payments.targets[0]: the path of "http://a/tenant/%2e%2e/x" must be clean: no "." or ".." segment (also not percent-encoded, or before a ";" or "\"), no "//", no "%25"`,
+		},
+		{
 			name: "bad method",
 			src:  minimal + "    methods: [get, \"PO ST\"]\n",
 			want: `config.yaml:6: routes[0].methods[1]: invalid HTTP method "PO ST"`,

@@ -72,7 +72,7 @@ var Reference = []FieldDoc{
 
 	{"upstreams", "{}", "", "The backends, by name, each guarded by its own circuit breaker. At least one."},
 	{"upstreams.<name>", "", "", "One upstream. The name is 1-64 letters, digits, `_`, `.` or `-`: it becomes part of Redis keys and metric labels."},
-	{"upstreams.<name>.targets", "[]", "", "Base URLs of the backend, absolute http:// or https://; at least one."},
+	{"upstreams.<name>.targets", "[]", "", "Base URLs of the backend, absolute http:// or https://; at least one. A target's path is the base every forwarded path is joined below, so it must be clean (no `.`, `..` or empty segment, nothing that decodes to one, no `%25`)."},
 	{"upstreams.<name>.dial_timeout", "2s", "", "TCP connect timeout."},
 	{"upstreams.<name>.response_header_timeout", "10s", "", "Time to wait for the response headers once the request is sent."},
 	{"upstreams.<name>.timeout", "0s", "", "Limit on the whole request; 0 means none."},
@@ -106,10 +106,10 @@ var Reference = []FieldDoc{
 
 	{"routes", "[]", "", "Which requests go to which upstream. Routes are tried in order and the first match wins. At least one."},
 	{"routes[].host", `""`, "", "Exact host name, or `*.example.com` for its subdomains at any depth (not example.com itself); empty matches any host. Compared case-insensitively, port ignored."},
-	{"routes[].path_prefix", "/", "", "Path prefix to match, as a plain string prefix of the cleaned request path (`/api` also matches `/apiv2`; write `/api/` for the directory); starts with `/`."},
+	{"routes[].path_prefix", "/", "", "Path prefix to match against the cleaned request path, at a segment boundary: `/api` matches `/api` and `/api/x` but not `/apiv2` or `/api..`. Starts with `/` and is itself clean (no `.`, `..` or empty segment). Request paths holding an encoded or disguised dot-segment (`%2e%2e`, `%252e`, `..;x`, `..\\x`, `...`) are refused with 400 on every route."},
 	{"routes[].methods", "[]", "", "HTTP methods to match; upper-cased on load. Empty matches any."},
 	{"routes[].upstream", `""`, "", "Name of the upstream to send matching requests to (required)."},
-	{"routes[].strip_prefix", "false", "", "Remove path_prefix from the path before forwarding."},
+	{"routes[].strip_prefix", "false", "", "Remove path_prefix from the path before forwarding. What remains is whole, clean segments, joined below the target's path (`http://backend/tenant-a/` with route `/t`: `/t/x` goes to `/tenant-a/x`, and nothing can climb out of `/tenant-a/`)."},
 
 	{"replicas", "0", "", "How many replicas share this config (informational; used for warnings, e.g. several replicas with the memory store)."},
 }

@@ -168,6 +168,10 @@ func (v *validator) upstream(p string, u *Upstream) {
 	u.TargetURLs = make([]*url.URL, 0, len(u.Targets))
 	for i, t := range u.Targets {
 		if target := v.httpURL(fmt.Sprintf("%s.targets[%d]", p, i), t); target != nil {
+			if !cleanTargetPath(target) {
+				v.errorf(fmt.Sprintf("%s.targets[%d]", p, i), `the path of %s must be clean: no "." or ".." segment (also not percent-encoded, or before a ";" or "\"), no "//", no "%%25"`, quote(t))
+				continue
+			}
 			u.TargetURLs = append(u.TargetURLs, target)
 		}
 	}
@@ -251,6 +255,8 @@ func (v *validator) routes(routes []Route, ups map[string]*Upstream) {
 		}
 		if !strings.HasPrefix(r.PathPrefix, "/") {
 			v.errorf(p+".path_prefix", `must start with "/", got %s`, quote(r.PathPrefix))
+		} else if !cleanURLPath(r.PathPrefix) {
+			v.errorf(p+".path_prefix", `must be a clean path (no "." or ".." segment, no "//"): requests are matched cleaned, so %s would never match`, quote(r.PathPrefix))
 		}
 		for j, m := range r.Methods {
 			r.Methods[j] = strings.ToUpper(m)
@@ -287,6 +293,40 @@ func (v *validator) headers(path string, h map[string]string) {
 			v.errorf(joinPath(path, name), "header value must not contain CR, LF or NUL")
 		}
 	}
+}
+
+// cleanURLPath reports whether p, which starts with "/", has no empty, "." or ".."
+// segment (a trailing slash aside), as a cleaned request path never has.
+func cleanURLPath(p string) bool {
+	segs := strings.Split(p[1:], "/")
+	for i, seg := range segs {
+		if seg == "." || seg == ".." || seg == "" && i < len(segs)-1 {
+			return false
+		}
+	}
+	return true
+}
+
+// cleanTargetPath reports whether a target's base path is one forwarded paths can be
+// joined below: empty, or clean, without a "%" once decoded (a backend decoding again
+// would read something else), and without a segment a backend could take for a
+// dot-segment ("..;x", "..\\x", "...", in either form). The proxy checks the same.
+func cleanTargetPath(u *url.URL) bool {
+	if u.Path == "" {
+		return true
+	}
+	if u.Path[0] != '/' || !cleanURLPath(u.Path) || strings.Contains(u.Path, "%") {
+		return false
+	}
+	for _, p := range []string{u.Path, u.EscapedPath()} {
+		for _, seg := range strings.FieldsFunc(p, func(r rune) bool { return r == '/' || r == '\\' }) {
+			seg, _, _ = strings.Cut(seg, ";")
+			if strings.Contains(seg, ".") && strings.Trim(seg, ". ") == "" {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // hostPort checks a "host:port" address with a numeric port, returning the host.

@@ -248,6 +248,9 @@ func newUpstream(name string, cu *config.Upstream, b *breaker.Breaker) (*upstrea
 		if t == nil || (t.Scheme != "http" && t.Scheme != "https") || t.Host == "" {
 			return nil, fmt.Errorf("proxy: upstream %q: target %v is not an absolute http(s) URL", name, t)
 		}
+		if !cleanBasePath(t) {
+			return nil, fmt.Errorf("proxy: upstream %q: target %v: its path must be clean (no dot-segments, empty segments or '%%')", name, t)
+		}
 		c := *t
 		up.targets = append(up.targets, &c)
 	}

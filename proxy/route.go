@@ -24,7 +24,16 @@ type route struct {
 // matches reports whether the route accepts a request for the cleaned path with method.
 // Methods compare exactly: HTTP methods are case-sensitive.
 func (rt *route) matches(cleanPath, method string) bool {
-	return strings.HasPrefix(cleanPath, rt.prefix) && rt.allows(method)
+	return prefixMatch(cleanPath, rt.prefix) && rt.allows(method)
+}
+
+// prefixMatch reports whether a cleaned path starts with prefix at a segment boundary:
+// the prefix ends with "/", or the path ends right after it or goes on with "/". So
+// "/v1" matches "/v1" and "/v1/x" but not "/v1x" or "/v1..": what strip_prefix removes
+// is always whole segments, and what it leaves is a clean path of whole segments.
+func prefixMatch(cleanPath, prefix string) bool {
+	return strings.HasPrefix(cleanPath, prefix) &&
+		(len(cleanPath) == len(prefix) || prefix[len(prefix)-1] == '/' || cleanPath[len(prefix)] == '/')
 }
 
 // allows reports whether the route accepts method.
@@ -66,6 +75,18 @@ func (rt *route) forwardPath(in *url.URL) (p, raw string) {
 	return p, raw
 }
 
+// cleanBasePath reports whether a target's path is one the forwarded paths can be
+// joined to safely: empty, or clean (cleanPath) without a dot-like segment, a '%' in its
+// decoded form (a second decoding would change it) or a dot-segment in its escaped form.
+// Forwarded paths then start with it and stay below it.
+func cleanBasePath(t *url.URL) bool {
+	if t.Path == "" {
+		return true
+	}
+	return t.Path[0] == '/' && cleanPath(t.Path) == t.Path && !hasDotLikeSegment(t.Path) &&
+		strings.IndexByte(t.Path, '%') < 0 && dotSegments(t.EscapedPath()) == 0
+}
+
 // stripPrefix removes prefix (which p starts with) from p and the corresponding escaped
 // bytes from raw. The result always begins with "/". An inconsistent raw is harmless:
 // url.URL.EscapedPath ignores a RawPath that does not decode to Path.
@@ -100,9 +121,12 @@ func skipDecoded(raw string, n int) string {
 
 // routingPath returns the path requests are routed on: the decoded path cleaned of
 // dot-segments and duplicate slashes, keeping a trailing slash, so "/api/../admin" routes
-// as "/admin". ok is false for a path that must be refused: one not starting with "/", or
-// one in which percent-encoding hides a dot-segment ("/api/%2e%2e/admin",
-// "/api/..%2fadmin"), which the proxy and the upstream could resolve differently.
+// as "/admin". ok is false for a path that must be refused: one not starting with "/"
+// (the asterisk form "*" included), one in which percent-encoding hides a dot-segment
+// ("/api/%2e%2e/admin", "/api/..%2fadmin"), which the proxy and the upstream could
+// resolve differently, or one whose cleaned form still has a segment that some backend
+// reads as a dot-segment (see dotLike: "..;x", "..\x", "%2e%2e" once more encoded,
+// "...").
 func routingPath(u *url.URL) (clean string, ok bool) {
 	p := u.Path
 	if p == "" {
@@ -116,7 +140,68 @@ func routingPath(u *url.URL) (clean string, ok bool) {
 	if u.RawPath != "" && dotSegments(p) != dotSegments(u.EscapedPath()) {
 		return "", false
 	}
-	return cleanPath(p), true
+	clean = cleanPath(p)
+	if hasDotLikeSegment(clean) {
+		return "", false
+	}
+	return clean, true
+}
+
+// hasDotLikeSegment reports whether a cleaned path has a segment that dotLike flags.
+// It does not allocate unless a segment holds a '%'.
+func hasDotLikeSegment(p string) bool {
+	for len(p) > 0 {
+		seg := p
+		if i := strings.IndexByte(p, '/'); i >= 0 {
+			seg, p = p[:i], p[i+1:]
+		} else {
+			p = ""
+		}
+		if dotLike(seg) {
+			return true
+		}
+	}
+	return false
+}
+
+// maxUnescapes bounds how many more times dotLike decodes a segment.
+const maxUnescapes = 4
+
+// dotLike reports whether a decoded path segment could be taken for "." or ".." by a
+// backend that decodes again (%252e%252e is "%2e%2e" once decoded), splits on
+// backslashes (IIS, Windows), drops ";" parameters (Tomcat, Jetty: "..;x"), or trims
+// trailing dots and spaces (Windows: "...", ".. "): after up to maxUnescapes further
+// decodings, some piece between slashes or backslashes, up to its first ';', consists of
+// dots and spaces with at least one dot.
+func dotLike(seg string) bool {
+	if strings.IndexByte(seg, '.') < 0 && strings.IndexByte(seg, '%') < 0 {
+		return false // the common segment: nothing to look at
+	}
+	for range maxUnescapes {
+		if strings.IndexByte(seg, '%') < 0 {
+			break
+		}
+		d, err := url.PathUnescape(seg)
+		if err != nil || d == seg {
+			break
+		}
+		seg = d
+	}
+	for len(seg) > 0 {
+		piece := seg
+		if i := strings.IndexAny(seg, "/\\"); i >= 0 {
+			piece, seg = seg[:i], seg[i+1:]
+		} else {
+			seg = ""
+		}
+		if i := strings.IndexByte(piece, ';'); i >= 0 {
+			piece = piece[:i]
+		}
+		if strings.IndexByte(piece, '.') >= 0 && strings.Trim(piece, ". ") == "" {
+			return true
+		}
+	}
+	return false
 }
 
 // dotSegments counts the "." and ".." segments of a slash-separated path. Decoding can
@@ -288,9 +373,10 @@ func firstMatch(l []*route, path, method string, best *route) *route {
 // prefixTrie finds the first route, in config order, of a list whose prefix the path
 // starts with and whose methods allow the request. It is a radix tree of the routes'
 // prefixes: the path is walked once, byte by byte along the edges, and the routes of
-// each prefix met on the way (the prefixes of the path, no others) are candidates. A
-// route's match is a plain string prefix ("/api" matches "/apiary"), so this finds
-// exactly the routes rt.matches would, whatever the prefixes look like.
+// each prefix met on the way (the prefixes of the path, no others) are candidates if the
+// prefix ends at a segment boundary of the path (prefixMatch: "/api" matches "/api/x",
+// not "/apiary"), so this finds exactly the routes rt.matches would, whatever the
+// prefixes look like.
 type prefixTrie struct {
 	// nodes[0] is the root; the children of a node are contiguous, in the order of their
 	// first bytes in its indices.
@@ -388,7 +474,8 @@ func (t *prefixTrie) first(path, method string, best *route) *route {
 	}
 	rest := path[len(n.label):]
 	for {
-		if len(n.routes) > 0 {
+		// The routes here match at a segment boundary only (prefixMatch).
+		if len(n.routes) > 0 && (rest == "" || rest[0] == '/' || path[len(path)-len(rest)-1] == '/') {
 			best = firstMethodMatch(n.routes, method, best)
 		}
 		if rest == "" {
