@@ -351,6 +351,11 @@ routes:
 			want: `config.yaml:3: upstreams.payments.targets[0]: the path of "http://a/tenant/%2e%2e/x" must be clean: no "." or ".." segment (also not percent-encoded, or before a ";" or "\"), no "//", no "%25"`,
 		},
 		{
+			name: "bad upgrade protocol",
+			src:  "upstreams:\n  payments:\n    targets: [http://a]\n    upgrade_protocols: [websocket, \"h2 c\"]\nroutes:\n  - upstream: payments\n",
+			want: `config.yaml:4: upstreams.payments.upgrade_protocols[1]: invalid protocol name "h2 c": want a token such as "websocket"`,
+		},
+		{
 			name: "bad method",
 			src:  minimal + "    methods: [get, \"PO ST\"]\n",
 			want: `config.yaml:6: routes[0].methods[1]: invalid HTTP method "PO ST"`,

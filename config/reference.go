@@ -103,6 +103,7 @@ var Reference = []FieldDoc{
 	{"upstreams.<name>.fallback.status", "503", "", "Status code, 100-599."},
 	{"upstreams.<name>.fallback.headers", "{}", "", "Extra response headers."},
 	{"upstreams.<name>.fallback.body", `""`, "", "Response body; empty means a small JSON body naming the upstream and the circuit state."},
+	{"upstreams.<name>.upgrade_protocols", `["websocket"]`, "", "Protocols a client may switch to through this upstream (`Upgrade` header, names compared case-insensitively). An upgraded connection is a raw tunnel that routing, methods and the breaker no longer see, so only what is listed is forwarded: from an `Upgrade` list the first listed protocol is kept, the others are dropped, and a request offering none of them goes to the upstream as a plain request without `Upgrade` (and without `HTTP2-Settings`). `h2c` is left out on purpose: through an h2c tunnel a client reaches any path and method of the upstream (h2c smuggling). `[]` allows none."},
 
 	{"routes", "[]", "", "Which requests go to which upstream. Routes are tried in order and the first match wins. At least one."},
 	{"routes[].host", `""`, "", "Exact host name, or `*.example.com` for its subdomains at any depth (not example.com itself); empty matches any host. Compared case-insensitively, port ignored."},

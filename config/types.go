@@ -117,6 +117,9 @@ type Upstream struct {
 	Breaker               Breaker       `yaml:"breaker"`
 	Failure               Failure       `yaml:"failure"`
 	Fallback              Fallback      `yaml:"fallback"`
+	// UpgradeProtocols are the protocols a client may switch to through this upstream
+	// (Upgrade header), compared case-insensitively by name; lower-cased by Validate.
+	UpgradeProtocols []string `yaml:"upgrade_protocols"`
 
 	// TargetURLs are Targets parsed (not a YAML key; filled by Load).
 	TargetURLs []*url.URL `yaml:"-"`

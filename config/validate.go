@@ -183,6 +183,12 @@ func (v *validator) upstream(p string, u *Upstream) {
 	v.failure(p+".failure", &u.Failure)
 	v.intBetween(p+".fallback.status", u.Fallback.Status, 100, 599)
 	v.headers(p+".fallback.headers", u.Fallback.Headers)
+	for i, proto := range u.UpgradeProtocols {
+		u.UpgradeProtocols[i] = strings.ToLower(proto)
+		if !isToken(proto) {
+			v.errorf(fmt.Sprintf("%s.upgrade_protocols[%d]", p, i), "invalid protocol name %s: want a token such as \"websocket\"", quote(proto))
+		}
+	}
 }
 
 func (v *validator) breaker(p string, b *Breaker) {

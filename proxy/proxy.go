@@ -79,6 +79,9 @@ type upstream struct {
 	countTransport bool
 	countTimeouts  bool
 	fallback       fallback
+	// upgrades are the protocols clients may switch to (lower-case names); see
+	// filterUpgrade.
+	upgrades []string
 	// Precomputed JSON bodies of the proxy's own error responses.
 	errBadGateway, errGatewayTimeout, errBadRequest []byte
 }
@@ -243,6 +246,9 @@ func newUpstream(name string, cu *config.Upstream, b *breaker.Breaker) (*upstrea
 		errBadGateway:     errorBody("bad_gateway", name),
 		errGatewayTimeout: errorBody("gateway_timeout", name),
 		errBadRequest:     errorBody("bad_request", name),
+	}
+	for _, proto := range cu.UpgradeProtocols {
+		up.upgrades = append(up.upgrades, strings.ToLower(proto))
 	}
 	for _, t := range cu.TargetURLs {
 		if t == nil || (t.Scheme != "http" && t.Scheme != "https") || t.Host == "" {

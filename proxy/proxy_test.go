@@ -319,7 +319,9 @@ func TestWebSocketUpgrade(t *testing.T) {
 		_, _ = io.Copy(conn, brw) // echo until the client closes
 	}))
 	t.Cleanup(backend.Close)
-	f := newFixture(t, single(upstreamCfg(t, backend.URL)))
+	u := upstreamCfg(t, backend.URL)
+	u.UpgradeProtocols = []string{"echo"}
+	f := newFixture(t, single(u))
 
 	conn, err := net.Dial("tcp", f.srv.Listener.Addr().String())
 	if err != nil {

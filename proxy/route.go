@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"math"
+	"net/http"
 	"net/http/httputil"
 	"net/url"
 	"path"
@@ -50,11 +51,73 @@ func (rt *route) allows(method string) bool {
 func (rt *route) rewrite(pr *httputil.ProxyRequest) {
 	out := pr.Out.URL
 	out.Path, out.RawPath = rt.forwardPath(pr.In.URL)
+	rt.up.filterUpgrade(pr.Out.Header, pr.In.Header)
 	pr.SetURL(rt.up.pick())
 	if xff := pr.In.Header["X-Forwarded-For"]; len(xff) > 0 {
 		pr.Out.Header["X-Forwarded-For"] = xff // SetXForwarded replaces, never mutates, it
 	}
 	pr.SetXForwarded()
+}
+
+// filterUpgrade keeps only an upgrade the upstream allows on the outbound header h.
+//
+// ReverseProxy has already removed the hop-by-hop headers and, when the client's
+// Connection named "upgrade", put back "Connection: Upgrade" and the client's first
+// Upgrade line; without that, h has no Upgrade. After the upstream's 101 the connection
+// is a raw tunnel that routing, methods and the breaker no longer see, so an upgrade
+// not on the upstream's list (upgrade_protocols) is not forwarded: of the offered
+// protocols ("foo, websocket/13") the first allowed one is kept, by name and
+// case-insensitively; if none is allowed, Upgrade and Connection are removed and the
+// request goes on as a plain one (RFC 9110 §7.8 lets a server ignore Upgrade). An
+// upstream answering 101 to it anyway gets a 502 (ReverseProxy refuses a switch that was
+// not asked for). HTTP2-Settings, which only means something with an h2c upgrade, is
+// removed unless h2c is the protocol forwarded; then it is the client's (in).
+func (up *upstream) filterUpgrade(h, in http.Header) {
+	v, ok := h["Upgrade"]
+	if !ok {
+		if _, ok := h["Http2-Settings"]; ok {
+			delete(h, "Http2-Settings")
+		}
+		return
+	}
+	proto := ""
+	if len(v) > 0 {
+		proto = up.allowedUpgrade(v[0])
+	}
+	if proto == "" {
+		delete(h, "Upgrade")
+		delete(h, "Connection")
+		delete(h, "Http2-Settings")
+		return
+	}
+	if name, _, _ := strings.Cut(proto, "/"); !strings.EqualFold(name, "h2c") {
+		delete(h, "Http2-Settings")
+	} else if s, ok := in["Http2-Settings"]; ok {
+		// The client named it in Connection, as RFC 7540 §3.2.1 asks, so ReverseProxy
+		// removed it with the hop-by-hop headers: put it back, and name it again.
+		h["Http2-Settings"] = s
+		h["Connection"] = []string{"Upgrade, HTTP2-Settings"}
+	}
+	if len(v) != 1 || v[0] != proto {
+		h["Upgrade"] = []string{proto}
+	}
+}
+
+// allowedUpgrade returns the first protocol of an Upgrade list that the upstream allows,
+// or "".
+func (up *upstream) allowedUpgrade(list string) string {
+	for list != "" {
+		var proto string
+		proto, list, _ = strings.Cut(list, ",")
+		proto = strings.TrimSpace(proto)
+		name, _, _ := strings.Cut(proto, "/")
+		for _, allowed := range up.upgrades {
+			if strings.EqualFold(name, allowed) {
+				return proto
+			}
+		}
+	}
+	return ""
 }
 
 // forwardPath returns the outbound Path and RawPath for an inbound URL that routed to rt.
