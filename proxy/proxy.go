@@ -213,11 +213,12 @@ func (p *Proxy) build(cfg *config.Config, breakers map[string]*breaker.Breaker, 
 			rt.methods = append(rt.methods, strings.ToUpper(m))
 		}
 		rt.rp = &httputil.ReverseProxy{
-			Rewrite:      rt.rewrite,
-			Transport:    up.transport,
-			BufferPool:   &p.buffers,
-			ErrorHandler: p.handleError,
-			ErrorLog:     p.errLog,
+			Rewrite:        rt.rewrite,
+			ModifyResponse: checkStatus,
+			Transport:      up.transport,
+			BufferPool:     &p.buffers,
+			ErrorHandler:   p.handleError,
+			ErrorLog:       p.errLog,
 		}
 		routes[i] = rt
 	}
