@@ -356,6 +356,13 @@ routes:
 			want: `config.yaml:4: upstreams.payments.upgrade_protocols[1]: invalid protocol name "h2 c": want a token such as "websocket"`,
 		},
 		{
+			name: "bad trusted proxy",
+			src:  minimal + "server:\n  trusted_proxies: [10.0.0.0/8, 10.0.0.1/8, 300.1.2.3, \"fd00::/129\", 192.0.2.10]\n",
+			want: `config.yaml:7: server.trusted_proxies[1]: CIDR range "10.0.0.1/8" has bits set past its /8: write "10.0.0.0/8"` + "\n" +
+				`config.yaml:7: server.trusted_proxies[2]: invalid address "300.1.2.3": want an IP address such as "192.0.2.10" or a CIDR range such as "10.0.0.0/8"` + "\n" +
+				`config.yaml:7: server.trusted_proxies[3]: invalid CIDR range "fd00::/129": want an address range such as "10.0.0.0/8" or an address`,
+		},
+		{
 			name: "bad method",
 			src:  minimal + "    methods: [get, \"PO ST\"]\n",
 			want: `config.yaml:6: routes[0].methods[1]: invalid HTTP method "PO ST"`,

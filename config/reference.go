@@ -23,6 +23,7 @@ var Reference = []FieldDoc{
 	{"server.idle_timeout", "2m", "", "How long an idle keep-alive connection stays open."},
 	{"server.max_header_bytes", "1048576", "", "Largest request header block accepted, in bytes."},
 	{"server.shutdown_timeout", "30s", "", "On shutdown, how long in-flight requests get to finish."},
+	{"server.trusted_proxies", "[]", "", "Peers (CIDR ranges such as `10.0.0.0/8`, or single addresses) allowed to tell the proxy who the client is. From them, `X-Forwarded-For` is appended to and `X-Forwarded-Host`, `X-Forwarded-Proto`, `Forwarded`, `X-Real-IP` and the other forwarding headers are passed on. From anyone else they are replaced: `X-Forwarded-For` becomes the peer's address, `X-Forwarded-Host`/`-Proto` the request's own, and `Forwarded`, `X-Real-IP`, `X-Forwarded-*` (port, prefix, server, ...), `X-Client-IP`, `True-Client-IP`, `X-Original-URL`, `X-Rewrite-URL` and the like, with `_` for `-` too, are removed. Empty by default: no one is trusted, so a client cannot choose the address or URL the upstream sees."},
 
 	{"admin", "", "", "The admin API and metrics listener."},
 	{"admin.listen", "127.0.0.1:9090", "", "Address of the admin API and /metrics, host:port. A non-loopback address requires a token."},

@@ -211,6 +211,7 @@ func TestReferenceDefaultsRoundTrip(t *testing.T) {
 	// Empty lists in the file decode as empty, not nil.
 	want.Store.Redis.SentinelAddrs, want.Store.Redis.ClusterAddrs = []string{}, []string{}
 	want.Routes[0].Methods = []string{}
+	want.Server.TrustedProxies = []string{}
 
 	got.origin, got.Path = nil, ""
 	if !reflect.DeepEqual(got, want) {

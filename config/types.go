@@ -38,6 +38,10 @@ type Server struct {
 	IdleTimeout       time.Duration `yaml:"idle_timeout"`
 	MaxHeaderBytes    int           `yaml:"max_header_bytes"`
 	ShutdownTimeout   time.Duration `yaml:"shutdown_timeout"`
+	// TrustedProxies are the addresses (CIDR ranges or single IPs) whose forwarding
+	// headers (X-Forwarded-*, Forwarded, X-Real-IP, ...) are kept and extended; from
+	// any other peer they are replaced. Empty: no one is trusted.
+	TrustedProxies []string `yaml:"trusted_proxies"`
 }
 
 // Admin is the admin/metrics listener.

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strconv"
@@ -59,6 +60,35 @@ func (v *validator) server(s *Server) {
 	v.nonNegative("server.idle_timeout", s.IdleTimeout)
 	v.atLeast("server.max_header_bytes", s.MaxHeaderBytes, 0)
 	v.nonNegative("server.shutdown_timeout", s.ShutdownTimeout)
+	for i, cidr := range s.TrustedProxies {
+		if _, err := ParseTrustedProxy(cidr); err != nil {
+			v.errorf(fmt.Sprintf("server.trusted_proxies[%d]", i), "%v", err)
+		}
+	}
+}
+
+// ParseTrustedProxy parses one server.trusted_proxies entry: a CIDR range
+// ("10.0.0.0/8", "fd00::/8") or a single address ("192.0.2.10", a /32 or /128).
+func ParseTrustedProxy(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("invalid CIDR range %s: want an address range such as \"10.0.0.0/8\" or an address", quote(s))
+		}
+		if p != p.Masked() {
+			return netip.Prefix{}, fmt.Errorf("CIDR range %s has bits set past its /%d: write %s", quote(s), p.Bits(), quote(p.Masked().String()))
+		}
+		if p.Addr().Is4In6() && p.Bits() >= 96 { // ::ffff:10.0.0.0/104 is 10.0.0.0/8
+			return netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96), nil
+		}
+		return p, nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil || a.Zone() != "" {
+		return netip.Prefix{}, fmt.Errorf("invalid address %s: want an IP address such as \"192.0.2.10\" or a CIDR range such as \"10.0.0.0/8\"", quote(s))
+	}
+	a = a.Unmap()
+	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
 func (v *validator) admin(a *Admin) {

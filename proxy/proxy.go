@@ -7,6 +7,7 @@ import (
 	"log"
 	"net/http"
 	"net/http/httputil"
+	"net/netip"
 	"net/url"
 	"strings"
 	"sync"
@@ -190,6 +191,14 @@ func (p *Proxy) build(cfg *config.Config, breakers map[string]*breaker.Breaker, 
 		}
 		t.upstreams[name] = up
 	}
+	var trusted []netip.Prefix
+	for i, s := range cfg.Server.TrustedProxies {
+		p, err := config.ParseTrustedProxy(s)
+		if err != nil {
+			return nil, fmt.Errorf("proxy: server.trusted_proxies[%d]: %w", i, err)
+		}
+		trusted = append(trusted, p)
+	}
 	routes := make([]*route, len(cfg.Routes))
 	for i, cr := range cfg.Routes {
 		up := t.upstreams[cr.Upstream]
@@ -197,11 +206,12 @@ func (p *Proxy) build(cfg *config.Config, breakers map[string]*breaker.Breaker, 
 			return nil, fmt.Errorf("proxy: routes[%d]: unknown upstream %q", i, cr.Upstream)
 		}
 		rt := &route{
-			index:  i,
-			host:   strings.TrimSuffix(strings.ToLower(cr.Host), "."),
-			prefix: cr.PathPrefix,
-			strip:  cr.StripPrefix,
-			up:     up,
+			index:   i,
+			host:    strings.TrimSuffix(strings.ToLower(cr.Host), "."),
+			prefix:  cr.PathPrefix,
+			strip:   cr.StripPrefix,
+			up:      up,
+			trusted: trusted,
 		}
 		if rt.prefix == "" {
 			rt.prefix = "/"

@@ -4,6 +4,8 @@ import (
 	"math"
 	"net/http"
 	"net/http/httputil"
+	"net/netip"
+	"net/textproto"
 	"net/url"
 	"path"
 	"slices"
@@ -19,6 +21,7 @@ type route struct {
 	methods []string
 	strip   bool
 	up      *upstream
+	trusted []netip.Prefix         // server.trusted_proxies, shared by the table's routes
 	rp      *httputil.ReverseProxy // its Rewrite is rt.rewrite
 }
 
@@ -44,19 +47,97 @@ func (rt *route) allows(method string) bool {
 
 // rewrite is the route's httputil.ReverseProxy Rewrite function. The outbound request
 // gets the cleaned path (with the prefix removed when the route strips it), the next
-// target in round-robin order, and X-Forwarded-For/-Host/-Proto. X-Forwarded-For
-// appends the client's address to the one the client sent. The Host header is the
-// target's (httputil.ProxyRequest.SetURL's behaviour); the client's Host is in
-// X-Forwarded-Host.
+// target in round-robin order, only an allowed upgrade (filterUpgrade), and
+// X-Forwarded-For/-Host/-Proto. The Host header is the target's
+// (httputil.ProxyRequest.SetURL's behaviour); the client's Host is in X-Forwarded-Host,
+// which is left out for a request without Host (HTTP/1.0).
+//
+// Forwarding headers say who the client is and what it asked for, so they are believed
+// only from a trusted proxy (server.trusted_proxies). From one, X-Forwarded-For gets the
+// peer's address appended, and X-Forwarded-Host/-Proto, Forwarded and the other
+// forwarding headers it sent pass on. From anyone else, X-Forwarded-For is the peer's
+// address alone, X-Forwarded-Host/-Proto are the request's own, and every other
+// forwarding header is removed (forwardingHeader). ReverseProxy has removed the
+// client's Forwarded and X-Forwarded-For/-Host/-Proto from the outbound header already.
 func (rt *route) rewrite(pr *httputil.ProxyRequest) {
 	out := pr.Out.URL
 	out.Path, out.RawPath = rt.forwardPath(pr.In.URL)
-	rt.up.filterUpgrade(pr.Out.Header, pr.In.Header)
+	in, h := pr.In.Header, pr.Out.Header
+	rt.up.filterUpgrade(h, in)
 	pr.SetURL(rt.up.pick())
-	if xff := pr.In.Header["X-Forwarded-For"]; len(xff) > 0 {
-		pr.Out.Header["X-Forwarded-For"] = xff // SetXForwarded replaces, never mutates, it
+	trusted := rt.fromTrustedProxy(pr.In.RemoteAddr)
+	if trusted {
+		if xff := in["X-Forwarded-For"]; len(xff) > 0 {
+			h["X-Forwarded-For"] = xff // SetXForwarded replaces, never mutates, it
+		}
+	} else {
+		for k := range h {
+			if forwardingHeader(k) {
+				delete(h, k)
+			}
+		}
 	}
 	pr.SetXForwarded()
+	if pr.In.Host == "" {
+		delete(h, "X-Forwarded-Host")
+	}
+	if trusted {
+		for _, k := range [...]string{"X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded"} {
+			if v := in[k]; len(v) > 0 {
+				h[k] = v
+			}
+		}
+	}
+}
+
+// fromTrustedProxy reports whether a request's peer (its RemoteAddr) is in
+// server.trusted_proxies.
+func (rt *route) fromTrustedProxy(remoteAddr string) bool {
+	if len(rt.trusted) == 0 {
+		return false
+	}
+	ap, err := netip.ParseAddrPort(remoteAddr)
+	if err != nil {
+		return false
+	}
+	a := ap.Addr().Unmap()
+	for _, p := range rt.trusted {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// spoofableHeaders are the forwarding headers, besides X-Forwarded-*, through which a
+// client could claim another address or URL to a backend (canonical forms).
+var spoofableHeaders = map[string]bool{
+	"Forwarded":                true,
+	"X-Real-Ip":                true,
+	"X-Client-Ip":              true,
+	"True-Client-Ip":           true,
+	"X-Cluster-Client-Ip":      true,
+	"Cf-Connecting-Ip":         true,
+	"Fastly-Client-Ip":         true,
+	"X-Original-Forwarded-For": true,
+	"X-Original-Url":           true,
+	"X-Original-Uri":           true,
+	"X-Rewrite-Url":            true,
+	"X-Original-Host":          true,
+	"X-Host":                   true,
+	"X-Proxyuser-Ip":           true,
+}
+
+// forwardingHeader reports whether the header named k (as parsed) is a forwarding
+// header: X-Forwarded-* or one of spoofableHeaders, in any case, also with '_' for '-'
+// (CGI-style backends read X_Real_IP as X-Real-IP). It does not allocate for a
+// canonical name without '_'.
+func forwardingHeader(k string) bool {
+	if strings.IndexByte(k, '_') >= 0 {
+		k = strings.ReplaceAll(k, "_", "-")
+	}
+	k = textproto.CanonicalMIMEHeaderKey(k)
+	return strings.HasPrefix(k, "X-Forwarded-") || spoofableHeaders[k]
 }
 
 // filterUpgrade keeps only an upgrade the upstream allows on the outbound header h.
