@@ -128,6 +128,18 @@ type exchange struct {
 	// written on the transport's goroutine, under ReverseProxy's lock, which the request's
 	// goroutine takes before it goes on once the round trip is over.
 	informational int
+	// closeConn: the request had a chunked body, so every answer says Connection: close
+	// (see Proxy.ServeHTTP). ReverseProxy clears the response header map after each 1xx
+	// it relays, so the final answer sets it again (closeAfter).
+	closeConn bool
+}
+
+// closeAfter puts back the Connection: close of an answer to a chunked request before
+// the final status is written.
+func (e *exchange) closeAfter() {
+	if e.closeConn {
+		e.w.Header().Set("Connection", "close")
+	}
 }
 
 // maxInformational is how many informational (1xx) responses of one upstream response
@@ -213,6 +225,7 @@ func (e *exchange) WriteHeader(code int) {
 	}
 	// Only rejections carry HeaderCircuit, even behind another fuseproxy.
 	delete(e.w.Header(), HeaderCircuit)
+	e.closeAfter()
 	e.w.WriteHeader(code)
 }
 
@@ -265,6 +278,7 @@ func (p *Proxy) handleError(rw http.ResponseWriter, _ *http.Request, err error) 
 		return
 	}
 	up := e.up
+	e.closeAfter()
 	var status int
 	switch {
 	case e.client.Err() != nil || errors.Is(err, context.Canceled):

@@ -298,7 +298,8 @@ func newUpstream(name string, cu *config.Upstream, b *breaker.Breaker) (*upstrea
 // success becomes a failure after all (breaker.LateFailure, Result FailureBody); the
 // client sees the body cut, as ReverseProxy aborts the response.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if chunkedBody(r) {
+	chunked := chunkedBody(r)
+	if chunked {
 		// RFC 9112 §6.1: a server must close the connection after responding to a request
 		// with both Content-Length and Transfer-Encoding. net/http has dropped the
 		// Content-Length by now (§6.3), so every chunked request is treated as one that
@@ -338,7 +339,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	e := p.exchanges.Get().(*exchange)
-	*e = exchange{w: w, p: p, up: up, client: r.Context(), ticket: ticket, start: p.now()}
+	*e = exchange{w: w, p: p, up: up, client: r.Context(), ticket: ticket, start: p.now(), closeConn: chunked}
 	defer p.release(e)
 
 	if r.Body != nil && r.Body != http.NoBody {

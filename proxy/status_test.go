@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -115,4 +116,43 @@ func TestEndlessInformationalStorm(t *testing.T) {
 	resp := f.get(t, "", "/")
 	wantStatus(t, resp, http.StatusGatewayTimeout)
 	wantResults(t, f.rec.wait(t, 1), FailureTimeout)
+}
+
+// TestInformationalKeepsConnectionClose: relaying a 1xx response clears the response
+// header map (ReverseProxy does, after each one), which held the Connection: close that
+// every answer to a chunked request carries (TestChunkedRequestClosesConnection). An
+// upstream's 103 Early Hints, or the 100 Continue a client can ask for itself, must not
+// let the bytes after a chunked body be read as the next request.
+func TestInformationalKeepsConnectionClose(t *testing.T) {
+	for _, tc := range []struct{ name, expect string }{
+		{"103 from the upstream", ""},
+		{"100 asked for by the client", "Expect: 100-continue\r\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Header.Get("Expect") == "" {
+					w.Header().Set("Link", "</a.css>; rel=preload")
+					w.WriteHeader(http.StatusEarlyHints)
+				}
+				_, _ = io.Copy(io.Discard, r.Body) // sends 100 Continue when asked
+				_, _ = io.WriteString(w, "ok")
+			}))
+			t.Cleanup(backend.Close)
+			f := newFixture(t, single(upstreamCfg(t, backend.URL)))
+			smuggled := "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+			raw := "POST /x HTTP/1.1\r\nHost: x\r\n" + tc.expect + "Content-Length: " + strconv.Itoa(5+len(smuggled)) +
+				"\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + smuggled
+			resps, bodies, closed := rawExchange(t, f.srv.Listener.Addr().String(), raw)
+			var final []int
+			for _, r := range resps {
+				if r.StatusCode >= 200 {
+					final = append(final, r.StatusCode)
+				}
+			}
+			if len(final) != 1 || !closed || !resps[len(resps)-1].Close {
+				t.Fatalf("final responses %v (bodies %q), Connection: close %v, closed %v; want one 200, then the connection closed",
+					final, bodies, resps[len(resps)-1].Close, closed)
+			}
+		})
+	}
 }
