@@ -280,8 +280,11 @@ func newUpstream(name string, cu *config.Upstream, b *breaker.Breaker) (*upstrea
 // Routing: the first route in config order whose host, path prefix and methods match.
 // Hosts compare case-insensitively without the port; "*.example.com" matches every
 // subdomain of example.com but not example.com itself. The path matched (and forwarded)
-// is the cleaned one, so "/api/../admin" is "/admin"; a path hiding a dot-segment in
-// percent-encoding is refused with 400. No match: 404 with a JSON body. CONNECT: 405.
+// is the cleaned one, so "/api/../admin" is "/admin", and a prefix matches at a segment
+// boundary ("/v1" matches "/v1/x", not "/v1.."); a path hiding a dot-segment in
+// percent-encoding, or holding a segment a backend may read as one ("..;x", "..\x",
+// "%252e%252e", "..."), is refused with 400, as is the asterisk form ("OPTIONS *").
+// No match: 404 with a JSON body. CONNECT: 405.
 // The proxy only ever connects to configured targets: an absolute-form request URI
 // naming another host routes like any request for that Host. Every answer to a request
 // with a chunked body says Connection: close, and the connection is closed after it
