@@ -92,6 +92,8 @@ func DefaultUpstream() *Upstream {
 			Headers: map[string]string{},
 			Body:    "",
 		},
+		// WebSocket only: h2c would tunnel past routing and the breaker.
+		UpgradeProtocols: []string{"websocket"},
 	}
 }
 

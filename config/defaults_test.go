@@ -53,6 +53,7 @@ func TestDefaults(t *testing.T) {
 		Failure:  Failure{Statuses: []string{"5xx"}, SuccessStatuses: []int{}, TransportErrors: true, Timeouts: true},
 		Fallback: Fallback{Status: 503, Headers: map[string]string{}},
 	}
+	wantUp.UpgradeProtocols = []string{"websocket"} // never h2c by default (issue #12)
 	if got := DefaultUpstream(); !reflect.DeepEqual(got, wantUp) {
 		t.Errorf("DefaultUpstream() =\n%+v\nwant\n%+v", got, wantUp)
 	}

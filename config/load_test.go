@@ -341,6 +341,28 @@ routes:
 			want: `config.yaml:6: routes[0].path_prefix: must start with "/", got "api/"`,
 		},
 		{
+			name: "path prefix with a dot-segment",
+			src:  minimal + "    path_prefix: /api/../admin\n",
+			want: `config.yaml:6: routes[0].path_prefix: must be a clean path (no "." or ".." segment, no "//"): requests are matched cleaned, so "/api/../admin" would never match`,
+		},
+		{
+			name: "target path escaping its base",
+			src:  "upstreams:\n  payments:\n    targets: [http://a/tenant/%2e%2e/x]\nroutes:\n  - upstream: payments\n",
+			want: `config.yaml:3: upstreams.payments.targets[0]: the path of "http://a/tenant/%2e%2e/x" must be clean: no "." or ".." segment (also not percent-encoded, or before a ";" or "\"), no "//", no "%25"`,
+		},
+		{
+			name: "bad upgrade protocol",
+			src:  "upstreams:\n  payments:\n    targets: [http://a]\n    upgrade_protocols: [websocket, \"h2 c\"]\nroutes:\n  - upstream: payments\n",
+			want: `config.yaml:4: upstreams.payments.upgrade_protocols[1]: invalid protocol name "h2 c": want a token such as "websocket"`,
+		},
+		{
+			name: "bad trusted proxy",
+			src:  minimal + "server:\n  trusted_proxies: [10.0.0.0/8, 10.0.0.1/8, 300.1.2.3, \"fd00::/129\", 192.0.2.10]\n",
+			want: `config.yaml:7: server.trusted_proxies[1]: CIDR range "10.0.0.1/8" has bits set past its /8: write "10.0.0.0/8"` + "\n" +
+				`config.yaml:7: server.trusted_proxies[2]: invalid address "300.1.2.3": want an IP address such as "192.0.2.10" or a CIDR range such as "10.0.0.0/8"` + "\n" +
+				`config.yaml:7: server.trusted_proxies[3]: invalid CIDR range "fd00::/129": want an address range such as "10.0.0.0/8" or an address`,
+		},
+		{
 			name: "bad method",
 			src:  minimal + "    methods: [get, \"PO ST\"]\n",
 			want: `config.yaml:6: routes[0].methods[1]: invalid HTTP method "PO ST"`,

@@ -26,6 +26,7 @@ var Reference = []FieldDoc{
 	{"server.max_connections", "4096", "", "Most client connections open at once (idle keep-alive, in use and upgraded ones alike); 0 means no cap. A connection accepted past the cap is closed at once with a reset (not queued, so the client can try another replica at once) and counted in `fuseproxy_connections_rejected_total`. Idle keep-alive connections cost memory until server.idle_timeout closes them (4,096 took 93 MiB, about 23 KiB each), so the default bounds that to about 100 MiB; 5,000 used to be held at once."},
 	{"server.body_read_timeout", "30s", "", "Progress deadline of request bodies: each read of a body must get bytes from the client within this time, and it is the grace period before body_min_rate applies; 0 turns both off. Unlike read_timeout it never cuts an upload that keeps moving, however big; a stalled one is cut after this time (nginx's client_body_timeout is 60 s, Apache's body timeout 20 s)."},
 	{"server.body_min_rate", "500", "", "Least average rate of a request body, in bytes per second of waiting for the client, once body_read_timeout has passed; 0 turns the rule off. A client trickling a body (1 byte a second) holds its connection and an upstream connection only for about body_read_timeout. Time the upstream takes to accept the body does not count. 500 is Apache mod_reqtimeout's MinRate: slower than any real network."},
+	{"server.trusted_proxies", "[]", "", "Peers (CIDR ranges such as `10.0.0.0/8`, or single addresses) allowed to tell the proxy who the client is. From them, `X-Forwarded-For` is appended to and `X-Forwarded-Host`, `X-Forwarded-Proto`, `Forwarded`, `X-Real-IP` and the other forwarding headers are passed on. From anyone else they are replaced: `X-Forwarded-For` becomes the peer's address, `X-Forwarded-Host`/`-Proto` the request's own, and `Forwarded`, `X-Real-IP`, `X-Forwarded-*` (port, prefix, server, ...), `X-Client-IP`, `True-Client-IP`, `X-Original-URL`, `X-Rewrite-URL` and the like, with `_` for `-` too, are removed. Empty by default: no one is trusted, so a client cannot choose the address or URL the upstream sees."},
 
 	{"admin", "", "", "The admin API and metrics listener."},
 	{"admin.listen", "127.0.0.1:9090", "", "Address of the admin API and /metrics, host:port. A non-loopback address requires a token."},
@@ -76,7 +77,7 @@ var Reference = []FieldDoc{
 
 	{"upstreams", "{}", "", "The backends, by name, each guarded by its own circuit breaker. At least one."},
 	{"upstreams.<name>", "", "", "One upstream. The name is 1-64 letters, digits, `_`, `.` or `-`: it becomes part of Redis keys and metric labels."},
-	{"upstreams.<name>.targets", "[]", "", "Base URLs of the backend, absolute http:// or https://; at least one."},
+	{"upstreams.<name>.targets", "[]", "", "Base URLs of the backend, absolute http:// or https://; at least one. A target's path is the base every forwarded path is joined below, so it must be clean (no `.`, `..` or empty segment, nothing that decodes to one, no `%25`)."},
 	{"upstreams.<name>.dial_timeout", "2s", "", "TCP connect timeout."},
 	{"upstreams.<name>.response_header_timeout", "10s", "", "Time to wait for the response headers once the request is sent."},
 	{"upstreams.<name>.timeout", "0s", "", "Limit on the whole request; 0 means none."},
@@ -108,13 +109,14 @@ var Reference = []FieldDoc{
 	{"upstreams.<name>.fallback.status", "503", "", "Status code, 100-599."},
 	{"upstreams.<name>.fallback.headers", "{}", "", "Extra response headers."},
 	{"upstreams.<name>.fallback.body", `""`, "", "Response body; empty means a small JSON body naming the upstream and the circuit state."},
+	{"upstreams.<name>.upgrade_protocols", `["websocket"]`, "", "Protocols a client may switch to through this upstream (`Upgrade` header, names compared case-insensitively). An upgraded connection is a raw tunnel that routing, methods and the breaker no longer see, so only what is listed is forwarded: from an `Upgrade` list the first listed protocol is kept, the others are dropped, and a request offering none of them goes to the upstream as a plain request without `Upgrade` (and without `HTTP2-Settings`). `h2c` is left out on purpose: through an h2c tunnel a client reaches any path and method of the upstream (h2c smuggling). `[]` allows none."},
 
 	{"routes", "[]", "", "Which requests go to which upstream. Routes are tried in order and the first match wins. At least one."},
 	{"routes[].host", `""`, "", "Exact host name, or `*.example.com` for its subdomains at any depth (not example.com itself); empty matches any host. Compared case-insensitively, port ignored."},
-	{"routes[].path_prefix", "/", "", "Path prefix to match, as a plain string prefix of the cleaned request path (`/api` also matches `/apiv2`; write `/api/` for the directory); starts with `/`."},
+	{"routes[].path_prefix", "/", "", "Path prefix to match against the cleaned request path, at a segment boundary: `/api` matches `/api` and `/api/x` but not `/apiv2` or `/api..`. Starts with `/` and is itself clean (no `.`, `..` or empty segment). Request paths holding an encoded or disguised dot-segment (`%2e%2e`, `%252e`, `..;x`, `..\\x`, `...`) are refused with 400 on every route."},
 	{"routes[].methods", "[]", "", "HTTP methods to match; upper-cased on load. Empty matches any."},
 	{"routes[].upstream", `""`, "", "Name of the upstream to send matching requests to (required)."},
-	{"routes[].strip_prefix", "false", "", "Remove path_prefix from the path before forwarding."},
+	{"routes[].strip_prefix", "false", "", "Remove path_prefix from the path before forwarding. What remains is whole, clean segments, joined below the target's path (`http://backend/tenant-a/` with route `/t`: `/t/x` goes to `/tenant-a/x`, and nothing can climb out of `/tenant-a/`)."},
 
 	{"replicas", "0", "", "How many replicas share this config (informational; used for warnings, e.g. several replicas with the memory store)."},
 }

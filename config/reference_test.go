@@ -212,6 +212,7 @@ func TestReferenceDefaultsRoundTrip(t *testing.T) {
 	want.Store.Redis.SentinelAddrs, want.Store.Redis.ClusterAddrs = []string{}, []string{}
 	want.Routes[0].Methods = []string{}
 	want.Admin.AllowedHosts = []string{}
+	want.Server.TrustedProxies = []string{}
 
 	got.origin, got.Path = nil, ""
 	if !reflect.DeepEqual(got, want) {

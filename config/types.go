@@ -44,6 +44,10 @@ type Server struct {
 	MaxConnections  int           `yaml:"max_connections"`   // 0 = no cap
 	BodyReadTimeout time.Duration `yaml:"body_read_timeout"` // 0 = no body deadline
 	BodyMinRate     int           `yaml:"body_min_rate"`     // bytes/s; 0 = no rate rule
+	// TrustedProxies are the addresses (CIDR ranges or single IPs) whose forwarding
+	// headers (X-Forwarded-*, Forwarded, X-Real-IP, ...) are kept and extended; from
+	// any other peer they are replaced. Empty: no one is trusted.
+	TrustedProxies []string `yaml:"trusted_proxies"`
 }
 
 // Admin is the admin/metrics listener.
@@ -129,6 +133,9 @@ type Upstream struct {
 	Breaker               Breaker  `yaml:"breaker"`
 	Failure               Failure  `yaml:"failure"`
 	Fallback              Fallback `yaml:"fallback"`
+	// UpgradeProtocols are the protocols a client may switch to through this upstream
+	// (Upgrade header), compared case-insensitively by name; lower-cased by Validate.
+	UpgradeProtocols []string `yaml:"upgrade_protocols"`
 
 	// TargetURLs are Targets parsed (not a YAML key; filled by Load).
 	TargetURLs []*url.URL `yaml:"-"`

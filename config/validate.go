@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strconv"
@@ -62,6 +63,35 @@ func (v *validator) server(s *Server) {
 	v.atLeast("server.max_connections", s.MaxConnections, 0)
 	v.nonNegative("server.body_read_timeout", s.BodyReadTimeout)
 	v.atLeast("server.body_min_rate", s.BodyMinRate, 0)
+	for i, cidr := range s.TrustedProxies {
+		if _, err := ParseTrustedProxy(cidr); err != nil {
+			v.errorf(fmt.Sprintf("server.trusted_proxies[%d]", i), "%v", err)
+		}
+	}
+}
+
+// ParseTrustedProxy parses one server.trusted_proxies entry: a CIDR range
+// ("10.0.0.0/8", "fd00::/8") or a single address ("192.0.2.10", a /32 or /128).
+func ParseTrustedProxy(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("invalid CIDR range %s: want an address range such as \"10.0.0.0/8\" or an address", quote(s))
+		}
+		if p != p.Masked() {
+			return netip.Prefix{}, fmt.Errorf("CIDR range %s has bits set past its /%d: write %s", quote(s), p.Bits(), quote(p.Masked().String()))
+		}
+		if p.Addr().Is4In6() && p.Bits() >= 96 { // ::ffff:10.0.0.0/104 is 10.0.0.0/8
+			return netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96), nil
+		}
+		return p, nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil || a.Zone() != "" {
+		return netip.Prefix{}, fmt.Errorf("invalid address %s: want an IP address such as \"192.0.2.10\" or a CIDR range such as \"10.0.0.0/8\"", quote(s))
+	}
+	a = a.Unmap()
+	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
 func (v *validator) admin(a *Admin) {
@@ -179,6 +209,10 @@ func (v *validator) upstream(p string, u *Upstream) {
 	u.TargetURLs = make([]*url.URL, 0, len(u.Targets))
 	for i, t := range u.Targets {
 		if target := v.httpURL(fmt.Sprintf("%s.targets[%d]", p, i), t); target != nil {
+			if !cleanTargetPath(target) {
+				v.errorf(fmt.Sprintf("%s.targets[%d]", p, i), `the path of %s must be clean: no "." or ".." segment (also not percent-encoded, or before a ";" or "\"), no "//", no "%%25"`, quote(t))
+				continue
+			}
 			u.TargetURLs = append(u.TargetURLs, target)
 		}
 	}
@@ -191,6 +225,12 @@ func (v *validator) upstream(p string, u *Upstream) {
 	v.failure(p+".failure", &u.Failure)
 	v.intBetween(p+".fallback.status", u.Fallback.Status, 100, 599)
 	v.headers(p+".fallback.headers", u.Fallback.Headers)
+	for i, proto := range u.UpgradeProtocols {
+		u.UpgradeProtocols[i] = strings.ToLower(proto)
+		if !isToken(proto) {
+			v.errorf(fmt.Sprintf("%s.upgrade_protocols[%d]", p, i), "invalid protocol name %s: want a token such as \"websocket\"", quote(proto))
+		}
+	}
 }
 
 func (v *validator) breaker(p string, b *Breaker) {
@@ -263,6 +303,8 @@ func (v *validator) routes(routes []Route, ups map[string]*Upstream) {
 		}
 		if !strings.HasPrefix(r.PathPrefix, "/") {
 			v.errorf(p+".path_prefix", `must start with "/", got %s`, quote(r.PathPrefix))
+		} else if !cleanURLPath(r.PathPrefix) {
+			v.errorf(p+".path_prefix", `must be a clean path (no "." or ".." segment, no "//"): requests are matched cleaned, so %s would never match`, quote(r.PathPrefix))
 		}
 		for j, m := range r.Methods {
 			r.Methods[j] = strings.ToUpper(m)
@@ -299,6 +341,40 @@ func (v *validator) headers(path string, h map[string]string) {
 			v.errorf(joinPath(path, name), "header value must not contain CR, LF or NUL")
 		}
 	}
+}
+
+// cleanURLPath reports whether p, which starts with "/", has no empty, "." or ".."
+// segment (a trailing slash aside), as a cleaned request path never has.
+func cleanURLPath(p string) bool {
+	segs := strings.Split(p[1:], "/")
+	for i, seg := range segs {
+		if seg == "." || seg == ".." || seg == "" && i < len(segs)-1 {
+			return false
+		}
+	}
+	return true
+}
+
+// cleanTargetPath reports whether a target's base path is one forwarded paths can be
+// joined below: empty, or clean, without a "%" once decoded (a backend decoding again
+// would read something else), and without a segment a backend could take for a
+// dot-segment ("..;x", "..\\x", "...", in either form). The proxy checks the same.
+func cleanTargetPath(u *url.URL) bool {
+	if u.Path == "" {
+		return true
+	}
+	if u.Path[0] != '/' || !cleanURLPath(u.Path) || strings.Contains(u.Path, "%") {
+		return false
+	}
+	for _, p := range []string{u.Path, u.EscapedPath()} {
+		for _, seg := range strings.FieldsFunc(p, func(r rune) bool { return r == '/' || r == '\\' }) {
+			seg, _, _ = strings.Cut(seg, ";")
+			if strings.Contains(seg, ".") && strings.Trim(seg, ". ") == "" {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // hostPort checks a "host:port" address with a numeric port, returning the host.

@@ -95,12 +95,14 @@ func (w *validator) shadowedRoutes(routes []Route) {
 
 // covers reports whether route a matches every request route b matches, given how
 // the proxy matches: hosts exactly or by "*." suffix (any depth, not the apex), paths
-// by plain string prefix, methods exactly (they are upper-cased on load).
+// by prefix at a segment boundary, methods exactly (they are upper-cased on load).
 func covers(a, b Route) bool {
 	hostOK := a.Host == "" || a.Host == b.Host ||
 		strings.HasPrefix(a.Host, "*.") && strings.HasSuffix(b.Host, a.Host[1:])
 	methodsOK := len(a.Methods) == 0 || len(b.Methods) > 0 && !slices.ContainsFunc(b.Methods, func(m string) bool {
 		return !slices.Contains(a.Methods, m)
 	})
-	return hostOK && methodsOK && strings.HasPrefix(b.PathPrefix, a.PathPrefix)
+	rest, prefixOK := strings.CutPrefix(b.PathPrefix, a.PathPrefix)
+	prefixOK = prefixOK && (rest == "" || strings.HasSuffix(a.PathPrefix, "/") || strings.HasPrefix(rest, "/"))
+	return hostOK && methodsOK && prefixOK
 }

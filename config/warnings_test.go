@@ -80,7 +80,9 @@ func TestCovers(t *testing.T) {
 	}{
 		{r("", "/"), r("x.com", "/api/", "GET"), true},
 		{r("", "/api"), r("", "/api"), true},
-		{r("", "/api"), r("", "/apiv2"), true}, // paths match by plain prefix
+		{r("", "/api"), r("", "/apiv2"), false}, // paths match at a segment boundary
+		{r("", "/api"), r("", "/api/v2"), true},
+		{r("", "/api/"), r("", "/api/v2"), true},
 		{r("", "/api/"), r("", "/api/v2"), true},
 		{r("", "/api/"), r("", "/api"), false},
 		{r("x.com", "/"), r("y.com", "/"), false},

@@ -333,6 +333,7 @@ func TestDoneExactlyOnce(t *testing.T) {
 				}
 			}},
 		{name: "upgrade", want: []Result{Success},
+			prepare: allowUpgrade("x"),
 			backend: func(t *testing.T) string {
 				s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 					conn, brw, _ := http.NewResponseController(w).Hijack()
@@ -349,6 +350,7 @@ func TestDoneExactlyOnce(t *testing.T) {
 				wantStatus(t, resp, http.StatusSwitchingProtocols)
 			}},
 		{name: "upgrade refused by a non-hijackable writer", want: []Result{Success},
+			prepare: allowUpgrade("x"),
 			backend: func(t *testing.T) string {
 				s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 					w.Header().Set("Connection", "Upgrade")

@@ -129,6 +129,44 @@ type exchange struct {
 	upstream context.Context
 	returned bool // ReverseProxy.ServeHTTP returned rather than panicked
 	writeErr bool // a write to the client failed
+	// informational counts the upstream's 1xx responses (see WriteHeader). It is
+	// written on the transport's goroutine, under ReverseProxy's lock, which the request's
+	// goroutine takes before it goes on once the round trip is over.
+	informational int
+	// closeConn: the request had a chunked body, so every answer says Connection: close
+	// (see Proxy.ServeHTTP). ReverseProxy clears the response header map after each 1xx
+	// it relays, so the final answer sets it again (closeAfter).
+	closeConn bool
+}
+
+// closeAfter puts back the Connection: close of an answer to a chunked request before
+// the final status is written.
+func (e *exchange) closeAfter() {
+	if e.closeConn {
+		e.w.Header().Set("Connection", "close")
+	}
+}
+
+// maxInformational is how many informational (1xx) responses of one upstream response
+// are relayed to the client; the rest are dropped. 103 Early Hints and 102 Processing
+// come one or a few at a time; an upstream sending more is not relayed, and one that
+// never stops ends at its response_header_timeout (a 504 and a timeout failure), as the
+// transport does not reset that timer for 1xx responses.
+const maxInformational = 10
+
+// errInvalidStatus is checkStatus's error: ReverseProxy hands it to the ErrorHandler,
+// which counts it as a transport failure and answers 502.
+var errInvalidStatus = errors.New("upstream response status outside 100-599")
+
+// checkStatus is every route's ReverseProxy ModifyResponse: a final status outside
+// 100-599 (999, 600, 099: three digits, as Go's transport accepts them) is not HTTP. It
+// is neither passed on (net/http would even panic writing a status below 100) nor
+// counted as a success, but refused as the upstream's protocol error.
+func checkStatus(res *http.Response) error {
+	if res.StatusCode < 100 || res.StatusCode > 599 {
+		return errInvalidStatus
+	}
+	return nil
 }
 
 // report hands the outcome to the breaker and the Recorder unless that was done already.
@@ -177,11 +215,14 @@ func (e *exchange) bodyBroken() {
 func (e *exchange) Header() http.Header { return e.w.Header() }
 
 // WriteHeader classifies the first final status. Informational 1xx responses pass
-// through untouched (101 arrives through Hijack instead). ReverseProxy calls it for
-// every proxied response, after copying the upstream's headers.
+// through untouched, the first maxInformational of them; later ones are dropped (101
+// arrives through Hijack instead). ReverseProxy calls it for every proxied response,
+// after copying the upstream's headers.
 func (e *exchange) WriteHeader(code int) {
 	if code >= 100 && code <= 199 {
-		e.w.WriteHeader(code)
+		if e.informational++; e.informational <= maxInformational {
+			e.w.WriteHeader(code)
+		}
 		return
 	}
 	if !e.done {
@@ -191,6 +232,7 @@ func (e *exchange) WriteHeader(code int) {
 	h := e.w.Header()
 	delete(h, HeaderCircuit)
 	delete(h, HeaderLimit)
+	e.closeAfter()
 	e.w.WriteHeader(code)
 }
 
@@ -243,6 +285,7 @@ func (p *Proxy) handleError(rw http.ResponseWriter, _ *http.Request, err error) 
 		return
 	}
 	up := e.up
+	e.closeAfter()
 	var status int
 	switch {
 	case e.client.Err() != nil || errors.Is(err, context.Canceled):

@@ -13,8 +13,10 @@
 //     request to the upstream's next target (round-robin) over a tuned http.Transport
 //     (transport.go), shared by the upstreams with the same targets and transport
 //     settings. Streaming responses (server-sent events,
-//     chunked bodies) are flushed as they arrive; protocol upgrades (WebSocket) are
-//     tunnelled.
+//     chunked bodies) are flushed as they arrive; protocol upgrades the upstream allows
+//     (upgrade_protocols: WebSocket by default, never h2c unless listed) are tunnelled,
+//     others are stripped. Forwarding headers are believed only from
+//     server.trusted_proxies.
 //  4. Classification (classify.go): the response status, or the error, becomes a
 //     breaker outcome (success, failure or ignored), reported exactly once, and a
 //     Result for the Recorder. A success whose body the upstream then breaks off is

@@ -111,8 +111,9 @@ func upstreamCfg(t *testing.T, targets ...string) *config.Upstream {
 			OpenDuration: 30 * time.Second, BackoffMultiplier: 1,
 			HalfOpenMaxRequests: 1, SuccessThreshold: 1,
 		},
-		Failure:  config.Failure{Statuses: []string{"5xx"}, TransportErrors: true, Timeouts: true},
-		Fallback: config.Fallback{Status: 503},
+		Failure:          config.Failure{Statuses: []string{"5xx"}, TransportErrors: true, Timeouts: true},
+		Fallback:         config.Fallback{Status: 503},
+		UpgradeProtocols: []string{"websocket"},
 	}
 	u.Failure.FailureStatus = defaultFailures()
 	for _, s := range targets {
@@ -316,6 +317,12 @@ func newBlockingBackend(t *testing.T) *blockingBackend {
 	t.Cleanup(b.Close)
 	t.Cleanup(b.Release)
 	return b
+}
+
+// allowUpgrade returns a TestDoneExactlyOnce prepare step that lets clients switch the
+// upstream to protos.
+func allowUpgrade(protos ...string) func(*testing.T, *fixture, *config.Upstream) {
+	return func(_ *testing.T, _ *fixture, u *config.Upstream) { u.UpgradeProtocols = protos }
 }
 
 func oneRoute(up string) []config.Route {

@@ -7,6 +7,7 @@ import (
 	"log"
 	"net/http"
 	"net/http/httputil"
+	"net/netip"
 	"net/url"
 	"strings"
 	"sync"
@@ -82,6 +83,9 @@ type upstream struct {
 	bulkhead       *bulkhead     // shared with the same-named upstream of the tables before and after
 	maxConcurrent  int64         // the bulkhead's cap in this table (setLimits)
 	limited        limitResponse // the answer when the bulkhead is full
+	// upgrades are the protocols clients may switch to (lower-case names); see
+	// filterUpgrade.
+	upgrades []string
 	// Precomputed JSON bodies of the proxy's own error responses.
 	errBadGateway, errGatewayTimeout, errBadRequest []byte
 }
@@ -202,6 +206,14 @@ func (p *Proxy) build(cfg *config.Config, breakers map[string]*breaker.Breaker, 
 		}
 		t.upstreams[name] = up
 	}
+	var trusted []netip.Prefix
+	for i, s := range cfg.Server.TrustedProxies {
+		p, err := config.ParseTrustedProxy(s)
+		if err != nil {
+			return nil, fmt.Errorf("proxy: server.trusted_proxies[%d]: %w", i, err)
+		}
+		trusted = append(trusted, p)
+	}
 	routes := make([]*route, len(cfg.Routes))
 	for i, cr := range cfg.Routes {
 		up := t.upstreams[cr.Upstream]
@@ -209,11 +221,12 @@ func (p *Proxy) build(cfg *config.Config, breakers map[string]*breaker.Breaker, 
 			return nil, fmt.Errorf("proxy: routes[%d]: unknown upstream %q", i, cr.Upstream)
 		}
 		rt := &route{
-			index:  i,
-			host:   strings.TrimSuffix(strings.ToLower(cr.Host), "."),
-			prefix: cr.PathPrefix,
-			strip:  cr.StripPrefix,
-			up:     up,
+			index:   i,
+			host:    strings.TrimSuffix(strings.ToLower(cr.Host), "."),
+			prefix:  cr.PathPrefix,
+			strip:   cr.StripPrefix,
+			up:      up,
+			trusted: trusted,
 		}
 		if rt.prefix == "" {
 			rt.prefix = "/"
@@ -225,11 +238,12 @@ func (p *Proxy) build(cfg *config.Config, breakers map[string]*breaker.Breaker, 
 			rt.methods = append(rt.methods, strings.ToUpper(m))
 		}
 		rt.rp = &httputil.ReverseProxy{
-			Rewrite:      rt.rewrite,
-			Transport:    up.transport,
-			BufferPool:   &p.buffers,
-			ErrorHandler: p.handleError,
-			ErrorLog:     p.errLog,
+			Rewrite:        rt.rewrite,
+			ModifyResponse: checkStatus,
+			Transport:      up.transport,
+			BufferPool:     &p.buffers,
+			ErrorHandler:   p.handleError,
+			ErrorLog:       p.errLog,
 		}
 		routes[i] = rt
 	}
@@ -259,9 +273,15 @@ func newUpstream(name string, cu *config.Upstream, b *breaker.Breaker) (*upstrea
 		errGatewayTimeout: errorBody("gateway_timeout", name),
 		errBadRequest:     errorBody("bad_request", name),
 	}
+	for _, proto := range cu.UpgradeProtocols {
+		up.upgrades = append(up.upgrades, strings.ToLower(proto))
+	}
 	for _, t := range cu.TargetURLs {
 		if t == nil || (t.Scheme != "http" && t.Scheme != "https") || t.Host == "" {
 			return nil, fmt.Errorf("proxy: upstream %q: target %v is not an absolute http(s) URL", name, t)
+		}
+		if !cleanBasePath(t) {
+			return nil, fmt.Errorf("proxy: upstream %q: target %v: its path must be clean (no dot-segments, empty segments or '%%')", name, t)
 		}
 		c := *t
 		up.targets = append(up.targets, &c)
@@ -278,8 +298,11 @@ func newUpstream(name string, cu *config.Upstream, b *breaker.Breaker) (*upstrea
 // Routing: the first route in config order whose host, path prefix and methods match.
 // Hosts compare case-insensitively without the port; "*.example.com" matches every
 // subdomain of example.com but not example.com itself. The path matched (and forwarded)
-// is the cleaned one, so "/api/../admin" is "/admin"; a path hiding a dot-segment in
-// percent-encoding is refused with 400. No match: 404 with a JSON body. CONNECT: 405.
+// is the cleaned one, so "/api/../admin" is "/admin", and a prefix matches at a segment
+// boundary ("/v1" matches "/v1/x", not "/v1.."); a path hiding a dot-segment in
+// percent-encoding, or holding a segment a backend may read as one ("..;x", "..\x",
+// "%252e%252e", "..."), is refused with 400, as is the asterisk form ("OPTIONS *").
+// No match: 404 with a JSON body. CONNECT: 405.
 // The proxy only ever connects to configured targets: an absolute-form request URI
 // naming another host routes like any request for that Host. Every answer to a request
 // with a chunked body says Connection: close, and the connection is closed after it
@@ -296,7 +319,8 @@ func newUpstream(name string, cu *config.Upstream, b *breaker.Breaker) (*upstrea
 // success becomes a failure after all (breaker.LateFailure, Result FailureBody); the
 // client sees the body cut, as ReverseProxy aborts the response.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if chunkedBody(r) {
+	chunked := chunkedBody(r)
+	if chunked {
 		// RFC 9112 §6.1: a server must close the connection after responding to a request
 		// with both Content-Length and Transfer-Encoding. net/http has dropped the
 		// Content-Length by now (§6.3), so every chunked request is treated as one that
@@ -346,7 +370,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	e := p.exchanges.Get().(*exchange)
-	*e = exchange{w: w, p: p, up: up, client: r.Context(), ticket: ticket, start: p.now()}
+	*e = exchange{w: w, p: p, up: up, client: r.Context(), ticket: ticket, start: p.now(), closeConn: chunked}
 	defer p.release(e)
 
 	if r.Body != nil && r.Body != http.NoBody {

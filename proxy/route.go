@@ -2,7 +2,10 @@ package proxy
 
 import (
 	"math"
+	"net/http"
 	"net/http/httputil"
+	"net/netip"
+	"net/textproto"
 	"net/url"
 	"path"
 	"slices"
@@ -18,13 +21,23 @@ type route struct {
 	methods []string
 	strip   bool
 	up      *upstream
+	trusted []netip.Prefix         // server.trusted_proxies, shared by the table's routes
 	rp      *httputil.ReverseProxy // its Rewrite is rt.rewrite
 }
 
 // matches reports whether the route accepts a request for the cleaned path with method.
 // Methods compare exactly: HTTP methods are case-sensitive.
 func (rt *route) matches(cleanPath, method string) bool {
-	return strings.HasPrefix(cleanPath, rt.prefix) && rt.allows(method)
+	return prefixMatch(cleanPath, rt.prefix) && rt.allows(method)
+}
+
+// prefixMatch reports whether a cleaned path starts with prefix at a segment boundary:
+// the prefix ends with "/", or the path ends right after it or goes on with "/". So
+// "/v1" matches "/v1" and "/v1/x" but not "/v1x" or "/v1..": what strip_prefix removes
+// is always whole segments, and what it leaves is a clean path of whole segments.
+func prefixMatch(cleanPath, prefix string) bool {
+	return strings.HasPrefix(cleanPath, prefix) &&
+		(len(cleanPath) == len(prefix) || prefix[len(prefix)-1] == '/' || cleanPath[len(prefix)] == '/')
 }
 
 // allows reports whether the route accepts method.
@@ -34,18 +47,158 @@ func (rt *route) allows(method string) bool {
 
 // rewrite is the route's httputil.ReverseProxy Rewrite function. The outbound request
 // gets the cleaned path (with the prefix removed when the route strips it), the next
-// target in round-robin order, and X-Forwarded-For/-Host/-Proto. X-Forwarded-For
-// appends the client's address to the one the client sent. The Host header is the
-// target's (httputil.ProxyRequest.SetURL's behaviour); the client's Host is in
-// X-Forwarded-Host.
+// target in round-robin order, only an allowed upgrade (filterUpgrade), and
+// X-Forwarded-For/-Host/-Proto. The Host header is the target's
+// (httputil.ProxyRequest.SetURL's behaviour); the client's Host is in X-Forwarded-Host,
+// which is left out for a request without Host (HTTP/1.0).
+//
+// Forwarding headers say who the client is and what it asked for, so they are believed
+// only from a trusted proxy (server.trusted_proxies). From one, X-Forwarded-For gets the
+// peer's address appended, and X-Forwarded-Host/-Proto, Forwarded and the other
+// forwarding headers it sent pass on. From anyone else, X-Forwarded-For is the peer's
+// address alone, X-Forwarded-Host/-Proto are the request's own, and every other
+// forwarding header is removed (forwardingHeader). ReverseProxy has removed the
+// client's Forwarded and X-Forwarded-For/-Host/-Proto from the outbound header already.
 func (rt *route) rewrite(pr *httputil.ProxyRequest) {
 	out := pr.Out.URL
 	out.Path, out.RawPath = rt.forwardPath(pr.In.URL)
+	in, h := pr.In.Header, pr.Out.Header
+	rt.up.filterUpgrade(h, in)
 	pr.SetURL(rt.up.pick())
-	if xff := pr.In.Header["X-Forwarded-For"]; len(xff) > 0 {
-		pr.Out.Header["X-Forwarded-For"] = xff // SetXForwarded replaces, never mutates, it
+	trusted := rt.fromTrustedProxy(pr.In.RemoteAddr)
+	if trusted {
+		if xff := in["X-Forwarded-For"]; len(xff) > 0 {
+			h["X-Forwarded-For"] = xff // SetXForwarded replaces, never mutates, it
+		}
+	} else {
+		for k := range h {
+			if forwardingHeader(k) {
+				delete(h, k)
+			}
+		}
 	}
 	pr.SetXForwarded()
+	if pr.In.Host == "" {
+		delete(h, "X-Forwarded-Host")
+	}
+	if trusted {
+		for _, k := range [...]string{"X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded"} {
+			if v := in[k]; len(v) > 0 {
+				h[k] = v
+			}
+		}
+	}
+}
+
+// fromTrustedProxy reports whether a request's peer (its RemoteAddr) is in
+// server.trusted_proxies.
+func (rt *route) fromTrustedProxy(remoteAddr string) bool {
+	if len(rt.trusted) == 0 {
+		return false
+	}
+	ap, err := netip.ParseAddrPort(remoteAddr)
+	if err != nil {
+		return false
+	}
+	a := ap.Addr().Unmap()
+	for _, p := range rt.trusted {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// spoofableHeaders are the forwarding headers, besides X-Forwarded-*, through which a
+// client could claim another address or URL to a backend (canonical forms).
+var spoofableHeaders = map[string]bool{
+	"Forwarded":                true,
+	"X-Real-Ip":                true,
+	"X-Client-Ip":              true,
+	"True-Client-Ip":           true,
+	"X-Cluster-Client-Ip":      true,
+	"Cf-Connecting-Ip":         true,
+	"Fastly-Client-Ip":         true,
+	"X-Original-Forwarded-For": true,
+	"X-Original-Url":           true,
+	"X-Original-Uri":           true,
+	"X-Rewrite-Url":            true,
+	"X-Original-Host":          true,
+	"X-Host":                   true,
+	"X-Proxyuser-Ip":           true,
+}
+
+// forwardingHeader reports whether the header named k (as parsed) is a forwarding
+// header: X-Forwarded-* or one of spoofableHeaders, in any case, also with '_' for '-'
+// (CGI-style backends read X_Real_IP as X-Real-IP). It does not allocate for a
+// canonical name without '_'.
+func forwardingHeader(k string) bool {
+	if strings.IndexByte(k, '_') >= 0 {
+		k = strings.ReplaceAll(k, "_", "-")
+	}
+	k = textproto.CanonicalMIMEHeaderKey(k)
+	return strings.HasPrefix(k, "X-Forwarded-") || spoofableHeaders[k]
+}
+
+// filterUpgrade keeps only an upgrade the upstream allows on the outbound header h.
+//
+// ReverseProxy has already removed the hop-by-hop headers and, when the client's
+// Connection named "upgrade", put back "Connection: Upgrade" and the client's first
+// Upgrade line; without that, h has no Upgrade. After the upstream's 101 the connection
+// is a raw tunnel that routing, methods and the breaker no longer see, so an upgrade
+// not on the upstream's list (upgrade_protocols) is not forwarded: of the offered
+// protocols ("foo, websocket/13") the first allowed one is kept, by name and
+// case-insensitively; if none is allowed, Upgrade and Connection are removed and the
+// request goes on as a plain one (RFC 9110 §7.8 lets a server ignore Upgrade). An
+// upstream answering 101 to it anyway gets a 502 (ReverseProxy refuses a switch that was
+// not asked for). HTTP2-Settings, which only means something with an h2c upgrade, is
+// removed unless h2c is the protocol forwarded; then it is the client's (in).
+func (up *upstream) filterUpgrade(h, in http.Header) {
+	v, ok := h["Upgrade"]
+	if !ok {
+		if _, ok := h["Http2-Settings"]; ok {
+			delete(h, "Http2-Settings")
+		}
+		return
+	}
+	proto := ""
+	if len(v) > 0 {
+		proto = up.allowedUpgrade(v[0])
+	}
+	if proto == "" {
+		delete(h, "Upgrade")
+		delete(h, "Connection")
+		delete(h, "Http2-Settings")
+		return
+	}
+	if name, _, _ := strings.Cut(proto, "/"); !strings.EqualFold(name, "h2c") {
+		delete(h, "Http2-Settings")
+	} else if s, ok := in["Http2-Settings"]; ok {
+		// The client named it in Connection, as RFC 7540 §3.2.1 asks, so ReverseProxy
+		// removed it with the hop-by-hop headers: put it back, and name it again.
+		h["Http2-Settings"] = s
+		h["Connection"] = []string{"Upgrade, HTTP2-Settings"}
+	}
+	if len(v) != 1 || v[0] != proto {
+		h["Upgrade"] = []string{proto}
+	}
+}
+
+// allowedUpgrade returns the first protocol of an Upgrade list that the upstream allows,
+// or "".
+func (up *upstream) allowedUpgrade(list string) string {
+	for list != "" {
+		var proto string
+		proto, list, _ = strings.Cut(list, ",")
+		proto = strings.TrimSpace(proto)
+		name, _, _ := strings.Cut(proto, "/")
+		for _, allowed := range up.upgrades {
+			if strings.EqualFold(name, allowed) {
+				return proto
+			}
+		}
+	}
+	return ""
 }
 
 // forwardPath returns the outbound Path and RawPath for an inbound URL that routed to rt.
@@ -64,6 +217,18 @@ func (rt *route) forwardPath(in *url.URL) (p, raw string) {
 		p, raw = stripPrefix(p, raw, rt.prefix)
 	}
 	return p, raw
+}
+
+// cleanBasePath reports whether a target's path is one the forwarded paths can be
+// joined to safely: empty, or clean (cleanPath) without a dot-like segment, a '%' in its
+// decoded form (a second decoding would change it) or a dot-segment in its escaped form.
+// Forwarded paths then start with it and stay below it.
+func cleanBasePath(t *url.URL) bool {
+	if t.Path == "" {
+		return true
+	}
+	return t.Path[0] == '/' && cleanPath(t.Path) == t.Path && !hasDotLikeSegment(t.Path) &&
+		strings.IndexByte(t.Path, '%') < 0 && dotSegments(t.EscapedPath()) == 0
 }
 
 // stripPrefix removes prefix (which p starts with) from p and the corresponding escaped
@@ -100,9 +265,12 @@ func skipDecoded(raw string, n int) string {
 
 // routingPath returns the path requests are routed on: the decoded path cleaned of
 // dot-segments and duplicate slashes, keeping a trailing slash, so "/api/../admin" routes
-// as "/admin". ok is false for a path that must be refused: one not starting with "/", or
-// one in which percent-encoding hides a dot-segment ("/api/%2e%2e/admin",
-// "/api/..%2fadmin"), which the proxy and the upstream could resolve differently.
+// as "/admin". ok is false for a path that must be refused: one not starting with "/"
+// (the asterisk form "*" included), one in which percent-encoding hides a dot-segment
+// ("/api/%2e%2e/admin", "/api/..%2fadmin"), which the proxy and the upstream could
+// resolve differently, or one whose cleaned form still has a segment that some backend
+// reads as a dot-segment (see dotLike: "..;x", "..\x", "%2e%2e" once more encoded,
+// "...").
 func routingPath(u *url.URL) (clean string, ok bool) {
 	p := u.Path
 	if p == "" {
@@ -116,7 +284,68 @@ func routingPath(u *url.URL) (clean string, ok bool) {
 	if u.RawPath != "" && dotSegments(p) != dotSegments(u.EscapedPath()) {
 		return "", false
 	}
-	return cleanPath(p), true
+	clean = cleanPath(p)
+	if hasDotLikeSegment(clean) {
+		return "", false
+	}
+	return clean, true
+}
+
+// hasDotLikeSegment reports whether a cleaned path has a segment that dotLike flags.
+// It does not allocate unless a segment holds a '%'.
+func hasDotLikeSegment(p string) bool {
+	for len(p) > 0 {
+		seg := p
+		if i := strings.IndexByte(p, '/'); i >= 0 {
+			seg, p = p[:i], p[i+1:]
+		} else {
+			p = ""
+		}
+		if dotLike(seg) {
+			return true
+		}
+	}
+	return false
+}
+
+// maxUnescapes bounds how many more times dotLike decodes a segment.
+const maxUnescapes = 4
+
+// dotLike reports whether a decoded path segment could be taken for "." or ".." by a
+// backend that decodes again (%252e%252e is "%2e%2e" once decoded), splits on
+// backslashes (IIS, Windows), drops ";" parameters (Tomcat, Jetty: "..;x"), or trims
+// trailing dots and spaces (Windows: "...", ".. "): after up to maxUnescapes further
+// decodings, some piece between slashes or backslashes, up to its first ';', consists of
+// dots and spaces with at least one dot.
+func dotLike(seg string) bool {
+	if strings.IndexByte(seg, '.') < 0 && strings.IndexByte(seg, '%') < 0 {
+		return false // the common segment: nothing to look at
+	}
+	for range maxUnescapes {
+		if strings.IndexByte(seg, '%') < 0 {
+			break
+		}
+		d, err := url.PathUnescape(seg)
+		if err != nil || d == seg {
+			break
+		}
+		seg = d
+	}
+	for len(seg) > 0 {
+		piece := seg
+		if i := strings.IndexAny(seg, "/\\"); i >= 0 {
+			piece, seg = seg[:i], seg[i+1:]
+		} else {
+			seg = ""
+		}
+		if i := strings.IndexByte(piece, ';'); i >= 0 {
+			piece = piece[:i]
+		}
+		if strings.IndexByte(piece, '.') >= 0 && strings.Trim(piece, ". ") == "" {
+			return true
+		}
+	}
+	return false
 }
 
 // dotSegments counts the "." and ".." segments of a slash-separated path. Decoding can
@@ -288,9 +517,10 @@ func firstMatch(l []*route, path, method string, best *route) *route {
 // prefixTrie finds the first route, in config order, of a list whose prefix the path
 // starts with and whose methods allow the request. It is a radix tree of the routes'
 // prefixes: the path is walked once, byte by byte along the edges, and the routes of
-// each prefix met on the way (the prefixes of the path, no others) are candidates. A
-// route's match is a plain string prefix ("/api" matches "/apiary"), so this finds
-// exactly the routes rt.matches would, whatever the prefixes look like.
+// each prefix met on the way (the prefixes of the path, no others) are candidates if the
+// prefix ends at a segment boundary of the path (prefixMatch: "/api" matches "/api/x",
+// not "/apiary"), so this finds exactly the routes rt.matches would, whatever the
+// prefixes look like.
 type prefixTrie struct {
 	// nodes[0] is the root; the children of a node are contiguous, in the order of their
 	// first bytes in its indices.
@@ -388,7 +618,8 @@ func (t *prefixTrie) first(path, method string, best *route) *route {
 	}
 	rest := path[len(n.label):]
 	for {
-		if len(n.routes) > 0 {
+		// The routes here match at a segment boundary only (prefixMatch).
+		if len(n.routes) > 0 && (rest == "" || rest[0] == '/' || path[len(path)-len(rest)-1] == '/') {
 			best = firstMethodMatch(n.routes, method, best)
 		}
 		if rest == "" {

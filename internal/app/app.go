@@ -344,6 +344,9 @@ func (a *App) Run(ctx context.Context) error {
 		IdleTimeout:       cfg.Server.IdleTimeout,
 		MaxHeaderBytes:    cfg.Server.MaxHeaderBytes,
 		ErrorLog:          zap.NewStdLog(a.log.Named("http")),
+		// "OPTIONS *" goes to the proxy like any request, which refuses the asterisk
+		// form with 400, instead of net/http's own 200.
+		DisableGeneralOptionsHandler: true,
 	}
 	serveErr := make(chan error, 1)
 	wg.Add(1)
