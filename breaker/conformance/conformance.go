@@ -178,9 +178,9 @@ func Rows() []Row {
 		halfOpen = breaker.HalfOpen
 	)
 	s10, s20, s30 := 10*time.Second, 20*time.Second, 30*time.Second
-	tripped := history("FFF")                           // open, 1 trip, 10 s
-	halfOpen1 := join(tripped, steps(Elapse, Admit))    // half-open, 1 trial in flight
-	halfOpen2 := join(halfOpen1, steps(Admit))          // 2 in flight: no free slot
+	tripped := history("FFF")                        // open, 1 trip, 10 s
+	halfOpen1 := join(tripped, steps(Elapse, Admit)) // half-open, 1 trial in flight
+	halfOpen2 := join(halfOpen1, steps(Admit))       // 2 in flight: no free slot
 	counts := func(r, f, s uint32) breaker.Counts { return breaker.Counts{Requests: r, Failures: f, Slow: s} }
 	return []Row{
 		// Closed: the trip rules, in their order.
