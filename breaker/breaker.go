@@ -405,6 +405,7 @@ func (b *Breaker) lateFailureLocked(r Receipt, tr *Transition) bool {
 }
 
 // tripReasonLocked evaluates the trip rules in a fixed order and names the first that fires.
+// The Redis store's scripts hold the same rules: breaker/conformance holds both to one table.
 func (b *Breaker) tripReasonLocked(now time.Duration) string {
 	s := &b.s
 	if s.ConsecutiveFailures > 0 && b.consecutive >= s.ConsecutiveFailures {

@@ -170,7 +170,9 @@ func TestConcurrentUse(t *testing.T) {
 			if d := b.RetryAfter(); d < 0 {
 				t.Errorf("RetryAfter %v", d)
 			}
-			_, _ = b.State(), b.Mode()
+			if st, m := b.State(), b.Mode(); st > breaker.HalfOpen || m > breaker.MetricsOnly {
+				t.Errorf("State %v, Mode %v", st, m)
+			}
 		}
 	}()
 	wg.Wait()
@@ -180,8 +182,10 @@ func TestConcurrentUse(t *testing.T) {
 	if tracker.max > s.HalfOpenMaxRequests {
 		t.Errorf("%d trials in flight at once in one generation, limit %d", tracker.max, s.HalfOpenMaxRequests)
 	}
-	if admitted.Load()+rejected.Load() != workers*perWorker {
-		t.Errorf("admitted %d + rejected %d != %d", admitted.Load(), rejected.Load(), workers*perWorker)
+	// The run must have reached what it means to race: trials, rejections, transitions.
+	if trials.Load() == 0 || rejected.Load() == 0 || admitted.Load() == 0 || len(obs.all()) == 0 {
+		t.Errorf("the run did not exercise the breaker: admitted %d, trials %d, rejected %d, transitions %d",
+			admitted.Load(), trials.Load(), rejected.Load(), len(obs.all()))
 	}
 	t.Logf("admitted %d (trials %d, at most %d at once), rejected %d, transitions %d, wakes %d",
 		admitted.Load(), trials.Load(), tracker.max, rejected.Load(), len(obs.all()), wakes.Load())

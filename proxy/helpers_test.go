@@ -126,23 +126,6 @@ func upstreamCfg(t *testing.T, targets ...string) *config.Upstream {
 	return u
 }
 
-// settings turns a config breaker into breaker settings (no jitter).
-func settings(t *testing.T, c config.Breaker) breaker.Settings {
-	t.Helper()
-	m, err := breaker.ParseMode(c.Mode)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return breaker.Settings{
-		ConsecutiveFailures: c.ConsecutiveFailures, FailureRate: c.FailureRate,
-		SlowCallRate: c.SlowCallRate, SlowCallDuration: c.SlowCallDuration,
-		MinimumRequests: c.MinimumRequests, Window: c.Window, Buckets: c.Buckets,
-		OpenDuration: c.OpenDuration, BackoffMultiplier: c.BackoffMultiplier,
-		MaxOpenDuration: c.MaxOpenDuration, HalfOpenMaxRequests: c.HalfOpenMaxRequests,
-		SuccessThreshold: c.SuccessThreshold, Mode: m,
-	}
-}
-
 // fixture is a Proxy served by an httptest.Server, with breakers on a fake clock.
 type fixture struct {
 	cfg      *config.Config
@@ -183,7 +166,7 @@ func (f *fixture) makeBreakers(t *testing.T, cfg *config.Config) map[string]*bre
 	bs := map[string]*breaker.Breaker{}
 	for name, u := range cfg.Upstreams {
 		if u.Breaker.Enabled {
-			bs[name] = breaker.New(name, settings(t, u.Breaker), breaker.Options{Clock: f.clock})
+			bs[name] = breaker.New(name, u.Breaker.Settings(), breaker.Options{Clock: f.clock})
 		}
 	}
 	return bs

@@ -264,7 +264,7 @@ func scenarioControl(t *testing.T, ns newStore) {
 	if err := h.st.Control(ctx, "nope", Command{Op: OpOpen}); !errors.Is(err, ErrUnknownCircuit) {
 		t.Fatalf("unknown circuit: %v", err)
 	}
-	for _, bad := range []Command{{Op: Op(4)}, {Op: OpMode, Mode: breaker.Mode(4)}} {
+	for _, bad := range []Command{{}, {Op: OpMode + 1}, {Op: OpMode, Mode: breaker.Mode(4)}} {
 		if err := h.st.Control(ctx, circuitName, bad); err == nil {
 			t.Fatalf("Control(%+v) accepted", bad)
 		}

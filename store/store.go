@@ -30,9 +30,9 @@ type Circuit struct {
 // Op is an operator's command on a circuit.
 type Op uint8
 
-// Operator commands.
+// Operator commands. They start at 1, so the zero Command is invalid.
 const (
-	OpOpen  Op = iota // open now
+	OpOpen  Op = iota + 1 // open now
 	OpClose           // close now
 	OpReset           // close, clear counts and backoff, mode normal
 	OpMode            // set Command.Mode
@@ -45,7 +45,7 @@ type Command struct {
 }
 
 func (c Command) validate() error {
-	if c.Op > OpMode || c.Mode > breaker.MetricsOnly {
+	if c.Op < OpOpen || c.Op > OpMode || c.Mode > breaker.MetricsOnly {
 		return fmt.Errorf("invalid command: op %d, mode %d", c.Op, c.Mode)
 	}
 	return nil

@@ -14,7 +14,6 @@ import (
 	"github.com/fuseproxy/fuseproxy/breaker"
 	"github.com/fuseproxy/fuseproxy/config"
 	"github.com/fuseproxy/fuseproxy/internal/admin"
-	"github.com/fuseproxy/fuseproxy/internal/app"
 	"github.com/fuseproxy/fuseproxy/store"
 )
 
@@ -77,7 +76,7 @@ func adminServer(t *testing.T, token string) (*httptest.Server, *cliBackend) {
 		t.Fatal(err)
 	}
 	f := &cliBackend{cfg: cfg, breakers: map[string]*breaker.Breaker{}, store: &countingStore{Memory: store.NewMemory("replica-1")}}
-	b := breaker.New("api", app.Settings(cfg.Upstreams["api"].Breaker), breaker.Options{})
+	b := breaker.New("api", cfg.Upstreams["api"].Breaker.Settings(), breaker.Options{})
 	f.breakers["api"] = b
 	f.store.Attach(map[string]store.Circuit{"api": {Breaker: b}})
 	f.ready.Store(true)

@@ -85,7 +85,7 @@ func newBackend(t testing.TB) *fakeBackend {
 		if !u.Breaker.Enabled {
 			continue
 		}
-		b := breaker.New(name, app.Settings(u.Breaker), breaker.Options{Clock: f.clock})
+		b := breaker.New(name, u.Breaker.Settings(), breaker.Options{Clock: f.clock})
 		f.breakers[name] = b
 		circuits[name] = store.Circuit{Breaker: b}
 	}

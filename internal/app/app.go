@@ -125,20 +125,6 @@ func (a *App) newStore(cfg *config.Config) (store.Store, error) {
 	}
 }
 
-// Settings converts an upstream's breaker config to breaker settings.
-func Settings(b config.Breaker) breaker.Settings {
-	mode, _ := breaker.ParseMode(b.Mode) // validated by config
-	return breaker.Settings{
-		ConsecutiveFailures: b.ConsecutiveFailures, FailureRate: b.FailureRate,
-		SlowCallRate: b.SlowCallRate, SlowCallDuration: b.SlowCallDuration,
-		MinimumRequests: b.MinimumRequests, Window: b.Window, Buckets: b.Buckets,
-		OpenDuration: b.OpenDuration, BackoffMultiplier: b.BackoffMultiplier,
-		MaxOpenDuration: b.MaxOpenDuration, Jitter: b.Jitter,
-		HalfOpenMaxRequests: b.HalfOpenMaxRequests, SuccessThreshold: b.SuccessThreshold,
-		Mode: mode,
-	}
-}
-
 // buildBreakers returns a breaker per upstream whose breaker is enabled, keeping the
 // existing breaker (its state and counts) when old has one of that name.
 func (a *App) buildBreakers(cfg *config.Config, old map[string]*breaker.Breaker) map[string]*breaker.Breaker {
@@ -151,7 +137,7 @@ func (a *App) buildBreakers(cfg *config.Config, old map[string]*breaker.Breaker)
 		if !u.Breaker.Enabled {
 			continue
 		}
-		s := Settings(u.Breaker)
+		s := u.Breaker.Settings()
 		if b, ok := old[name]; ok {
 			b.SetSettings(s)
 			out[name] = b

@@ -67,7 +67,7 @@ func BenchmarkUpstreamMemory(b *testing.B) {
 
 			bs := make(map[string]*breaker.Breaker, n)
 			for name, u := range cfg.Upstreams {
-				bs[name] = breaker.New(name, Settings(u.Breaker), breaker.Options{})
+				bs[name] = breaker.New(name, u.Breaker.Settings(), breaker.Options{})
 			}
 			h3 := liveHeap()
 

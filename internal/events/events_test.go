@@ -338,12 +338,37 @@ func TestDisabledStillCounts(t *testing.T) {
 	}
 }
 
+// A dispatcher closed before it started has no worker to wait for: Close returns at
+// once and says what it did not deliver, a second Close says nothing more, and neither a
+// later Start nor a later transition sends anything.
 func TestCloseWithoutStart(t *testing.T) {
-	d := New(config.Events{Enabled: true, QueueSize: 1, Webhooks: []config.Webhook{hook("http://127.0.0.1:1")}}, Options{})
-	d.OnTransition(breaker.Transition{Upstream: "api"})
+	rcv := newReceiver(t, nil)
+	core, logs := observer.New(zap.InfoLevel)
+	fm := &fakeMetrics{}
+	d := New(config.Events{Enabled: true, QueueSize: 1, Webhooks: []config.Webhook{hook(rcv.srv.URL)}},
+		Options{Logger: zap.New(core), Metrics: fm})
+	d.OnTransition(breaker.Transition{Upstream: "api", To: breaker.Open})
 	closeDispatcher(t, d)
-	closeDispatcher(t, d) // twice is fine
+	undelivered := logs.FilterMessage("transition events not delivered at shutdown").All()
+	if len(undelivered) != 1 || undelivered[0].ContextMap()["events"] != int64(1) {
+		t.Fatalf("shutdown lines %v, want one with events=1", undelivered)
+	}
+	closeDispatcher(t, d) // twice is fine, and says nothing more
 	d.Start()             // after Close: no worker
+	d.OnTransition(breaker.Transition{Upstream: "api", From: breaker.Open, To: breaker.HalfOpen})
+	closeDispatcher(t, d)
+	if n := len(logs.FilterMessage("transition events not delivered at shutdown").All()); n != 1 {
+		t.Errorf("%d shutdown lines after closing three times, want 1", n)
+	}
+	if d.started || len(d.queue) != 1 {
+		t.Errorf("after Close, Start started a worker (%v) or a transition was queued (%d queued)", d.started, len(d.queue))
+	}
+	if n := rcv.count(); n != 0 || fm.delivered.Load()+fm.failed.Load() != 0 {
+		t.Errorf("webhook got %d events, %d deliveries tried; want none", n, fm.delivered.Load()+fm.failed.Load())
+	}
+	if fm.transitions.Load() != 2 {
+		t.Errorf("transitions counted %d, want 2 (counting goes on after Close)", fm.transitions.Load())
+	}
 }
 
 func TestRedact(t *testing.T) {

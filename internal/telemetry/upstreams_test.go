@@ -3,6 +3,7 @@ package telemetry
 import (
 	"fmt"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -71,13 +72,16 @@ func TestBreakerToggleKeepsRequestCounts(t *testing.T) {
 	}
 }
 
-// Scrapes, reloads and requests run concurrently (go test -race).
+// Scrapes, reloads and requests run concurrently (and under go test -race): no request
+// is lost, every scrape sees the counters only grow, and the exposition stays valid.
 func TestScrapeWhileCounting(t *testing.T) {
 	m := New(Options{NoRuntimeCollectors: true})
 	m.SetUpstreams(map[string]bool{"a": true, "b": false})
+	names := []string{"a", "b"}
+	sent := make([]int, len(names))
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
-	for _, name := range []string{"a", "b"} {
+	for i, name := range names {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -89,17 +93,48 @@ func TestScrapeWhileCounting(t *testing.T) {
 				}
 				m.Request(name, proxy.Success, time.Millisecond)
 				m.Transition(breaker.Transition{Upstream: name, From: breaker.Closed, To: breaker.Open})
+				sent[i]++
 			}
 		}()
 	}
+	seen := make([]float64, len(names))
 	for i := range 20 {
 		m.SetUpstreams(map[string]bool{"a": i%2 == 0, "b": true})
-		scrape(t, m)
+		text := scrape(t, m)
+		for j, name := range names {
+			n := successes(t, text, name)
+			if n < seen[j] {
+				t.Fatalf("scrape %d: %s's requests went from %v down to %v", i, name, seen[j], n)
+			}
+			seen[j] = n
+		}
 	}
 	close(stop)
 	wg.Wait()
 	text := scrape(t, m)
+	for j, name := range names {
+		if n := successes(t, text, name); n != float64(sent[j]) || sent[j] == 0 {
+			t.Errorf("%s: %v requests counted, %d sent", name, n, sent[j])
+		}
+	}
 	PromtoolCheck(t, text)
+}
+
+// successes reads an upstream's success counter from an exposition.
+func successes(t *testing.T, text, upstream string) float64 {
+	t.Helper()
+	prefix := `fuseproxy_requests_total{outcome="success",upstream="` + upstream + `"} `
+	for line := range strings.Lines(text) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), prefix); ok {
+			n, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("%s: %v", line, err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("no %s in the exposition:\n%s", prefix, text)
+	return 0
 }
 
 // An idle upstream's series must stay cheap: with client_golang's vectors they cost about

@@ -7,7 +7,8 @@ local op = ARGV[1]
 if op == 'open' then
   trip(st, s, now, 'mode', tonumber(ARGV[4]), KEYS[2])
 elseif op == 'close' then
-  close(st, 'mode', now, KEYS[2])
+  -- on a closed circuit it does nothing, as breaker.Close: the counts stay
+  if st.st ~= 0 then close(st, 'mode', now, KEYS[2]) end
 elseif op == 'reset' then
   st.md = 0
   close(st, 'reset', now, KEYS[2])

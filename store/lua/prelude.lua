@@ -15,6 +15,10 @@
 -- Settings travel as one comma-separated ARGV: consecutive, failure rate %, slow rate %,
 -- minimum requests, window ms, buckets, open ms, backoff multiplier, max open ms, jitter,
 -- half-open max, success threshold, min replicas reporting, initial mode.
+--
+-- These scripts are the state machine of breaker.Breaker written again for a fleet. Both
+-- are held to one table of (state, event) -> (state, reason) rows, breaker/conformance:
+-- change a rule here and there together, and add its row.
 
 local function now_ms()
   local t = redis.call('TIME')
