@@ -47,7 +47,8 @@ func TestConfigFileLimits(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return do(adm.client, req) // the client's 5s timeout bounds a hang
+		req.Header.Set("X-Fuse-Admin", "1") // as the CLI sends it
+		return do(adm.client, req)          // the client's 5s timeout bounds a hang
 	}
 	serving := func(when string) {
 		t.Helper()
