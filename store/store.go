@@ -16,7 +16,9 @@ import (
 
 // Circuit is one upstream's breaker as a store keeps it.
 type Circuit struct {
-	Breaker *breaker.Breaker
+	// Breaker is the circuit's breaker, as a store sees it: a Redis store sets its
+	// wake-up (SetWake) when it takes the circuit.
+	Breaker breaker.Sync
 	// MinReplicasReporting is the quorum: a trip needs failures reported by at least this
 	// many distinct replicas within the window (shared stores only; 0 or 1: no quorum).
 	MinReplicasReporting int
