@@ -1,6 +1,7 @@
 package breaker_test
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -230,4 +231,47 @@ func TestRetryAfterWhenTrialsRejected(t *testing.T) {
 			t.Errorf("RetryAfter %v, want %v", got, breaker.TrialRetryAfter)
 		}
 	})
+}
+
+// Every rejection carries the retry hint RetryAfter gives at that moment, so the proxy's
+// fallback need not ask the breaker again; an admitted request carries none.
+func TestRejectionCarriesRetryAfter(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		prepare func(f *fixture)
+		err     error
+		want    time.Duration
+	}{
+		{"open", func(f *fixture) { f.b.Trip(); f.clock.Advance(3 * time.Second) }, breaker.ErrOpen, 7 * time.Second},
+		{"forced open", func(f *fixture) { f.b.SetMode(breaker.ForcedOpen) }, breaker.ErrOpen, 10 * time.Second},
+		{"half-open with no trial slot", func(f *fixture) { f.b.Trip(); f.openToHalfOpen() },
+			breaker.ErrTooManyTrials, breaker.TrialRetryAfter},
+		{"shared, open period over, no permit yet", func(f *fixture) {
+			f.b.SetShared(true)
+			f.b.Apply(breaker.SharedState{State: breaker.Open, Generation: 1, OpenRemaining: time.Second,
+				OpenFor: 10 * time.Second, Trips: 1}, false)
+			f.clock.Advance(time.Second)
+		}, breaker.ErrOpen, breaker.TrialRetryAfter},
+		{"shared, open", func(f *fixture) {
+			f.b.SetShared(true)
+			f.b.Apply(breaker.SharedState{State: breaker.Open, Generation: 1, OpenRemaining: 4 * time.Second,
+				OpenFor: 10 * time.Second, Trips: 1}, false)
+		}, breaker.ErrOpen, 4 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, baseSettings())
+			tc.prepare(f)
+			tk, err := f.b.Allow()
+			if !errors.Is(err, tc.err) {
+				t.Fatalf("Allow: %v, want %v", err, tc.err)
+			}
+			if got := tk.RetryAfter(); got != tc.want || got != f.b.RetryAfter() {
+				t.Errorf("ticket's RetryAfter %v, want %v (the breaker says %v)", got, tc.want, f.b.RetryAfter())
+			}
+		})
+	}
+	f := newFixture(t, baseSettings())
+	if tk := f.allow(); tk.RetryAfter() != 0 {
+		t.Errorf("an admitted ticket carries RetryAfter %v", tk.RetryAfter())
+	}
 }

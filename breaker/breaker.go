@@ -15,21 +15,20 @@ type Options struct {
 	Observer Observer
 	// Rand returns a uniform number in [0, 1) for jitter.
 	Rand func() float64
-	// Wake is called, without blocking and without the lock held, when a shared breaker
-	// needs its store: its open period ended and it waits for trial permits, or a trial
-	// finished and its outcome should be reported at once.
-	Wake func()
 }
 
 // Breaker is one upstream's circuit breaker. It is safe for concurrent use; Allow in the
 // closed state and Allow while open are lock-free, Done takes a short uncontended lock.
 // Neither allocates.
+//
+// Its methods serve three audiences, each with a view of its own (views.go): the request
+// path (Gate), operators (Control) and a shared store (Sync).
 type Breaker struct {
 	name  string
 	clock Clock
 	obs   Observer
 	rand  func() float64
-	wake  func()
+	wake  atomic.Pointer[func()] // set by a shared store (SetWake)
 
 	// word packs generation<<12 | epoch<<4 | mode<<2 | state so Allow reads them in one
 	// load. The epoch (8 bits) counts forced Applies: a resync may adopt a generation the
@@ -76,7 +75,7 @@ func New(name string, s Settings, o Options) *Breaker {
 	if o.Rand == nil {
 		o.Rand = rand.Float64
 	}
-	b := &Breaker{name: name, clock: o.Clock, obs: o.Observer, rand: o.Rand, wake: o.Wake}
+	b := &Breaker{name: name, clock: o.Clock, obs: o.Observer, rand: o.Rand}
 	b.s = normalize(s)
 	b.openDuration.Store(int64(b.s.OpenDuration))
 	b.win = newWindow(b.s.Window, b.s.Buckets)
@@ -124,7 +123,8 @@ func (b *Breaker) generation() uint64 { return b.word.Load() >> 12 }
 
 // Ticket is an admission: hand it back to Done with the outcome.
 type Ticket struct {
-	gen   uint64 // stamp: generation<<8 | epoch
+	gen   uint64        // stamp: generation<<8 | epoch
+	retry time.Duration // a rejection's retry hint
 	flags uint8
 }
 
@@ -143,6 +143,11 @@ func (t Ticket) WouldReject() bool { return t.flags&ticketWouldReject != 0 }
 // Generation is the generation the ticket was issued in.
 func (t Ticket) Generation() uint64 { return t.gen >> 8 }
 
+// RetryAfter is, for a request Allow rejected, how long its client should wait, as
+// Breaker.RetryAfter tells at the moment of the rejection; 0 for an admitted request. The
+// rejection carries it, so whoever answers the client need not ask the breaker again.
+func (t Ticket) RetryAfter() time.Duration { return t.retry }
+
 // Allow admits a request or rejects it with ErrOpen or ErrTooManyTrials.
 func (b *Breaker) Allow() (Ticket, error) {
 	st, m, gen := b.load()
@@ -150,18 +155,22 @@ func (b *Breaker) Allow() (Ticket, error) {
 	case m == ForcedClosed || (st == Closed && m != ForcedOpen):
 		return Ticket{gen: gen}, nil
 	case m == ForcedOpen:
-		return Ticket{}, ErrOpen
-	case st == Open && int64(b.clock.Now()) < b.openUntil.Load():
-		return b.reject(m, gen, ErrOpen)
+		return Ticket{retry: time.Duration(b.openDuration.Load())}, ErrOpen
+	case st == Open:
+		if left := b.openUntil.Load() - int64(b.clock.Now()); left > 0 {
+			return b.reject(m, gen, ErrOpen, time.Duration(left))
+		}
 	}
 	return b.allowSlow()
 }
 
-func (b *Breaker) reject(m Mode, gen uint64, err error) (Ticket, error) {
+// reject rejects a request with err and a retry hint; a metrics-only breaker admits it,
+// marked.
+func (b *Breaker) reject(m Mode, gen uint64, err error, retry time.Duration) (Ticket, error) {
 	if m == MetricsOnly {
 		return Ticket{gen: gen, flags: ticketWouldReject}, nil
 	}
-	return Ticket{}, err
+	return Ticket{retry: retry}, err
 }
 
 func (b *Breaker) allowSlow() (Ticket, error) {
@@ -179,17 +188,17 @@ func (b *Breaker) allowLocked(tr *Transition) (Ticket, error, bool) {
 		return Ticket{gen: gen}, nil, false
 	}
 	if m == ForcedOpen {
-		return Ticket{}, ErrOpen, false
+		return Ticket{retry: time.Duration(b.openDuration.Load())}, ErrOpen, false
 	}
 	now := b.clock.Now()
 	if st == Open {
-		if int64(now) < b.openUntil.Load() {
-			t, err := b.reject(m, gen, ErrOpen)
+		if left := b.openUntil.Load() - int64(now); left > 0 {
+			t, err := b.reject(m, gen, ErrOpen, time.Duration(left))
 			return t, err, false
 		}
 		if b.shared { // the store moves the fleet to half-open and grants permits
 			b.wanted = true
-			t, err := b.reject(m, gen, ErrOpen)
+			t, err := b.reject(m, gen, ErrOpen, TrialRetryAfter)
 			return t, err, true
 		}
 		*tr = b.transitionLocked(now, HalfOpen, ReasonOpenTimeout)
@@ -205,7 +214,7 @@ func (b *Breaker) allowLocked(tr *Transition) (Ticket, error, bool) {
 		b.trialsInFlight++
 		return Ticket{gen: gen, flags: ticketTrial}, nil, false
 	}
-	t, err := b.reject(m, gen, ErrTooManyTrials)
+	t, err := b.reject(m, gen, ErrTooManyTrials, TrialRetryAfter)
 	if b.shared && b.permits == 0 && b.trialsInFlight < b.s.HalfOpenMaxRequests {
 		b.wanted = true
 		return t, err, true
@@ -486,7 +495,9 @@ func (b *Breaker) after(tr Transition, wake bool) {
 	if tr.Reason != "" && b.obs != nil {
 		b.obs.OnTransition(tr)
 	}
-	if wake && b.wake != nil {
-		b.wake()
+	if wake {
+		if f := b.wake.Load(); f != nil {
+			(*f)()
+		}
 	}
 }

@@ -59,7 +59,8 @@ func TestConcurrentUse(t *testing.T) {
 		Jitter: 0.2, HalfOpenMaxRequests: 3, SuccessThreshold: 2,
 	}
 	var wakes atomic.Int64
-	b := breaker.New("race", s, breaker.Options{Clock: clock, Observer: obs, Wake: func() { wakes.Add(1) }})
+	b := breaker.New("race", s, breaker.Options{Clock: clock, Observer: obs})
+	b.SetWake(func() { wakes.Add(1) })
 	tracker := &trialTracker{held: map[uint64]int{}}
 
 	const workers, perWorker = 8, 3000

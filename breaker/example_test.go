@@ -24,7 +24,7 @@ func ExampleBreaker() {
 	call := func(upstreamFails bool) {
 		ticket, err := b.Allow()
 		if err != nil {
-			fmt.Printf("rejected (%v), retry after %v\n", err, b.RetryAfter())
+			fmt.Printf("rejected (%v), retry after %v\n", err, ticket.RetryAfter())
 			return
 		}
 		outcome, word := breaker.Success, "succeeded"

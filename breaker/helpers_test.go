@@ -83,8 +83,8 @@ func newFixture(t testing.TB, s breaker.Settings) *fixture {
 		Clock:    f.clock,
 		Observer: f.obs,
 		Rand:     func() float64 { return f.rnd },
-		Wake:     func() { f.wakes.Add(1) },
 	})
+	f.b.SetWake(func() { f.wakes.Add(1) })
 	return f
 }
 

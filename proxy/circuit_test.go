@@ -299,129 +299,45 @@ func withTarget(t *testing.T, u *config.Upstream, target string) *config.Upstrea
 
 // TestDoneExactlyOnce sends one request of each kind as a half-open trial: a missing
 // Done would leave the trial slot taken, a second one would be reported to the
-// Recorder twice (Done and Recorder are reported together).
+// Recorder twice (Done and Recorder are reported together). Each row is data: what the
+// upstream does, how the client asks, and what the Recorder must hear.
 func TestDoneExactlyOnce(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
-		backend func(t *testing.T) string
-		prepare func(t *testing.T, f *fixture, u *config.Upstream)
-		request func(t *testing.T, f *fixture)
-		want    []Result // the Recorder calls
+		backend doneBackend
+		client  doneClient
+		path    string
+		timeout time.Duration // the upstream's timeout
+		status  int           // the status the client gets (0: none)
+		want    []Result      // the Recorder calls
 	}{
-		{name: "success", want: []Result{Success},
-			backend: func(t *testing.T) string { return statusBackend(t).URL },
-			request: func(t *testing.T, f *fixture) { wantStatus(t, f.get(t, "", "/status/200"), 200) }},
-		{name: "failure status", want: []Result{FailureStatus},
-			backend: func(t *testing.T) string { return statusBackend(t).URL },
-			request: func(t *testing.T, f *fixture) { wantStatus(t, f.get(t, "", "/status/500"), 500) }},
-		{name: "refused", want: []Result{FailureTransport},
-			backend: refusedURL,
-			request: func(t *testing.T, f *fixture) { wantStatus(t, f.get(t, "", "/"), 502) }},
-		{name: "timeout", want: []Result{FailureTimeout},
-			backend: func(t *testing.T) string { return newBlockingBackend(t).URL },
-			prepare: func(t *testing.T, f *fixture, u *config.Upstream) { u.Timeout = 30 * time.Millisecond },
-			request: func(t *testing.T, f *fixture) { wantStatus(t, f.get(t, "", "/"), 504) }},
-		{name: "client cancel", want: []Result{Ignored},
-			backend: func(t *testing.T) string { return newBlockingBackend(t).URL },
-			request: func(t *testing.T, f *fixture) {
-				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
-				defer cancel()
-				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, f.srv.URL+"/", nil)
-				if resp, err := f.client.Do(req); err == nil {
-					resp.Body.Close()
-					t.Fatalf("got a response, want the client's deadline")
-				}
-			}},
-		{name: "upgrade", want: []Result{Success},
-			prepare: allowUpgrade("x"),
-			backend: func(t *testing.T) string {
-				s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-					conn, brw, _ := http.NewResponseController(w).Hijack()
-					defer conn.Close()
-					_, _ = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n")
-					_ = brw.Flush()
-				}))
-				t.Cleanup(s.Close)
-				return s.URL
-			},
-			request: func(t *testing.T, f *fixture) {
-				resp := rawRequest(t, f.srv.Listener.Addr().String(),
-					"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n")
-				wantStatus(t, resp, http.StatusSwitchingProtocols)
-			}},
-		{name: "upgrade refused by a non-hijackable writer", want: []Result{Success},
-			prepare: allowUpgrade("x"),
-			backend: func(t *testing.T) string {
-				s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-					w.Header().Set("Connection", "Upgrade")
-					w.Header().Set("Upgrade", "x")
-					w.WriteHeader(http.StatusSwitchingProtocols)
-				}))
-				t.Cleanup(s.Close)
-				return s.URL
-			},
-			request: func(t *testing.T, f *fixture) {
-				// httptest.ResponseRecorder cannot be hijacked: ReverseProxy then calls the
-				// ErrorHandler after Hijack was tried.
-				req := httptest.NewRequest(http.MethodGet, "/", nil)
-				req.Header.Set("Connection", "Upgrade")
-				req.Header.Set("Upgrade", "x")
-				w := httptest.NewRecorder()
-				f.p.ServeHTTP(w, req)
-				if w.Code != http.StatusBadGateway {
-					t.Errorf("status: got %d, want 502", w.Code)
-				}
-			}},
-		{name: "panic before headers", want: []Result{Ignored},
-			backend: func(t *testing.T) string { return statusBackend(t).URL },
-			prepare: nil,
-			request: func(t *testing.T, f *fixture) {
+		{"success", statusCodes, clientGet, "/status/200", 0, 200, []Result{Success}},
+		{"failure status", statusCodes, clientGet, "/status/500", 0, 500, []Result{FailureStatus}},
+		{"refused", refused, clientGet, "/", 0, 502, []Result{FailureTransport}},
+		{"timeout", blocking, clientGet, "/", 30 * time.Millisecond, 504, []Result{FailureTimeout}},
+		{"client cancel", blocking, clientGivesUp, "/", 0, 0, []Result{Ignored}},
+		{"upgrade", switches, clientUpgrade, "/", 0, http.StatusSwitchingProtocols, []Result{Success}},
+		// httptest.ResponseRecorder cannot be hijacked: ReverseProxy then calls the
+		// ErrorHandler after Hijack was tried.
+		{"upgrade refused by a non-hijackable writer", switchesByHandler, clientUpgradeNoHijack, "/", 0, 502, []Result{Success}},
+		{"panic before headers", panics, clientAborted, "/", 0, 0, []Result{Ignored}},
+		// Reported at the headers, then as a late failure when the body breaks.
+		{"body broken after headers", truncates, clientReadsCutBody, "/", 0, 200, []Result{Success, FailureBody}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			u := upstreamCfg(t, tc.backend.url(t))
+			u.Timeout = tc.timeout
+			u.UpgradeProtocols = []string{"x"}
+			f := newFixture(t, single(u))
+			if tc.backend == panics {
 				replaceTransport(f.p, roundTripFunc(func(*http.Request) (*http.Response, error) {
 					panic(http.ErrAbortHandler)
 				}))
-				if resp, err := f.client.Get(f.srv.URL + "/"); err == nil {
-					resp.Body.Close()
-					t.Fatalf("got a response, want the connection aborted")
-				}
-			}},
-		// Reported at the headers, then as a late failure when the body breaks.
-		{name: "body broken after headers", want: []Result{Success, FailureBody},
-			backend: func(t *testing.T) string {
-				s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-					conn, brw, _ := http.NewResponseController(w).Hijack()
-					defer conn.Close()
-					_, _ = brw.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort")
-					_ = brw.Flush()
-				}))
-				t.Cleanup(s.Close)
-				return s.URL
-			},
-			request: func(t *testing.T, f *fixture) {
-				// ReverseProxy aborts the response with http.ErrAbortHandler: the
-				// connection closes, before or after the buffered headers went out.
-				resp, err := f.client.Get(f.srv.URL + "/")
-				if err != nil {
-					return
-				}
-				defer resp.Body.Close()
-				if _, err := io.ReadAll(resp.Body); err == nil {
-					t.Errorf("reading the body: got no error, want it cut short")
-				}
-			}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			u := upstreamCfg(t, tc.backend(t))
-			f := newFixture(t, single(u))
-			if tc.prepare != nil {
-				tc.prepare(t, f, u)
-				if err := f.p.Update(f.cfg, f.breakers); err != nil {
-					t.Fatal(err)
-				}
 			}
 			b := f.breakers["svc"]
 			b.Trip()
 			f.clock.Add(31 * time.Second) // the next request is a half-open trial
-			tc.request(t, f)
+			tc.client.send(t, f, tc.path, tc.status)
 
 			wantResults(t, f.rec.wait(t, len(tc.want)), tc.want...)
 			eventually(t, "the trial to finish", func() bool { return b.Snapshot().TrialsInFlight == 0 })
@@ -431,6 +347,112 @@ func TestDoneExactlyOnce(t *testing.T) {
 				t.Errorf("trials in flight: got %d, want 0", sn.TrialsInFlight)
 			}
 		})
+	}
+}
+
+// doneBackend is what the upstream of a TestDoneExactlyOnce row does.
+type doneBackend int
+
+const (
+	statusCodes       doneBackend = iota // answers /status/N with N
+	refused                              // refuses connections
+	blocking                             // never answers
+	switches                             // answers 101 on a hijacked connection
+	switchesByHandler                    // answers 101 through WriteHeader
+	panics                               // the transport panics before any headers
+	truncates                            // sends 5 of the 100 bytes it announced, then closes
+)
+
+func (k doneBackend) url(t *testing.T) string {
+	hijacked := func(raw string) string {
+		s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			conn, brw, _ := http.NewResponseController(w).Hijack()
+			defer conn.Close()
+			_, _ = brw.WriteString(raw)
+			_ = brw.Flush()
+		}))
+		t.Cleanup(s.Close)
+		return s.URL
+	}
+	switch k {
+	case refused:
+		return refusedURL(t)
+	case blocking:
+		return newBlockingBackend(t).URL
+	case switches:
+		return hijacked("HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n")
+	case switchesByHandler:
+		s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Connection", "Upgrade")
+			w.Header().Set("Upgrade", "x")
+			w.WriteHeader(http.StatusSwitchingProtocols)
+		}))
+		t.Cleanup(s.Close)
+		return s.URL
+	case truncates:
+		return hijacked("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort")
+	default: // statusCodes, panics (its transport is replaced)
+		return statusBackend(t).URL
+	}
+}
+
+// doneClient is how the client of a TestDoneExactlyOnce row asks, and what it checks.
+type doneClient int
+
+const (
+	clientGet             doneClient = iota // a GET that gets the row's status
+	clientGivesUp                           // a GET the client gives up on after 30 ms
+	clientUpgrade                           // a raw upgrade request for protocol x
+	clientUpgradeNoHijack                   // the same through a ResponseRecorder
+	clientAborted                           // a GET whose connection the proxy aborts
+	clientReadsCutBody                      // a GET whose body must arrive cut short
+)
+
+func (c doneClient) send(t *testing.T, f *fixture, path string, status int) {
+	t.Helper()
+	switch c {
+	case clientGet:
+		wantStatus(t, f.get(t, "", path), status)
+	case clientGivesUp:
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, f.srv.URL+path, nil)
+		if resp, err := f.client.Do(req); err == nil {
+			resp.Body.Close()
+			t.Fatalf("got a response, want the client's deadline")
+		}
+	case clientUpgrade:
+		resp := rawRequest(t, f.srv.Listener.Addr().String(),
+			"GET "+path+" HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n")
+		wantStatus(t, resp, status)
+	case clientUpgradeNoHijack:
+		req := httptest.NewRequest(http.MethodGet, path, nil)
+		req.Header.Set("Connection", "Upgrade")
+		req.Header.Set("Upgrade", "x")
+		w := httptest.NewRecorder()
+		f.p.ServeHTTP(w, req)
+		if w.Code != status {
+			t.Errorf("status: got %d, want %d", w.Code, status)
+		}
+	case clientAborted:
+		if resp, err := f.client.Get(f.srv.URL + path); err == nil {
+			resp.Body.Close()
+			t.Fatalf("got a response, want the connection aborted")
+		}
+	case clientReadsCutBody:
+		// ReverseProxy aborts the response with http.ErrAbortHandler: the connection
+		// closes, before or after the buffered headers went out.
+		resp, err := f.client.Get(f.srv.URL + path)
+		if err != nil {
+			return
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != status {
+			t.Errorf("status: got %d, want %d", resp.StatusCode, status)
+		}
+		if _, err := io.ReadAll(resp.Body); err == nil {
+			t.Errorf("reading the body: got no error, want it cut short")
+		}
 	}
 }
 

@@ -66,17 +66,18 @@ func newFallback(name string, f config.Fallback) fallback {
 
 func readOnly(v string) []string { return []string{v}[:1:1] }
 
-// reject answers a request the circuit rejected with err (from breaker.Allow): the
-// fallback status and headers, Retry-After (the rest of the open period in whole seconds,
-// rounded up, at least 1), HeaderCircuit, and the configured body or a JSON one:
+// reject answers a request the circuit rejected with err and ticket (from breaker.Allow):
+// the fallback status and headers, Retry-After (the ticket's hint, the rest of the open
+// period, in whole seconds, rounded up, at least 1), HeaderCircuit, and the configured
+// body or a JSON one:
 //
 //	{"error":"circuit_open","upstream":"payments","state":"open","retry_after_seconds":12}
-func (fb *fallback) reject(w http.ResponseWriter, b *breaker.Breaker, err error) {
+func (fb *fallback) reject(w http.ResponseWriter, tk breaker.Ticket, err error) {
 	state := fb.open
 	if errors.Is(err, breaker.ErrTooManyTrials) {
 		state = fb.halfOpen
 	}
-	secs := retryAfterSeconds(b.RetryAfter())
+	secs := retryAfterSeconds(tk.RetryAfter())
 	h := w.Header()
 	for k, v := range fb.header {
 		h[k] = v

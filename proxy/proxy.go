@@ -71,7 +71,7 @@ type upstream struct {
 	name      string
 	targets   []*url.URL
 	next      atomic.Uint64 // round-robin position among targets
-	breaker   *breaker.Breaker
+	breaker   breaker.Gate  // nil: no breaker; the proxy only admits and reports
 	timeout   time.Duration // whole-request deadline, 0 = none
 	transport *http.Transport
 	tkey      transportKey
@@ -261,9 +261,13 @@ func newUpstream(name string, cu *config.Upstream, b *breaker.Breaker) (*upstrea
 	if b == nil && cu.Breaker.Enabled {
 		return nil, fmt.Errorf("proxy: upstream %q: breaker enabled but none given", name)
 	}
+	var gate breaker.Gate
+	if b != nil { // a nil *Breaker in the interface would not be a nil Gate
+		gate = b
+	}
 	up := &upstream{
 		name:              name,
-		breaker:           b,
+		breaker:           gate,
 		timeout:           cu.Timeout,
 		failureStatus:     cu.Failure.FailureStatus,
 		countTransport:    cu.Failure.TransportErrors,
@@ -361,7 +365,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if b := up.breaker; b != nil {
 		var err error
 		if ticket, err = b.Allow(); err != nil {
-			up.fallback.reject(w, b, err)
+			up.fallback.reject(w, ticket, err)
 			if p.rec != nil {
 				p.rec.Request(up.name, Rejected, 0)
 			}

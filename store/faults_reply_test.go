@@ -194,7 +194,7 @@ func TestRedisErrorRepliesDegrade(t *testing.T) {
 			rc.settings = longOpen()
 			rc.flush = 100 * time.Millisecond // the default: a second is what the issue asks
 			r := startReplica(t, f.srv, "r", rc)
-			other := breaker.New("other", longOpen(), breaker.Options{Wake: r.st.Wake})
+			other := breaker.New("other", longOpen(), breaker.Options{})
 			r.st.Attach(map[string]Circuit{
 				circuitName: {Breaker: r.b, SettingsHash: "h", TrialLease: time.Minute},
 				"other":     {Breaker: other, SettingsHash: "h", TrialLease: time.Minute},

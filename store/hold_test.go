@@ -249,10 +249,10 @@ func TestPlanSkipsOnlyCircuitsWithNothingToSend(t *testing.T) {
 		}, 0, 0, held},
 		{"a new success joins the hold", func(c *circuit, now time.Time) {
 			c.held, c.heldSince = breaker.Delta{Counts: breaker.Counts{Requests: held}}, now.Add(-time.Second)
-			c.Breaker.Done(must(c.Breaker.Allow()), breaker.Success, 0)
+			gate(c.Breaker).Done(must(gate(c.Breaker).Allow()), breaker.Success, 0)
 		}, 0, 0, held + 1},
 		{"a failure", func(c *circuit, now time.Time) {
-			c.Breaker.Done(must(c.Breaker.Allow()), breaker.Failure, 0)
+			gate(c.Breaker).Done(must(gate(c.Breaker).Allow()), breaker.Failure, 0)
 		}, 1, 1, 0},
 		{"the hold ran out", func(c *circuit, now time.Time) {
 			c.held, c.heldSince = breaker.Delta{Counts: breaker.Counts{Requests: held}}, now.Add(-c.holdFor)

@@ -71,3 +71,7 @@ func do(t testing.TB, b *breaker.Breaker, o breaker.Outcome) {
 	}
 	b.Done(tk, o, time.Millisecond)
 }
+
+// gate is the request path's view of a circuit's breaker, for tests that play requests
+// through a store's circuits (a store itself never sees it).
+func gate(b breaker.Sync) breaker.Gate { return b.(breaker.Gate) }

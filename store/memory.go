@@ -60,7 +60,7 @@ func (m *Memory) Control(_ context.Context, name string, cmd Command) error {
 }
 
 // apply runs an operator command on a local breaker.
-func apply(b *breaker.Breaker, cmd Command) {
+func apply(b breaker.Control, cmd Command) {
 	switch cmd.Op {
 	case OpOpen:
 		b.Trip()

@@ -156,7 +156,7 @@ func NewRedis(client redis.UniversalClient, o RedisOptions) *Redis {
 }
 
 // Wake asks the loop to run now: a breaker's trial finished, or it waits for permits.
-// It never blocks; pass it as breaker.Options.Wake.
+// It never blocks. Attach gives it to every circuit's breaker (breaker.Sync.SetWake).
 func (r *Redis) Wake() {
 	select {
 	case r.wake <- struct{}{}:
@@ -173,6 +173,7 @@ func (r *Redis) Attach(circuits map[string]Circuit) {
 	r.mu.Lock()
 	for name, c := range circuits {
 		state, leases := keys(r.o.Prefix, name)
+		c.Breaker.SetWake(r.Wake)
 		bs := c.Breaker.Settings()
 		sc := &circuit{Circuit: c, name: name, key: state, leaseKey: leases,
 			settings: settingsArg(bs, c.MinReplicasReporting), holdFor: max(bs.Window, r.o.FlushInterval)}

@@ -85,7 +85,7 @@ func startReplica(t *testing.T, srv *redistest.Server, id string, rc replicaConf
 			},
 		},
 	})
-	r.b = breaker.New(circuitName, rc.settings, breaker.Options{Wake: r.st.Wake})
+	r.b = breaker.New(circuitName, rc.settings, breaker.Options{})
 	hash := rc.hash
 	if hash == "" {
 		hash = "h"
@@ -835,7 +835,7 @@ func BenchmarkRedisAllowDone(b *testing.B) {
 		b.Fatal(err)
 	}
 	st := NewRedis(client, RedisOptions{ReplicaID: "bench", FlushInterval: 20 * time.Millisecond})
-	br := breaker.New(circuitName, s, breaker.Options{Wake: st.Wake})
+	br := breaker.New(circuitName, s, breaker.Options{})
 	st.Attach(map[string]Circuit{circuitName: {Breaker: br}})
 	if err := st.Resync(b.Context()); err != nil {
 		b.Fatal(err)
@@ -941,7 +941,7 @@ func TestRedisOneFailingScriptSparesTheRest(t *testing.T) {
 		},
 		err: "WRONGTYPE Operation against a key holding the wrong kind of value script: x, on @user_script:1.",
 	}})
-	other := breaker.New("other", baseSettings(), breaker.Options{Wake: r.st.Wake})
+	other := breaker.New("other", baseSettings(), breaker.Options{})
 	r.st.Attach(map[string]Circuit{
 		circuitName: {Breaker: r.b, SettingsHash: "h", TrialLease: time.Minute},
 		"other":     {Breaker: other, SettingsHash: "h", TrialLease: time.Minute},

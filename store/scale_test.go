@@ -32,7 +32,7 @@ func TestRedisResyncTenThousandCircuits(t *testing.T) {
 		cs := make(map[string]Circuit, n)
 		for i := range n {
 			name := "u" + strconv.Itoa(i)
-			cs[name] = Circuit{Breaker: breaker.New(name, longOpen(), breaker.Options{Wake: st.Wake}), SettingsHash: "h"}
+			cs[name] = Circuit{Breaker: breaker.New(name, longOpen(), breaker.Options{}), SettingsHash: "h"}
 		}
 		st.Attach(cs)
 		return st, cs
@@ -86,7 +86,7 @@ func BenchmarkRedisIdleFlush(b *testing.B) {
 					c.synced.Store(true)
 					c.quiet.Store(true)
 					if kind == "holding" {
-						c.Breaker.Done(must(c.Breaker.Allow()), breaker.Success, 0)
+						gate(c.Breaker).Done(must(gate(c.Breaker).Allow()), breaker.Success, 0)
 					}
 				}
 				ctx := context.Background()

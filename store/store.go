@@ -16,7 +16,9 @@ import (
 
 // Circuit is one upstream's breaker as a store keeps it.
 type Circuit struct {
-	Breaker *breaker.Breaker
+	// Breaker is the circuit's breaker, as a store sees it: a Redis store sets its
+	// wake-up (SetWake) when it takes the circuit.
+	Breaker breaker.Sync
 	// MinReplicasReporting is the quorum: a trip needs failures reported by at least this
 	// many distinct replicas within the window (shared stores only; 0 or 1: no quorum).
 	MinReplicasReporting int
@@ -33,9 +35,9 @@ type Op uint8
 // Operator commands. They start at 1, so the zero Command is invalid.
 const (
 	OpOpen  Op = iota + 1 // open now
-	OpClose           // close now
-	OpReset           // close, clear counts and backoff, mode normal
-	OpMode            // set Command.Mode
+	OpClose               // close now
+	OpReset               // close, clear counts and backoff, mode normal
+	OpMode                // set Command.Mode
 )
 
 // Command is an operator's command; Mode is used by OpMode.

@@ -50,7 +50,6 @@ type App struct {
 	clock   breaker.Clock
 	replica string
 	store   store.Store
-	redis   *store.Redis // the store when it is Redis (breakers wake its loop), else nil
 	proxy   *proxy.Proxy
 	metrics *telemetry.Metrics
 	events  *events.Dispatcher // every breaker's observer
@@ -113,13 +112,12 @@ func (a *App) newStore(cfg *config.Config) (store.Store, error) {
 		if err != nil {
 			return nil, err
 		}
-		a.redis = store.NewRedis(client, store.RedisOptions{
+		return store.NewRedis(client, store.RedisOptions{
 			Prefix: cfg.Store.Redis.Prefix, ReplicaID: a.replica,
 			FlushInterval: cfg.Store.FlushInterval, DegradeAfter: cfg.Store.Redis.DegradeAfter,
 			Timeout: cfg.Store.Redis.DialTimeout + cfg.Store.Redis.ReadTimeout + cfg.Store.Redis.WriteTimeout,
 			Logger:  a.log, Wall: a.opts.Wall, Hooks: a.metrics.StoreHooks(),
-		})
-		return a.redis, nil
+		}), nil
 	default:
 		return store.NewMemory(a.replica), nil
 	}
@@ -130,9 +128,6 @@ func (a *App) newStore(cfg *config.Config) (store.Store, error) {
 func (a *App) buildBreakers(cfg *config.Config, old map[string]*breaker.Breaker) map[string]*breaker.Breaker {
 	out := make(map[string]*breaker.Breaker, len(cfg.Upstreams))
 	opts := breaker.Options{Clock: a.clock, Observer: a.events}
-	if a.redis != nil {
-		opts.Wake = a.redis.Wake
-	}
 	for name, u := range cfg.Upstreams {
 		if !u.Breaker.Enabled {
 			continue

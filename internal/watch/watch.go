@@ -17,8 +17,10 @@ import (
 
 // Watcher watches one file.
 type Watcher struct {
-	path string
-	last []byte // digest of the content last reported (or read at New)
+	path    string
+	last    []byte // digest of the content last reported (or read at New)
+	pending []byte // content seen changed, waiting to hold still for one more poll
+	lastErr string // the failure last reported, "" when the last read worked
 }
 
 // New reads the file's content now, as the reference later changes are measured
@@ -36,8 +38,6 @@ func New(path string) *Watcher {
 // changes or after the file was readable in between, so a lasting problem is reported
 // without repeating it every poll.
 func (w *Watcher) Run(ctx context.Context, interval time.Duration, onChange func(), onError func(error)) {
-	var pending []byte // content seen changed, waiting to hold still
-	var lastErr string // the failure last reported, "" when the last read worked
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -46,24 +46,29 @@ func (w *Watcher) Run(ctx context.Context, interval time.Duration, onChange func
 			return
 		case <-t.C:
 		}
-		d, err := digest(w.path)
-		if err != nil {
-			if msg := err.Error(); msg != lastErr && onError != nil {
-				onError(err)
-				lastErr = msg
-			}
-		} else {
-			lastErr = ""
+		w.poll(onChange, onError)
+	}
+}
+
+// poll reads the file once and decides (Run's loop body).
+func (w *Watcher) poll(onChange func(), onError func(error)) {
+	d, err := digest(w.path)
+	if err != nil {
+		if msg := err.Error(); msg != w.lastErr && onError != nil {
+			onError(err)
+			w.lastErr = msg
 		}
-		switch {
-		case d == nil || bytes.Equal(d, w.last):
-			pending = nil
-		case pending != nil && bytes.Equal(d, pending):
-			w.last, pending = d, nil
-			onChange()
-		default:
-			pending = d
-		}
+	} else {
+		w.lastErr = ""
+	}
+	switch {
+	case d == nil || bytes.Equal(d, w.last):
+		w.pending = nil
+	case w.pending != nil && bytes.Equal(d, w.pending):
+		w.last, w.pending = d, nil
+		onChange()
+	default:
+		w.pending = d
 	}
 }
 
