@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -605,3 +606,10 @@ func TestClientBodyErrors(t *testing.T) {
 type errReader struct{ err error }
 
 func (r errReader) Read([]byte) (int, error) { return 0, r.err }
+
+func ExampleResult_String() {
+	for _, r := range Results() {
+		fmt.Print(r, " ")
+	}
+	// Output: success failure_status failure_transport failure_timeout failure_body rejected would_reject ignored rejected_concurrency
+}

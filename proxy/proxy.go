@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
-	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -63,39 +62,6 @@ func (t *table) transports() map[*http.Transport]bool {
 		set[up.transport] = true
 	}
 	return set
-}
-
-// upstream is one compiled config.Upstream with its breaker and transport. Upstreams
-// with equal transport keys (the same targets and transport settings) share a transport.
-type upstream struct {
-	name      string
-	targets   []*url.URL
-	next      atomic.Uint64 // round-robin position among targets
-	breaker   breaker.Gate  // nil: no breaker; the proxy only admits and reports
-	timeout   time.Duration // whole-request deadline, 0 = none
-	transport *http.Transport
-	tkey      transportKey
-
-	failureStatus  [600]bool
-	countTransport bool
-	countTimeouts  bool
-	fallback       fallback
-	bulkhead       *bulkhead     // shared with the same-named upstream of the tables before and after
-	maxConcurrent  int64         // the bulkhead's cap in this table (setLimits)
-	limited        limitResponse // the answer when the bulkhead is full
-	// upgrades are the protocols clients may switch to (lower-case names); see
-	// filterUpgrade.
-	upgrades []string
-	// Precomputed JSON bodies of the proxy's own error responses.
-	errBadGateway, errGatewayTimeout, errBadRequest []byte
-}
-
-// pick returns the next target in round-robin order.
-func (up *upstream) pick() *url.URL {
-	if len(up.targets) == 1 {
-		return up.targets[0]
-	}
-	return up.targets[(up.next.Add(1)-1)%uint64(len(up.targets))]
 }
 
 // New builds a Proxy for cfg's routes and upstreams. breakers maps upstream names to
@@ -251,52 +217,6 @@ func (p *Proxy) build(cfg *config.Config, breakers map[string]*breaker.Breaker, 
 	return t, nil
 }
 
-func newUpstream(name string, cu *config.Upstream, b *breaker.Breaker) (*upstream, error) {
-	if len(cu.TargetURLs) == 0 {
-		if len(cu.Targets) > 0 {
-			return nil, fmt.Errorf("proxy: upstream %q: TargetURLs not filled (validate the config first)", name)
-		}
-		return nil, fmt.Errorf("proxy: upstream %q has no targets", name)
-	}
-	if b == nil && cu.Breaker.Enabled {
-		return nil, fmt.Errorf("proxy: upstream %q: breaker enabled but none given", name)
-	}
-	var gate breaker.Gate
-	if b != nil { // a nil *Breaker in the interface would not be a nil Gate
-		gate = b
-	}
-	up := &upstream{
-		name:              name,
-		breaker:           gate,
-		timeout:           cu.Timeout,
-		failureStatus:     cu.Failure.FailureStatus,
-		countTransport:    cu.Failure.TransportErrors,
-		countTimeouts:     cu.Failure.Timeouts,
-		fallback:          newFallback(name, cu.Fallback),
-		errBadGateway:     errorBody("bad_gateway", name),
-		errGatewayTimeout: errorBody("gateway_timeout", name),
-		errBadRequest:     errorBody("bad_request", name),
-	}
-	for _, proto := range cu.UpgradeProtocols {
-		up.upgrades = append(up.upgrades, strings.ToLower(proto))
-	}
-	for _, t := range cu.TargetURLs {
-		if t == nil || (t.Scheme != "http" && t.Scheme != "https") || t.Host == "" {
-			return nil, fmt.Errorf("proxy: upstream %q: target %v is not an absolute http(s) URL", name, t)
-		}
-		if !cleanBasePath(t) {
-			return nil, fmt.Errorf("proxy: upstream %q: target %v: its path must be clean (no dot-segments, empty segments or '%%')", name, t)
-		}
-		c := *t
-		up.targets = append(up.targets, &c)
-	}
-	up.tkey = newTransportKey(cu, up.targets)
-	up.bulkhead = new(bulkhead)
-	up.maxConcurrent = int64(cu.MaxConcurrentRequests)
-	up.limited = newLimitResponse(name, cu, &up.fallback)
-	return up, nil
-}
-
 // ServeHTTP routes and proxies one request.
 //
 // Routing: the first route in config order whose host, path prefix and methods match.
@@ -388,43 +308,4 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	rt.rp.ServeHTTP(e, r)
 	e.returned = true
-}
-
-// release reports an exchange that ended without an outcome (a panic before the
-// response headers: not the upstream's fault) and returns it to the pool. It runs
-// deferred, so on a panic it runs before the panic continues up the stack. A panic
-// after the outcome was reported is the http.ErrAbortHandler with which ReverseProxy
-// aborts a broken body copy: bodyBroken tells whether the upstream broke it.
-func (p *Proxy) release(e *exchange) {
-	if !e.returned {
-		e.bodyBroken()
-	}
-	e.report(Ignored, breaker.Ignored)
-	*e = exchange{}
-	p.exchanges.Put(e)
-}
-
-// chunkedBody reports whether the request's body was framed by chunked transfer coding
-// (net/http accepts no other transfer coding).
-func chunkedBody(r *http.Request) bool {
-	for _, te := range r.TransferEncoding {
-		if te == "chunked" {
-			return true
-		}
-	}
-	return false
-}
-
-// validUpgrade reports whether the Upgrade header is printable ASCII, as ReverseProxy
-// requires; refusing it here keeps the client's mistake from counting as an upstream
-// transport error.
-func validUpgrade(h http.Header) bool {
-	for _, v := range h["Upgrade"] {
-		for i := 0; i < len(v); i++ {
-			if v[i] < ' ' || v[i] > '~' {
-				return false
-			}
-		}
-	}
-	return true
 }

@@ -212,6 +212,20 @@ func (e *exchange) bodyBroken() {
 	}
 }
 
+// release reports an exchange that ended without an outcome (a panic before the
+// response headers: not the upstream's fault) and returns it to the pool. It runs
+// deferred, so on a panic it runs before the panic continues up the stack. A panic
+// after the outcome was reported is the http.ErrAbortHandler with which ReverseProxy
+// aborts a broken body copy: bodyBroken tells whether the upstream broke it.
+func (p *Proxy) release(e *exchange) {
+	if !e.returned {
+		e.bodyBroken()
+	}
+	e.report(Ignored, breaker.Ignored)
+	*e = exchange{}
+	p.exchanges.Put(e)
+}
+
 func (e *exchange) Header() http.Header { return e.w.Header() }
 
 // WriteHeader classifies the first final status. Informational 1xx responses pass

@@ -1,9 +1,8 @@
 package proxy
 
 import (
-	"bufio"
 	"net/http"
-	"net/http/httptest"
+	"net/url"
 	"strings"
 	"testing"
 )
@@ -137,24 +136,43 @@ func TestForwardingHeaderNames(t *testing.T) {
 	}
 }
 
-// The asterisk form ("OPTIONS *", "GET *") names no path: it is refused with 400, never
-// forwarded as a path. (The server in internal/app hands "OPTIONS *" to the proxy rather
-// than answering it itself; e2e's TestFaultBadInput checks that end to end.)
-func TestAsteriskFormRefused(t *testing.T) {
-	backend, hits := countingBackend(t)
-	f := newFixture(t, single(upstreamCfg(t, backend.URL)))
-	for _, method := range []string{http.MethodOptions, http.MethodGet} {
-		req, err := http.ReadRequest(bufio.NewReader(strings.NewReader(method + " * HTTP/1.1\r\nHost: x\r\n\r\n")))
-		if err != nil {
-			t.Fatal(err)
-		}
-		w := httptest.NewRecorder()
-		f.p.ServeHTTP(w, req)
-		if w.Code != http.StatusBadRequest {
-			t.Errorf("%s *: got %d, want 400", method, w.Code)
-		}
+func TestForwardPath(t *testing.T) {
+	tests := []struct {
+		prefix string
+		strip  bool
+		target string
+		want   string // the outbound escaped path
+	}{
+		{"/", false, "/a/b", "/a/b"},
+		{"/", false, "/a%2Fb/c", "/a%2Fb/c"}, // escaping kept
+		{"/", false, "/a/../b", "/b"},
+		{"/api/", true, "/api/users", "/users"},
+		{"/api/", true, "/api/", "/"},
+		{"/api", true, "/api", "/"},
+		{"/api", true, "/api/users/", "/users/"},
+		{"/api/", true, "/api/a%2Fb", "/a%2Fb"},
+		{"/api/", true, "/%61pi/a%2Fb", "/a%2Fb"},
+		{"/api/", true, "/api%2Fa%2Fb", "/a%2Fb"},
+		{"/api/", true, "/api/x/../y", "/y"},
+		{"/api/", true, "/x/../api/a%2Fb/../c", "/a/c"}, // cleaned: canonical escaping
+		{"/api/", false, "/api/users?x=1", "/api/users"},
+		{"/a b/", true, "/a%20b/c%20d", "/c%20d"},
 	}
-	if n := hits.Load(); n != 0 {
-		t.Errorf("the backend got %d requests", n)
+	for _, tc := range tests {
+		u, err := url.ParseRequestURI(tc.target)
+		if err != nil {
+			t.Fatalf("parse %q: %v", tc.target, err)
+		}
+		clean, ok := routingPath(u)
+		if !ok || !strings.HasPrefix(clean, tc.prefix) {
+			t.Fatalf("%q does not route to prefix %q (clean %q, ok %v)", tc.target, tc.prefix, clean, ok)
+		}
+		rt := &route{prefix: tc.prefix, strip: tc.strip}
+		p, raw := rt.forwardPath(u)
+		out := &url.URL{Path: p, RawPath: raw}
+		if got := out.EscapedPath(); got != tc.want {
+			t.Errorf("prefix %q strip %v, %q: got %q (path %q, raw %q), want %q",
+				tc.prefix, tc.strip, tc.target, got, p, raw, tc.want)
+		}
 	}
 }

@@ -3,10 +3,7 @@ package proxy
 import (
 	"fmt"
 	"math/rand/v2"
-	"net/http"
-	"net/http/httptest"
 	"net/url"
-	"path"
 	"slices"
 	"strings"
 	"testing"
@@ -263,89 +260,6 @@ func hostMatches(pattern, host string) bool {
 	}
 }
 
-func TestRoutingPath(t *testing.T) {
-	tests := []struct {
-		target, want string // want "" means refused
-	}{
-		{"/a/b", "/a/b"},
-		{"/a/b/", "/a/b/"},
-		{"/a/../b", "/b"},
-		{"/a/./b/", "/a/b/"},
-		{"/../../etc/passwd", "/etc/passwd"},
-		{"//a//b", "/a/b"},
-		{"/api/..", "/"},
-		{"/file%2etxt", "/file.txt"}, // an encoded dot inside a segment is harmless
-		{"/a%2Fb", "/a/b"},
-		{"/%61pi/x", "/api/x"},
-		{"/api/%2e%2e/admin", ""},
-		{"/api/%2E%2E/admin", ""},
-		{"/api/.%2e/admin", ""},
-		{"/api/%2e./admin", ""},
-		{"/api/%2e/admin", ""},
-		{"/api/..%2fadmin", ""},
-		{"/api%2f..%2fadmin", ""},
-		{"/api/%2e%2e", ""},
-		{"*", ""},
-	}
-	for _, tc := range tests {
-		u, err := url.ParseRequestURI(tc.target)
-		if err != nil {
-			t.Fatalf("parse %q: %v", tc.target, err)
-		}
-		got, ok := routingPath(u)
-		if !ok {
-			got = ""
-		}
-		if got != tc.want {
-			t.Errorf("routingPath(%q): got %q (ok %v), want %q", tc.target, got, ok, tc.want)
-		}
-	}
-	if got, ok := routingPath(&url.URL{}); !ok || got != "/" {
-		t.Errorf("routingPath(empty): got %q, %v, want \"/\", true", got, ok)
-	}
-}
-
-func TestForwardPath(t *testing.T) {
-	tests := []struct {
-		prefix string
-		strip  bool
-		target string
-		want   string // the outbound escaped path
-	}{
-		{"/", false, "/a/b", "/a/b"},
-		{"/", false, "/a%2Fb/c", "/a%2Fb/c"}, // escaping kept
-		{"/", false, "/a/../b", "/b"},
-		{"/api/", true, "/api/users", "/users"},
-		{"/api/", true, "/api/", "/"},
-		{"/api", true, "/api", "/"},
-		{"/api", true, "/api/users/", "/users/"},
-		{"/api/", true, "/api/a%2Fb", "/a%2Fb"},
-		{"/api/", true, "/%61pi/a%2Fb", "/a%2Fb"},
-		{"/api/", true, "/api%2Fa%2Fb", "/a%2Fb"},
-		{"/api/", true, "/api/x/../y", "/y"},
-		{"/api/", true, "/x/../api/a%2Fb/../c", "/a/c"}, // cleaned: canonical escaping
-		{"/api/", false, "/api/users?x=1", "/api/users"},
-		{"/a b/", true, "/a%20b/c%20d", "/c%20d"},
-	}
-	for _, tc := range tests {
-		u, err := url.ParseRequestURI(tc.target)
-		if err != nil {
-			t.Fatalf("parse %q: %v", tc.target, err)
-		}
-		clean, ok := routingPath(u)
-		if !ok || !strings.HasPrefix(clean, tc.prefix) {
-			t.Fatalf("%q does not route to prefix %q (clean %q, ok %v)", tc.target, tc.prefix, clean, ok)
-		}
-		rt := &route{prefix: tc.prefix, strip: tc.strip}
-		p, raw := rt.forwardPath(u)
-		out := &url.URL{Path: p, RawPath: raw}
-		if got := out.EscapedPath(); got != tc.want {
-			t.Errorf("prefix %q strip %v, %q: got %q (path %q, raw %q), want %q",
-				tc.prefix, tc.strip, tc.target, got, p, raw, tc.want)
-		}
-	}
-}
-
 func TestNormalizeHost(t *testing.T) {
 	for in, want := range map[string]string{
 		"":                 "",
@@ -387,76 +301,5 @@ func TestLookupDoesNotAllocate(t *testing.T) {
 		if n != 0 {
 			t.Errorf("%s: allocations per lookup: got %v, want 0", target, n)
 		}
-	}
-}
-
-func ExampleResult_String() {
-	for _, r := range Results() {
-		fmt.Print(r, " ")
-	}
-	// Output: success failure_status failure_transport failure_timeout failure_body rejected would_reject ignored rejected_concurrency
-}
-
-// TestCleanPath checks cleanPath against its definition on random paths.
-func TestCleanPath(t *testing.T) {
-	ref := func(p string) string {
-		np := path.Clean(p)
-		if p[len(p)-1] == '/' && np != "/" {
-			np += "/"
-		}
-		return np
-	}
-	rng := rand.New(rand.NewPCG(3, 4))
-	parts := []string{"/", "a", "b", ".", "..", "...", ".a", "a."}
-	for range 20000 {
-		p := "/"
-		for range rng.IntN(8) {
-			p += parts[rng.IntN(len(parts))]
-		}
-		if got, want := cleanPath(p), ref(p); got != want {
-			t.Fatalf("cleanPath(%q): got %q, want %q", p, got, want)
-		}
-	}
-}
-
-func TestValidHost(t *testing.T) {
-	for _, tc := range []struct {
-		host string
-		want bool
-	}{
-		{"", true}, // HTTP/1.0 without Host: routed by any-host routes
-		{"example.com", true},
-		{"example.com:8080", true},
-		{"127.0.0.1:80", true},
-		{"[::1]", true},
-		{"[::1]:8080", true},
-		{"[::1", false},      // unterminated IPv6 literal
-		{"[::1]x", false},    // junk after the literal
-		{"[::1]:80a", false}, // non-numeric port
-		{"example.com:http", false},
-		{"::1", false}, // IPv6 without brackets
-		{"a:b:c", false},
-	} {
-		if got := validHost(tc.host); got != tc.want {
-			t.Errorf("validHost(%q) = %v, want %v", tc.host, got, tc.want)
-		}
-	}
-}
-
-// A malformed Host is refused before routing, so it never falls through to the
-// any-host routes.
-func TestMalformedHostRefused(t *testing.T) {
-	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		t.Errorf("backend reached with Host %q", r.Host)
-	}))
-	defer backend.Close()
-	f := newFixture(t, &config.Config{Upstreams: map[string]*config.Upstream{"svc": upstreamCfg(t, backend.URL)},
-		Routes: oneRoute("svc")})
-	req := httptest.NewRequest(http.MethodGet, "/x", nil)
-	req.Host = "[::1"
-	w := httptest.NewRecorder()
-	f.p.ServeHTTP(w, req)
-	if w.Code != http.StatusBadRequest {
-		t.Fatalf("status: got %d, want 400", w.Code)
 	}
 }
