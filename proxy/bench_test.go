@@ -47,14 +47,8 @@ func BenchmarkHandler(b *testing.B) {
 	defer backend.Close()
 	target, _ := url.Parse(backend.URL)
 
-	u := &config.Upstream{
-		Targets: []string{backend.URL}, TargetURLs: []*url.URL{target},
-		DialTimeout: 2 * time.Second, ResponseHeaderTimeout: 10 * time.Second, MaxIdleConnsPerHost: 256,
-		MaxConcurrentRequests: 1024, // the default: the bulkhead is on
-		Breaker:               config.Breaker{Enabled: true},
-		Failure:               config.Failure{TransportErrors: true, Timeouts: true},
-	}
-	u.Failure.FailureStatus = defaultFailures()
+	u := targetUpstream(target) // the defaults: the bulkhead is on (1024)
+	u.Breaker.Enabled = true
 	cfg := &config.Config{
 		Upstreams: map[string]*config.Upstream{"api": u},
 		Routes: []config.Route{
@@ -119,7 +113,7 @@ func BenchmarkRoute(b *testing.B) {
 				for i := range n {
 					up := fmt.Sprintf("svc-%d", i)
 					tu, _ := url.Parse("http://10.0.0.1:8080")
-					cfg.Upstreams[up] = &config.Upstream{Targets: []string{tu.String()}, TargetURLs: []*url.URL{tu}}
+					cfg.Upstreams[up] = targetUpstream(tu)
 					host := up + ".example.com"
 					if wildcard {
 						host = "*." + host

@@ -76,7 +76,7 @@ func TestFallback(t *testing.T) {
 		html.Fallback = config.Fallback{Status: 429, Body: "<h1>busy</h1>",
 			Headers: map[string]string{"content-type": "text/html", "x-custom": "yes", "Retry-After": "999"}}
 		plain := upstreamCfg(t, backend.URL)
-		plain.Fallback = config.Fallback{Body: "try later"}
+		plain.Fallback = config.Fallback{Status: http.StatusServiceUnavailable, Body: "try later"}
 		cfg := &config.Config{
 			Upstreams: map[string]*config.Upstream{"html": html, "plain": plain},
 			Routes: []config.Route{

@@ -126,6 +126,19 @@ func upstreamCfg(t *testing.T, targets ...string) *config.Upstream {
 	return u
 }
 
+// targetUpstream returns config.DefaultUpstream with targets and the derived fields
+// filled, and the breaker off: the defaults have one home, config.
+func targetUpstream(targets ...*url.URL) *config.Upstream {
+	u := config.DefaultUpstream()
+	u.Breaker.Enabled = false
+	for _, t := range targets {
+		u.Targets = append(u.Targets, t.String())
+		u.TargetURLs = append(u.TargetURLs, t)
+	}
+	u.Failure.FailureStatus = defaultFailures()
+	return u
+}
+
 // fixture is a Proxy served by an httptest.Server, with breakers on a fake clock.
 type fixture struct {
 	cfg      *config.Config

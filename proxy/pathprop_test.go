@@ -55,7 +55,7 @@ func newPathCase(prefix string, strip bool, base string) (*pathCase, error) {
 	if err != nil {
 		return nil, err
 	}
-	u := &config.Upstream{Targets: []string{target.String()}, TargetURLs: []*url.URL{target}}
+	u := targetUpstream(target)
 	cfg := &config.Config{
 		Upstreams: map[string]*config.Upstream{"svc": u},
 		Routes:    []config.Route{{PathPrefix: prefix, StripPrefix: strip, Upstream: "svc"}},

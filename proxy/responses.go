@@ -49,9 +49,6 @@ func newFallback(name string, f config.Fallback) fallback {
 		open:     readOnly(breaker.Open.String()),
 		halfOpen: readOnly(breaker.HalfOpen.String()),
 	}
-	if fb.status == 0 {
-		fb.status = http.StatusServiceUnavailable
-	}
 	for k, v := range f.Headers {
 		fb.header[http.CanonicalHeaderKey(k)] = readOnly(v)
 	}

@@ -50,8 +50,8 @@ func benchmarkLookupAdmit(b *testing.B, layout string, spread bool, n int) {
 	tu, _ := url.Parse("http://10.0.0.1:8080")
 	for i := range n {
 		name := fmt.Sprintf("svc-%d", i)
-		cfg.Upstreams[name] = &config.Upstream{Targets: []string{tu.String()}, TargetURLs: []*url.URL{tu},
-			Breaker: config.Breaker{Enabled: true}}
+		cfg.Upstreams[name] = targetUpstream(tu)
+		cfg.Upstreams[name].Breaker.Enabled = true
 		breakers[name] = breaker.New(name, breaker.Settings{
 			ConsecutiveFailures: 5, FailureRate: 50, MinimumRequests: 20,
 			Window: 10 * time.Second, Buckets: 10, OpenDuration: 30 * time.Second,

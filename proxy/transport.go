@@ -13,7 +13,6 @@ import (
 
 // Transport settings that the configuration does not expose.
 const (
-	defaultMaxIdlePerHost = 256
 	dialKeepAlive         = 30 * time.Second
 	idleConnTimeout       = 90 * time.Second
 	tlsHandshakeTimeout   = 10 * time.Second
@@ -40,10 +39,7 @@ func newTransportKey(u *config.Upstream, targets []*url.URL) transportKey {
 		}
 		sb.WriteString(t.String())
 	}
-	idle := u.MaxIdleConnsPerHost
-	if idle <= 0 {
-		idle = defaultMaxIdlePerHost
-	}
+	idle := u.MaxIdleConnsPerHost // config.DefaultUpstream holds the default
 	return transportKey{
 		dialTimeout:           u.DialTimeout,
 		responseHeaderTimeout: u.ResponseHeaderTimeout,

@@ -44,6 +44,9 @@ func newUpstream(name string, cu *config.Upstream, b *breaker.Breaker) (*upstrea
 		}
 		return nil, fmt.Errorf("proxy: upstream %q has no targets", name)
 	}
+	if s := cu.Fallback.Status; s < 100 || s > 599 {
+		return nil, fmt.Errorf("proxy: upstream %q: fallback status %d (validate the config first)", name, s)
+	}
 	if b == nil && cu.Breaker.Enabled {
 		return nil, fmt.Errorf("proxy: upstream %q: breaker enabled but none given", name)
 	}
