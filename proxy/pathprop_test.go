@@ -204,7 +204,7 @@ func TestForwardedPathProperty(t *testing.T) {
 		c.p.Close()
 	}
 	t.Logf("%d of %d requests forwarded", forwarded, total)
-	if forwarded < total/4 {
+	if forwarded < total/8 { // about 25 % over seeds; far fewer: hardly checked
 		t.Fatalf("only %d of %d requests were forwarded: the property was hardly tested", forwarded, total)
 	}
 }
