@@ -33,9 +33,9 @@ type Op uint8
 // Operator commands. They start at 1, so the zero Command is invalid.
 const (
 	OpOpen  Op = iota + 1 // open now
-	OpClose           // close now
-	OpReset           // close, clear counts and backoff, mode normal
-	OpMode            // set Command.Mode
+	OpClose               // close now
+	OpReset               // close, clear counts and backoff, mode normal
+	OpMode                // set Command.Mode
 )
 
 // Command is an operator's command; Mode is used by OpMode.
