@@ -16,7 +16,6 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/fuseproxy/fuseproxy/breaker"
-	"github.com/fuseproxy/fuseproxy/config"
 	"github.com/fuseproxy/fuseproxy/internal/testutil/redistest"
 )
 
@@ -56,7 +55,7 @@ type replica struct {
 
 func startReplica(t *testing.T, srv *redistest.Server, id string, rc replicaConfig) *replica {
 	t.Helper()
-	client, err := NewRedisClient(config.Redis{URL: srv.URL(), PoolSize: 4,
+	client, err := NewRedisClient(RedisClientOptions{URL: srv.URL(), PoolSize: 4,
 		Username: rc.username, Password: rc.password,
 		DialTimeout: 250 * time.Millisecond, ReadTimeout: or(rc.readTimeout, time.Second),
 		WriteTimeout: or(rc.readTimeout, time.Second)})
@@ -830,7 +829,7 @@ func BenchmarkRedisAllowDone(b *testing.B) {
 	srv := redistest.Start(b)
 	s := longOpen()
 	s.ConsecutiveFailures = 0
-	client, err := NewRedisClient(config.Redis{URL: srv.URL()})
+	client, err := NewRedisClient(RedisClientOptions{URL: srv.URL()})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/fuseproxy/fuseproxy/breaker"
-	"github.com/fuseproxy/fuseproxy/config"
 	"github.com/fuseproxy/fuseproxy/internal/testutil/redistest"
 )
 
@@ -23,7 +22,7 @@ func TestRedisResyncTenThousandCircuits(t *testing.T) {
 	const n = 10_000
 	srv := redistest.Start(t)
 	newStore := func() (*Redis, map[string]Circuit) {
-		client, err := NewRedisClient(config.Redis{URL: srv.URL(), PoolSize: 4})
+		client, err := NewRedisClient(RedisClientOptions{URL: srv.URL(), PoolSize: 4})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -116,7 +115,7 @@ func must[T any](v T, err error) T {
 // offlineStore is a Redis store (flush interval 100 ms) whose client points at a port
 // nothing listens on, for tests of what it plans without sending anything.
 func offlineStore(tb testing.TB) *Redis {
-	client, err := NewRedisClient(config.Redis{URL: "redis://127.0.0.1:1/0"}) // never dialled
+	client, err := NewRedisClient(RedisClientOptions{URL: "redis://127.0.0.1:1/0"}) // never dialled
 	if err != nil {
 		tb.Fatal(err)
 	}

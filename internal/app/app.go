@@ -109,9 +109,10 @@ func ReplicaID(configured string) string {
 func (a *App) newStore(cfg *config.Config) (store.Store, error) {
 	switch cfg.Store.Driver {
 	case "redis":
-		client, err := store.NewRedisClient(cfg.Store.Redis)
+		client, err := store.NewRedisClient(redisClientOptions(cfg.Store.Redis, a.log))
 		if err != nil {
-			return nil, err
+			// The store names the key under store.redis (url, tls.ca_file, ...).
+			return nil, fmt.Errorf("store.redis.%w", err)
 		}
 		a.redis = store.NewRedis(client, store.RedisOptions{
 			Prefix: cfg.Store.Redis.Prefix, ReplicaID: a.replica,
