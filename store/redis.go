@@ -3,6 +3,8 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -13,18 +15,22 @@ import (
 	"github.com/fuseproxy/fuseproxy/breaker"
 )
 
-// RedisOptions configure a Redis store.
+// RedisOptions configure a Redis store. The store has no defaults of its own: the
+// operator-facing values (Prefix, FlushInterval, DegradeAfter, Timeout) come from the
+// config, whose defaults live in config.Default() alone, and NewRedis refuses a zero one
+// rather than fill in a second default that could drift from the config's.
 type RedisOptions struct {
-	Prefix        string        // key prefix; "fuse" when empty
+	Prefix        string        // key prefix (store.redis.prefix)
 	ReplicaID     string        // this replica's id, in logs and in the quorum
-	FlushInterval time.Duration // how often counts are flushed (jittered ±10 %); 100 ms when zero
-	DegradeAfter  int           // consecutive failed exchanges before Redis counts as down; 3 when zero
-	// Timeout bounds one exchange with Redis; 500 ms when zero.
+	FlushInterval time.Duration // how often counts are flushed, jittered ±10 % (store.flush_interval)
+	DegradeAfter  int           // consecutive failed exchanges before Redis counts as down (store.redis.degrade_after)
+	// Timeout bounds one exchange with Redis (a pipeline round trip, an operator command,
+	// the last flush).
 	Timeout time.Duration
-	Logger  *zap.Logger
+	Logger  *zap.Logger // nil: no logs
 	Hooks   Hooks
 	// Wall is the wall clock, used only to estimate propagation lag against Redis's
-	// clock; tests skew it to show that nothing else depends on it.
+	// clock; tests skew it to show that nothing else depends on it. nil: time.Now.
 	Wall func() time.Time
 }
 
@@ -103,12 +109,7 @@ type circuit struct {
 }
 
 // lease returns how long a trial permit's lease lasts in Redis.
-func (c *circuit) lease() time.Duration {
-	if c.TrialLease <= 0 {
-		return 30 * time.Second
-	}
-	return c.TrialLease
-}
+func (c *circuit) lease() time.Duration { return c.TrialLease }
 
 // lease is a trial permit held by this replica: its id in the leases set, and the
 // generation of the half-open period it belongs to.
@@ -119,19 +120,12 @@ type lease struct {
 
 var _ Store = (*Redis)(nil)
 
-// NewRedis returns a Redis store using client; it owns the client from then on.
-func NewRedis(client redis.UniversalClient, o RedisOptions) *Redis {
-	if o.Prefix == "" {
-		o.Prefix = "fuse"
-	}
-	if o.FlushInterval <= 0 {
-		o.FlushInterval = 100 * time.Millisecond
-	}
-	if o.DegradeAfter <= 0 {
-		o.DegradeAfter = 3
-	}
-	if o.Timeout <= 0 {
-		o.Timeout = 500 * time.Millisecond
+// NewRedis returns a Redis store using client; it owns the client from then on (and
+// closes it when the options are refused).
+func NewRedis(client redis.UniversalClient, o RedisOptions) (*Redis, error) {
+	if err := o.check(); err != nil {
+		_ = client.Close()
+		return nil, err
 	}
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
@@ -147,7 +141,28 @@ func NewRedis(client redis.UniversalClient, o RedisOptions) *Redis {
 		wake:         make(chan struct{}, 1), resync: make(chan struct{}, 1),
 	}
 	r.status.Store(&Status{Driver: "redis", ReplicaID: o.ReplicaID})
-	return r
+	return r, nil
+}
+
+// check refuses the zero (or negative) values the store has no default for.
+func (o RedisOptions) check() error {
+	var missing []string
+	if o.Prefix == "" {
+		missing = append(missing, "Prefix")
+	}
+	if o.FlushInterval <= 0 {
+		missing = append(missing, "FlushInterval")
+	}
+	if o.DegradeAfter <= 0 {
+		missing = append(missing, "DegradeAfter")
+	}
+	if o.Timeout <= 0 {
+		missing = append(missing, "Timeout")
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("redis store: options %s must be set (more than 0)", strings.Join(missing, ", "))
+	}
+	return nil
 }
 
 // Wake asks the loop to run now: a breaker's trial finished, or it waits for permits.
@@ -162,6 +177,7 @@ func (r *Redis) Wake() {
 // Attach implements Store. Circuits already attached keep their store-side view; new ones
 // are read from Redis on the loop's next turn, taking decisions locally until then.
 func (r *Redis) Attach(circuits map[string]Circuit) {
+	requireLeases(circuits)
 	next := make(map[string]*circuit, len(circuits))
 	r.xmu.Lock()
 	defer r.xmu.Unlock()
@@ -190,6 +206,17 @@ func (r *Redis) Attach(circuits map[string]Circuit) {
 	}
 	r.mu.Unlock()
 	r.requestResync()
+}
+
+// requireLeases panics on a circuit without a TrialLease, which has no default either:
+// a bug in the caller, caught before the store changes rather than at the circuit's
+// first half-open period.
+func requireLeases(circuits map[string]Circuit) {
+	for name, c := range circuits {
+		if c.TrialLease <= 0 {
+			panic(fmt.Sprintf("store: circuit %q attached to the Redis store without a TrialLease", name))
+		}
+	}
 }
 
 func (r *Redis) requestResync() {

@@ -67,7 +67,7 @@ func startReplica(t *testing.T, srv *redistest.Server, id string, rc replicaConf
 	}
 	core, logs := observer.New(zapcore.DebugLevel)
 	r := &replica{id: id, logs: logs}
-	r.st = NewRedis(client, RedisOptions{
+	r.st = newTestRedis(t, client, RedisOptions{
 		ReplicaID: id, FlushInterval: or(rc.flush, 20*time.Millisecond),
 		DegradeAfter: rc.degradeAfter, Timeout: or(rc.timeout, time.Second), Logger: zap.New(core),
 		Hooks: Hooks{
@@ -135,6 +135,22 @@ func numSub(t *testing.T, srv *redistest.Server) int64 {
 		t.Fatal(err)
 	}
 	return n["fuse:events"]
+}
+
+// newTestRedis is NewRedis with the values these tests use for the options a test
+// leaves out: fixtures (the operator's defaults are config.Default()'s), so a test says
+// only what it is about.
+func newTestRedis(tb testing.TB, client redis.UniversalClient, o RedisOptions) *Redis {
+	tb.Helper()
+	o.Prefix = or(o.Prefix, "fuse")
+	o.FlushInterval = or(o.FlushInterval, 100*time.Millisecond)
+	o.DegradeAfter = or(o.DegradeAfter, 3)
+	o.Timeout = or(o.Timeout, 500*time.Millisecond)
+	st, err := NewRedis(client, o)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return st
 }
 
 func or[T comparable](v, def T) T {
@@ -833,9 +849,9 @@ func BenchmarkRedisAllowDone(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	st := NewRedis(client, RedisOptions{ReplicaID: "bench", FlushInterval: 20 * time.Millisecond})
+	st := newTestRedis(b, client, RedisOptions{ReplicaID: "bench", FlushInterval: 20 * time.Millisecond})
 	br := breaker.New(circuitName, s, breaker.Options{Wake: st.Wake})
-	st.Attach(map[string]Circuit{circuitName: {Breaker: br}})
+	st.Attach(map[string]Circuit{circuitName: {Breaker: br, TrialLease: 10 * time.Second}})
 	if err := st.Resync(b.Context()); err != nil {
 		b.Fatal(err)
 	}

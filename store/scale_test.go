@@ -26,12 +26,12 @@ func TestRedisResyncTenThousandCircuits(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		st := NewRedis(client, RedisOptions{ReplicaID: "r", Timeout: 200 * time.Millisecond})
+		st := newTestRedis(t, client, RedisOptions{ReplicaID: "r", Timeout: 200 * time.Millisecond})
 		t.Cleanup(func() { st.Close() })
 		cs := make(map[string]Circuit, n)
 		for i := range n {
 			name := "u" + strconv.Itoa(i)
-			cs[name] = Circuit{Breaker: breaker.New(name, longOpen(), breaker.Options{Wake: st.Wake}), SettingsHash: "h"}
+			cs[name] = Circuit{Breaker: breaker.New(name, longOpen(), breaker.Options{Wake: st.Wake}), SettingsHash: "h", TrialLease: 10 * time.Second}
 		}
 		st.Attach(cs)
 		return st, cs
@@ -77,7 +77,7 @@ func BenchmarkRedisIdleFlush(b *testing.B) {
 				cs := make(map[string]Circuit, n)
 				for i := range n {
 					name := "u" + strconv.Itoa(i)
-					cs[name] = Circuit{Breaker: breaker.New(name, s, breaker.Options{}), SettingsHash: "h"}
+					cs[name] = Circuit{Breaker: breaker.New(name, s, breaker.Options{}), SettingsHash: "h", TrialLease: 10 * time.Second}
 				}
 				st.Attach(cs)
 				for _, c := range st.list() { // as a resync leaves them
@@ -119,7 +119,7 @@ func offlineStore(tb testing.TB) *Redis {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	st := NewRedis(client, RedisOptions{ReplicaID: "r", FlushInterval: 100 * time.Millisecond})
+	st := newTestRedis(tb, client, RedisOptions{ReplicaID: "r", FlushInterval: 100 * time.Millisecond})
 	tb.Cleanup(func() { st.Close() })
 	return st
 }

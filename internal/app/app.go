@@ -114,12 +114,11 @@ func (a *App) newStore(cfg *config.Config) (store.Store, error) {
 			// The store names the key under store.redis (url, tls.ca_file, ...).
 			return nil, fmt.Errorf("store.redis.%w", err)
 		}
-		a.redis = store.NewRedis(client, store.RedisOptions{
-			Prefix: cfg.Store.Redis.Prefix, ReplicaID: a.replica,
-			FlushInterval: cfg.Store.FlushInterval, DegradeAfter: cfg.Store.Redis.DegradeAfter,
-			Timeout: cfg.Store.Redis.DialTimeout + cfg.Store.Redis.ReadTimeout + cfg.Store.Redis.WriteTimeout,
-			Logger:  a.log, Wall: a.opts.Wall, Hooks: a.metrics.StoreHooks(),
-		})
+		o := redisOptions(cfg.Store)
+		o.ReplicaID, o.Logger, o.Wall, o.Hooks = a.replica, a.log, a.opts.Wall, a.metrics.StoreHooks()
+		if a.redis, err = store.NewRedis(client, o); err != nil {
+			return nil, err
+		}
 		return a.redis, nil
 	default:
 		return store.NewMemory(a.replica), nil

@@ -10,15 +10,41 @@ import (
 	"time"
 
 	"github.com/fuseproxy/fuseproxy/config"
+	"github.com/fuseproxy/fuseproxy/store"
 )
 
-// Every store.redis key of the connection reaches the Redis client, under the same
-// name: a key added to config.Redis (or config.TLS) and not carried over fails here.
+// The Redis store takes config.Default()'s values as they are: it has no defaults of its
+// own to fall back on (store.TestNewRedisRefusesMissingOptions), so the config's must
+// satisfy it, and the exchange timeout is the config's dial + read + write timeouts.
+func TestRedisStoreDefaultsAreTheConfigs(t *testing.T) {
+	d := config.Default()
+	o := redisOptions(d.Store)
+	want := store.RedisOptions{Prefix: d.Store.Redis.Prefix, FlushInterval: d.Store.FlushInterval,
+		DegradeAfter: d.Store.Redis.DegradeAfter,
+		Timeout:      d.Store.Redis.DialTimeout + d.Store.Redis.ReadTimeout + d.Store.Redis.WriteTimeout}
+	if !reflect.DeepEqual(o, want) {
+		t.Errorf("store options from config.Default(): %+v, want %+v", o, want)
+	}
+	client, err := store.NewRedisClient(redisClientOptions(d.Store.Redis, nil)) // never dialled
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.ReplicaID = "r"
+	st, err := store.NewRedis(client, o)
+	if err != nil {
+		t.Fatalf("the Redis store refuses config.Default(): %v", err)
+	}
+	st.Close()
+}
+
+// Every store.redis key reaches the Redis client or the store, under the same name: a
+// key added to config.Redis (or config.TLS) and not carried over fails here.
 func TestRedisOptionsCarryEveryKey(t *testing.T) {
 	var c config.Redis
 	n := 0
 	fill(t, reflect.ValueOf(&c).Elem(), "", &n)
 	co := reflect.ValueOf(redisClientOptions(c, nil))
+	so := reflect.ValueOf(redisOptions(config.Store{Redis: c}))
 	tlsOpts := co.FieldByName("TLS")
 	for _, f := range reflect.VisibleFields(reflect.TypeFor[config.Redis]()) {
 		v := reflect.ValueOf(c).FieldByIndex(f.Index)
@@ -33,12 +59,18 @@ func TestRedisOptionsCarryEveryKey(t *testing.T) {
 					t.Errorf("store.redis.tls %s does not reach the client", tf.Name)
 				}
 			}
-		case "Prefix", "DegradeAfter": // the store's, not the client's
+		case "Prefix", "DegradeAfter":
+			if out := so.FieldByName(f.Name); !reflect.DeepEqual(out.Interface(), v.Interface()) {
+				t.Errorf("store.redis %s: %v in the store, want %v", f.Name, out, v)
+			}
 		default:
 			if out := co.FieldByName(f.Name); !out.IsValid() || !reflect.DeepEqual(out.Interface(), v.Interface()) {
 				t.Errorf("store.redis %s does not reach the client", f.Name)
 			}
 		}
+	}
+	if to := so.FieldByName("Timeout").Interface(); to != c.DialTimeout+c.ReadTimeout+c.WriteTimeout {
+		t.Errorf("Timeout %v, want dial + read + write", to)
 	}
 }
 
