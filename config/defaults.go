@@ -33,7 +33,7 @@ func Default() *Config {
 		},
 		Store: Store{
 			Driver:        "memory",
-			ReplicaID:     "", // resolved to host-pid by the store
+			ReplicaID:     "", // resolved to host-pid by internal/app (ReplicaID)
 			FlushInterval: 100 * time.Millisecond,
 			Redis: Redis{
 				Host:         "127.0.0.1",

@@ -57,7 +57,7 @@ var Reference = []FieldDoc{
 	{"store.redis.tls.insecure_skip_verify", "false", "", "Do not verify the server certificate (testing only)."},
 	{"store.redis.prefix", "fuse", "FUSE_REDIS_PREFIX", "Prefix of every key, so several deployments can share one Redis."},
 	{"store.redis.pool_size", "16", "", "Most connections per replica; 0 means the client library's default."},
-	{"store.redis.dial_timeout", "250ms", "", "Connect timeout."},
+	{"store.redis.dial_timeout", "250ms", "", "Connect timeout. One exchange with Redis (a flush's round trip, a resync's, an operator command) is bounded by dial_timeout + read_timeout + write_timeout: 450 ms at the defaults, room for a new connection, one write and one read."},
 	{"store.redis.read_timeout", "100ms", "", "Timeout of each read."},
 	{"store.redis.write_timeout", "100ms", "", "Timeout of each write."},
 	{"store.redis.degrade_after", "3", "", "Consecutive failed store operations after which Redis is declared degraded; at least 1."},

@@ -276,7 +276,7 @@ func TestPlanSkipsOnlyCircuitsWithNothingToSend(t *testing.T) {
 			s := baseSettings()
 			s.Window = 10 * time.Second
 			b := breaker.New("u", s, breaker.Options{})
-			st.Attach(map[string]Circuit{"u": {Breaker: b, SettingsHash: "h"}})
+			st.Attach(map[string]Circuit{"u": {Breaker: b, SettingsHash: "h", TrialLease: 10 * time.Second}})
 			c := st.list()[0]
 			b.SetShared(true)
 			b.TakeDelta()

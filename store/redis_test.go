@@ -16,7 +16,6 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/fuseproxy/fuseproxy/breaker"
-	"github.com/fuseproxy/fuseproxy/config"
 	"github.com/fuseproxy/fuseproxy/internal/testutil/redistest"
 )
 
@@ -56,7 +55,7 @@ type replica struct {
 
 func startReplica(t *testing.T, srv *redistest.Server, id string, rc replicaConfig) *replica {
 	t.Helper()
-	client, err := NewRedisClient(config.Redis{URL: srv.URL(), PoolSize: 4,
+	client, err := NewRedisClient(RedisClientOptions{URL: srv.URL(), PoolSize: 4,
 		Username: rc.username, Password: rc.password,
 		DialTimeout: 250 * time.Millisecond, ReadTimeout: or(rc.readTimeout, time.Second),
 		WriteTimeout: or(rc.readTimeout, time.Second)})
@@ -68,7 +67,7 @@ func startReplica(t *testing.T, srv *redistest.Server, id string, rc replicaConf
 	}
 	core, logs := observer.New(zapcore.DebugLevel)
 	r := &replica{id: id, logs: logs}
-	r.st = NewRedis(client, RedisOptions{
+	r.st = newTestRedis(t, client, RedisOptions{
 		ReplicaID: id, FlushInterval: or(rc.flush, 20*time.Millisecond),
 		DegradeAfter: rc.degradeAfter, Timeout: or(rc.timeout, time.Second), Logger: zap.New(core),
 		Hooks: Hooks{
@@ -136,6 +135,22 @@ func numSub(t *testing.T, srv *redistest.Server) int64 {
 		t.Fatal(err)
 	}
 	return n["fuse:events"]
+}
+
+// newTestRedis is NewRedis with the values these tests use for the options a test
+// leaves out: fixtures (the operator's defaults are config.Default()'s), so a test says
+// only what it is about.
+func newTestRedis(tb testing.TB, client redis.UniversalClient, o RedisOptions) *Redis {
+	tb.Helper()
+	o.Prefix = or(o.Prefix, "fuse")
+	o.FlushInterval = or(o.FlushInterval, 100*time.Millisecond)
+	o.DegradeAfter = or(o.DegradeAfter, 3)
+	o.Timeout = or(o.Timeout, 500*time.Millisecond)
+	st, err := NewRedis(client, o)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return st
 }
 
 func or[T comparable](v, def T) T {
@@ -830,13 +845,13 @@ func BenchmarkRedisAllowDone(b *testing.B) {
 	srv := redistest.Start(b)
 	s := longOpen()
 	s.ConsecutiveFailures = 0
-	client, err := NewRedisClient(config.Redis{URL: srv.URL()})
+	client, err := NewRedisClient(RedisClientOptions{URL: srv.URL()})
 	if err != nil {
 		b.Fatal(err)
 	}
-	st := NewRedis(client, RedisOptions{ReplicaID: "bench", FlushInterval: 20 * time.Millisecond})
+	st := newTestRedis(b, client, RedisOptions{ReplicaID: "bench", FlushInterval: 20 * time.Millisecond})
 	br := breaker.New(circuitName, s, breaker.Options{})
-	st.Attach(map[string]Circuit{circuitName: {Breaker: br}})
+	st.Attach(map[string]Circuit{circuitName: {Breaker: br, TrialLease: 10 * time.Second}})
 	if err := st.Resync(b.Context()); err != nil {
 		b.Fatal(err)
 	}

@@ -17,7 +17,6 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/fuseproxy/fuseproxy/config"
 	"github.com/fuseproxy/fuseproxy/internal/testutil/freeport"
 	"github.com/fuseproxy/fuseproxy/internal/testutil/redistest"
 )
@@ -93,7 +92,7 @@ func startTLSRedis(t *testing.T, p testPKI, authClients string) int {
 	return port
 }
 
-// Every store.redis.tls key applies, with a rediss:// URL as with host and port, whether
+// Every TLS option (store.redis.tls key) applies, with a rediss:// URL as with an address, whether
 // or not enabled, ca_file or cert_file is set too.
 func TestRedisClientTLSKeysApply(t *testing.T) {
 	t.Parallel()
@@ -103,37 +102,37 @@ func TestRedisClientTLSKeysApply(t *testing.T) {
 	url := func(port int) string { return "rediss://127.0.0.1:" + strconv.Itoa(port) + "/0" }
 	for _, tc := range []struct {
 		name       string
-		cfg        config.Redis
+		cfg        RedisClientOptions
 		serverName string // the client's TLS server name; "-" for no TLS at all
 		err        string // the PING fails with this; "" for none, "*" for any
 	}{
 		{name: "rediss, insecure_skip_verify only",
-			cfg: config.Redis{URL: url(port), TLS: config.TLS{InsecureSkipVerify: true}}, serverName: "127.0.0.1"},
+			cfg: RedisClientOptions{URL: url(port), TLS: RedisTLS{InsecureSkipVerify: true}}, serverName: "127.0.0.1"},
 		{name: "rediss, server_name only",
-			cfg:        config.Redis{URL: url(port), TLS: config.TLS{ServerName: "redis.test"}},
+			cfg:        RedisClientOptions{URL: url(port), TLS: RedisTLS{ServerName: "redis.test"}},
 			serverName: "redis.test", err: "certificate signed by unknown authority"},
-		{name: "rediss, no tls keys", cfg: config.Redis{URL: url(port)},
+		{name: "rediss, no tls keys", cfg: RedisClientOptions{URL: url(port)},
 			serverName: "127.0.0.1", err: "IP SANs"},
 		{name: "rediss, ca_file: the URL's host is verified",
-			cfg:        config.Redis{URL: url(port), TLS: config.TLS{CAFile: p.ca}},
+			cfg:        RedisClientOptions{URL: url(port), TLS: RedisTLS{CAFile: p.ca}},
 			serverName: "127.0.0.1", err: "IP SANs"},
 		{name: "rediss, ca_file and server_name",
-			cfg:        config.Redis{URL: url(port), TLS: config.TLS{CAFile: p.ca, ServerName: "redis.test"}},
+			cfg:        RedisClientOptions{URL: url(port), TLS: RedisTLS{CAFile: p.ca, ServerName: "redis.test"}},
 			serverName: "redis.test"},
 		{name: "host and port, insecure_skip_verify only",
-			cfg: config.Redis{Host: "127.0.0.1", Port: port, TLS: config.TLS{InsecureSkipVerify: true}}, serverName: ""},
+			cfg: RedisClientOptions{Addr: "127.0.0.1:" + strconv.Itoa(port), TLS: RedisTLS{InsecureSkipVerify: true}}, serverName: ""},
 		{name: "host and port, server_name only",
-			cfg:        config.Redis{Host: "127.0.0.1", Port: port, TLS: config.TLS{ServerName: "redis.test"}},
+			cfg:        RedisClientOptions{Addr: "127.0.0.1:" + strconv.Itoa(port), TLS: RedisTLS{ServerName: "redis.test"}},
 			serverName: "redis.test", err: "certificate signed by unknown authority"},
 		{name: "host and port, enabled and ca_file: the host is verified",
-			cfg:        config.Redis{Host: "127.0.0.1", Port: port, TLS: config.TLS{Enabled: true, CAFile: p.ca}},
+			cfg:        RedisClientOptions{Addr: "127.0.0.1:" + strconv.Itoa(port), TLS: RedisTLS{Enabled: true, CAFile: p.ca}},
 			serverName: "", err: "IP SANs"},
-		{name: "host and port, no tls keys", cfg: config.Redis{Host: "127.0.0.1", Port: port},
+		{name: "host and port, no tls keys", cfg: RedisClientOptions{Addr: "127.0.0.1:" + strconv.Itoa(port)},
 			serverName: "-", err: "*"},
-		{name: "mutual TLS", cfg: config.Redis{URL: url(mtlsPort), TLS: config.TLS{CAFile: p.ca,
+		{name: "mutual TLS", cfg: RedisClientOptions{URL: url(mtlsPort), TLS: RedisTLS{CAFile: p.ca,
 			ServerName: "redis.test", CertFile: p.clientCert, KeyFile: p.clientKey}}, serverName: "redis.test"},
 		{name: "mutual TLS, no client certificate",
-			cfg:        config.Redis{URL: url(mtlsPort), TLS: config.TLS{CAFile: p.ca, ServerName: "redis.test"}},
+			cfg:        RedisClientOptions{URL: url(mtlsPort), TLS: RedisTLS{CAFile: p.ca, ServerName: "redis.test"}},
 			serverName: "redis.test", err: "certificate"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/fuseproxy/fuseproxy/breaker"
-	"github.com/fuseproxy/fuseproxy/config"
 	"github.com/fuseproxy/fuseproxy/internal/testutil/redistest"
 )
 
@@ -23,16 +22,16 @@ func TestRedisResyncTenThousandCircuits(t *testing.T) {
 	const n = 10_000
 	srv := redistest.Start(t)
 	newStore := func() (*Redis, map[string]Circuit) {
-		client, err := NewRedisClient(config.Redis{URL: srv.URL(), PoolSize: 4})
+		client, err := NewRedisClient(RedisClientOptions{URL: srv.URL(), PoolSize: 4})
 		if err != nil {
 			t.Fatal(err)
 		}
-		st := NewRedis(client, RedisOptions{ReplicaID: "r", Timeout: 200 * time.Millisecond})
+		st := newTestRedis(t, client, RedisOptions{ReplicaID: "r", Timeout: 200 * time.Millisecond})
 		t.Cleanup(func() { st.Close() })
 		cs := make(map[string]Circuit, n)
 		for i := range n {
 			name := "u" + strconv.Itoa(i)
-			cs[name] = Circuit{Breaker: breaker.New(name, longOpen(), breaker.Options{}), SettingsHash: "h"}
+			cs[name] = Circuit{Breaker: breaker.New(name, longOpen(), breaker.Options{}), SettingsHash: "h", TrialLease: 10 * time.Second}
 		}
 		st.Attach(cs)
 		return st, cs
@@ -78,7 +77,7 @@ func BenchmarkRedisIdleFlush(b *testing.B) {
 				cs := make(map[string]Circuit, n)
 				for i := range n {
 					name := "u" + strconv.Itoa(i)
-					cs[name] = Circuit{Breaker: breaker.New(name, s, breaker.Options{}), SettingsHash: "h"}
+					cs[name] = Circuit{Breaker: breaker.New(name, s, breaker.Options{}), SettingsHash: "h", TrialLease: 10 * time.Second}
 				}
 				st.Attach(cs)
 				for _, c := range st.list() { // as a resync leaves them
@@ -116,11 +115,11 @@ func must[T any](v T, err error) T {
 // offlineStore is a Redis store (flush interval 100 ms) whose client points at a port
 // nothing listens on, for tests of what it plans without sending anything.
 func offlineStore(tb testing.TB) *Redis {
-	client, err := NewRedisClient(config.Redis{URL: "redis://127.0.0.1:1/0"}) // never dialled
+	client, err := NewRedisClient(RedisClientOptions{URL: "redis://127.0.0.1:1/0"}) // never dialled
 	if err != nil {
 		tb.Fatal(err)
 	}
-	st := NewRedis(client, RedisOptions{ReplicaID: "r", FlushInterval: 100 * time.Millisecond})
+	st := newTestRedis(tb, client, RedisOptions{ReplicaID: "r", FlushInterval: 100 * time.Millisecond})
 	tb.Cleanup(func() { st.Close() })
 	return st
 }

@@ -25,7 +25,8 @@ type Circuit struct {
 	// SettingsHash identifies the breaker settings, so replicas that disagree are noticed.
 	SettingsHash string
 	// TrialLease is how long a half-open trial permit is held before it expires unused
-	// (a replica that dies holding one does not block recovery).
+	// (a replica that dies holding one does not block recovery). The Redis store has no
+	// default for it: Attach panics on a circuit without one.
 	TrialLease time.Duration
 }
 

@@ -21,7 +21,6 @@ import (
 	"github.com/fuseproxy/fuseproxy/internal/app"
 	"github.com/fuseproxy/fuseproxy/internal/flaky"
 	"github.com/fuseproxy/fuseproxy/internal/watch"
-	"github.com/fuseproxy/fuseproxy/store"
 )
 
 // serve runs the proxy until SIGINT or SIGTERM; SIGHUP reloads the config.
@@ -51,7 +50,6 @@ func serve(args []string, stderr io.Writer, defaultConfig string) error {
 		return err
 	}
 	defer func() { _ = log.Sync() }()
-	store.RouteClientLogs(log)
 	log.Info("garbage collector", gc.Fields()...)
 	for _, w := range cfg.Warnings() {
 		log.Warn("risky config", zap.String("warning", w))

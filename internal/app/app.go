@@ -108,16 +108,18 @@ func ReplicaID(configured string) string {
 func (a *App) newStore(cfg *config.Config) (store.Store, error) {
 	switch cfg.Store.Driver {
 	case "redis":
-		client, err := store.NewRedisClient(cfg.Store.Redis)
+		client, err := store.NewRedisClient(redisClientOptions(cfg.Store.Redis, a.log))
 		if err != nil {
+			// The store names the key under store.redis (url, tls.ca_file, ...).
+			return nil, fmt.Errorf("store.redis.%w", err)
+		}
+		o := redisOptions(cfg.Store)
+		o.ReplicaID, o.Logger, o.Wall, o.Hooks = a.replica, a.log, a.opts.Wall, a.metrics.StoreHooks()
+		r, err := store.NewRedis(client, o)
+		if err != nil { // a nil *Redis must not become a non-nil Store
 			return nil, err
 		}
-		return store.NewRedis(client, store.RedisOptions{
-			Prefix: cfg.Store.Redis.Prefix, ReplicaID: a.replica,
-			FlushInterval: cfg.Store.FlushInterval, DegradeAfter: cfg.Store.Redis.DegradeAfter,
-			Timeout: cfg.Store.Redis.DialTimeout + cfg.Store.Redis.ReadTimeout + cfg.Store.Redis.WriteTimeout,
-			Logger:  a.log, Wall: a.opts.Wall, Hooks: a.metrics.StoreHooks(),
-		}), nil
+		return r, nil
 	default:
 		return store.NewMemory(a.replica), nil
 	}

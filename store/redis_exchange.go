@@ -1,0 +1,328 @@
+package store
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+
+	"github.com/fuseproxy/fuseproxy/breaker"
+)
+
+// call is one script call of an exchange.
+type call struct {
+	c      *circuit
+	script *redis.Script
+	keys   []string
+	args   []any
+	leases []string // acquire: the ids this call asks for
+	cmd    *redis.Cmd
+}
+
+// exchange sends every circuit's news in one pipeline and applies the replies. With
+// resync set it reads every circuit and adopts what Redis holds whatever the generation.
+func (r *Redis) exchange(ctx context.Context, cs []*circuit, resync bool) error {
+	now := time.Now()
+	r.holding = false
+	var calls []*call
+	for _, c := range cs {
+		calls = r.plan(calls, c, now, resync)
+	}
+	if len(calls) == 0 {
+		return errIdle
+	}
+	if r.failures > 0 || r.degraded.Load() {
+		// In doubt, an exchange must also show that Redis takes this replica's writes:
+		// a poll or a resync read with nothing to write succeeds on a Redis that refuses
+		// them (OOM, READONLY, MISCONF), and must neither clear the count of failed
+		// exchanges nor end a degradation.
+		calls = append([]*call{r.beat()}, calls...)
+	}
+	var err error
+	for i := 0; i < len(calls); i += maxPipeline {
+		chunk := calls[i:min(i+maxPipeline, len(calls))]
+		if e := r.send(ctx, chunk, resync); e != nil {
+			var rerr redis.Error
+			if err = cmp.Or(err, e); !errors.As(e, &rerr) {
+				// No answer: the rest would wait as long. Poll them on the next flush.
+				for _, cl := range calls[i:] {
+					if cl.c != nil {
+						cl.c.retry = true
+					}
+				}
+				break
+			}
+		}
+	}
+	if r.o.Hooks.Flush != nil {
+		r.o.Hooks.Flush(time.Since(now), err)
+	}
+	return err
+}
+
+// maxPipeline bounds the scripts of one round trip, each round trip bounded by Timeout:
+// a resync of 10,000 circuits is 40 round trips, not one that cannot finish in time.
+const maxPipeline = 256
+
+// send runs calls in one pipeline and applies the replies.
+func (r *Redis) send(ctx context.Context, calls []*call, resync bool) error {
+	ctx, cancel := context.WithTimeout(ctx, r.o.Timeout)
+	defer cancel()
+	sent := r.o.Wall()
+	err := r.run(ctx, calls)
+	// No answer at all (network, timeout): the exchange failed as a whole.
+	var rerr redis.Error
+	if err != nil && !errors.As(err, &rerr) {
+		return err
+	}
+	// Redis answered, but possibly with error replies. Only an error that is provably
+	// one circuit's bad data (circuitData) spares the exchange; any other error reply
+	// fails it, so that enough of them degrade the store, while the good replies of the
+	// other circuits are still applied.
+	var failed error
+	rtt := r.o.Wall().Sub(sent)
+	for _, cl := range calls {
+		cerr := cl.cmd.Err()
+		switch {
+		case cerr == nil && err != nil && cl.cmd.Val() == nil:
+			// The pipeline was refused before this script ran (a new connection's AUTH
+			// or HELLO failed): go-redis leaves the command without a reply or an error,
+			// and Exec's error is everyone's.
+			cerr = err
+		case redis.HasErrorPrefix(cerr, "NOSCRIPT") && err != nil && !redis.HasErrorPrefix(err, "NOSCRIPT"):
+			// Loading the scripts failed (run): that error is the reason.
+			cerr = err
+		}
+		switch {
+		case cl.c == nil: // the heartbeat: nothing to apply
+			failed = cmp.Or(failed, cerr)
+			continue
+		case cerr == nil:
+		case circuitData(cerr):
+			r.log.Error("script failed in Redis on this circuit's data", zap.String("upstream", cl.c.name), zap.Error(cerr))
+			continue
+		default:
+			failed = cmp.Or(failed, cerr)
+			cl.c.retry = true
+			continue
+		}
+		rep, derr := decodeReply(cl.cmd.Val())
+		if derr != nil {
+			// Not an error reply, and not one either that proves the circuit's data bad:
+			// whatever answers is not the Redis these scripts expect.
+			failed = cmp.Or(failed, fmt.Errorf("unexpected reply from Redis for upstream %q: %w", cl.c.name, derr))
+			cl.c.retry = true
+			continue
+		}
+		r.offset.Store(rep.now*int64(time.Millisecond) - sent.Add(rtt/2).UnixNano())
+		r.applyReply(cl, rep, resync)
+	}
+	return failed
+}
+
+// circuitData reports whether a script's error reply is provably about its own
+// circuit's data, so that the other circuits and the store as a whole are sound: only
+// WRONGTYPE, which a script can meet only on the two keys it was given (its circuit's;
+// the scripts replace a foreign value they can read, see load in lua/prelude.lua). It is
+// an allow-list on purpose: every other error reply (NOAUTH, WRONGPASS, NOPERM, OOM,
+// READONLY, MISCONF, LOADING, BUSY, MASTERDOWN, CLUSTERDOWN, TRYAGAIN, a MOVED that
+// outlived go-redis's redirects, an unknown or renamed command, a script's runtime
+// error, and any class nobody has listed) speaks of Redis or of this replica's access
+// to it, which every circuit shares, and counts towards degradation.
+func circuitData(err error) bool { return redis.HasErrorPrefix(err, "WRONGTYPE") }
+
+// plan appends the calls one circuit needs: its finished trials (at once), its counts or
+// a poll when it is not closed, and a permit request when it waits for one.
+func (r *Redis) plan(calls []*call, c *circuit, now time.Time, resync bool) []*call {
+	b := c.Breaker
+	// Most circuits of a replica with many upstreams have nothing to say on most flushes:
+	// closed and synced, no news from the breaker, successes held (if any) still waiting.
+	// They are skipped without taking the breaker's lock; everything they could send goes
+	// through the full path below on a later flush (news, a hold that ran out, an onset).
+	if !resync && !r.stopping && !b.HasNews() && c.synced.Load() && !c.deciding && !c.retry &&
+		b.State() == breaker.Closed && (c.held.Requests == 0 || r.holds(c, c.held, now)) {
+		r.holding = r.holding || c.held.Requests > 0
+		return calls
+	}
+	keys := []string{c.key, c.leaseKey}
+	if tr, ok := b.TakeTrials(); (ok || r.stopping && len(c.leases) > 0) && !resync {
+		args := []any{r.o.ReplicaID, tr.Generation, tr.Successes, tr.Failures, c.settings,
+			rand.Float64(), r.channel, c.name}
+		// Release one lease per finished trial (every lease when stopping); leases of
+		// older generations are gone from Redis already.
+		n, kept := tr.Successes+tr.Failures+tr.Released, c.leases[:0]
+		if r.stopping {
+			n = len(c.leases)
+		}
+		for _, l := range c.leases {
+			switch {
+			case l.gen != tr.Generation:
+			case n > 0:
+				args = append(args, l.id)
+				n--
+			default:
+				kept = append(kept, l)
+			}
+		}
+		c.leases = kept
+		calls = append(calls, &call{c: c, script: trialScript, keys: keys, args: args})
+	}
+	// A resync sends the counts too: they are fenced by generation in Redis, and a
+	// breaker that was deciding locally has none (it counts into a Delta only when shared).
+	d, _ := b.TakeDelta()
+	d = merge(c.held, d)
+	c.held = breaker.Delta{}
+	send := resync || c.deciding || c.retry || !c.synced.Load() || b.State() != breaker.Closed
+	if !send && d.Requests > 0 && r.holds(c, d, now) {
+		c.held, r.holding = d, true
+		if c.heldSince.IsZero() {
+			c.heldSince = now
+		}
+	} else if send || d.Requests > 0 {
+		c.heldSince = time.Time{}
+		calls = append(calls, &call{c: c, script: flushScript, keys: keys, args: []any{
+			r.o.ReplicaID, d.Generation, d.Requests, d.Failures, d.Slow, d.Tail,
+			boolArg(d.HadSuccess), c.settings, c.SettingsHash, rand.Float64(), r.channel, c.name,
+			r.onset, r.o.FlushInterval.Milliseconds()}})
+	}
+	if resync || r.stopping || now.Before(c.nextAcquire) {
+		return calls
+	}
+	if want := b.NeedsPermits(); want > 0 {
+		base := r.o.ReplicaID + ":" + strconv.FormatUint(r.leaseSeq.Add(1), 10)
+		calls = append(calls, &call{c: c, script: acquireScript, keys: keys, args: []any{
+			r.o.ReplicaID, want, c.lease().Milliseconds(), c.settings, base, r.channel, c.name}})
+	}
+	return calls
+}
+
+// holds reports whether a closed, synced circuit's counts d may wait: they are all
+// successes, the circuit is quiet, and they have waited less than a window. Held
+// successes change no decision anywhere: the fleet's rate rules only look at them once a
+// failure arrives, and then every replica sends them first (see the onset in flush.lua).
+func (r *Redis) holds(c *circuit, d breaker.Delta, now time.Time) bool {
+	return !r.stopping && c.quiet.Load() && d.Failures == 0 && d.Slow == 0 && d.Tail == 0 &&
+		d.Requests < 1<<30 && (c.heldSince.IsZero() || now.Sub(c.heldSince) < c.holdFor)
+}
+
+// merge returns the held batch h followed by the newer batch d as one batch. Held
+// successes count as requests but do not end a run of consecutive failures: they were
+// held while the circuit was quiet (no run in Redis), so they came before any run that
+// other replicas are building now; a replica stops holding as soon as it hears of one.
+// A held batch of another generation is dropped: Redis would drop it too.
+func merge(h, d breaker.Delta) breaker.Delta {
+	switch {
+	case d.Requests == 0:
+		h.HadSuccess, h.Tail = false, 0
+		return h
+	case h.Requests == 0 || h.Generation != d.Generation:
+		return d
+	}
+	d.Requests += h.Requests // h holds successes only (see holds)
+	return d
+}
+
+func boolArg(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// run executes the calls in one pipeline by SHA, loading the scripts once if Redis lost
+// them (a restart, SCRIPT FLUSH) and sending again.
+func (r *Redis) run(ctx context.Context, calls []*call) error {
+	for attempt := 0; ; attempt++ {
+		pipe := r.client.Pipeline()
+		for _, cl := range calls {
+			cl.cmd = cl.script.EvalSha(ctx, pipe, cl.keys, cl.args...)
+		}
+		_, err := pipe.Exec(ctx)
+		if err == nil || attempt > 0 || !redis.HasErrorPrefix(err, "NOSCRIPT") {
+			return err
+		}
+		for _, s := range allScripts {
+			if err := s.Load(ctx, r.client).Err(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (r *Redis) applyReply(cl *call, rep reply, force bool) {
+	c := cl.c
+	if rep.corrupt != "" {
+		r.log.Error("shared state was unreadable and was replaced by a fresh closed state",
+			zap.String("upstream", c.name), zap.String("key", c.key), zap.String("problem", rep.corrupt))
+	}
+	r.apply(c, rep, force, "flush")
+	c.quiet.Store(rep.quiet)
+	if cl.script == flushScript {
+		c.deciding = rep.deciding
+	}
+	c.retry = false
+	c.synced.Store(true)
+	if cl.script == acquireScript {
+		// Local permits lapse a little before their leases, so a permit is never used
+		// after Redis may have handed its lease to another replica.
+		ttl := c.lease() - c.lease()/10
+		ttl -= min(r.o.Timeout, ttl/2)
+		if rep.granted > 0 && c.Breaker.GrantPermits(rep.state.Generation, rep.granted, ttl) {
+			gen := rep.state.Generation
+			base := cl.args[4].(string) + ":" + strconv.FormatUint(gen, 10)
+			for i := 1; i <= rep.granted; i++ {
+				c.leases = append(c.leases, lease{gen: gen, id: base + ":" + strconv.Itoa(i)})
+			}
+			c.nextAcquire = time.Time{}
+		} else {
+			c.nextAcquire = time.Now().Add(r.o.FlushInterval / 2)
+		}
+	}
+	if cl.script == flushScript && rep.cfg != "" && rep.cfg != c.SettingsHash &&
+		rep.cfgr != r.o.ReplicaID && rep.cfg != c.warnedCfg {
+		c.warnedCfg = rep.cfg
+		r.log.Warn("replicas disagree on breaker settings",
+			zap.String("upstream", c.name), zap.String("ours", c.SettingsHash),
+			zap.String("theirs", rep.cfg), zap.String("their_replica", rep.cfgr))
+	}
+}
+
+// apply adopts a shared state. A new epoch (the state was lost or replaced in Redis)
+// is adopted whatever its generation.
+func (r *Redis) apply(c *circuit, rep reply, force bool, source string) {
+	c.amu.Lock()
+	gen := rep.state.Generation
+	switch {
+	case c.epoch.Swap(rep.epoch) != rep.epoch:
+		force, c.seen = true, gen
+	case force && gen < c.seen:
+		// A resync read that left before a newer state arrived (by pub/sub, Control or
+		// another reply) must not undo it: force only overrides local decisions.
+		force = false
+	}
+	c.seen = max(c.seen, gen)
+	from := c.Breaker.State()
+	adopted := c.Breaker.Apply(rep.state, force)
+	c.amu.Unlock()
+	if !adopted {
+		return
+	}
+	if from == rep.state.State {
+		return
+	}
+	lag := time.Duration(r.o.Wall().UnixNano()+r.offset.Load()) - time.Duration(rep.now)*time.Millisecond
+	lag = max(lag, 0)
+	if r.o.Hooks.Propagation != nil {
+		r.o.Hooks.Propagation(c.name, lag)
+	}
+	r.log.Info("applied shared state", zap.String("upstream", c.name),
+		zap.String("from", from.String()), zap.String("to", rep.state.State.String()),
+		zap.Uint64("generation", rep.state.Generation), zap.String("source", source),
+		zap.Float64("lag_ms", float64(lag.Microseconds())/1000))
+}

@@ -1,0 +1,70 @@
+package store
+
+import (
+	"context"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+)
+
+// subscribe applies transitions published by any replica as they happen. Pub/sub is
+// at-most-once, so every (re)subscription asks the loop for a full resync, and the flush
+// replies remain the backstop for messages lost in between.
+func (r *Redis) subscribe(ctx context.Context) {
+	ps := r.client.Subscribe(ctx, r.channel, r.onset)
+	defer ps.Close()
+	ch := ps.ChannelWithSubscriptions(redis.WithChannelHealthCheckInterval(time.Second))
+	subscribed := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case m, ok := <-ch:
+			if !ok {
+				return
+			}
+			switch m := m.(type) {
+			case *redis.Subscription:
+				if m.Kind == "subscribe" && m.Channel == r.channel {
+					// Also the first time: what was published before the subscription
+					// took effect (since Resync) was missed too.
+					if subscribed {
+						r.log.Info("pub/sub resubscribed; resyncing")
+					}
+					r.requestResync()
+					subscribed = true
+				}
+			case *redis.Message:
+				if m.Channel == r.onset {
+					r.onOnset(m.Payload)
+				} else {
+					r.onMessage(m.Payload)
+				}
+			}
+		}
+	}
+}
+
+func (r *Redis) onMessage(payload string) {
+	name, rep, err := decodeMessage(payload)
+	if err != nil {
+		r.log.Warn("ignored malformed state message", zap.Error(err))
+		return
+	}
+	c, ok := r.get(name)
+	if !ok || r.degraded.Load() || !c.synced.Load() {
+		return
+	}
+	c.quiet.Store(false) // until the next reply says otherwise
+	r.apply(c, rep, false, "pubsub")
+}
+
+// onOnset handles a failure reaching a quiet circuit's window (payload: its name): the
+// successes this replica holds for it must be in the window before the rate rules look,
+// so they go now.
+func (r *Redis) onOnset(name string) {
+	if c, ok := r.get(name); ok && c.quiet.Swap(false) {
+		r.Wake()
+	}
+}
