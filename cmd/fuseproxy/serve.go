@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"sync"
 	"syscall"
 	"time"
 
@@ -56,34 +55,17 @@ func serve(args []string, stderr io.Writer, defaultConfig string) error {
 	for _, w := range cfg.Warnings() {
 		log.Warn("risky config", zap.String("warning", w))
 	}
-	a, err := app.New(cfg, app.Options{Logger: log, Version: version, Wall: wallClock(),
-		Watch: watcher, WatchInterval: *watchEvery})
-	if err != nil {
-		return err
-	}
-
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-hup:
-				_ = a.ReloadFile() // logs and counts the failure; the old config keeps serving
-			}
-		}
-	}()
-	err = a.Run(ctx)
-	stop()
-	wg.Wait()
-	return err
+	a, err := app.New(cfg, app.Options{Logger: log, Version: version, Wall: wallClock(),
+		Watch: watcher, WatchInterval: *watchEvery, Reload: hup})
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return a.Run(ctx)
 }
 
 // wallClock returns the wall clock, skewed by FUSE_TEST_CLOCK_OFFSET (a Go duration) so

@@ -33,6 +33,9 @@ type Options struct {
 	// content changes and holds still. SIGHUP and POST /reload reload it regardless.
 	Watch         *watch.Watcher
 	WatchInterval time.Duration
+	// Reload, when set, reloads the config file on each value received (SIGHUP) while
+	// Run runs.
+	Reload <-chan os.Signal
 	// Wall is the wall clock; tests skew it (FUSE_TEST_CLOCK_OFFSET) to show that replicas
 	// agree on open periods whatever their clocks say.
 	Wall func() time.Time
@@ -191,21 +194,29 @@ func (a *App) Reload(cfg *config.Config) (err error) {
 	return nil
 }
 
-// ReloadFile re-reads the config file in effect and applies it (SIGHUP, POST /reload).
-// On error the old config keeps serving, and the error says why.
+// ReloadFile re-reads the config file in effect and applies it (POST /reload). On error
+// the old config keeps serving, and the error says why. The attempt is counted in the
+// metrics either way; reporting a failure is the caller's: the admin API answers and
+// logs it, the file watch and SIGHUP log it (reloadFrom).
 func (a *App) ReloadFile() error {
 	path := a.Config().Path
 	cfg, err := config.Load(path)
 	if err != nil {
 		a.metrics.Reloaded(err)
-		a.log.Error("config reload failed; the old config keeps serving", zap.Error(err))
 		return err
 	}
 	if err := a.Reload(cfg); err != nil {
-		a.log.Error("config reload failed; the old config keeps serving", zap.Error(err))
 		return fmt.Errorf("reload %s: %w", path, err)
 	}
 	return nil
+}
+
+// reloadFrom reloads the config file for a trigger that has no one to answer (the file
+// watch, SIGHUP), and logs a failure: the old config keeps serving.
+func (a *App) reloadFrom(trigger string) {
+	if err := a.ReloadFile(); err != nil {
+		a.log.Error("config reload failed; the old config keeps serving", zap.String("trigger", trigger), zap.Error(err))
+	}
 }
 
 // upstreamNames maps each upstream's name to whether its breaker is enabled.

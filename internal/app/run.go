@@ -84,20 +84,32 @@ func (a *App) startBackground(cfg *config.Config) *background {
 	return bg
 }
 
-// watchConfig reloads the config file when its content changes (Options.Watch), until
-// bg stops.
+// watchConfig reloads the config file when its content changes (Options.Watch) and on
+// each value from Options.Reload (SIGHUP), until bg stops.
 func (a *App) watchConfig(bg *background, path string) {
 	if w := a.opts.Watch; w != nil && a.opts.WatchInterval > 0 {
 		bg.start(func(ctx context.Context) {
 			w.Run(ctx, a.opts.WatchInterval, func() {
 				a.log.Info("config file changed; reloading", zap.String("path", path))
-				_ = a.ReloadFile()
+				a.reloadFrom("watch")
 			}, func(err error) {
 				// Every failure to read the watched file is a line: a file that cannot be
 				// read is never loaded, and the old config keeps serving.
 				a.metrics.Reloaded(err)
 				a.log.Error("config file unreadable; the old config keeps serving", zap.String("path", path), zap.Error(err))
 			})
+		})
+	}
+	if sig := a.opts.Reload; sig != nil {
+		bg.start(func(ctx context.Context) {
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-sig:
+					a.reloadFrom("signal")
+				}
+			}
 		})
 	}
 }
