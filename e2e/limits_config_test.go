@@ -47,7 +47,7 @@ func TestConfigFileLimits(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		req.Header.Set("X-Fuse-Admin", "1") // as the CLI sends it
+		req.Header.Set("X-Fuse-Admin", "1") // as the CLI does; the admin API refuses a bare command
 		return do(adm.client, req)          // the client's 5s timeout bounds a hang
 	}
 	serving := func(when string) {

@@ -76,8 +76,8 @@ func answer(jsonOut bool, stdout io.Writer, data []byte, err error) error {
 	return err
 }
 
-func circuitsList(c *adminClient, jsonOut bool, stdout io.Writer) error {
-	_, data, err := c.call(http.MethodGet, "/circuits", nil)
+func circuitsList(c *admin.Client, jsonOut bool, stdout io.Writer) error {
+	_, data, err := c.Call(http.MethodGet, "/circuits", nil)
 	if err != nil {
 		return answer(jsonOut, stdout, data, err)
 	}
@@ -126,8 +126,8 @@ func storeSummary(driver string, degraded bool, lastErr string) string {
 	return driver
 }
 
-func circuitsShow(c *adminClient, name string, jsonOut bool, stdout io.Writer) error {
-	_, data, err := c.call(http.MethodGet, "/circuits/"+url.PathEscape(name), nil)
+func circuitsShow(c *admin.Client, name string, jsonOut bool, stdout io.Writer) error {
+	_, data, err := c.Call(http.MethodGet, "/circuits/"+url.PathEscape(name), nil)
 	if err != nil {
 		return answer(jsonOut, stdout, data, err)
 	}
@@ -213,8 +213,8 @@ func printRows(w io.Writer, heading string, rows [][2]string) error {
 	return tw.Flush()
 }
 
-func circuitsControl(c *adminClient, name, action string, body any, jsonOut bool, stdout, stderr io.Writer) error {
-	status, data, err := c.call(http.MethodPost, "/circuits/"+url.PathEscape(name)+"/"+action, body)
+func circuitsControl(c *admin.Client, name, action string, body any, jsonOut bool, stdout, stderr io.Writer) error {
+	status, data, err := c.Call(http.MethodPost, "/circuits/"+url.PathEscape(name)+"/"+action, body)
 	if err != nil {
 		return answer(jsonOut, stdout, data, err)
 	}

@@ -22,12 +22,12 @@ func health(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("not ready: %w", err)
 	}
-	status, data, err := c.call(http.MethodGet, "/readyz", nil)
+	status, data, err := c.Call(http.MethodGet, "/readyz", nil)
 	if f.json && data != nil {
 		printJSON(stdout, data)
 	}
 	var r admin.Readiness
-	var apiErr *apiError
+	var apiErr *admin.APIError
 	switch {
 	case err == nil || errors.As(err, &apiErr) && status == http.StatusServiceUnavailable:
 		if jerr := json.Unmarshal(data, &r); jerr != nil {

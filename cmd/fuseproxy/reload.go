@@ -20,7 +20,7 @@ func reloadCmd(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	_, data, err := c.call(http.MethodPost, "/reload", nil)
+	_, data, err := c.Call(http.MethodPost, "/reload", nil)
 	if f.json && data != nil {
 		printJSON(stdout, data)
 	}

@@ -2,25 +2,15 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os"
 	"os/signal"
-	"sync"
 	"syscall"
 	"time"
 
-	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
-
-	"github.com/fuseproxy/fuseproxy/config"
 	"github.com/fuseproxy/fuseproxy/internal/app"
-	"github.com/fuseproxy/fuseproxy/internal/flaky"
-	"github.com/fuseproxy/fuseproxy/internal/watch"
 )
 
 // serve runs the proxy until SIGINT or SIGTERM; SIGHUP reloads the config.
@@ -36,80 +26,13 @@ func serve(args []string, stderr io.Writer, defaultConfig string) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	gc := app.ApplyGCDefault(os.Getenv) // GOGC=200 unless the environment sets GOGC
-	watcher := watch.New(*path)         // before loading, so no change slips in between
-	cfg, err := config.Load(*path)
-	if err != nil {
-		return err
-	}
-	if *logFormat != "" {
-		cfg.Log.Format = *logFormat
-	}
-	log, err := newLogger(cfg.Log, stderr)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = log.Sync() }()
-	log.Info("garbage collector", gc.Fields()...)
-	for _, w := range cfg.Warnings() {
-		log.Warn("risky config", zap.String("warning", w))
-	}
-	a, err := app.New(cfg, app.Options{Logger: log, Version: version, Wall: wallClock(),
-		Watch: watcher, WatchInterval: *watchEvery})
-	if err != nil {
-		return err
-	}
-
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-hup:
-				_ = a.ReloadFile() // logs and counts the failure; the old config keeps serving
-			}
-		}
-	}()
-	err = a.Run(ctx)
-	stop()
-	wg.Wait()
-	return err
-}
-
-// wallClock returns the wall clock, skewed by FUSE_TEST_CLOCK_OFFSET (a Go duration) so
-// tests can show that replicas with different clocks agree.
-func wallClock() func() time.Time {
-	d, err := time.ParseDuration(os.Getenv("FUSE_TEST_CLOCK_OFFSET"))
-	if err != nil || d == 0 {
-		return time.Now
-	}
-	return func() time.Time { return time.Now().Add(d) }
-}
-
-func newLogger(c config.Log, w io.Writer) (*zap.Logger, error) {
-	level, err := zapcore.ParseLevel(c.Level)
-	if err != nil {
-		return nil, fmt.Errorf("log.level: %w", err)
-	}
-	ec := zap.NewProductionEncoderConfig()
-	ec.EncodeTime = zapcore.ISO8601TimeEncoder
-	var enc zapcore.Encoder
-	switch c.Format {
-	case "console":
-		ec.EncodeLevel = zapcore.CapitalLevelEncoder
-		enc = zapcore.NewConsoleEncoder(ec)
-	default:
-		enc = zapcore.NewJSONEncoder(ec)
-	}
-	return zap.New(zapcore.NewCore(enc, zapcore.Lock(zapcore.AddSync(w)), level)), nil
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return app.Serve(ctx, app.ServeOptions{ConfigPath: *path, LogFormat: *logFormat, LogOutput: stderr,
+		WatchInterval: *watchEvery, Reload: hup, Version: version})
 }
 
 // validate loads a config and reports every error with its file:line and field.
@@ -120,7 +43,7 @@ func validate(args []string, stdout, stderr io.Writer) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	cfg, err := config.Load(*path)
+	cfg, err := app.LoadConfig(*path)
 	if err != nil {
 		return err
 	}
@@ -140,14 +63,13 @@ func demo(args []string, stderr io.Writer) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	srv, errc, err := startFlaky(*upstream)
+	f, err := app.StartFlaky(*upstream)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stderr, "flaky demo upstream on http://%s (control: /_flaky/set?fail=on|off)\n", *upstream)
 	err = serve(nil, stderr, *path)
-	_ = srv.Close()
-	<-errc
+	_ = f.Close()
 	return err
 }
 
@@ -158,7 +80,7 @@ func flakyCmd(args []string, stderr io.Writer) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	srv, errc, err := startFlaky(*listen)
+	f, err := app.StartFlaky(*listen)
 	if err != nil {
 		return err
 	}
@@ -167,28 +89,8 @@ func flakyCmd(args []string, stderr io.Writer) error {
 	defer stop()
 	select {
 	case <-ctx.Done():
-		_ = srv.Close()
-		<-errc
-		return nil
-	case err := <-errc:
-		return err
+		return f.Close()
+	case <-f.Done():
+		return f.Err()
 	}
-}
-
-// startFlaky serves the flaky upstream; errc receives Serve's result when it stops.
-func startFlaky(addr string) (*http.Server, <-chan error, error) {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, nil, err
-	}
-	srv := &http.Server{Handler: flaky.New(), ReadHeaderTimeout: 5 * time.Second}
-	errc := make(chan error, 1)
-	go func() {
-		err := srv.Serve(ln)
-		if errors.Is(err, http.ErrServerClosed) {
-			err = nil
-		}
-		errc <- err
-	}()
-	return srv, errc, nil
 }

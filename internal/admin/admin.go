@@ -74,7 +74,8 @@ type Backend interface {
 	ReplicaID() string
 	// Ready reports whether the replica takes traffic.
 	Ready() bool
-	// ReloadFile re-reads the config file and applies it, like SIGHUP.
+	// ReloadFile re-reads the config file and applies it, like SIGHUP. It returns a
+	// failure without logging it; POST /reload answers and logs it.
 	ReloadFile() error
 }
 
@@ -372,6 +373,9 @@ func (h *handler) reload(w http.ResponseWriter, _ *http.Request) {
 	cfg := h.b.Config()
 	res := ReloadResult{Reloaded: err == nil, Path: cfg.Path}
 	if err != nil {
+		// The backend returns the failure without logging it: here it is answered and
+		// logged, once.
+		h.log.Error("config reload failed; the old config keeps serving", zap.String("trigger", "admin"), zap.Error(err))
 		res.Error = err.Error()
 		writeJSON(w, http.StatusInternalServerError, res)
 		return

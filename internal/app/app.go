@@ -4,12 +4,8 @@
 package app
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"maps"
-	"net"
-	"net/http"
 	"os"
 	"slices"
 	"strconv"
@@ -21,7 +17,6 @@ import (
 
 	"github.com/fuseproxy/fuseproxy/breaker"
 	"github.com/fuseproxy/fuseproxy/config"
-	"github.com/fuseproxy/fuseproxy/internal/admin"
 	"github.com/fuseproxy/fuseproxy/internal/events"
 	"github.com/fuseproxy/fuseproxy/internal/telemetry"
 	"github.com/fuseproxy/fuseproxy/internal/watch"
@@ -38,6 +33,9 @@ type Options struct {
 	// content changes and holds still. SIGHUP and POST /reload reload it regardless.
 	Watch         *watch.Watcher
 	WatchInterval time.Duration
+	// Reload, when set, reloads the config file on each value received (SIGHUP) while
+	// Run runs.
+	Reload <-chan os.Signal
 	// Wall is the wall clock; tests skew it (FUSE_TEST_CLOCK_OFFSET) to show that replicas
 	// agree on open periods whatever their clocks say.
 	Wall func() time.Time
@@ -193,21 +191,29 @@ func (a *App) Reload(cfg *config.Config) (err error) {
 	return nil
 }
 
-// ReloadFile re-reads the config file in effect and applies it (SIGHUP, POST /reload).
-// On error the old config keeps serving, and the error says why.
+// ReloadFile re-reads the config file in effect and applies it (POST /reload). On error
+// the old config keeps serving, and the error says why. The attempt is counted in the
+// metrics either way; reporting a failure is the caller's: the admin API answers and
+// logs it, the file watch and SIGHUP log it (reloadFrom).
 func (a *App) ReloadFile() error {
 	path := a.Config().Path
 	cfg, err := config.Load(path)
 	if err != nil {
 		a.metrics.Reloaded(err)
-		a.log.Error("config reload failed; the old config keeps serving", zap.Error(err))
 		return err
 	}
 	if err := a.Reload(cfg); err != nil {
-		a.log.Error("config reload failed; the old config keeps serving", zap.Error(err))
 		return fmt.Errorf("reload %s: %w", path, err)
 	}
 	return nil
+}
+
+// reloadFrom reloads the config file for a trigger that has no one to answer (the file
+// watch, SIGHUP), and logs a failure: the old config keeps serving.
+func (a *App) reloadFrom(trigger string) {
+	if err := a.ReloadFile(); err != nil {
+		a.log.Error("config reload failed; the old config keeps serving", zap.String("trigger", trigger), zap.Error(err))
+	}
 }
 
 // upstreamNames maps each upstream's name to whether its breaker is enabled.
@@ -257,143 +263,3 @@ func (a *App) Addrs() (proxyAddr, adminAddr string) {
 	}
 	return proxyAddr, adminAddr
 }
-
-// Run serves until ctx ends, then shuts down gracefully: not ready at once, stop
-// accepting, finish in-flight requests and streams (upgraded connections included) up to
-// the shutdown timeout and close those still open, flush the last counts to the store
-// and close it. The admin listener is bound before the proxy's and closed
-// after it, so /readyz reports the shutdown while requests drain.
-func (a *App) Run(ctx context.Context) error {
-	cfg := a.Config()
-	adminLn, err := admin.Listen(cfg.Admin.Listen, cfg.Admin.Token)
-	if err != nil {
-		return err
-	}
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		_ = adminLn.Close()
-		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
-	}
-	proxyAddr, adminAddr := ln.Addr().String(), adminLn.Addr().String()
-	ln = newLimitListener(ln, cfg.Server.MaxConnections, a.metrics.ConnectionsOpened, a.metrics.ConnectionRejected)
-	a.proxyAddr.Store(&proxyAddr)
-	a.adminAddr.Store(&adminAddr)
-
-	adminSrv := admin.NewServer(admin.NewHandler(a, admin.Options{
-		Token: cfg.Admin.Token, AllowedHosts: cfg.Admin.AllowedHosts, Gatherer: a.metrics.Registry(), Logger: a.log,
-	}), a.log)
-	adminErr := make(chan error, 1)
-	go func() { adminErr <- adminSrv.Serve(adminLn) }()
-	a.log.Info("admin API listening", zap.String("listen", adminAddr), zap.Bool("token", cfg.Admin.Token != ""))
-
-	syncCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	if err := a.store.Resync(syncCtx); err != nil {
-		a.log.Warn("store not reachable at start; breakers decide locally until it is", zap.Error(err))
-	}
-	cancel()
-
-	storeCtx, stopStore := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		_ = a.store.Run(storeCtx)
-	}()
-	a.events.Start()
-	if w := a.opts.Watch; w != nil && a.opts.WatchInterval > 0 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			w.Run(storeCtx, a.opts.WatchInterval, func() {
-				a.log.Info("config file changed; reloading", zap.String("path", cfg.Path))
-				_ = a.ReloadFile()
-			}, func(err error) {
-				// Every failure to read the watched file is a line: a file that cannot be
-				// read is never loaded, and the old config keeps serving.
-				a.metrics.Reloaded(err)
-				a.log.Error("config file unreadable; the old config keeps serving", zap.String("path", cfg.Path), zap.Error(err))
-			})
-		}()
-	}
-
-	ups := newUpgrades()
-	srv := &http.Server{
-		Handler: bodyLimits{timeout: cfg.Server.BodyReadTimeout, minRate: cfg.Server.BodyMinRate,
-			readTimeout: cfg.Server.ReadTimeout}.wrap(ups.wrap(a.proxy)),
-		ConnContext:       ups.connContext,
-		ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout,
-		ReadTimeout:       cfg.Server.ReadTimeout,
-		WriteTimeout:      cfg.Server.WriteTimeout,
-		IdleTimeout:       cfg.Server.IdleTimeout,
-		MaxHeaderBytes:    cfg.Server.MaxHeaderBytes,
-		ErrorLog:          zap.NewStdLog(a.log.Named("http")),
-		// "OPTIONS *" goes to the proxy like any request, which refuses the asterisk
-		// form with 400, instead of net/http's own 200.
-		DisableGeneralOptionsHandler: true,
-	}
-	serveErr := make(chan error, 1)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		serveErr <- srv.Serve(ln)
-	}()
-	a.ready.Store(true)
-	a.log.Info("serving", zap.String("listen", proxyAddr), zap.String("store", cfg.Store.Driver),
-		zap.String("version", a.opts.Version))
-
-	adminStopped := false
-	select {
-	case <-ctx.Done():
-		err = nil
-	case err = <-serveErr:
-	case aerr := <-adminErr:
-		adminStopped, err = true, fmt.Errorf("admin listener %s: %w", adminAddr, aerr)
-	}
-	a.ready.Store(false)
-	a.log.Info("shutting down", zap.Duration("timeout", cfg.Server.ShutdownTimeout))
-	shCtx, cancel := context.WithTimeout(context.Background(), cfg.Server.ShutdownTimeout)
-	defer cancel()
-	if serr := srv.Shutdown(shCtx); serr != nil {
-		a.log.Warn("in-flight requests cut at the shutdown deadline", zap.Error(serr))
-		_ = srv.Close()
-	}
-	// Upgraded connections (WebSockets) are the proxy's, not the server's: Shutdown did not
-	// wait for them. They get the rest of the shutdown timeout too, then are closed.
-	if !ups.wait(shCtx) {
-		n := ups.closeAll()
-		a.log.Warn("upgraded connections (WebSockets) cut at the shutdown deadline", zap.Int("connections", n))
-		upCtx, upCancel := context.WithTimeout(context.Background(), time.Second)
-		_ = ups.wait(upCtx) // their handlers return once the connections are closed
-		upCancel()
-	}
-	stopStore()
-	wg.Wait()
-	a.proxy.Close()
-	evCtx, evCancel := context.WithTimeout(context.Background(), eventsDrainTimeout)
-	if eerr := a.events.Close(evCtx); eerr != nil {
-		a.log.Warn("webhook deliveries cut at shutdown", zap.Error(eerr))
-	}
-	evCancel()
-	// The admin API goes last: /readyz said 503 while the proxy drained.
-	adCtx, adCancel := context.WithTimeout(context.Background(), 2*time.Second)
-	if aerr := adminSrv.Shutdown(adCtx); aerr != nil {
-		_ = adminSrv.Close()
-	}
-	adCancel()
-	if !adminStopped {
-		if aerr := <-adminErr; !errors.Is(aerr, http.ErrServerClosed) && err == nil {
-			err = fmt.Errorf("admin listener %s: %w", adminAddr, aerr)
-		}
-	}
-	if cerr := a.store.Close(); cerr != nil {
-		a.log.Warn("closing store", zap.Error(cerr))
-	}
-	if errors.Is(err, http.ErrServerClosed) {
-		err = nil
-	}
-	a.log.Info("stopped")
-	return err
-}
-
-// eventsDrainTimeout bounds how long shutdown waits for queued webhook deliveries.
-const eventsDrainTimeout = 5 * time.Second
