@@ -218,10 +218,12 @@ func source(st store.Status, s breaker.Snapshot) string {
 }
 
 // circuit returns an upstream's Circuit; ok is false when no upstream has that name.
-func (h *handler) circuit(name string, st store.Status) (c Circuit, b *breaker.Breaker, ok bool) {
-	if b = h.b.Breakers()[name]; b != nil {
-		s := b.Snapshot()
-		return NewCircuit(s, h.o.Now(), source(st, s)), b, true
+// The admin API reads a breaker through its operators' view (breaker.Control); its
+// commands go through the store, which applies them fleet-wide.
+func (h *handler) circuit(name string, st store.Status) (c Circuit, b breaker.Control, ok bool) {
+	if br := h.b.Breakers()[name]; br != nil { // a nil *Breaker must not become a non-nil Control
+		s := br.Snapshot()
+		return NewCircuit(s, h.o.Now(), source(st, s)), br, true
 	}
 	if _, ok := h.b.Config().Upstreams[name]; ok {
 		return Circuit{Name: name, State: StateDisabled}, nil, true
