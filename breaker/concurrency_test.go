@@ -183,8 +183,10 @@ func TestConcurrentUse(t *testing.T) {
 	if tracker.max > s.HalfOpenMaxRequests {
 		t.Errorf("%d trials in flight at once in one generation, limit %d", tracker.max, s.HalfOpenMaxRequests)
 	}
-	// The run must have reached what it means to race: trials, rejections, transitions.
-	if trials.Load() == 0 || rejected.Load() == 0 || admitted.Load() == 0 || len(obs.all()) == 0 {
+	// The run must have reached what it means to race: rejections and transitions (the
+	// workers' own failures trip the breaker). Trials are likely, not certain: under a
+	// loaded scheduler the operator goroutine may keep the breaker shared or forced.
+	if rejected.Load() == 0 || admitted.Load() == 0 || len(obs.all()) == 0 {
 		t.Errorf("the run did not exercise the breaker: admitted %d, trials %d, rejected %d, transitions %d",
 			admitted.Load(), trials.Load(), rejected.Load(), len(obs.all()))
 	}
