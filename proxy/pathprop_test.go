@@ -89,8 +89,8 @@ func (c *pathCase) forward(target string) *url.URL {
 }
 
 // dotLikeRef is the property's own (independent, slow) idea of a segment a backend may
-// resolve as "." or "..": decoded again and again, split on '/' and '\', cut at ';',
-// nothing but dots and spaces with a dot.
+// resolve as "." or "..": decoded again and again, split on '/' and '\\', cut at ';', NUL,
+// '?' or '#', nothing but dots and white space with a dot.
 func dotLikeRef(seg string) bool {
 	for range 8 {
 		d, err := url.PathUnescape(seg)
@@ -100,8 +100,10 @@ func dotLikeRef(seg string) bool {
 		seg = d
 	}
 	for _, piece := range strings.FieldsFunc(seg, func(r rune) bool { return r == '/' || r == '\\' }) {
-		piece, _, _ = strings.Cut(piece, ";")
-		if strings.Contains(piece, ".") && strings.Trim(piece, ". ") == "" {
+		if i := strings.IndexFunc(piece, func(r rune) bool { return strings.ContainsRune(";\x00?#", r) }); i >= 0 {
+			piece = piece[:i]
+		}
+		if strings.Contains(piece, ".") && strings.Trim(piece, ". \t\r\n") == "" {
 			return true
 		}
 	}
@@ -136,6 +138,7 @@ var (
 		"%2f", "%2F", "%5c", "%5C", "\\", ";", ";x", "..;", "%3b", "%3B", "%252e", "%252E%252e",
 		"%252f", "%25", "%", "%zz", "%20", "%00", "v1", "t", "api", "secret", "a", "?x=1", "#f",
 		"..\\", "\\..", "%2e%2e%2f", "..%2f", "%c0%ae", "~", "%7e",
+		"%09", "%0d%0a", "%3f", "%23", "%2500", "%253f", "%2523",
 	}
 )
 
@@ -225,6 +228,11 @@ func TestStripPrefixTraversal(t *testing.T) {
 		{"/t", "/tenant-a/", "/t/..\\secret", ""},
 		{"/t", "/tenant-a/", "/t/%252e%252e/secret", ""},
 		{"/t", "/tenant-a/", "/t/.../secret", ""},
+		{"/t", "/tenant-a/", "/t/..%00/x", ""}, // a backend cutting at NUL, '?' or '#' after decoding
+		{"/t", "/tenant-a/", "/t/..%3f/x", ""},
+		{"/t", "/tenant-a/", "/t/..%2523x/secret", ""},
+		{"/t", "/tenant-a/", "/t/..%09/x", ""}, // or trimming white space
+		{"/t", "/tenant-a/", "/t/.%0d%0a/x", ""},
 		{"/t", "/tenant-a/", "/t/x", "/tenant-a/x"},
 		{"/t", "/tenant-a/", "/t", "/tenant-a/"},
 		{"/t", "/tenant-a/", "/t/", "/tenant-a/"},

@@ -112,10 +112,11 @@ const maxUnescapes = 4
 
 // dotLike reports whether a decoded path segment could be taken for "." or ".." by a
 // backend that decodes again (%252e%252e is "%2e%2e" once decoded), splits on
-// backslashes (IIS, Windows), drops ";" parameters (Tomcat, Jetty: "..;x"), or trims
-// trailing dots and spaces (Windows: "...", ".. "): after up to maxUnescapes further
-// decodings, some piece between slashes or backslashes, up to its first ';', consists of
-// dots and spaces with at least one dot.
+// backslashes (IIS, Windows), drops ";" parameters (Tomcat, Jetty: "..;x"), stops at a
+// decoded NUL, '?' or '#' (C string handling, a second URL parse: "..%00", "..%3f"), or
+// trims trailing dots and white space (Windows: "...", ".. ", "..%09"): after up to
+// maxUnescapes further decodings, some piece between slashes or backslashes, up to its
+// first ';', NUL, '?' or '#', consists of dots and white space with at least one dot.
 func dotLike(seg string) bool {
 	if strings.IndexByte(seg, '.') < 0 && strings.IndexByte(seg, '%') < 0 {
 		return false // the common segment: nothing to look at
@@ -137,10 +138,10 @@ func dotLike(seg string) bool {
 		} else {
 			seg = ""
 		}
-		if i := strings.IndexByte(piece, ';'); i >= 0 {
+		if i := strings.IndexAny(piece, ";\x00?#"); i >= 0 {
 			piece = piece[:i]
 		}
-		if strings.IndexByte(piece, '.') >= 0 && strings.Trim(piece, ". ") == "" {
+		if strings.IndexByte(piece, '.') >= 0 && strings.Trim(piece, ". \t\r\n") == "" {
 			return true
 		}
 	}
