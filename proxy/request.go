@@ -93,13 +93,7 @@ func routingPath(u *url.URL) (clean string, ok bool) {
 // hasDotLikeSegment reports whether a cleaned path has a segment that dotLike flags.
 // It does not allocate unless a segment holds a '%'.
 func hasDotLikeSegment(p string) bool {
-	for len(p) > 0 {
-		seg := p
-		if i := strings.IndexByte(p, '/'); i >= 0 {
-			seg, p = p[:i], p[i+1:]
-		} else {
-			p = ""
-		}
+	for seg := range strings.SplitSeq(p, "/") {
 		if dotLike(seg) {
 			return true
 		}
@@ -131,13 +125,7 @@ func dotLike(seg string) bool {
 		}
 		seg = d
 	}
-	for len(seg) > 0 {
-		piece := seg
-		if i := strings.IndexAny(seg, "/\\"); i >= 0 {
-			piece, seg = seg[:i], seg[i+1:]
-		} else {
-			seg = ""
-		}
+	for piece := range strings.FieldsFuncSeq(seg, isPathSeparator) {
 		if i := strings.IndexAny(piece, ";\x00?#"); i >= 0 {
 			piece = piece[:i]
 		}
@@ -148,18 +136,15 @@ func dotLike(seg string) bool {
 	return false
 }
 
+// isPathSeparator: a backend may split a path on '/' or '\\'.
+func isPathSeparator(r rune) bool { return r == '/' || r == '\\' }
+
 // dotSegments counts the "." and ".." segments of a slash-separated path. Decoding can
 // only add such segments (from %2e or %2f), so an escaped path with fewer of them than
 // its decoded form hides one.
 func dotSegments(p string) int {
 	n := 0
-	for len(p) > 0 {
-		seg := p
-		if i := strings.IndexByte(p, '/'); i >= 0 {
-			seg, p = p[:i], p[i+1:]
-		} else {
-			p = ""
-		}
+	for seg := range strings.SplitSeq(p, "/") {
 		if seg == "." || seg == ".." {
 			n++
 		}
