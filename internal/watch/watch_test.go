@@ -256,3 +256,44 @@ func TestUnreadableFileIsReportedNotBlocking(t *testing.T) {
 	}
 	stop()
 }
+
+// A problem that lasts is reported once, and again only when it changes or after the
+// file was readable in between; polled by hand, so the count does not depend on timing.
+func TestLastingProblemReportedOnce(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "config.yaml")
+	write(t, path, "a")
+	w := New(path)
+	var errs []error
+	poll := func(n int) {
+		for range n {
+			w.poll(func() {}, func(err error) { errs = append(errs, err) })
+		}
+	}
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	poll(10)
+	if len(errs) != 1 || !errors.Is(errs[0], fs.ErrNotExist) {
+		t.Fatalf("a missing file over 10 polls: reported %v, want one not-exist error", errs)
+	}
+	if err := os.Mkdir(path, 0o700); err != nil { // another problem
+		t.Fatal(err)
+	}
+	poll(10)
+	if len(errs) != 2 || !errors.Is(errs[1], config.ErrNotRegular) {
+		t.Fatalf("then a directory over 10 polls: reported %v, want a second, not-regular error", errs)
+	}
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	write(t, path, "a") // readable again
+	poll(1)
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	poll(10)
+	if len(errs) != 3 {
+		t.Fatalf("missing again after a readable poll: %d reports, want 3: %v", len(errs), errs)
+	}
+}
