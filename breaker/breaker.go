@@ -236,6 +236,9 @@ func (b *Breaker) Done(t Ticket, o Outcome, elapsed time.Duration) Receipt {
 	if _, _, gen := b.load(); gen != t.gen {
 		return Receipt{}
 	}
+	if o == GatewayFailure { // TODO(#14): the gateway run (ConsecutiveGatewayFailures)
+		o = Failure
+	}
 	var tr Transition
 	b.mu.Lock()
 	r, wake := b.doneLocked(t, o, elapsed, &tr)

@@ -73,6 +73,10 @@ const (
 	Success Outcome = iota
 	Failure
 	Ignored // neither success nor failure: the client cancelled its own request
+	// GatewayFailure is a Failure that is also a gateway error (the target refused or
+	// reset the connection, timed out, or answered 502, 503 or 504). It counts as a
+	// Failure for every rule, and also for ConsecutiveGatewayFailures.
+	GatewayFailure
 )
 
 // Errors returned by Allow. Both are sentinels: compare with errors.Is.
@@ -84,6 +88,7 @@ var (
 // Reasons a transition happened, as reported to the Observer.
 const (
 	ReasonConsecutiveFailures = "consecutive_failures"
+	ReasonConsecutiveGateway  = "consecutive_gateway_failures"
 	ReasonFailureRate         = "failure_rate"
 	ReasonSlowCallRate        = "slow_call_rate"
 	ReasonOpenTimeout         = "open_timeout"
@@ -99,6 +104,9 @@ const (
 type Settings struct {
 	// ConsecutiveFailures trips the circuit after this many failures in a row; 0 disables.
 	ConsecutiveFailures int
+	// ConsecutiveGatewayFailures trips the circuit after this many gateway failures
+	// (outcome GatewayFailure) in a row: any other outcome ends the run; 0 disables.
+	ConsecutiveGatewayFailures int
 	// FailureRate trips the circuit when failures/requests in the window reach this
 	// percentage (0-100]; 0 disables.
 	FailureRate float64
@@ -118,6 +126,16 @@ type Settings struct {
 	OpenDuration      time.Duration
 	BackoffMultiplier float64
 	MaxOpenDuration   time.Duration
+	// LinearBackoff makes the open period OpenDuration × trips (capped at
+	// MaxOpenDuration) instead of the multiplier's geometric growth: Envoy's ejection
+	// time. BackoffMultiplier is then unused.
+	LinearBackoff bool
+	// TripDecay: 0 means the trip count (which sets the backoff) resets when trials close
+	// the circuit. Otherwise the count is kept when the circuit closes and drops by one
+	// for each TripDecay the circuit then stays closed: a target that stays healthy earns
+	// back its ejection count one step at a time, and one that keeps failing keeps its
+	// long ejections.
+	TripDecay time.Duration
 	// Jitter spreads each open period uniformly over ±Jitter of its length (0-1).
 	Jitter float64
 	// HalfOpenMaxRequests is how many trials may be in flight while half-open (0 means 1).

@@ -94,6 +94,30 @@ func DefaultUpstream() *Upstream {
 		},
 		// WebSocket only: h2c would tunnel past routing and the breaker.
 		UpgradeProtocols: []string{"websocket"},
+		LoadBalancing:    "round_robin",
+		Outlier: Outlier{
+			Enabled:                  false,
+			ConsecutiveGatewayErrors: 3,
+			Consecutive5xx:           5,
+			FailurePercentage:        50,
+			MinimumRequests:          10,
+			SlowCallRate:             0, // disabled
+			SlowCallDuration:         time.Second,
+			Interval:                 10 * time.Second,
+			BaseEjectionTime:         30 * time.Second,
+			MaxEjectionTime:          5 * time.Minute,
+			Jitter:                   0.1,
+			MaxEjectionPercent:       50,
+			MinReplicasReporting:     1,
+		},
+		HealthCheck: HealthCheck{
+			Path:               "", // off
+			Interval:           5 * time.Second,
+			Timeout:            time.Second,
+			HealthyThreshold:   2,
+			UnhealthyThreshold: 3,
+			ExpectedStatuses:   []string{"2xx"},
+		},
 	}
 }
 

@@ -54,6 +54,14 @@ func TestDefaults(t *testing.T) {
 		Fallback: Fallback{Status: 503, Headers: map[string]string{}},
 	}
 	wantUp.UpgradeProtocols = []string{"websocket"} // never h2c by default (issue #12)
+	wantUp.LoadBalancing = "round_robin"
+	wantUp.Outlier = Outlier{ // off by default; Envoy-like detectors once enabled (issue #14)
+		ConsecutiveGatewayErrors: 3, Consecutive5xx: 5, FailurePercentage: 50, MinimumRequests: 10,
+		SlowCallDuration: time.Second, Interval: 10 * time.Second, BaseEjectionTime: 30 * time.Second,
+		MaxEjectionTime: 5 * time.Minute, Jitter: 0.1, MaxEjectionPercent: 50, MinReplicasReporting: 1,
+	}
+	wantUp.HealthCheck = HealthCheck{Interval: 5 * time.Second, Timeout: time.Second,
+		HealthyThreshold: 2, UnhealthyThreshold: 3, ExpectedStatuses: []string{"2xx"}}
 	if got := DefaultUpstream(); !reflect.DeepEqual(got, wantUp) {
 		t.Errorf("DefaultUpstream() =\n%+v\nwant\n%+v", got, wantUp)
 	}

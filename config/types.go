@@ -136,9 +136,48 @@ type Upstream struct {
 	// UpgradeProtocols are the protocols a client may switch to through this upstream
 	// (Upgrade header), compared case-insensitively by name; lower-cased by Validate.
 	UpgradeProtocols []string `yaml:"upgrade_protocols"`
+	// LoadBalancing is how a request picks among the upstream's targets:
+	// "round_robin" or "least_requests" (power of two choices).
+	LoadBalancing string `yaml:"load_balancing"`
+	// Outlier is per-target outlier detection: ejection of a failing target.
+	Outlier Outlier `yaml:"outlier_detection"`
+	// HealthCheck is the optional active health check of each target.
+	HealthCheck HealthCheck `yaml:"health_check"`
 
 	// TargetURLs are Targets parsed (not a YAML key; filled by Load).
 	TargetURLs []*url.URL `yaml:"-"`
+}
+
+// Outlier is an upstream's per-target outlier detection. Each target gets a circuit of
+// its own (see Settings): its trip is the target's ejection, its open period the
+// ejection time, and a shared store shares it like any circuit.
+type Outlier struct {
+	Enabled                  bool          `yaml:"enabled"`
+	ConsecutiveGatewayErrors int           `yaml:"consecutive_gateway_errors"`
+	Consecutive5xx           int           `yaml:"consecutive_5xx"`
+	FailurePercentage        float64       `yaml:"failure_percentage"` // percent, 0 disables
+	MinimumRequests          int           `yaml:"minimum_requests"`
+	SlowCallRate             float64       `yaml:"slow_call_rate"` // percent, 0 disables
+	SlowCallDuration         time.Duration `yaml:"slow_call_duration"`
+	Interval                 time.Duration `yaml:"interval"`
+	BaseEjectionTime         time.Duration `yaml:"base_ejection_time"`
+	MaxEjectionTime          time.Duration `yaml:"max_ejection_time"`
+	Jitter                   float64       `yaml:"jitter"`
+	MaxEjectionPercent       int           `yaml:"max_ejection_percent"`
+	MinReplicasReporting     int           `yaml:"min_replicas_reporting"`
+}
+
+// HealthCheck is an upstream's active health check; Path "" turns it off.
+type HealthCheck struct {
+	Path               string        `yaml:"path"`
+	Interval           time.Duration `yaml:"interval"`
+	Timeout            time.Duration `yaml:"timeout"`
+	HealthyThreshold   int           `yaml:"healthy_threshold"`
+	UnhealthyThreshold int           `yaml:"unhealthy_threshold"`
+	ExpectedStatuses   []string      `yaml:"expected_statuses"`
+
+	// Expected is ExpectedStatuses resolved (not a YAML key; filled by Validate).
+	Expected [600]bool `yaml:"-"`
 }
 
 // Breaker is an upstream's breaker settings. A zero threshold disables that trip rule.

@@ -225,6 +225,8 @@ func (v *validator) upstream(p string, u *Upstream) {
 	v.failure(p+".failure", &u.Failure)
 	v.intBetween(p+".fallback.status", u.Fallback.Status, 100, 599)
 	v.headers(p+".fallback.headers", u.Fallback.Headers)
+	v.oneOf(p+".load_balancing", u.LoadBalancing, "round_robin", "least_requests")
+	v.outlier(p, u)
 	for i, proto := range u.UpgradeProtocols {
 		u.UpgradeProtocols[i] = strings.ToLower(proto)
 		if !isToken(proto) {
@@ -264,6 +266,93 @@ func (v *validator) breaker(p string, b *Breaker) {
 	v.atLeast(p+".half_open_max_requests", b.HalfOpenMaxRequests, 1)
 	v.atLeast(p+".success_threshold", b.SuccessThreshold, 1)
 	v.atLeast(p+".min_replicas_reporting", b.MinReplicasReporting, 1)
+}
+
+// outlier checks outlier_detection and health_check.
+func (v *validator) outlier(p string, u *Upstream) {
+	o, q := &u.Outlier, p+".outlier_detection"
+	v.atLeast(q+".consecutive_gateway_errors", o.ConsecutiveGatewayErrors, 0)
+	v.atLeast(q+".consecutive_5xx", o.Consecutive5xx, 0)
+	v.between(q+".failure_percentage", o.FailurePercentage, 0, 100)
+	v.atLeast(q+".minimum_requests", o.MinimumRequests, 0)
+	v.between(q+".slow_call_rate", o.SlowCallRate, 0, 100)
+	if o.SlowCallRate > 0 && o.SlowCallDuration <= 0 {
+		v.errorf(q+".slow_call_duration", "must be > 0 when slow_call_rate is set, got %s", fmtDuration(o.SlowCallDuration))
+	} else {
+		v.nonNegative(q+".slow_call_duration", o.SlowCallDuration)
+	}
+	if o.Interval < 10*time.Millisecond {
+		v.errorf(q+".interval", "must be at least 10ms, got %s", fmtDuration(o.Interval))
+	}
+	if o.BaseEjectionTime <= 0 {
+		v.errorf(q+".base_ejection_time", "must be > 0, got %s", fmtDuration(o.BaseEjectionTime))
+	}
+	if o.MaxEjectionTime < o.BaseEjectionTime {
+		v.errorf(q+".max_ejection_time", "must be >= base_ejection_time (%s), got %s",
+			fmtDuration(o.BaseEjectionTime), fmtDuration(o.MaxEjectionTime))
+	}
+	v.between(q+".jitter", o.Jitter, 0, 1)
+	v.intBetween(q+".max_ejection_percent", o.MaxEjectionPercent, 0, 100)
+	v.atLeast(q+".min_replicas_reporting", o.MinReplicasReporting, 1)
+	if o.Enabled {
+		// Each target's circuit is named after its host:port, so two targets of one
+		// upstream must not share one.
+		seen := map[string]int{}
+		for i, t := range u.TargetURLs {
+			name := TargetName("", t)
+			if j, dup := seen[name]; dup {
+				v.errorf(fmt.Sprintf("%s.targets[%d]", p, i), "same host:port as targets[%d] (%s): with outlier_detection each target needs its own", j, name[1:])
+			}
+			seen[name] = i
+		}
+	}
+
+	h, q := &u.HealthCheck, p+".health_check"
+	if h.Path == "" {
+		return
+	}
+	if !o.Enabled {
+		v.errorf(q+".path", "health checks eject and restore targets: set %s.outlier_detection.enabled: true", p)
+	}
+	if pu, err := url.Parse(h.Path); err != nil || !strings.HasPrefix(h.Path, "/") || pu.Host != "" || strings.ContainsAny(h.Path, " \r\n\x00#") {
+		v.errorf(q+".path", "must be a path starting with \"/\" (a query may follow), got %s", quote(h.Path))
+	}
+	if h.Interval < 10*time.Millisecond {
+		v.errorf(q+".interval", "must be at least 10ms, got %s", fmtDuration(h.Interval))
+	}
+	if h.Timeout <= 0 || h.Timeout >= h.Interval {
+		v.errorf(q+".timeout", "must be > 0 and less than interval (%s), got %s", fmtDuration(h.Interval), fmtDuration(h.Timeout))
+	}
+	v.atLeast(q+".healthy_threshold", h.HealthyThreshold, 1)
+	v.atLeast(q+".unhealthy_threshold", h.UnhealthyThreshold, 1)
+	if len(h.ExpectedStatuses) == 0 {
+		v.errorf(q+".expected_statuses", "at least one status is required")
+	}
+	h.Expected = [600]bool{}
+	for i, s := range h.ExpectedStatuses {
+		lo, hi, ok := parseStatus(s)
+		if !ok {
+			v.errorf(fmt.Sprintf("%s.expected_statuses[%d]", q, i), `must be a status code (100-599) or a class ("1xx" to "5xx"), got %s`, quote(s))
+			continue
+		}
+		for code := lo; code <= hi; code++ {
+			h.Expected[code] = true
+		}
+	}
+}
+
+// TargetName is the name of a target's circuit: the upstream's name, "@", and the
+// target's host:port (the scheme's default port when the URL has none). Upstream names
+// hold no "@", so the name is unambiguous.
+func TargetName(upstream string, target *url.URL) string {
+	port := target.Port()
+	if port == "" {
+		port = "80"
+		if target.Scheme == "https" {
+			port = "443"
+		}
+	}
+	return upstream + "@" + net.JoinHostPort(target.Hostname(), port)
 }
 
 // failure checks the status lists and resolves them into f.FailureStatus (see Validate).
