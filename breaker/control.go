@@ -121,6 +121,15 @@ func (b *Breaker) State() State {
 	return st
 }
 
+// Passing reports whether the circuit lets every request through: closed and not forced
+// open, or forced closed, or metrics only. It is false while the circuit is open, half-
+// open (only trials pass) or forced open. Lock-free, with no side effect (unlike Allow,
+// it never takes a trial slot): the proxy uses it to tell an ejected target.
+func (b *Breaker) Passing() bool {
+	st, m, _ := b.load()
+	return m == ForcedClosed || m == MetricsOnly || (st == Closed && m != ForcedOpen)
+}
+
 // Mode returns the current operator mode.
 func (b *Breaker) Mode() Mode {
 	_, m, _ := b.load()

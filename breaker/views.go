@@ -12,6 +12,7 @@ type Gate interface {
 	Allow() (Ticket, error)
 	Done(t Ticket, o Outcome, elapsed time.Duration) Receipt
 	LateFailure(r Receipt)
+	Passing() bool
 }
 
 // Control is operators' view: read the state and settings, and command the circuit.

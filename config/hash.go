@@ -14,9 +14,15 @@ import (
 // order. Replicas sharing a store compare hashes to detect that they disagree about
 // an upstream's breaker. Settings that are equal hash equally; adding a field to
 // Breaker changes every hash, which is intended (old and new replicas differ).
-func (b *Breaker) Hash() string {
+func (b *Breaker) Hash() string { return hashFields(b) }
+
+// Hash identifies the outlier settings the same way, for the targets' circuits.
+func (o *Outlier) Hash() string { return hashFields(o) }
+
+// hashFields hashes the yaml-named fields of the struct p points to.
+func hashFields(p any) string {
 	var enc strings.Builder
-	v := reflect.ValueOf(b).Elem()
+	v := reflect.ValueOf(p).Elem()
 	for i := range v.NumField() {
 		key, _, _ := strings.Cut(v.Type().Field(i).Tag.Get("yaml"), ",")
 		enc.WriteString(key + "=" + canonical(v.Field(i).Interface()) + ";")

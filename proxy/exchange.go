@@ -106,6 +106,13 @@ func (up *upstream) classifyStatus(code int) (Result, breaker.Outcome) {
 	return Success, breaker.Success
 }
 
+// reportStatus reports the outcome of a response status: to the upstream's breaker by
+// its failure settings, to the target's circuit by targetOutcome.
+func (e *exchange) reportStatus(code int) {
+	r, o := e.up.classifyStatus(code)
+	e.report(r, o, targetOutcome(code))
+}
+
 // exchange is the per-request state of an admitted request. It is also the
 // http.ResponseWriter handed to the upstream's ReverseProxy, which is how the
 // ErrorHandler finds it: the first final status written, a protocol switch (Hijack), or
@@ -114,16 +121,22 @@ func (up *upstream) classifyStatus(code int) (Result, breaker.Outcome) {
 // failure (see bodyBroken). Exchanges are pooled; every field is owned by the request's
 // goroutine (1xx responses, written from the transport's goroutine, touch only w).
 type exchange struct {
-	w       http.ResponseWriter
-	p       *Proxy
-	up      *upstream
-	client  context.Context // the inbound request's context, before any upstream timeout
-	body    *clientBody     // nil when the request has no body
-	ticket  breaker.Ticket
-	start   time.Time
-	done    bool            // the outcome was reported
-	result  Result          // the outcome reported (once done)
-	receipt breaker.Receipt // the breaker's receipt for a success, for a late failure
+	w      http.ResponseWriter
+	p      *Proxy
+	up     *upstream
+	client context.Context // the inbound request's context, before any upstream timeout
+	body   *clientBody     // nil when the request has no body
+	ticket breaker.Ticket
+	start  time.Time
+	// target is the target picked (upstream.pick). When tracked, its circuit admitted
+	// the request with tticket and is told the outcome (treceipt: a success's receipt).
+	target   *target
+	tticket  breaker.Ticket
+	tracked  bool
+	treceipt breaker.Receipt
+	done     bool            // the outcome was reported
+	result   Result          // the outcome reported (once done)
+	receipt  breaker.Receipt // the breaker's receipt for a success, for a late failure
 	// upstream is the upstream request's context when it has its own deadline (the
 	// upstream's timeout), else nil.
 	upstream context.Context
@@ -169,8 +182,9 @@ func checkStatus(res *http.Response) error {
 	return nil
 }
 
-// report hands the outcome to the breaker and the Recorder unless that was done already.
-func (e *exchange) report(r Result, o breaker.Outcome) {
+// report hands the outcome to the breaker (o), the target's circuit (to) and the
+// Recorder, unless that was done already.
+func (e *exchange) report(r Result, o, to breaker.Outcome) {
 	if e.done {
 		return
 	}
@@ -178,6 +192,9 @@ func (e *exchange) report(r Result, o breaker.Outcome) {
 	elapsed := e.p.now().Sub(e.start)
 	if b := e.up.breaker; b != nil {
 		e.receipt = b.Done(e.ticket, o, elapsed)
+	}
+	if e.tracked {
+		e.treceipt = e.target.gate.Done(e.tticket, to, elapsed)
 	}
 	if rec := e.p.rec; rec != nil {
 		rec.Request(e.up.name, r, elapsed)
@@ -195,8 +212,17 @@ func (e *exchange) report(r Result, o breaker.Outcome) {
 // this kind of error (a timeout when the upstream's deadline passed, else a transport
 // error), the request failed after all: the breaker takes the success back and the
 // Recorder gets FailureBody.
+//
+// The target's circuit takes back its success whenever the upstream broke the body off,
+// whatever the upstream's failure settings (a zero receipt changes nothing).
 func (e *exchange) bodyBroken() {
-	if !e.done || e.result != Success || e.writeErr || e.client.Err() != nil {
+	if !e.done || e.writeErr || e.client.Err() != nil {
+		return
+	}
+	if e.tracked {
+		e.target.gate.LateFailure(e.treceipt)
+	}
+	if e.result != Success {
 		return
 	}
 	timeout := e.upstream != nil && errors.Is(e.upstream.Err(), context.DeadlineExceeded)
@@ -221,7 +247,10 @@ func (p *Proxy) release(e *exchange) {
 	if !e.returned {
 		e.bodyBroken()
 	}
-	e.report(Ignored, breaker.Ignored)
+	e.report(Ignored, breaker.Ignored, breaker.Ignored)
+	if e.up.leastRequests {
+		e.target.inflight.Add(-1)
+	}
 	*e = exchange{}
 	p.exchanges.Put(e)
 }
@@ -240,7 +269,7 @@ func (e *exchange) WriteHeader(code int) {
 		return
 	}
 	if !e.done {
-		e.report(e.up.classifyStatus(code))
+		e.reportStatus(code)
 	}
 	// Only rejections carry HeaderCircuit or HeaderLimit, even behind another fuseproxy.
 	h := e.w.Header()
@@ -252,7 +281,7 @@ func (e *exchange) WriteHeader(code int) {
 
 func (e *exchange) Write(b []byte) (int, error) {
 	if !e.done {
-		e.report(e.up.classifyStatus(http.StatusOK))
+		e.reportStatus(http.StatusOK)
 	}
 	n, err := e.w.Write(b)
 	if err != nil {
@@ -266,7 +295,7 @@ func (e *exchange) Write(b []byte) (int, error) {
 // when the tunnel closes.
 func (e *exchange) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if !e.done {
-		e.report(e.up.classifyStatus(http.StatusSwitchingProtocols))
+		e.reportStatus(http.StatusSwitchingProtocols)
 	}
 	return http.NewResponseController(e.w).Hijack()
 }
@@ -274,7 +303,7 @@ func (e *exchange) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // FlushError flushes the underlying writer (http.ResponseController looks for it).
 func (e *exchange) FlushError() error {
 	if !e.done {
-		e.report(e.up.classifyStatus(http.StatusOK))
+		e.reportStatus(http.StatusOK)
 	}
 	err := http.NewResponseController(e.w).Flush()
 	if err != nil {
@@ -304,12 +333,12 @@ func (p *Proxy) handleError(rw http.ResponseWriter, _ *http.Request, err error) 
 	switch {
 	case e.client.Err() != nil || errors.Is(err, context.Canceled):
 		// The client went away: not the upstream's fault, and nobody is listening.
-		e.report(Ignored, breaker.Ignored)
+		e.report(Ignored, breaker.Ignored, breaker.Ignored)
 		e.w.WriteHeader(StatusClientClosedRequest)
 		status = StatusClientClosedRequest
 	case e.body != nil && e.body.failed():
 		// Reading the client's request body failed: the client's fault.
-		e.report(Ignored, breaker.Ignored)
+		e.report(Ignored, breaker.Ignored, breaker.Ignored)
 		status = http.StatusBadRequest
 		if _, tooLarge := errors.AsType[*http.MaxBytesError](e.body.error()); tooLarge {
 			status = http.StatusRequestEntityTooLarge
@@ -317,17 +346,17 @@ func (p *Proxy) handleError(rw http.ResponseWriter, _ *http.Request, err error) 
 		writeJSON(e.w, status, up.errBadRequest)
 	case isTimeout(err):
 		if up.countTimeouts {
-			e.report(FailureTimeout, breaker.Failure)
+			e.report(FailureTimeout, breaker.Failure, breaker.GatewayFailure)
 		} else {
-			e.report(Ignored, breaker.Ignored)
+			e.report(Ignored, breaker.Ignored, breaker.GatewayFailure)
 		}
 		status = http.StatusGatewayTimeout
 		writeJSON(e.w, status, up.errGatewayTimeout)
 	default:
 		if up.countTransport {
-			e.report(FailureTransport, breaker.Failure)
+			e.report(FailureTransport, breaker.Failure, breaker.GatewayFailure)
 		} else {
-			e.report(Ignored, breaker.Ignored)
+			e.report(Ignored, breaker.Ignored, breaker.GatewayFailure)
 		}
 		status = http.StatusBadGateway
 		writeJSON(e.w, status, up.errBadGateway)

@@ -158,7 +158,7 @@ func (p *Proxy) build(cfg *config.Config, breakers map[string]*breaker.Breaker, 
 		if cu == nil {
 			return nil, fmt.Errorf("proxy: upstream %q has no settings", name)
 		}
-		up, err := newUpstream(name, cu, breakers[name])
+		up, err := newUpstream(name, cu, breakers)
 		if err != nil {
 			return nil, err
 		}
@@ -167,7 +167,7 @@ func (p *Proxy) build(cfg *config.Config, breakers map[string]*breaker.Breaker, 
 		}
 		up.transport = transports[up.tkey]
 		if up.transport == nil {
-			up.transport = newTransport(up.tkey, up.targets)
+			up.transport = newTransport(up.tkey, up.targetURLs())
 			transports[up.tkey] = up.transport
 		}
 		t.upstreams[name] = up
@@ -203,13 +203,19 @@ func (p *Proxy) build(cfg *config.Config, breakers map[string]*breaker.Breaker, 
 		for _, m := range cr.Methods {
 			rt.methods = append(rt.methods, strings.ToUpper(m))
 		}
-		rt.rp = &httputil.ReverseProxy{
-			Rewrite:        rt.rewrite,
-			ModifyResponse: checkStatus,
-			Transport:      up.transport,
-			BufferPool:     &p.buffers,
-			ErrorHandler:   p.handleError,
-			ErrorLog:       p.errLog,
+		// One ReverseProxy per target, so that the target picked for a request reaches
+		// the Rewrite without a per-request allocation.
+		rt.rps = make([]*httputil.ReverseProxy, len(up.targets))
+		for _, tg := range up.targets {
+			u := tg.url
+			rt.rps[tg.index] = &httputil.ReverseProxy{
+				Rewrite:        func(pr *httputil.ProxyRequest) { rt.rewrite(pr, u) },
+				ModifyResponse: checkStatus,
+				Transport:      up.transport,
+				BufferPool:     &p.buffers,
+				ErrorHandler:   p.handleError,
+				ErrorLog:       p.errLog,
+			}
 		}
 		routes[i] = rt
 	}
@@ -293,8 +299,13 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
+	tg, tticket, tracked := up.pick()
 	e := p.exchanges.Get().(*exchange)
-	*e = exchange{w: w, p: p, up: up, client: r.Context(), ticket: ticket, start: p.now(), closeConn: chunked}
+	*e = exchange{w: w, p: p, up: up, client: r.Context(), ticket: ticket, start: p.now(), closeConn: chunked,
+		target: tg, tticket: tticket, tracked: tracked}
+	if up.leastRequests {
+		tg.inflight.Add(1)
+	}
 	defer p.release(e)
 
 	if r.Body != nil && r.Body != http.NoBody {
@@ -306,6 +317,6 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		defer cancel()
 		r, e.upstream = r.WithContext(ctx), ctx
 	}
-	rt.rp.ServeHTTP(e, r)
+	rt.rps[tg.index].ServeHTTP(e, r)
 	e.returned = true
 }

@@ -15,8 +15,8 @@ type route struct {
 	methods []string
 	strip   bool
 	up      *upstream
-	trusted []netip.Prefix         // server.trusted_proxies, shared by the table's routes
-	rp      *httputil.ReverseProxy // its Rewrite is rt.rewrite
+	trusted []netip.Prefix           // server.trusted_proxies, shared by the table's routes
+	rps     []*httputil.ReverseProxy // one per target of up, by index; Rewrite is rt.rewrite
 }
 
 // matches reports whether the route accepts a request for the cleaned path with method.

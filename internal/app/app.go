@@ -123,33 +123,57 @@ func (a *App) newStore(cfg *config.Config) (store.Store, error) {
 	}
 }
 
-// buildBreakers returns a breaker per upstream whose breaker is enabled, keeping the
-// existing breaker (its state and counts) when old has one of that name.
+// buildBreakers returns a breaker per upstream whose breaker is enabled and, for an
+// upstream with outlier detection and two or more targets, one per target (named
+// config.TargetName), keeping the existing breaker (its state and counts) when old has
+// one of that name: a reload keeps the state of the targets that remain.
 func (a *App) buildBreakers(cfg *config.Config, old map[string]*breaker.Breaker) map[string]*breaker.Breaker {
 	out := make(map[string]*breaker.Breaker, len(cfg.Upstreams))
 	opts := breaker.Options{Clock: a.clock, Observer: a.events}
-	for name, u := range cfg.Upstreams {
-		if !u.Breaker.Enabled {
-			continue
-		}
-		s := u.Breaker.Settings()
+	add := func(name string, s breaker.Settings) {
 		if b, ok := old[name]; ok {
 			b.SetSettings(s)
 			out[name] = b
-			continue
+			return
 		}
 		out[name] = breaker.New(name, s, opts)
+	}
+	for name, u := range cfg.Upstreams {
+		if u.Breaker.Enabled {
+			add(name, u.Breaker.Settings())
+		}
+		if ejects(u) {
+			s := u.Outlier.Settings()
+			for _, t := range u.TargetURLs {
+				add(config.TargetName(name, t), s)
+			}
+		}
 	}
 	return out
 }
 
+// ejects reports whether u's targets have circuits of their own (outlier detection on,
+// and more than one target: a single target is never ejected).
+func ejects(u *config.Upstream) bool {
+	return u.Outlier.Enabled && len(u.TargetURLs) > 1
+}
+
 func (a *App) circuits(cfg *config.Config, bs map[string]*breaker.Breaker) map[string]store.Circuit {
 	out := make(map[string]store.Circuit, len(bs))
-	for name, b := range bs {
-		u := cfg.Upstreams[name]
+	for name, u := range cfg.Upstreams {
 		lease := max(u.Timeout, u.ResponseHeaderTimeout) + time.Second
-		out[name] = store.Circuit{Breaker: b, MinReplicasReporting: u.Breaker.MinReplicasReporting,
-			SettingsHash: u.Breaker.Hash(), TrialLease: lease}
+		if b := bs[name]; b != nil {
+			out[name] = store.Circuit{Breaker: b, MinReplicasReporting: u.Breaker.MinReplicasReporting,
+				SettingsHash: u.Breaker.Hash(), TrialLease: lease}
+		}
+		if ejects(u) {
+			hash := u.Outlier.Hash()
+			for _, t := range u.TargetURLs {
+				tn := config.TargetName(name, t)
+				out[tn] = store.Circuit{Breaker: bs[tn], MinReplicasReporting: u.Outlier.MinReplicasReporting,
+					SettingsHash: hash, TrialLease: lease}
+			}
+		}
 	}
 	return out
 }

@@ -64,6 +64,10 @@ type Metrics struct {
 	// SetUpstreams.
 	upstreams atomic.Pointer[map[string]*upstreamMetrics]
 	mu        sync.Mutex // serialises SetUpstreams
+
+	// targetEjections counts each target circuit's ejections (targets.go).
+	targetEjections sync.Map
+	targetMu        sync.Mutex
 }
 
 const (
@@ -136,7 +140,7 @@ func New(o Options) *Metrics {
 		m.degraded, m.propagation, m.reloads, m.eventsDropped, m.webhookDeliveries,
 		m.connsOpen, m.connsRejected, buildInfo)
 	if o.Circuits != nil {
-		m.reg.MustRegister(newCircuitCollector(o.Circuits))
+		m.reg.MustRegister(newCircuitCollector(o.Circuits), newTargetCollector(o.Circuits, m))
 	}
 	if !o.NoRuntimeCollectors {
 		m.reg.MustRegister(collectors.NewGoCollector(),
@@ -206,6 +210,9 @@ func (m *Metrics) Request(upstream string, r proxy.Result, elapsed time.Duration
 
 // Transition counts one circuit transition.
 func (m *Metrics) Transition(t breaker.Transition) {
+	if m.targetTransition(t) {
+		return
+	}
 	um := (*m.upstreams.Load())[t.Upstream]
 	if um == nil || t.From >= numStates || t.To >= numStates || t.From == t.To || !um.hasBreaker.Load() {
 		return
