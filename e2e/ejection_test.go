@@ -319,3 +319,59 @@ func TestEjectionFleet(t *testing.T) {
 		t.Errorf("a replica skipped an ejected target %v after the fleet's decision, want <= %v (1.1·F + RTT)", worst, bound)
 	}
 }
+
+// TestEjectionRedisDown: with Redis gone, each replica ejects a failing target on its
+// own evidence (local protection), and when Redis is back the fleet shares ejections
+// again.
+func TestEjectionRedisDown(t *testing.T) {
+	f := startEjectionFleet(t, "")
+	for _, p := range f.Replicas {
+		p.WaitReady(t, "/warm")
+	}
+	f.Redis.Kill()
+	for i, p := range f.Replicas {
+		ok := waitFor(5*time.Second, 10*time.Millisecond, func() bool {
+			r, _ := faultReadyz(t, p, f.Admins[i].base[len("http://"):], "")
+			return r.Degraded
+		})
+		if !ok {
+			t.Fatalf("r%d not degraded 5s after Redis died", i+1)
+		}
+	}
+	l := f.load(t)
+	f.Backends[1].Set(t, "fail=on")
+	at := f.waitEjected(t, 1, true, 5*time.Second)
+	for i, p := range f.Replicas {
+		if !p.hasLog(func(l logLine) bool { return l.Msg() == "target ejected" && l.Str("target") == f.Backends[1].addr }) {
+			t.Errorf("r%d did not log its own ejection", i+1)
+		}
+	}
+	time.Sleep(time.Second)
+	rs := l.since(at)
+	if n, ex := failedResponses(rs); n > 0 {
+		t.Errorf("Redis down: %d of %d requests failed after every replica ejected the target locally (e.g. %s)", n, len(rs), ex)
+	}
+	hits := f.Backends[1].Stats(t).Requests
+	time.Sleep(500 * time.Millisecond)
+	if n := f.Backends[1].Stats(t).Requests - hits; n != 0 {
+		t.Errorf("Redis down: the ejected target got %d requests during its ejection", n)
+	}
+
+	// Redis back: the fleet shares again; an operator's ejection through r1 reaches all.
+	f.Backends[1].Set(t, "fail=off")
+	f.Redis.Restart()
+	for i, p := range f.Replicas {
+		ok := waitFor(10*time.Second, 10*time.Millisecond, func() bool {
+			r, _ := faultReadyz(t, p, f.Admins[i].base[len("http://"):], "")
+			return !r.Degraded
+		})
+		if !ok {
+			t.Fatalf("r%d still degraded 10s after Redis came back", i+1)
+		}
+	}
+	r := faultAdmin(t, f.Admins[0].client, f.Admins[0].base[len("http://"):], "POST", "/circuits/"+f.circuit(0)+"/mode", "", `{"mode":"forced_open"}`)
+	if r.Status != http.StatusOK {
+		t.Fatalf("eject through r1 after Redis came back: %v", r)
+	}
+	f.waitEjected(t, 0, true, 2*time.Second)
+}
