@@ -97,7 +97,7 @@ type Outcome string
 const (
 	OutcomeOK        Outcome = "ok"         // an expected status
 	OutcomeBadStatus Outcome = "bad_status" // a status not in expected_statuses
-	OutcomeTimeout   Outcome = "timeout"    // no response headers within timeout
+	OutcomeTimeout   Outcome = "timeout"    // no full answer (headers and body) within timeout
 	OutcomeError     Outcome = "error"      // the connection failed (refused, reset, TLS, ...)
 )
 
@@ -354,8 +354,8 @@ func (c *Checker) turn(ctx context.Context, p *probe) {
 }
 
 // probe sends one probe to t.
-func (c *Checker) probe(ctx context.Context, t Target, u string) Result {
-	r := Result{Upstream: t.Upstream, Circuit: t.Circuit, Target: targetOf(t.Circuit)}
+func (c *Checker) probe(ctx context.Context, t Target, u string) (r Result) {
+	r = Result{Upstream: t.Upstream, Circuit: t.Circuit, Target: targetOf(t.Circuit)}
 	start := time.Now()
 	defer func() { r.Duration = time.Since(start) }()
 	ctx, cancel := context.WithTimeout(ctx, t.Check.Timeout)
@@ -374,13 +374,20 @@ func (c *Checker) probe(ctx context.Context, t Target, u string) Result {
 		}
 		return r
 	}
-	_, _ = io.CopyN(io.Discard, resp.Body, maxBody)
+	// A full answer within the timeout: the body too, up to maxBody (the rest is not read).
+	_, err = io.CopyN(io.Discard, resp.Body, maxBody)
 	_ = resp.Body.Close()
-	r.Status, r.Outcome = resp.StatusCode, OutcomeBadStatus
-	if resp.StatusCode >= 0 && resp.StatusCode < len(t.Check.Expected) && t.Check.Expected[resp.StatusCode] {
+	r.Status = resp.StatusCode
+	switch {
+	case err != nil && !errors.Is(err, io.EOF):
+		r.Outcome, r.Err = OutcomeError, err
+		if ctx.Err() != nil {
+			r.Outcome = OutcomeTimeout
+		}
+	case resp.StatusCode >= 0 && resp.StatusCode < len(t.Check.Expected) && t.Check.Expected[resp.StatusCode]:
 		r.Outcome = OutcomeOK
-	} else {
-		r.Err = fmt.Errorf("status %d not expected", resp.StatusCode)
+	default:
+		r.Outcome, r.Err = OutcomeBadStatus, fmt.Errorf("status %d not expected", resp.StatusCode)
 	}
 	return r
 }

@@ -403,9 +403,46 @@ func TestProbeRequestAndOutcomes(t *testing.T) {
 	tg.URL, tg.Check.Timeout = su, 50*time.Millisecond
 	f.c.Update([]Target{tg})
 	f.turn(t, 0)
-	if res := f.lastResult(); res.Outcome != OutcomeTimeout || res.Status != 0 {
+	if res := f.lastResult(); res.Outcome != OutcomeTimeout || res.Status != 0 || res.Duration < 50*time.Millisecond {
 		t.Errorf("slow target: %+v", res)
 	}
+
+	// Headers in time, the body not.
+	stall := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(200)
+		_, _ = w.Write([]byte("partial"))
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer stall.Close()
+	tg.URL, _ = url.Parse(stall.URL)
+	f.c.Update([]Target{tg})
+	f.turn(t, 0)
+	if res := f.lastResult(); res.Outcome != OutcomeTimeout || res.Status != 200 {
+		t.Errorf("stalled body: %+v", res)
+	}
+
+	// A long body is read up to maxBody, not to its end: this one never ends.
+	long := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write(make([]byte, maxBody+1))
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer long.Close()
+	tg.URL, _ = url.Parse(long.URL)
+	tg.Check.Timeout = waitFor
+	f.c.Update([]Target{tg})
+	f.turn(t, 0)
+	if res := f.lastResult(); res.Outcome != OutcomeOK || res.Duration >= waitFor {
+		t.Errorf("endless body: %+v", res)
+	}
+	tg.Check.Timeout = 50 * time.Millisecond
 
 	// Nothing listening.
 	dead := httptest.NewServer(http.NotFoundHandler())
