@@ -22,16 +22,22 @@
 // store only the holder probes, so a target receives one probe per interval from the
 // whole fleet, whatever its size. The holder renews the lease at each probe; when it
 // stops (the replica died or its checker stopped), another replica's claim succeeds at
-// its first turn after the lease expired: within 2 × interval + interval of the holder's
-// last probe, a gap rather than an extra probe. The consecutive counts stay with the
-// holder: a replica that is refused the lease forgets its counts, so a new holder
-// starts from zero (a target changing hands needs up to unhealthy_threshold fresh
-// probes). When the claim cannot be asked (the Redis store is degraded, or the call
-// failed) the replica probes on its own and keeps its counts, as breakers decide
-// locally while degraded: each such replica then sends its own probe per interval, and
-// its ejections reach Redis when it answers again (the store's Control applies a
-// command locally when Redis is unreachable). With the memory store every replica
-// probes its targets itself.
+// its first turn after the lease expired: within 2 × interval + interval of the
+// holder's last probe, a gap rather than an extra probe. An extra probe (two in one
+// interval) happens only when the lease's key is lost while held (Redis restarted or
+// failed over without it): the next replica to claim takes it at once, and the old
+// holder, refused at its next turn, stops.
+//
+// The consecutive counts stay with the holder: a replica refused the lease forgets its
+// counts, so a new holder starts from zero (a target changing hands needs up to
+// unhealthy_threshold fresh probes to be ejected).
+//
+// When the lease cannot be asked (the Redis store is degraded, or the call failed) the
+// replica probes on its own and keeps its counts, as breakers decide locally while
+// degraded: each such replica then sends its own probe per interval, and its ejections
+// protect it alone (the store's Control applies a command locally when Redis is
+// unreachable; a resync later adopts Redis's state). With the memory store every
+// replica probes its targets itself.
 package health
 
 import (
@@ -208,13 +214,14 @@ func New(o Options) *Checker {
 // Update replaces the set of targets. A target whose circuit was already checked keeps
 // its consecutive counts (and its schedule, moved to a new interval if that changed);
 // a target no longer in the set stops being probed; a new one starts (within one
-// interval, jittered) if Run is running. Targets with no Check.Path are ignored.
+// interval, jittered) if Run is running. Targets with no Check.Path, URL or Breaker, or a
+// zero interval or timeout (not validated), are ignored.
 func (c *Checker) Update(targets []Target) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	next := make(map[string]*probe, len(targets))
 	for _, t := range targets {
-		if t.Check.Path == "" || t.URL == nil || t.Breaker == nil {
+		if t.Check.Path == "" || t.URL == nil || t.Breaker == nil || t.Check.Interval <= 0 || t.Check.Timeout <= 0 {
 			continue
 		}
 		u := probeURL(t.URL, t.Check.Path)
