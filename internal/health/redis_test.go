@@ -22,9 +22,9 @@ import (
 // (2 × interval) plus one interval of the holder's last probe.
 func TestSharedProbing(t *testing.T) {
 	const (
-		interval = 100 * time.Millisecond
+		interval = 200 * time.Millisecond
 		ttl      = ClaimTTLFactor * interval
-		span     = 3 * time.Second
+		span     = 4 * time.Second
 	)
 	srv := redistest.Start(t)
 	var hits atomic.Int64
@@ -146,7 +146,9 @@ func TestSharedProbing(t *testing.T) {
 	})
 	gap := first.Sub(last)
 	t.Logf("takeover %v after the holder's last probe (lease %v, interval %v)", gap, ttl, interval)
-	const slack = 50 * time.Millisecond // a Redis round trip and scheduling on a busy machine
+	// The new holder's turn comes within an interval of the expiry, plus a Redis round
+	// trip and the scheduling of a busy machine (2 cores shared by several test runs).
+	const slack = 100 * time.Millisecond
 	if gap > ttl+interval+slack {
 		t.Errorf("takeover after %v, want within lease + interval = %v", gap, ttl+interval)
 	}
