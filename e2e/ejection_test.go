@@ -375,3 +375,52 @@ func TestEjectionRedisDown(t *testing.T) {
 	}
 	f.waitEjected(t, 0, true, 2*time.Second)
 }
+
+// TestEjectionHealthChecks: three replicas probe three targets through shared leases:
+// each target gets one probe per interval from the whole fleet; a target failing its
+// probes is ejected with no client traffic at all, and restored by its probes once it
+// answers again.
+func TestEjectionHealthChecks(t *testing.T) {
+	const interval = 300 * time.Millisecond
+	f := startEjectionFleet(t, fmt.Sprintf(`    health_check:
+      path: /health
+      interval: %s
+      timeout: 200ms
+      healthy_threshold: 2
+      unhealthy_threshold: 3
+`, interval))
+
+	// The probe rate: no client traffic, so every request a backend gets is a probe.
+	time.Sleep(2 * interval) // every target's first probe (jittered within an interval) is out
+	const span = 3 * time.Second
+	before := f.Backends[1].Stats(t).Requests
+	time.Sleep(span)
+	probes := f.Backends[1].Stats(t).Requests - before
+	want := int64(span / interval)
+	t.Logf("%d probes in %v against one target from 3 replicas (interval %v: %d expected)", probes, span, interval, want)
+	if probes < want-2 || probes > want+2 {
+		t.Errorf("a target got %d probes in %v from 3 replicas, want %d ± 2 (one per interval from the fleet)", probes, span, want)
+	}
+
+	// A target failing its probes is ejected fleet-wide, without any client request.
+	f.Backends[1].Set(t, "fail=on")
+	f.waitEjected(t, 1, true, 3*time.Second)
+	ejectedBy := func(msg string) bool {
+		for _, p := range f.Replicas {
+			if p.hasLog(func(l logLine) bool { return l.Msg() == msg && l.Str("target") == f.Backends[1].addr }) {
+				return true
+			}
+		}
+		return false
+	}
+	if !ejectedBy("target ejected by health check") {
+		t.Error("no replica logged the health check's ejection")
+	}
+	// Back: with no client request there is no trial, so only its probes (two good ones)
+	// can bring it back, on every replica.
+	f.Backends[1].Set(t, "fail=off")
+	f.waitEjected(t, 1, false, 3*time.Second)
+	if !ejectedBy("target restored by health check") {
+		t.Error("no replica logged the health check's restoration")
+	}
+}

@@ -18,6 +18,7 @@ import (
 	"github.com/fuseproxy/fuseproxy/breaker"
 	"github.com/fuseproxy/fuseproxy/config"
 	"github.com/fuseproxy/fuseproxy/internal/events"
+	"github.com/fuseproxy/fuseproxy/internal/health"
 	"github.com/fuseproxy/fuseproxy/internal/telemetry"
 	"github.com/fuseproxy/fuseproxy/internal/watch"
 	"github.com/fuseproxy/fuseproxy/proxy"
@@ -51,6 +52,7 @@ type App struct {
 	proxy   *proxy.Proxy
 	metrics *telemetry.Metrics
 	events  *events.Dispatcher // every breaker's observer
+	health  *health.Checker    // active health checks of targets (health_check)
 
 	mu       sync.RWMutex // guards cfg and breakers (swapped whole on reload)
 	cfg      *config.Config
@@ -83,6 +85,10 @@ func New(cfg *config.Config, o Options) (*App, error) {
 	a.store = st
 	a.cfg, a.breakers = cfg, a.buildBreakers(cfg, nil)
 	a.store.Attach(a.circuits(cfg, a.breakers))
+	a.health = health.New(health.Options{Store: a.store, Logger: a.log, Observe: func(r health.Result) {
+		a.metrics.HealthProbe(r.Upstream, r.Target, string(r.Outcome))
+	}})
+	a.health.Update(checkedTargets(cfg, a.breakers))
 	a.metrics.SetUpstreams(upstreamNames(cfg))
 	a.proxy, err = proxy.New(cfg, a.breakers, proxy.Options{Logger: a.log, Recorder: a.metrics})
 	if err != nil {
@@ -152,6 +158,17 @@ func (a *App) buildBreakers(cfg *config.Config, old map[string]*breaker.Breaker)
 	return out
 }
 
+// checkedTargets lists the targets health checks probe: those with a circuit (ejects) of
+// upstreams with a health_check path.
+func checkedTargets(cfg *config.Config, bs map[string]*breaker.Breaker) []health.Target {
+	return health.Targets(cfg.Upstreams, func(name string) breaker.Control {
+		if b := bs[name]; b != nil { // a nil *Breaker must not become a non-nil Control
+			return b
+		}
+		return nil
+	})
+}
+
 // ejects reports whether u's targets have circuits of their own (outlier detection on,
 // and more than one target: a single target is never ejected).
 func ejects(u *config.Upstream) bool {
@@ -201,6 +218,7 @@ func (a *App) Reload(cfg *config.Config) (err error) {
 	}
 	a.metrics.SetUpstreams(upstreamNames(cfg))
 	a.store.Attach(a.circuits(cfg, bs))
+	a.health.Update(checkedTargets(cfg, bs))
 	a.events.Update(cfg.Events)
 	a.mu.Lock()
 	a.cfg, a.breakers = cfg, bs

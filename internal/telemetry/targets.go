@@ -86,3 +86,9 @@ func (m *Metrics) targetTransition(t breaker.Transition) bool {
 	}
 	return true
 }
+
+// HealthProbe counts one active health check probe of a target by its outcome (ok,
+// bad_status, timeout, error).
+func (m *Metrics) HealthProbe(upstream, target, outcome string) {
+	m.healthProbes.WithLabelValues(upstream, target, outcome).Inc()
+}
