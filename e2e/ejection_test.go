@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -224,6 +225,7 @@ func TestEjectionFleet(t *testing.T) {
 	f.Backends[0].Kill()
 	at := detect(0, "killed")
 	clean(at, time.Second, "killed")
+	checkReadmeTargetLog(t, f.Replicas[0], f.Backends[0].addr)
 	f.Backends[0] = startBackendAt(t, addr)
 	f.waitEjected(t, 0, false, 3*ejectionBase) // back after its ejection, through a trial
 
@@ -423,4 +425,63 @@ func TestEjectionHealthChecks(t *testing.T) {
 	if !ejectedBy("target restored by health check") {
 		t.Error("no replica logged the health check's restoration")
 	}
+}
+
+// checkReadmeTargetLog checks README's sample "target ejected" line against the real one
+// p logged for target: same message, same fields in the same order, the killed target's
+// reason.
+func checkReadmeTargetLog(t *testing.T, p *Proxy, target string) {
+	t.Helper()
+	b, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	const start, end = "<!-- target-log:start -->\n```\n", "\n```\n<!-- target-log:end -->"
+	i, j := strings.Index(s, start), strings.Index(s, end)
+	if i < 0 || j < i {
+		t.Fatal("README.md lacks the target-log markers")
+	}
+	sample := s[i+len(start) : j]
+	var real string
+	for _, line := range strings.Split(p.Stderr(), "\n") {
+		if strings.Contains(line, `"msg":"target ejected"`) && strings.Contains(line, `"target":"`+target+`"`) {
+			real = line
+			break
+		}
+	}
+	if real == "" {
+		t.Fatalf("%s logged no target ejected line for %s", p.ID, target)
+	}
+	if a, b := jsonKeys(t, sample), jsonKeys(t, real); a != b {
+		t.Errorf("README's target log sample has fields %s, the real line %s:\n%s", a, b, real)
+	}
+	var sm, rm map[string]any
+	_ = json.Unmarshal([]byte(sample), &sm)
+	_ = json.Unmarshal([]byte(real), &rm)
+	if sm["msg"] != rm["msg"] || sm["reason"] != rm["reason"] || sm["to"] != rm["to"] {
+		t.Errorf("README's sample says msg %v reason %v to %v; a killed target logs %v %v %v", sm["msg"], sm["reason"], sm["to"], rm["msg"], rm["reason"], rm["to"])
+	}
+}
+
+// jsonKeys returns a JSON object's keys in their order.
+func jsonKeys(t *testing.T, line string) string {
+	t.Helper()
+	dec := json.NewDecoder(strings.NewReader(line))
+	if _, err := dec.Token(); err != nil {
+		t.Fatalf("not a JSON object: %q", line)
+	}
+	var keys []string
+	for dec.More() {
+		k, err := dec.Token()
+		if err != nil {
+			t.Fatalf("%q: %v", line, err)
+		}
+		keys = append(keys, k.(string))
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			t.Fatalf("%q: %v", line, err)
+		}
+	}
+	return strings.Join(keys, ",")
 }
