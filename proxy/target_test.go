@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -271,4 +272,55 @@ func mustURL(t *testing.T, s string) *url.URL {
 		t.Fatal(err)
 	}
 	return u
+}
+
+// failure_percentage: a target failing every other request never builds a run, but its
+// failure rate over the interval ejects it once it had minimum_requests.
+func TestEjectionByFailurePercentage(t *testing.T) {
+	good := newSwitchBackend(t)
+	var n atomic.Int64
+	alternating := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if n.Add(1)%2 == 0 {
+			w.WriteHeader(http.StatusInternalServerError)
+		}
+	}))
+	t.Cleanup(alternating.Close)
+	u := ejecting(t, good.URL, alternating.URL)
+	u.Outlier.ConsecutiveGatewayErrors, u.Outlier.Consecutive5xx = 0, 0
+	u.Outlier.FailurePercentage, u.Outlier.MinimumRequests = 50, 10
+	f := newFixture(t, single(u))
+
+	f.statuses(t, 40)
+	if s := f.target(t, u, 1).State(); s != breaker.Open {
+		t.Fatalf("alternating target %v after %d requests, want ejected", s, n.Load())
+	}
+	if got := n.Load(); got != 10 {
+		t.Errorf("the alternating target got %d requests, want 10 (minimum_requests, at 50 %% failures)", got)
+	}
+}
+
+// A body the target breaks off after its headers takes the target's success back.
+func TestEjectionCountsBrokenBodies(t *testing.T) {
+	good := newSwitchBackend(t)
+	cut := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "100")
+		w.WriteHeader(200)
+		_, _ = w.Write([]byte("short"))
+		panic(http.ErrAbortHandler) // the connection closes mid-body
+	}))
+	t.Cleanup(cut.Close)
+	u := ejecting(t, good.URL, cut.URL)
+	u.Outlier.ConsecutiveGatewayErrors = 0 // the 5xx run counts late failures
+	f := newFixture(t, single(u))
+
+	for range 10 {
+		resp, err := f.client.Get(f.srv.URL + "/")
+		if err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	}
+	if s := f.target(t, u, 1).State(); s != breaker.Open {
+		t.Fatalf("target cutting its bodies is %v, want ejected after 3 broken bodies", s)
+	}
 }
