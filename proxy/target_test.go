@@ -306,7 +306,8 @@ func TestEjectionCountsBrokenBodies(t *testing.T) {
 		w.Header().Set("Content-Length", "100")
 		w.WriteHeader(200)
 		_, _ = w.Write([]byte("short"))
-		panic(http.ErrAbortHandler) // the connection closes mid-body
+		w.(http.Flusher).Flush()    // the headers and 5 bytes are out...
+		panic(http.ErrAbortHandler) // ...then the connection closes mid-body
 	}))
 	t.Cleanup(cut.Close)
 	u := ejecting(t, good.URL, cut.URL)
