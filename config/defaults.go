@@ -88,9 +88,10 @@ func DefaultUpstream() *Upstream {
 			Timeouts:        true,
 		},
 		Fallback: Fallback{
-			Status:  503,
-			Headers: map[string]string{},
-			Body:    "",
+			Upstream: "", // none
+			Status:   503,
+			Headers:  map[string]string{},
+			Body:     "",
 		},
 		// WebSocket only: h2c would tunnel past routing and the breaker.
 		UpgradeProtocols: []string{"websocket"},

@@ -59,3 +59,25 @@ func TestOutlierSettings(t *testing.T) {
 		t.Errorf("Settings() = %+v", s)
 	}
 }
+
+func TestFallbackUpstreamErrors(t *testing.T) {
+	for _, tt := range []struct{ src, want string }{
+		{"upstreams:\n  a:\n    targets: [http://h:1]\n    fallback:\n      upstream: a\nroutes:\n  - upstream: a\n",
+			`config.yaml:5: upstreams.a.fallback.upstream: an upstream cannot be its own fallback`},
+		{"upstreams:\n  a:\n    targets: [http://h:1]\n    fallback:\n      upstream: nope\nroutes:\n  - upstream: a\n",
+			`config.yaml:5: upstreams.a.fallback.upstream: unknown upstream "nope"`},
+		{"upstreams:\n  a:\n    targets: [http://h:1]\n    fallback: {upstream: b}\n  b:\n    targets: [http://h:2]\n    fallback: {upstream: c}\n  c:\n    targets: [http://h:3]\nroutes:\n  - upstream: a\n",
+			`config.yaml:4: upstreams.a.fallback.upstream: "b" falls back to "c" already: a fallback upstream may not have one of its own (no chains or cycles)`},
+		{"upstreams:\n  a:\n    targets: [http://h:1]\n    fallback: {upstream: b}\n  b:\n    targets: [http://h:2]\n    fallback: {upstream: a}\nroutes:\n  - upstream: a\n",
+			"config.yaml:4: upstreams.a.fallback.upstream: \"b\" falls back to \"a\" already: a fallback upstream may not have one of its own (no chains or cycles)\n" +
+				`config.yaml:7: upstreams.b.fallback.upstream: "a" falls back to "b" already: a fallback upstream may not have one of its own (no chains or cycles)`},
+	} {
+		_, err := parse(t, tt.src, nil)
+		if err == nil || err.Error() != tt.want {
+			t.Errorf("%s\n got: %v\nwant: %s", tt.src, err, tt.want)
+		}
+	}
+	if _, err := parse(t, "upstreams:\n  a:\n    targets: [http://h:1]\n    fallback: {upstream: b}\n  b:\n    targets: [http://h:2]\nroutes:\n  - upstream: a\n", nil); err != nil {
+		t.Errorf("a fallback upstream of depth one: %v", err)
+	}
+}

@@ -106,6 +106,7 @@ var Reference = []FieldDoc{
 	{"upstreams.<name>.failure.transport_errors", "true", "", "Connection errors (refused, reset, DNS) are failures."},
 	{"upstreams.<name>.failure.timeouts", "true", "", "Timeouts are failures."},
 	{"upstreams.<name>.fallback", "", "", "The response sent when the circuit rejects a request."},
+	{"upstreams.<name>.fallback.upstream", `""`, "", "Another upstream that serves the requests this one's circuit rejects (a cache, a static mirror, a degraded service), through its own bulkhead, breaker and targets; its answers carry `X-Fuse-Circuit` (this circuit's state) and `X-Fuse-Fallback: NAME`. When it refuses too (its circuit open, its bulkhead full), the fallback response below is sent. It must not have a fallback upstream of its own (no chains, no cycles)."},
 	{"upstreams.<name>.fallback.status", "503", "", "Status code, 100-599."},
 	{"upstreams.<name>.fallback.headers", "{}", "", "Extra response headers."},
 	{"upstreams.<name>.fallback.body", `""`, "", "Response body; empty means a small JSON body naming the upstream and the circuit state."},

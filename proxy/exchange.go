@@ -134,9 +134,11 @@ type exchange struct {
 	tticket  breaker.Ticket
 	tracked  bool
 	treceipt breaker.Receipt
-	done     bool            // the outcome was reported
-	result   Result          // the outcome reported (once done)
-	receipt  breaker.Receipt // the breaker's receipt for a success, for a late failure
+	// via is set when up serves as another upstream's fallback (its answers are marked).
+	via     *served
+	done    bool            // the outcome was reported
+	result  Result          // the outcome reported (once done)
+	receipt breaker.Receipt // the breaker's receipt for a success, for a late failure
 	// upstream is the upstream request's context when it has its own deadline (the
 	// upstream's timeout), else nil.
 	upstream context.Context
@@ -271,10 +273,15 @@ func (e *exchange) WriteHeader(code int) {
 	if !e.done {
 		e.reportStatus(code)
 	}
-	// Only rejections carry HeaderCircuit or HeaderLimit, even behind another fuseproxy.
+	// Only rejections (and a fallback upstream's answers) carry HeaderCircuit,
+	// HeaderFallback or HeaderLimit, even behind another fuseproxy.
 	h := e.w.Header()
 	delete(h, HeaderCircuit)
 	delete(h, HeaderLimit)
+	delete(h, HeaderFallback)
+	if e.via != nil {
+		e.via.mark(h)
+	}
 	e.closeAfter()
 	e.w.WriteHeader(code)
 }
@@ -329,6 +336,9 @@ func (p *Proxy) handleError(rw http.ResponseWriter, _ *http.Request, err error) 
 	}
 	up := e.up
 	e.closeAfter()
+	if e.via != nil {
+		e.via.mark(e.w.Header())
+	}
 	var status int
 	switch {
 	case e.client.Err() != nil || errors.Is(err, context.Canceled):

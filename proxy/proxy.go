@@ -172,6 +172,20 @@ func (p *Proxy) build(cfg *config.Config, breakers map[string]*breaker.Breaker, 
 		}
 		t.upstreams[name] = up
 	}
+	for name, cu := range cfg.Upstreams {
+		if fb := cu.Fallback.Upstream; fb != "" {
+			up := t.upstreams[name]
+			if up.fallbackUp = t.upstreams[fb]; up.fallbackUp == nil || fb == name {
+				return nil, fmt.Errorf("proxy: upstream %q: unknown fallback upstream %q (validate the config first)", name, fb)
+			}
+			if cfg.Upstreams[fb].Fallback.Upstream != "" {
+				return nil, fmt.Errorf("proxy: upstream %q: fallback upstream %q has a fallback upstream of its own (validate the config first)", name, fb)
+			}
+			by := readOnly(fb)
+			up.viaOpen = served{state: up.fallback.open, by: by}
+			up.viaHalfOpen = served{state: up.fallback.halfOpen, by: by}
+		}
+	}
 	var trusted []netip.Prefix
 	for i, s := range cfg.Server.TrustedProxies {
 		p, err := config.ParseTrustedProxy(s)
@@ -205,22 +219,33 @@ func (p *Proxy) build(cfg *config.Config, breakers map[string]*breaker.Breaker, 
 		}
 		// One ReverseProxy per target, so that the target picked for a request reaches
 		// the Rewrite without a per-request allocation.
-		rt.rps = make([]*httputil.ReverseProxy, len(up.targets))
-		for _, tg := range up.targets {
-			u := tg.url
-			rt.rps[tg.index] = &httputil.ReverseProxy{
-				Rewrite:        func(pr *httputil.ProxyRequest) { rt.rewrite(pr, u) },
-				ModifyResponse: checkStatus,
-				Transport:      up.transport,
-				BufferPool:     &p.buffers,
-				ErrorHandler:   p.handleError,
-				ErrorLog:       p.errLog,
-			}
+		rt.rps = p.reverseProxies(rt, up)
+		if up.fallbackUp != nil {
+			rt.fallbackRPs = p.reverseProxies(rt, up.fallbackUp)
 		}
 		routes[i] = rt
 	}
 	t.routes = newRouteIndex(routes)
 	return t, nil
+}
+
+// reverseProxies returns rt's ReverseProxy for each of up's targets (up is rt's upstream,
+// or its fallback upstream), by target index: the target picked for a request reaches
+// the Rewrite without a per-request allocation.
+func (p *Proxy) reverseProxies(rt *route, up *upstream) []*httputil.ReverseProxy {
+	rps := make([]*httputil.ReverseProxy, len(up.targets))
+	for _, tg := range up.targets {
+		u := tg.url
+		rps[tg.index] = &httputil.ReverseProxy{
+			Rewrite:        func(pr *httputil.ProxyRequest) { rt.rewrite(pr, u) },
+			ModifyResponse: checkStatus,
+			Transport:      up.transport,
+			BufferPool:     &p.buffers,
+			ErrorHandler:   p.handleError,
+			ErrorLog:       p.errLog,
+		}
+	}
+	return rps
 }
 
 // ServeHTTP routes and proxies one request.
@@ -291,18 +316,58 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if b := up.breaker; b != nil {
 		var err error
 		if ticket, err = b.Allow(); err != nil {
-			up.fallback.reject(w, ticket, err)
 			if p.rec != nil {
 				p.rec.Request(up.name, Rejected, 0)
 			}
+			if fb := up.fallbackUp; fb != nil && p.serveFallback(w, r, rt, fb, err, chunked) {
+				return
+			}
+			up.fallback.reject(w, ticket, err)
 			return
 		}
 	}
+	p.forward(w, r, up, rt.rps, ticket, chunked, nil)
+}
 
+// serveFallback serves a request its upstream's circuit rejected (err) from the
+// upstream's fallback upstream (fallback.upstream), through the fallback's own bulkhead,
+// breaker and targets. It reports false, having written nothing, when the fallback
+// refuses the request too: the caller then sends the fallback response.
+func (p *Proxy) serveFallback(w http.ResponseWriter, r *http.Request, rt *route, fb *upstream, err error, chunked bool) bool {
+	if !fb.bulkhead.acquire() {
+		if p.rec != nil {
+			p.rec.Request(fb.name, RejectedConcurrency, 0)
+		}
+		return false
+	}
+	defer fb.bulkhead.release()
+	var ticket breaker.Ticket
+	if b := fb.breaker; b != nil {
+		var ferr error
+		if ticket, ferr = b.Allow(); ferr != nil {
+			if p.rec != nil {
+				p.rec.Request(fb.name, Rejected, 0)
+			}
+			return false
+		}
+	}
+	via := &rt.up.viaOpen
+	if errors.Is(err, breaker.ErrTooManyTrials) {
+		via = &rt.up.viaHalfOpen
+	}
+	p.forward(w, r, fb, rt.fallbackRPs, ticket, chunked, via)
+	return true
+}
+
+// forward sends an admitted request (ticket, from up's breaker) to one of up's targets
+// through rps (one ReverseProxy per target) and reports its outcome. via is set when up
+// serves as another upstream's fallback.
+func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, up *upstream, rps []*httputil.ReverseProxy,
+	ticket breaker.Ticket, chunked bool, via *served) {
 	tg, tticket, tracked := up.pick()
 	e := p.exchanges.Get().(*exchange)
 	*e = exchange{w: w, p: p, up: up, client: r.Context(), ticket: ticket, start: p.now(), closeConn: chunked,
-		target: tg, tticket: tticket, tracked: tracked}
+		target: tg, tticket: tticket, tracked: tracked, via: via}
 	if up.leastRequests {
 		tg.inflight.Add(1)
 	}
@@ -317,6 +382,6 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		defer cancel()
 		r, e.upstream = r.WithContext(ctx), ctx
 	}
-	rt.rps[tg.index].ServeHTTP(e, r)
+	rps[tg.index].ServeHTTP(e, r)
 	e.returned = true
 }

@@ -32,9 +32,13 @@ type upstream struct {
 	countTransport bool
 	countTimeouts  bool
 	fallback       fallback
-	bulkhead       *bulkhead     // shared with the same-named upstream of the tables before and after
-	maxConcurrent  int64         // the bulkhead's cap in this table (setLimits)
-	limited        limitResponse // the answer when the bulkhead is full
+	// fallbackUp is the upstream that serves while this one's circuit rejects
+	// (fallback.upstream), nil for none; viaOpen and viaHalfOpen mark its answers.
+	fallbackUp           *upstream
+	viaOpen, viaHalfOpen served
+	bulkhead             *bulkhead     // shared with the same-named upstream of the tables before and after
+	maxConcurrent        int64         // the bulkhead's cap in this table (setLimits)
+	limited              limitResponse // the answer when the bulkhead is full
 	// upgrades are the protocols clients may switch to (lower-case names); see
 	// filterUpgrade.
 	upgrades []string
