@@ -27,8 +27,8 @@ type reply struct {
 // error naming the field: a foreign script or a future version must never be applied.
 func decodeReply(v any) (reply, error) {
 	a, ok := v.([]any)
-	if !ok || len(a) != 14 {
-		return reply{}, fmt.Errorf("script reply: want 14 elements, got %T %v", v, v)
+	if !ok || len(a) != 15 {
+		return reply{}, fmt.Errorf("script reply: want 15 elements, got %T %v", v, v)
 	}
 	var n [8]int64
 	for i := range n {
@@ -46,6 +46,13 @@ func decodeReply(v any) (reply, error) {
 	if !ok {
 		return reply{}, fmt.Errorf("script reply element 13: want integer, got %T", a[13])
 	}
+	closedFor, ok := a[14].(int64)
+	if !ok {
+		return reply{}, fmt.Errorf("script reply element 14: want integer, got %T", a[14])
+	}
+	if closedFor < 0 || closedFor > maxMillis {
+		return reply{}, fmt.Errorf("script reply element 14: closed for %d ms out of range", closedFor)
+	}
 	r := reply{now: n[6], granted: int(n[7]), epoch: ep, quiet: q == 1, deciding: q == 2}
 	r.cfg, _ = a[8].(string)
 	r.cfgr, _ = a[9].(string)
@@ -53,6 +60,9 @@ func decodeReply(v any) (reply, error) {
 	var err error
 	r.state, err = sharedState(n[0], n[1], n[2], n[3], n[4], n[5])
 	r.state.Reason, _ = a[12].(string)
+	if r.state.State == breaker.Closed {
+		r.state.ClosedFor = time.Duration(closedFor) * time.Millisecond
+	}
 	return r, err
 }
 
@@ -79,6 +89,9 @@ func sharedState(st, md, gen, remaining, openFor, trips int64) (breaker.SharedSt
 
 // decodeMessage decodes a transition published by a script:
 // "name state mode generation remaining_ms open_for_ms trips now_ms epoch reason".
+// A message carries no close time: a closed state it brings is the close itself
+// (ClosedFor 0), or a mode change of a circuit that stayed closed, whose close time the
+// breaker keeps (breaker.Breaker.Apply). Replies carry it (see decodeReply).
 func decodeMessage(payload string) (name string, r reply, err error) {
 	f := strings.Fields(payload)
 	if len(f) < 9 || len(f) > 10 {

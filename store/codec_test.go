@@ -14,7 +14,7 @@ import (
 // validReply is a well-formed script reply: open, gen 5, 100 ms left of 200, 2 trips.
 func validReply() []any {
 	return []any{int64(1), int64(0), int64(5), int64(100), int64(200), int64(2),
-		int64(1_700_000_000_000), int64(1), "cfg", "r1", "", int64(1_600_000_000_000), "failure_rate", int64(0)}
+		int64(1_700_000_000_000), int64(1), "cfg", "r1", "", int64(1_600_000_000_000), "failure_rate", int64(0), int64(0)}
 }
 
 func replyWith(i int, v any) []any {
@@ -38,7 +38,7 @@ func TestDecodeReply(t *testing.T) {
 				Reason: "failure_rate"},
 			now: 1_700_000_000_000, epoch: 1_600_000_000_000, granted: 1, cfg: "cfg", cfgr: "r1"}},
 		{name: "corrupt reason and half-open metrics-only",
-			in: []any{int64(2), int64(3), int64(0), int64(0), int64(0), int64(0), int64(1), int64(0), "", "", "not a hash", int64(1), "corrupt", int64(1)},
+			in: []any{int64(2), int64(3), int64(0), int64(0), int64(0), int64(0), int64(1), int64(0), "", "", "not a hash", int64(1), "corrupt", int64(1), int64(0)},
 			want: reply{state: breaker.SharedState{State: breaker.HalfOpen, Mode: breaker.MetricsOnly,
 				Reason: "corrupt"}, now: 1, epoch: 1, corrupt: "not a hash", quiet: true}},
 		{name: "non-string cfg is ignored", in: replyWith(8, int64(7)), want: reply{
@@ -46,15 +46,22 @@ func TestDecodeReply(t *testing.T) {
 				OpenRemaining: 100 * time.Millisecond, OpenFor: 200 * time.Millisecond, Trips: 2,
 				Reason: "failure_rate"},
 			now: 1_700_000_000_000, epoch: 1_600_000_000_000, granted: 1, cfgr: "r1"}},
-		{name: "nil", in: nil, wantErr: "want 14 elements"},
-		{name: "not a slice", in: "OK", wantErr: "want 14 elements"},
-		{name: "too short", in: validReply()[:13], wantErr: "want 14 elements"},
-		{name: "too long", in: append(validReply(), int64(0)), wantErr: "want 14 elements"},
+		{name: "nil", in: nil, wantErr: "want 15 elements"},
+		{name: "not a slice", in: "OK", wantErr: "want 15 elements"},
+		{name: "too short", in: validReply()[:14], wantErr: "want 15 elements"},
+		{name: "too long", in: append(validReply(), int64(0)), wantErr: "want 15 elements"},
 		{name: "string state", in: replyWith(0, "1"), wantErr: "element 0: want integer"},
 		{name: "nil generation", in: replyWith(2, nil), wantErr: "element 2: want integer"},
 		{name: "float granted", in: replyWith(7, 1.0), wantErr: "element 7: want integer"},
 		{name: "string epoch", in: replyWith(11, "1"), wantErr: "element 11: want integer"},
 		{name: "string quiet", in: replyWith(13, "1"), wantErr: "element 13: want integer"},
+		{name: "string closed for", in: replyWith(14, "1"), wantErr: "element 14: want integer"},
+		{name: "negative closed for", in: replyWith(14, int64(-1)), wantErr: "element 14: closed for -1 ms out of range"},
+		{name: "closed for too long", in: replyWith(14, maxMs+1), wantErr: "out of range"},
+		{name: "closed: closed for", in: []any{int64(0), int64(0), int64(4), int64(0), int64(0), int64(3),
+			int64(9), int64(0), "", "", "", int64(1), "trials_succeeded", int64(1), int64(25_000)},
+			want: reply{state: breaker.SharedState{State: breaker.Closed, Generation: 4, Trips: 3,
+				ClosedFor: 25 * time.Second, Reason: "trials_succeeded"}, now: 9, epoch: 1, quiet: true}},
 		{name: "state 3", in: replyWith(0, int64(3)), wantErr: "state 3 out of range"},
 		{name: "state -1", in: replyWith(0, int64(-1)), wantErr: "state -1 out of range"},
 		{name: "mode 4", in: replyWith(1, int64(4)), wantErr: "mode 4 out of range"},
