@@ -93,8 +93,9 @@ type SharedState struct {
 	OpenRemaining time.Duration
 	OpenFor       time.Duration
 	Trips         int
-	// ClosedFor is, when State is Closed, how long ago the circuit closed on the store's
-	// clock: with TripDecay, Trips drop by one for each TripDecay of it at the next trip.
+	// ClosedFor is, when State is Closed, how long ago the circuit closed, measured on the
+	// store's clock: with TripDecay, Trips drop by one for each TripDecay closed at the
+	// next trip, which the breaker decides itself when the store is unreachable.
 	ClosedFor time.Duration
 	// Reason is why the shared state last changed, as the store recorded it; the
 	// Transition reported when it is applied carries it (ReasonShared when empty).
@@ -144,8 +145,7 @@ func (b *Breaker) Apply(s SharedState, force bool) bool {
 	tr := Transition{Upstream: b.name, From: from, To: s.State, Mode: s.Mode, Reason: reason,
 		Generation: s.Generation, Counts: b.win.sum(now), Consecutive: b.consecutive, OpenFor: s.OpenFor}
 	b.trips = s.Trips
-	if s.State == Closed && (from != Closed || force) {
-		// A circuit that stayed closed (a mode change) keeps the close time it had.
+	if s.State == Closed {
 		b.closedAt = now - s.ClosedFor
 	}
 	if s.State == Open || (s.State == HalfOpen && from == Closed) {

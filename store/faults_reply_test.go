@@ -285,7 +285,7 @@ func TestRedisUnlistedErrorReplyDegrades(t *testing.T) {
 		val             any
 	}{
 		{name: "unlisted error", err: "NEWKIND something nobody listed", want: "NEWKIND something nobody listed"},
-		{name: "foreign reply", val: "OK", want: `unexpected reply from Redis for upstream "api": script reply: want 15 elements, got string OK`},
+		{name: "foreign reply", val: "OK", want: `unexpected reply from Redis for upstream "api": script reply: want 14 elements, got string OK`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

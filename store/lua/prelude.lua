@@ -234,6 +234,15 @@ end
 
 local function fmt(n) return string.format('%d', n) end
 
+-- timing is the time field of replies and messages: while open, how long the open period
+-- still runs; while closed, how long ago the circuit closed (at), which trip decay
+-- measures; 0 while half-open. (Replicas before trip decay read it only while open.)
+local function timing(st, now)
+  if st.st == 1 then return math.max(st.ou - now, 0) end
+  if st.st == 0 then return math.max(now - st.at, 0) end
+  return 0
+end
+
 -- save writes what changed, refreshes the expiry and publishes a transition. The hash
 -- lives as long as its open period plus a day: an idle closed circuit needs no key.
 local function save(key, st, s, now, channel, name, cfg, replica)
@@ -263,26 +272,21 @@ local function save(key, st, s, now, channel, name, cfg, replica)
   redis.call('PEXPIRE', key, math.max(st.ou - now, 0) + 86400000)
   if st.changed then
     redis.call('PUBLISH', channel, table.concat({ name, fmt(st.st), fmt(st.md), fmt(st.gen),
-      fmt(math.max(st.ou - now, 0)), fmt(st.of), fmt(st.tr), fmt(now), fmt(st.ep), st.rs or '' }, ' '))
+      fmt(timing(st, now)), fmt(st.of), fmt(st.tr), fmt(now), fmt(st.ep), st.rs or '' }, ' '))
   end
 end
 
 -- reply is what every script returns: the state as the caller must apply it, and how
 -- busy the circuit is: 1 quiet, 0 not, 2 not and the rate rules wait for the grace after
--- the failure onset (st.grace, set by flush) to end (the caller polls again soon); and,
--- when closed, how long ago it closed (ms, for trip decay). It runs after save: what
--- quiet prunes is not written.
+-- the failure onset (st.grace, set by flush) to end (the caller polls again soon). It
+-- runs after save: what quiet prunes is not written.
 local function reply(st, s, now, granted, prevcfg, prevcfgr)
-  local remaining = 0
-  if st.st == 1 then remaining = math.max(st.ou - now, 0) end
   local q = 0
   if quiet(st, s, now) then
     q = 1
   elseif st.st == 0 and st.grace and now < st.fo + st.grace then
     q = 2
   end
-  local closedfor = 0
-  if st.st == 0 then closedfor = math.max(now - st.at, 0) end
-  return { st.st, st.md, st.gen, remaining, st.of, st.tr, now, granted or 0,
-    prevcfg or '', prevcfgr or '', st.corrupt or '', st.ep, st.rs or '', q, closedfor }
+  return { st.st, st.md, st.gen, timing(st, now), st.of, st.tr, now, granted or 0,
+    prevcfg or '', prevcfgr or '', st.corrupt or '', st.ep, st.rs or '', q }
 end
