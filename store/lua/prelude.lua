@@ -244,7 +244,9 @@ local function timing(st, now)
 end
 
 -- save writes what changed, refreshes the expiry and publishes a transition. The hash
--- lives as long as its open period plus a day: an idle closed circuit needs no key.
+-- lives as long as its open period plus a day: an idle closed circuit needs no key (with
+-- trip decay, a trip count kept by an idle closed circuit has decayed to 0 by then
+-- unless trips x decay exceeds a day: the expiry then clears it early).
 local function save(key, st, s, now, channel, name, cfg, replica)
   if cfg ~= '' and st.cfg ~= cfg then
     st.dirty = true
