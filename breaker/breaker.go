@@ -46,7 +46,9 @@ type Breaker struct {
 	s              Settings
 	win            window
 	consecutive    int
-	trips          int           // trips since the circuit last closed after trials
+	gatewayRun     int           // consecutive gateway failures (ConsecutiveGatewayFailures)
+	trips          int           // trips since the circuit last closed after trials (see TripDecay)
+	closedAt       time.Duration // clock reading when the circuit last closed (TripDecay)
 	openedAt       time.Duration // clock reading when the circuit last opened
 	openFor        time.Duration // length of the current open period
 	trialsInFlight int
@@ -236,9 +238,6 @@ func (b *Breaker) Done(t Ticket, o Outcome, elapsed time.Duration) Receipt {
 	if _, _, gen := b.load(); gen != t.gen {
 		return Receipt{}
 	}
-	if o == GatewayFailure { // TODO(#14): the gateway run (ConsecutiveGatewayFailures)
-		o = Failure
-	}
 	var tr Transition
 	b.mu.Lock()
 	r, wake := b.doneLocked(t, o, elapsed, &tr)
@@ -259,10 +258,15 @@ func (b *Breaker) doneLocked(t Ticket, o Outcome, elapsed time.Duration, tr *Tra
 	if st != Closed {
 		return Receipt{}, false
 	}
-	failure := o == Failure
+	failure, gateway := o == Failure || o == GatewayFailure, o == GatewayFailure
 	slow := b.s.SlowCallDuration > 0 && elapsed > b.s.SlowCallDuration
 	b.win.add(now, failure, slow)
 	var r Receipt
+	if gateway {
+		b.gatewayRun++
+	} else {
+		b.gatewayRun = 0 // any other outcome ends the run of gateway failures
+	}
 	if failure {
 		b.consecutive++
 	} else {
@@ -276,6 +280,7 @@ func (b *Breaker) doneLocked(t Ticket, o Outcome, elapsed time.Duration, tr *Tra
 			b.deltaCleared = b.delta.Tail
 		}
 		b.delta.add(gen>>8, failure, slow)
+		b.delta.addGateway(gateway)
 		b.noteNews()
 		return r, false
 	}
@@ -305,7 +310,7 @@ func (b *Breaker) trialDoneLocked(t Ticket, now time.Duration, o Outcome, tr *Tr
 		if b.trialSuccesses >= b.s.SuccessThreshold {
 			*tr = b.transitionLocked(now, Closed, ReasonTrialsSucceeded)
 		}
-	case Failure:
+	case Failure, GatewayFailure:
 		*tr = b.openLocked(now, ReasonTrialFailed)
 	}
 	return r, false
@@ -342,6 +347,9 @@ const (
 //     the failure happens now; if no success was counted after the one taken back, the
 //     run that success had ended is restored (so alternating headers and broken bodies
 //     build a run). The slow count does not change: slowness is judged at the headers.
+//     Nor does the run of gateway failures (ConsecutiveGatewayFailures): the target
+//     answered with headers, so the request was no gateway error, and it ended that run
+//     when Done counted it; a broken body only counts towards the ordinary run.
 //     The trip rules then run as for Done (not while forced closed).
 //   - Closed, shared: the same locally, and the store learns it through the Delta. If
 //     the success is still in the Delta the store has not taken, it turns into a failure
@@ -349,7 +357,8 @@ const (
 //     counted and the failure came last). If the store took it already, the Delta gets a
 //     failed request of its own (Requests+1, Failures+1): the shared window can only be
 //     added to, so it then holds this request twice, once as a success and once as a
-//     failure, until the success leaves the window.
+//     failure, until the success leaves the window. The Delta's gateway run (GatewayTail,
+//     GatewayEnded) is not touched, as locally.
 //   - Half-open, a trial's receipt: a failed trial. Local: the circuit opens again
 //     (ReasonTrialFailed) with the next backoff. Shared: the failure is added to the
 //     TrialReport, taking back a success not yet taken by the store, and the store is
@@ -423,6 +432,9 @@ func (b *Breaker) tripReasonLocked(now time.Duration) string {
 	if s.ConsecutiveFailures > 0 && b.consecutive >= s.ConsecutiveFailures {
 		return ReasonConsecutiveFailures
 	}
+	if s.ConsecutiveGatewayFailures > 0 && b.gatewayRun >= s.ConsecutiveGatewayFailures {
+		return ReasonConsecutiveGateway
+	}
 	if s.FailureRate <= 0 && s.SlowCallRate <= 0 {
 		return ""
 	}
@@ -440,10 +452,17 @@ func (b *Breaker) tripReasonLocked(now time.Duration) string {
 }
 
 // OpenPeriod is the open period after the given number of trips without a recovery,
-// before jitter: OpenDuration × BackoffMultiplier^(trips-1), capped at MaxOpenDuration.
+// before jitter: OpenDuration × BackoffMultiplier^(trips-1), or OpenDuration × trips with
+// LinearBackoff, capped at MaxOpenDuration. The Redis store's trip (lua/prelude.lua)
+// computes the same.
 func (s Settings) OpenPeriod(trips int) time.Duration {
 	s = normalize(s)
-	d := float64(s.OpenDuration) * math.Pow(s.BackoffMultiplier, float64(max(trips-1, 0)))
+	var d float64
+	if s.LinearBackoff {
+		d = float64(s.OpenDuration) * float64(max(trips, 1))
+	} else {
+		d = float64(s.OpenDuration) * math.Pow(s.BackoffMultiplier, float64(max(trips-1, 0)))
+	}
 	if s.MaxOpenDuration > 0 && d > float64(s.MaxOpenDuration) {
 		d = float64(s.MaxOpenDuration)
 	}
@@ -453,7 +472,13 @@ func (s Settings) OpenPeriod(trips int) time.Duration {
 	return time.Duration(d)
 }
 
+// openLocked opens the circuit (or starts a new open period) for the backoff of one more
+// trip. With TripDecay, a trip from the closed state first takes back one trip for each
+// full TripDecay the circuit was closed (not below 0).
 func (b *Breaker) openLocked(now time.Duration, reason string) Transition {
+	if st, _, _ := b.load(); st == Closed && b.s.TripDecay > 0 {
+		b.trips = max(b.trips-int((now-b.closedAt)/b.s.TripDecay), 0)
+	}
 	b.trips++
 	d := b.s.OpenPeriod(b.trips)
 	if j := b.s.Jitter; j > 0 {
@@ -477,7 +502,10 @@ func (b *Breaker) transitionLocked(now time.Duration, to State, reason string) T
 		tr.OpenFor = b.openFor
 	}
 	if to == Closed {
-		b.trips = 0
+		if b.s.TripDecay <= 0 {
+			b.trips = 0
+		}
+		b.closedAt = now
 	}
 	b.resetGenerationLocked()
 	b.store(to, m, gen+1)
@@ -487,7 +515,7 @@ func (b *Breaker) transitionLocked(now time.Duration, to State, reason string) T
 // resetGenerationLocked clears everything that is only valid within one generation.
 func (b *Breaker) resetGenerationLocked() {
 	b.win.reset()
-	b.consecutive = 0
+	b.consecutive, b.gatewayRun = 0, 0
 	b.trialsInFlight, b.trialSuccesses, b.permits, b.wanted = 0, 0, 0, false
 	b.delta = Delta{}
 	b.trials = TrialReport{}

@@ -246,7 +246,7 @@ func TestEjectionFleet(t *testing.T) {
 	}
 	f.waitEjected(t, 1, true, 2*time.Second)
 	v := f.view(t, 0, 1)
-	if v.Trips != 2 || v.Left < 1 || v.Left > 2.1 { // TODO(rules): linear backoff: 4s
+	if v.Trips != 2 || v.Left < 3 || v.Left > 4.1 { // linear backoff: 2 × base, no jitter
 		t.Errorf("503: second ejection: %d ejections, %.2fs left, want 2 and about 4s (2 × base)", v.Trips, v.Left)
 	}
 	t.Logf("503: second ejection %q", m.Raw)

@@ -62,15 +62,19 @@ func (e *luaEnv) run(script *redis.Script, args ...any) reply {
 type batch struct {
 	req, fail, slow, tail int
 	hadSuccess            bool
+	gatewayTail           int  // gateway failures after the last other outcome
+	gatewayEnded          bool // the batch had an outcome other than a gateway failure
 }
 
-func failures(n int) batch  { return batch{req: n, fail: n, tail: n} }
-func successes(n int) batch { return batch{req: n, hadSuccess: true} }
+func failures(n int) batch        { return batch{req: n, fail: n, tail: n, gatewayEnded: true} }
+func gatewayFailures(n int) batch { return batch{req: n, fail: n, tail: n, gatewayTail: n} }
+func successes(n int) batch       { return batch{req: n, hadSuccess: true, gatewayEnded: true} }
 
 func (e *luaEnv) flush(replica string, gen uint64, b batch) reply {
 	e.t.Helper()
 	return e.run(flushScript, replica, gen, b.req, b.fail, b.slow, b.tail, boolArg(b.hadSuccess),
-		e.settingsArg, e.hash, 0.5, e.channel, e.name, "fuse:onset", e.grace.Milliseconds())
+		e.settingsArg, e.hash, 0.5, e.channel, e.name, "fuse:onset", e.grace.Milliseconds(),
+		b.gatewayTail, boolArg(b.gatewayEnded))
 }
 
 func (e *luaEnv) poll() reply { e.t.Helper(); return e.flush("poller", 0, batch{}) }

@@ -189,7 +189,7 @@ func (r *Redis) plan(calls []*call, c *circuit, now time.Time, resync bool) []*c
 		calls = append(calls, &call{c: c, script: flushScript, keys: keys, args: []any{
 			r.o.ReplicaID, d.Generation, d.Requests, d.Failures, d.Slow, d.Tail,
 			boolArg(d.HadSuccess), c.settings, c.SettingsHash, rand.Float64(), r.channel, c.name,
-			r.onset, r.o.FlushInterval.Milliseconds()}})
+			r.onset, r.o.FlushInterval.Milliseconds(), d.GatewayTail, boolArg(d.GatewayEnded)}})
 	}
 	if resync || r.stopping || now.Before(c.nextAcquire) {
 		return calls
@@ -212,14 +212,15 @@ func (r *Redis) holds(c *circuit, d breaker.Delta, now time.Time) bool {
 }
 
 // merge returns the held batch h followed by the newer batch d as one batch. Held
-// successes count as requests but do not end a run of consecutive failures: they were
+// successes count as requests but do not end a run of consecutive failures (nor of
+// gateway failures): they were
 // held while the circuit was quiet (no run in Redis), so they came before any run that
 // other replicas are building now; a replica stops holding as soon as it hears of one.
 // A held batch of another generation is dropped: Redis would drop it too.
 func merge(h, d breaker.Delta) breaker.Delta {
 	switch {
 	case d.Requests == 0:
-		h.HadSuccess, h.Tail = false, 0
+		h.HadSuccess, h.Tail, h.GatewayEnded, h.GatewayTail = false, 0, false, 0
 		return h
 	case h.Requests == 0 || h.Generation != d.Generation:
 		return d

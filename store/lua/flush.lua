@@ -5,7 +5,9 @@
 -- circuit's successes send them at once, and the rate rules wait grace ms for them.
 -- ARGV: replica, generation of the counts, requests, failures, slow, tail (failures after
 -- the batch's last success), had_success (0/1), settings, settings hash, rnd, channel, name,
--- onset channel, grace ms.
+-- onset channel, grace ms, gateway tail (gateway failures after the batch's last other
+-- outcome), gateway_ended (0/1: the batch had another outcome, which ends the fleet's run
+-- of gateway failures before the gateway tail is added).
 local s = settings(ARGV[8])
 local now = now_ms()
 local st = load(KEYS[1], s, now)
@@ -19,6 +21,8 @@ if req > 0 and gen == st.gen and st.st == 0 then
   local c = st.b[k] or { 0, 0, 0 }
   st.b[k] = { c[1] + req, c[2] + fail, c[3] + slow }
   if ARGV[7] == '1' then st.cf = tail else st.cf = st.cf + tail end
+  local gtail = tonumber(ARGV[15]) or 0
+  if ARGV[16] == '1' then st.gf = gtail else st.gf = st.gf + gtail end
   if fail > 0 then st.r[replica] = now end
   if wasquiet and fail + slow > 0 then
     st.fo = now

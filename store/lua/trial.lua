@@ -11,7 +11,7 @@ if tonumber(ARGV[2]) == st.gen and st.st == 2 then
   elseif tonumber(ARGV[3]) > 0 then
     st.sc = st.sc + tonumber(ARGV[3])
     st.dirty = true
-    if st.sc >= s.sthresh then close(st, 'trials_succeeded', now, KEYS[2]) end
+    if st.sc >= s.sthresh then close(st, s, 'trials_succeeded', now, KEYS[2]) end
   end
 end
 save(KEYS[1], st, s, now, ARGV[7], ARGV[8], '', ARGV[1])
