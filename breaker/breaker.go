@@ -429,11 +429,13 @@ func (b *Breaker) lateFailureLocked(r Receipt, tr *Transition) bool {
 // The Redis store's scripts hold the same rules: breaker/conformance holds both to one table.
 func (b *Breaker) tripReasonLocked(now time.Duration) string {
 	s := &b.s
-	if s.ConsecutiveFailures > 0 && b.consecutive >= s.ConsecutiveFailures {
-		return ReasonConsecutiveFailures
-	}
+	// The gateway run first: when one batch of failures meets both run rules, the more
+	// specific reason (a target refusing, resetting or timing out) is the one reported.
 	if s.ConsecutiveGatewayFailures > 0 && b.gatewayRun >= s.ConsecutiveGatewayFailures {
 		return ReasonConsecutiveGateway
+	}
+	if s.ConsecutiveFailures > 0 && b.consecutive >= s.ConsecutiveFailures {
+		return ReasonConsecutiveFailures
 	}
 	if s.FailureRate <= 0 && s.SlowCallRate <= 0 {
 		return ""

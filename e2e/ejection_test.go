@@ -205,6 +205,9 @@ func TestEjectionFleet(t *testing.T) {
 		all := f.waitEjected(t, i, true, 5*time.Second)
 		lag := all.Sub(m.At)
 		lags = append(lags, lag)
+		if m.Reason != "consecutive_gateway_failures" {
+			t.Errorf("%s: ejected with reason %q, want consecutive_gateway_failures (refused, 503 and timeouts are gateway errors)", why, m.Reason)
+		}
 		t.Logf("%s: fleet ejected %s (reason %s); every replica skipping it %v later", why, f.circuit(i), m.Reason, lag.Round(100*time.Microsecond))
 		return all
 	}
@@ -460,7 +463,7 @@ func checkReadmeTargetLog(t *testing.T, p *Proxy, target string) {
 	_ = json.Unmarshal([]byte(sample), &sm)
 	_ = json.Unmarshal([]byte(real), &rm)
 	if sm["msg"] != rm["msg"] || sm["reason"] != rm["reason"] || sm["to"] != rm["to"] {
-		t.Errorf("README's sample says msg %v reason %v to %v; a killed target logs %v %v %v", sm["msg"], sm["reason"], sm["to"], rm["msg"], rm["reason"], rm["to"])
+		t.Errorf("README's sample says msg %v reason %v to %v; a killed target logs %v %v %v:\n%s", sm["msg"], sm["reason"], sm["to"], rm["msg"], rm["reason"], rm["to"], real)
 	}
 }
 

@@ -216,8 +216,8 @@ end
 -- while the circuit was quiet (they are told of the onset) are in the window first.
 local function trip_reason(st, s, now, grace)
   local reason = nil
-  if s.cf > 0 and st.cf >= s.cf then reason = 'consecutive_failures' end
-  if not reason and s.cg > 0 and st.gf >= s.cg then reason = 'consecutive_gateway_failures' end
+  if s.cg > 0 and st.gf >= s.cg then reason = 'consecutive_gateway_failures' end
+  if not reason and s.cf > 0 and st.cf >= s.cf then reason = 'consecutive_failures' end
   if not reason and (s.fr > 0 or s.sr > 0) and now >= st.fo + grace then
     local r, f, sl = window(st, s, now)
     if r > 0 and r >= s.minreq then
