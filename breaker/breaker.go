@@ -232,6 +232,17 @@ func (b *Breaker) allowLocked(tr *Transition) (Ticket, error, bool) {
 // after all (its response body broke off after the headers), hand the receipt to
 // LateFailure. Otherwise it returns the zero Receipt, which LateFailure ignores.
 func (b *Breaker) Done(t Ticket, o Outcome, elapsed time.Duration) Receipt {
+	return b.DonePause(t, o, elapsed, 0)
+}
+
+// DonePause is Done for a response that asked clients to wait pause before they try
+// again (the upstream's Retry-After on a 429 or 503). The outcome is counted as by Done;
+// then, if the request was admitted closed or as a trial in the circuit's current
+// generation (and the mode is normal or metrics only), the circuit opens for pause,
+// capped by MaxOpenDuration and jittered, with reason ReasonRetryAfter: the trip count
+// (the backoff) does not change. A shared breaker hands the pause to its store with the
+// counts, and wakes it: the store opens the circuit fleet-wide. A pause of 0 is Done.
+func (b *Breaker) DonePause(t Ticket, o Outcome, elapsed, pause time.Duration) Receipt {
 	if t.flags&ticketWouldReject != 0 || (o == Ignored && t.flags&ticketTrial == 0) {
 		return Receipt{}
 	}
@@ -240,20 +251,40 @@ func (b *Breaker) Done(t Ticket, o Outcome, elapsed time.Duration) Receipt {
 	}
 	var tr Transition
 	b.mu.Lock()
-	r, wake := b.doneLocked(t, o, elapsed, &tr)
+	r, wake := b.doneLocked(t, o, elapsed, pause, &tr)
 	b.mu.Unlock()
 	b.after(tr, wake)
 	return r
 }
 
-func (b *Breaker) doneLocked(t Ticket, o Outcome, elapsed time.Duration, tr *Transition) (Receipt, bool) {
+// PausePeriod is the open period a pause asked for by the upstream gets, before
+// jitter: the pause, capped at MaxOpenDuration (when set).
+func (s Settings) PausePeriod(pause time.Duration) time.Duration {
+	if s.MaxOpenDuration > 0 && pause > s.MaxOpenDuration {
+		return s.MaxOpenDuration
+	}
+	return pause
+}
+
+// pauseLocked opens the circuit for an upstream's pause (see DonePause).
+func (b *Breaker) pauseLocked(now, pause time.Duration) Transition {
+	d := b.s.PausePeriod(pause)
+	if j := b.s.Jitter; j > 0 {
+		d += time.Duration(float64(d) * j * (2*b.rand() - 1))
+	}
+	b.openedAt, b.openFor = now, d
+	b.openUntil.Store(int64(now + d))
+	return b.transitionLocked(now, Open, ReasonRetryAfter)
+}
+
+func (b *Breaker) doneLocked(t Ticket, o Outcome, elapsed, pause time.Duration, tr *Transition) (Receipt, bool) {
 	st, m, gen := b.load()
 	if gen != t.gen {
 		return Receipt{}, false
 	}
 	now := b.clock.Now()
 	if t.Trial() {
-		return b.trialDoneLocked(t, now, o, tr)
+		return b.trialDoneLocked(t, now, o, pause, tr)
 	}
 	if st != Closed {
 		return Receipt{}, false
@@ -281,10 +312,19 @@ func (b *Breaker) doneLocked(t Ticket, o Outcome, elapsed time.Duration, tr *Tra
 		}
 		b.delta.add(gen>>8, failure, slow)
 		b.delta.addGateway(gateway)
+		if pause > 0 && (m == Normal || m == MetricsOnly) {
+			b.delta.Pause = max(b.delta.Pause, pause)
+			b.noteNews()
+			return r, true // the fleet opens now, not at the next flush
+		}
 		b.noteNews()
 		return r, false
 	}
 	if m == ForcedClosed {
+		return r, false
+	}
+	if pause > 0 && m != ForcedOpen {
+		*tr = b.pauseLocked(now, pause)
 		return r, false
 	}
 	if reason := b.tripReasonLocked(now); reason != "" {
@@ -293,16 +333,26 @@ func (b *Breaker) doneLocked(t Ticket, o Outcome, elapsed time.Duration, tr *Tra
 	return r, false
 }
 
-func (b *Breaker) trialDoneLocked(t Ticket, now time.Duration, o Outcome, tr *Transition) (Receipt, bool) {
+func (b *Breaker) trialDoneLocked(t Ticket, now time.Duration, o Outcome, pause time.Duration, tr *Transition) (Receipt, bool) {
 	b.trialsInFlight--
 	var r Receipt
 	if o == Success {
 		r = Receipt{gen: t.gen, at: now, flags: receiptSuccess | receiptTrial}
 	}
+	_, m, _ := b.load()
+	pause = max(pause, 0)
+	if m != Normal && m != MetricsOnly {
+		pause = 0
+	}
 	if b.shared {
 		b.trials.add(o)
+		b.trials.Pause = max(b.trials.Pause, pause)
 		b.noteNews()
 		return r, true
+	}
+	if pause > 0 {
+		*tr = b.pauseLocked(now, pause)
+		return Receipt{}, false
 	}
 	switch o {
 	case Success:

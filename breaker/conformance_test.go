@@ -70,6 +70,16 @@ func (d *goDriver) Do(t testing.TB, s conformance.Step) {
 		}
 		b.Done(d.held[0], o, 0)
 		d.held = d.held[1:]
+	case conformance.Pause:
+		if tk, err := b.Allow(); err == nil {
+			b.DonePause(tk, breaker.Success, 0, s.For)
+		}
+	case conformance.TrialPause:
+		if len(d.held) == 0 {
+			t.Fatalf("%v with no trial in flight", s.Kind)
+		}
+		b.DonePause(d.held[0], breaker.Failure, 0, s.For)
+		d.held = d.held[1:]
 	case conformance.Wait:
 		d.f.clock.Advance(s.For)
 	case conformance.Configure:

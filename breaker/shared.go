@@ -16,6 +16,9 @@ type Delta struct {
 	HadSuccess   bool
 	GatewayTail  uint32
 	GatewayEnded bool
+	// Pause is the longest pause an upstream asked for in the batch (DonePause): the
+	// store opens the circuit for it.
+	Pause time.Duration
 }
 
 func (d *Delta) add(gen uint64, failure, slow bool) {
@@ -68,6 +71,9 @@ func (d *Delta) lateFailure(gen uint64, inDelta, latest bool, cleared uint32) {
 type TrialReport struct {
 	Generation                    uint64
 	Successes, Failures, Released int
+	// Pause is the longest pause a trial's response asked for (DonePause): the store
+	// opens the circuit for it rather than closing or backing off.
+	Pause time.Duration
 }
 
 func (r *TrialReport) add(o Outcome) {

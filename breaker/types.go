@@ -93,6 +93,7 @@ const (
 	ReasonSlowCallRate        = "slow_call_rate"
 	ReasonOpenTimeout         = "open_timeout"
 	ReasonTrialFailed         = "trial_failed"
+	ReasonRetryAfter          = "retry_after" // the upstream asked for a pause (DonePause)
 	ReasonTrialsSucceeded     = "trials_succeeded"
 	ReasonMode                = "mode"
 	ReasonReset               = "reset"

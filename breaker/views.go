@@ -11,6 +11,7 @@ import "time"
 type Gate interface {
 	Allow() (Ticket, error)
 	Done(t Ticket, o Outcome, elapsed time.Duration) Receipt
+	DonePause(t Ticket, o Outcome, elapsed, pause time.Duration) Receipt
 	LateFailure(r Receipt)
 	Passing() bool
 }

@@ -79,6 +79,7 @@ func DefaultUpstream() *Upstream {
 			HalfOpenMaxRequests:  1,
 			SuccessThreshold:     1,
 			MinReplicasReporting: 1,
+			HonorRetryAfter:      false,
 		},
 		Failure: Failure{
 			// "5xx" left at this default excludes 501 Not Implemented (see Validate).

@@ -15,7 +15,7 @@ func TestBreakerHash(t *testing.T) {
 	}
 	// Pinned so an accidental change of the encoding is noticed: replicas running
 	// different versions would disagree. Update deliberately if Breaker changes.
-	if h != "996ec39aebd04df1" {
+	if h != "ca5646bad237b05e" { // honor_retry_after added (issue #15)
 		t.Errorf("default breaker hash = %s; if Breaker's fields changed on purpose, update this", h)
 	}
 	same := DefaultUpstream().Breaker

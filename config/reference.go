@@ -100,6 +100,7 @@ var Reference = []FieldDoc{
 	{"upstreams.<name>.breaker.half_open_max_requests", "1", "", "Probe requests let through while half-open; at least 1."},
 	{"upstreams.<name>.breaker.success_threshold", "1", "", "Successful probes needed to close the circuit; at least 1."},
 	{"upstreams.<name>.breaker.min_replicas_reporting", "1", "", "With a shared store, how many replicas must have reported calls before the rate rules apply; at least 1."},
+	{"upstreams.<name>.breaker.honor_retry_after", "false", "", "Opt-in: a `429` or `503` answer carrying `Retry-After` (seconds, or an HTTP date) opens the circuit for that long, capped by max_open_duration and spread by jitter, on every replica with the Redis store (reason `retry_after`; the backoff's trip count does not change). The answer itself is passed on to the client. A half-open trial answered so reopens the circuit for the pause too. The upstream said when to come back: the proxy stops sending until then."},
 	{"upstreams.<name>.failure", "", "", "Which outcomes count against the breaker."},
 	{"upstreams.<name>.failure.statuses", `["5xx"]`, "", "Response statuses that are failures: codes (`503`) or classes (`\"5xx\"`). The default leaves out 501 Not Implemented; writing `\"5xx\"` yourself includes it."},
 	{"upstreams.<name>.failure.success_statuses", "[]", "", "Status codes that count as success even when statuses covers them."},

@@ -198,6 +198,8 @@ type Breaker struct {
 	HalfOpenMaxRequests  int           `yaml:"half_open_max_requests"`
 	SuccessThreshold     int           `yaml:"success_threshold"`
 	MinReplicasReporting int           `yaml:"min_replicas_reporting"`
+	// HonorRetryAfter: a 429 or 503 carrying Retry-After opens the circuit for that long.
+	HonorRetryAfter bool `yaml:"honor_retry_after"`
 }
 
 // Failure says which outcomes count against the breaker.

@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -110,7 +112,33 @@ func (up *upstream) classifyStatus(code int) (Result, breaker.Outcome) {
 // its failure settings, to the target's circuit by targetOutcome.
 func (e *exchange) reportStatus(code int) {
 	r, o := e.up.classifyStatus(code)
+	if e.up.honorRetryAfter && (code == http.StatusTooManyRequests || code == http.StatusServiceUnavailable) {
+		e.pause = retryAfter(e.w.Header()[headerRetryAfter], e.p.now())
+	}
 	e.report(r, o, targetOutcome(code))
+}
+
+// maxPause bounds a Retry-After before the breaker's max_open_duration caps it.
+const maxPause = 365 * 24 * time.Hour
+
+// retryAfter reads a Retry-After header (RFC 9110 §10.2.3): a number of seconds, or an
+// HTTP date, from now. It returns 0 when there is none, or it is malformed or past.
+func retryAfter(v []string, now time.Time) time.Duration {
+	if len(v) != 1 {
+		return 0
+	}
+	s := strings.TrimSpace(v[0])
+	if n, err := strconv.ParseUint(s, 10, 64); err == nil {
+		if n > uint64(maxPause/time.Second) {
+			return maxPause
+		}
+		return time.Duration(n) * time.Second
+	}
+	t, err := http.ParseTime(s)
+	if err != nil {
+		return 0
+	}
+	return min(max(t.Sub(now), 0), maxPause)
 }
 
 // exchange is the per-request state of an admitted request. It is also the
@@ -134,6 +162,8 @@ type exchange struct {
 	tticket  breaker.Ticket
 	tracked  bool
 	treceipt breaker.Receipt
+	// pause is the Retry-After the upstream's answer asked for (honor_retry_after).
+	pause time.Duration
 	// via is set when up serves as another upstream's fallback (its answers are marked).
 	via     *served
 	done    bool            // the outcome was reported
@@ -193,7 +223,7 @@ func (e *exchange) report(r Result, o, to breaker.Outcome) {
 	e.done, e.result = true, r
 	elapsed := e.p.now().Sub(e.start)
 	if b := e.up.breaker; b != nil {
-		e.receipt = b.Done(e.ticket, o, elapsed)
+		e.receipt = b.DonePause(e.ticket, o, elapsed, e.pause)
 	}
 	if e.tracked {
 		e.treceipt = e.target.gate.Done(e.tticket, to, elapsed)

@@ -31,7 +31,9 @@ type upstream struct {
 	failureStatus  [600]bool
 	countTransport bool
 	countTimeouts  bool
-	fallback       fallback
+	// honorRetryAfter: breaker.honor_retry_after (see retryAfter).
+	honorRetryAfter bool
+	fallback        fallback
 	// fallbackUp is the upstream that serves while this one's circuit rejects
 	// (fallback.upstream), nil for none; viaOpen and viaHalfOpen mark its answers.
 	fallbackUp           *upstream
@@ -73,6 +75,7 @@ func newUpstream(name string, cu *config.Upstream, breakers map[string]*breaker.
 		failureStatus:     cu.Failure.FailureStatus,
 		countTransport:    cu.Failure.TransportErrors,
 		countTimeouts:     cu.Failure.Timeouts,
+		honorRetryAfter:   cu.Breaker.HonorRetryAfter && b != nil,
 		fallback:          newFallback(name, cu.Fallback),
 		errBadGateway:     errorBody("bad_gateway", name),
 		errGatewayTimeout: errorBody("gateway_timeout", name),

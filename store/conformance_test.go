@@ -59,6 +59,17 @@ func (d *luaDriver) Do(t testing.TB, s conformance.Step) {
 			b.slow = 1
 		}
 		rep = e.flush("r1", gen, b)
+	case conformance.Pause:
+		b := successes(1)
+		b.pause = int(s.For.Milliseconds())
+		rep = e.flush("r1", gen, b)
+	case conformance.TrialPause:
+		if len(d.leases) == 0 {
+			t.Fatalf("%v with no trial in flight", s.Kind)
+		}
+		l := d.leases[0]
+		d.leases = d.leases[1:]
+		rep = e.trialPause("r1", l.gen, 0, 1, int(s.For.Milliseconds()), l.id)
 	case conformance.Elapse:
 		// Redis's clock cannot be moved: move the end of the open period instead.
 		if d.last.state.State != breaker.Open {

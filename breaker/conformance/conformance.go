@@ -71,19 +71,24 @@ const (
 	// Configure replaces the thresholds with Step.Settings, as a config reload does. Rows
 	// that need other settings than Settings() start with it.
 	Configure
+	// Pause is a closed-state request that succeeded with an answer asking for a pause
+	// of Step.For (the upstream's Retry-After: breaker.DonePause); TrialPause finishes the
+	// oldest trial in flight with a failure asking for one.
+	Pause
+	TrialPause
 )
 
 func (k Kind) String() string {
 	return [...]string{"?", "success", "slow", "failure", "elapse", "admit", "trial-success",
 		"trial-failure", "open", "close", "reset", "mode", "gateway-failure",
-		"trial-gateway-failure", "wait", "configure"}[k]
+		"trial-gateway-failure", "wait", "configure", "pause", "trial-pause"}[k]
 }
 
 // Step is one thing that happens to a circuit.
 type Step struct {
 	Kind     Kind
 	Mode     breaker.Mode      // for Mode
-	For      time.Duration     // for Wait
+	For      time.Duration     // for Wait and Pause
 	Settings *breaker.Settings // for Configure
 }
 
@@ -293,6 +298,19 @@ func Rows() []Row {
 			Observed{State: closed}},
 		{"an operator's open on a closed circuit", history("F"), closed, steps(Open),
 			Observed{State: open, Reasons: breaker.ReasonMode, Trips: 1, OpenFor: s10}},
+
+		// An upstream's pause (Retry-After): open for the pause, capped at the max open
+		// duration, the trip count unchanged; only in modes normal and metrics only.
+		{"a pause opens the circuit for its length", nil, closed, []Step{{Kind: Pause, For: 7 * time.Second}},
+			Observed{State: open, Reasons: breaker.ReasonRetryAfter, OpenFor: 7 * time.Second}},
+		{"a pause is capped at the max open duration", nil, closed, []Step{{Kind: Pause, For: time.Hour}},
+			Observed{State: open, Reasons: breaker.ReasonRetryAfter, OpenFor: Settings().MaxOpenDuration}},
+		{"a pause keeps the backoff: the next trip is the first", []Step{{Kind: Pause, For: 7 * time.Second}}, open, steps(Elapse, Admit, TrialFailure),
+			Observed{State: open, Reasons: breaker.ReasonOpenTimeout + "," + breaker.ReasonTrialFailed, Trips: 1, OpenFor: 10 * time.Second}},
+		{"a pause while forced closed is ignored", mode(breaker.ForcedClosed), closed, []Step{{Kind: Pause, For: 7 * time.Second}},
+			Observed{State: closed, Mode: breaker.ForcedClosed, Counts: counts(1, 0, 0)}},
+		{"a trial's pause reopens for the pause, not the backoff", join(history("FFF"), steps(Elapse, Admit)), halfOpen, []Step{{Kind: TrialPause, For: 7 * time.Second}},
+			Observed{State: open, Reasons: breaker.ReasonRetryAfter, Trips: 1, OpenFor: 7 * time.Second}},
 
 		// Gateway failures: a run of their own, and failures for every other rule.
 		{"consecutive gateway failures trip", join(gateway, history("G")), closed, history("G"),

@@ -202,6 +202,18 @@ local function trip(st, s, now, reason, rnd, leasekey)
   transition(st, 1, reason, now, leasekey)
 end
 
+-- pause_trip opens the circuit for a pause an upstream asked for (Retry-After), as
+-- breaker.pauseLocked: capped at the max open duration, jittered, the trip count
+-- unchanged.
+local function pause_trip(st, s, now, pause, rnd, leasekey)
+  local d = pause
+  if s.maxopen > 0 and d > s.maxopen then d = s.maxopen end
+  if s.jitter > 0 then d = d + d * s.jitter * (2 * rnd - 1) end
+  d = math.floor(d)
+  st.ou, st.of = now + d, d
+  transition(st, 1, 'retry_after', now, leasekey)
+end
+
 -- close closes the circuit; the trip count starts over unless trip decay keeps it (an
 -- operator's reset clears it before calling close).
 local function close(st, s, reason, now, leasekey)
