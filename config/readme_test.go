@@ -53,3 +53,28 @@ func TestReadmeEjectionExample(t *testing.T) {
 		t.Errorf("README's ejection example does not turn on what it shows: %+v", u)
 	}
 }
+
+// TestReadmeFallbackExample: README's fallback upstream example is a valid config.
+func TestReadmeFallbackExample(t *testing.T) {
+	b, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	i := strings.Index(s, "## While a circuit is open")
+	if i < 0 {
+		t.Fatal("README.md lacks the fallback section")
+	}
+	start := strings.Index(s[i:], "```yaml\n")
+	end := strings.Index(s[i+start+8:], "```")
+	if start < 0 || end < 0 {
+		t.Fatal("README's fallback section lacks its YAML example")
+	}
+	cfg, err := Parse("README.md", []byte(s[i+start+8:i+start+8+end]+"routes:\n  - upstream: search\n"))
+	if err != nil {
+		t.Fatalf("README's fallback example: %v", err)
+	}
+	if cfg.Upstreams["search"].Fallback.Upstream != "search-cache" {
+		t.Error("README's fallback example does not set a fallback upstream")
+	}
+}
