@@ -219,6 +219,13 @@ func (a *App) Reload(cfg *config.Config) (err error) {
 	a.metrics.SetUpstreams(upstreamNames(cfg))
 	a.store.Attach(a.circuits(cfg, bs))
 	a.health.Update(checkedTargets(cfg, bs))
+	var gone []string
+	for name := range old {
+		if _, ok := bs[name]; !ok {
+			gone = append(gone, name)
+		}
+	}
+	a.metrics.ForgetTargets(gone)
 	a.events.Update(cfg.Events)
 	a.mu.Lock()
 	a.cfg, a.breakers = cfg, bs

@@ -92,3 +92,19 @@ func (m *Metrics) targetTransition(t breaker.Transition) bool {
 func (m *Metrics) HealthProbe(upstream, target, outcome string) {
 	m.healthProbes.WithLabelValues(upstream, target, outcome).Inc()
 }
+
+// ForgetTargets deletes the series of target circuits no longer configured (names as
+// config.TargetName): their probe counts and ejection totals. The scrape-time gauges
+// follow the circuits by themselves.
+func (m *Metrics) ForgetTargets(names []string) {
+	for _, name := range names {
+		up, tg, ok := splitTarget(name)
+		if !ok {
+			continue
+		}
+		m.healthProbes.DeletePartialMatch(prometheus.Labels{"upstream": up, "target": tg})
+		m.targetMu.Lock()
+		m.targetEjections.Delete(name)
+		m.targetMu.Unlock()
+	}
+}
