@@ -343,7 +343,10 @@ func (v *validator) outlier(p string, u *Upstream) {
 
 // TargetName is the name of a target's circuit: the upstream's name, "@", and the
 // target's host:port (the scheme's default port when the URL has none). Upstream names
-// hold no "@", so the name is unambiguous.
+// hold no "@", so the name is unambiguous. The host:port is canonical, so that every
+// spelling of one target has one name: a host name in lower case, an IP address in its
+// standard form (an IPv6 zone, an interface name, is kept as written), the port without
+// leading zeros.
 func TargetName(upstream string, target *url.URL) string {
 	port := target.Port()
 	if port == "" {
@@ -351,8 +354,16 @@ func TargetName(upstream string, target *url.URL) string {
 		if target.Scheme == "https" {
 			port = "443"
 		}
+	} else if n, err := strconv.ParseUint(port, 10, 16); err == nil {
+		port = strconv.FormatUint(n, 10)
 	}
-	return upstream + "@" + net.JoinHostPort(target.Hostname(), port)
+	host := target.Hostname()
+	if ip, err := netip.ParseAddr(host); err == nil {
+		host = ip.String()
+	} else {
+		host = strings.ToLower(host)
+	}
+	return upstream + "@" + net.JoinHostPort(host, port)
 }
 
 // failure checks the status lists and resolves them into f.FailureStatus (see Validate).

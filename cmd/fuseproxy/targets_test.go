@@ -81,3 +81,47 @@ routes:
 		t.Error("targets restore did not bring the target back")
 	}
 }
+
+// targets eject and restore find a target however the config spells it: an IPv6
+// address (brackets and colons through the admin API's path), a host in capitals, a
+// default port left out.
+func TestTargetsCommandSpellings(t *testing.T) {
+	cfg, err := config.Parse("config.yaml", []byte(`upstreams:
+  payments:
+    targets: ["http://[::1]:8081", "http://Backend.Example", "https://[2001:DB8::1]"]
+    outlier_detection:
+      enabled: true
+routes:
+  - upstream: payments
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := app.New(cfg, app.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(admin.NewHandler(a, admin.Options{}))
+	defer srv.Close()
+	for _, c := range []struct{ arg, circuit string }{
+		{"[::1]:8081", "payments@[::1]:8081"},
+		{"Backend.Example:80", "payments@backend.example:80"},
+		{"[2001:DB8::1]:443", "payments@[2001:db8::1]:443"},
+	} {
+		b := a.Breakers()[c.circuit]
+		if b == nil {
+			t.Fatalf("no circuit %s", c.circuit)
+		}
+		var stdout, stderr bytes.Buffer
+		if code := run([]string{"targets", "eject", "payments", c.arg, "--admin", srv.URL}, &stdout, &stderr); code != 0 {
+			t.Errorf("targets eject payments %s: exit %d: %s", c.arg, code, stderr.String())
+			continue
+		}
+		if b.Passing() {
+			t.Errorf("targets eject payments %s did not eject %s", c.arg, c.circuit)
+		}
+		if code := run([]string{"targets", "restore", "payments", c.arg, "--admin", srv.URL}, &stdout, &stderr); code != 0 || !b.Passing() {
+			t.Errorf("targets restore payments %s: exit %d, passing %v: %s", c.arg, code, b.Passing(), stderr.String())
+		}
+	}
+}
