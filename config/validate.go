@@ -341,6 +341,18 @@ func (v *validator) outlier(p string, u *Upstream) {
 	}
 }
 
+// MaxEjected is how many of n targets outlier detection may eject at once with
+// max_ejection_percent pct: pct % of them rounded down, at least 1 when pct > 0, at most
+// n-1 (the last target is never ejected). The proxy skips the first MaxEjected targets,
+// in config order, whose circuits are not passing; a target past them serves (the panic
+// rule).
+func MaxEjected(n, pct int) int {
+	if n < 2 || pct <= 0 {
+		return 0
+	}
+	return min(max(n*pct/100, 1), n-1)
+}
+
 // TargetName is the name of a target's circuit: the upstream's name, "@", and the
 // target's host:port (the scheme's default port when the URL has none). Upstream names
 // hold no "@", so the name is unambiguous. The host:port is canonical, so that every

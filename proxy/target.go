@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 
 	"github.com/fuseproxy/fuseproxy/breaker"
+	"github.com/fuseproxy/fuseproxy/config"
 )
 
 // target is one of an upstream's targets. With outlier detection it has a circuit of its
@@ -145,14 +146,8 @@ func (up *upstream) honoured(i int) bool {
 	return ejected < up.maxEjected
 }
 
-// maxEjected is how many of n targets may be ejected at once: pct % of them rounded
-// down, at least 1 when pct > 0, at most n-1 (the last target is never ejected).
-func maxEjected(n, pct int) int {
-	if n < 2 || pct <= 0 {
-		return 0
-	}
-	return min(max(n*pct/100, 1), n-1)
-}
+// maxEjected is how many of n targets may be ejected at once (config.MaxEjected).
+func maxEjected(n, pct int) int { return config.MaxEjected(n, pct) }
 
 // targetOutcome classifies a response status for the target's circuit, whatever the
 // upstream's failure settings: 502, 503 and 504 are gateway failures (like a refused

@@ -87,8 +87,11 @@ func targets(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintln(tw, "UPSTREAM\tTARGET\tHEALTH\tSTATE\tMODE\tREQUESTS\tFAIL%\tCONSEC\tEJECTIONS\tEJECTED LEFT")
 	for _, ci := range ts {
 		health := "healthy"
-		if ci.Ejected {
+		switch {
+		case ci.Ejected:
 			health = "ejected"
+		case ci.PastCap:
+			health = "past-cap" // its circuit is out, max_ejection_percent keeps it serving
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%d\t%d\t%s\n", ci.Upstream, ci.Target, health, ci.State, ci.Mode,
 			ci.Counts.Requests, pct(ci.Rates.FailureRate), ci.Consecutive, ci.Trips, openLeft(ci))

@@ -125,3 +125,35 @@ routes:
 		}
 	}
 }
+
+// A target whose ejection is past max_ejection_percent serves, and the list says so.
+func TestTargetsListPastCap(t *testing.T) {
+	cfg, err := config.Parse("config.yaml", []byte(`upstreams:
+  payments:
+    targets: [http://127.0.0.1:8081, http://127.0.0.1:8082, http://127.0.0.1:8083]
+    outlier_detection:
+      enabled: true
+routes:
+  - upstream: payments
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := app.New(cfg, app.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Breakers()["payments@127.0.0.1:8081"].Trip()
+	a.Breakers()["payments@127.0.0.1:8083"].Trip()
+	srv := httptest.NewServer(admin.NewHandler(a, admin.Options{}))
+	defer srv.Close()
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"targets", "--admin", srv.URL}, &stdout, &stderr); code != 0 {
+		t.Fatalf("targets: exit %d: %s", code, stderr.String())
+	}
+	for _, want := range []string{"127.0.0.1:8081  ejected ", "127.0.0.1:8082  healthy ", "127.0.0.1:8083  past-cap"} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("targets list lacks %q:\n%s", want, stdout.String())
+		}
+	}
+}
