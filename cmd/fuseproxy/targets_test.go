@@ -88,7 +88,7 @@ routes:
 func TestTargetsCommandSpellings(t *testing.T) {
 	cfg, err := config.Parse("config.yaml", []byte(`upstreams:
   payments:
-    targets: ["http://[::1]:8081", "http://Backend.Example", "https://[2001:DB8::1]"]
+    targets: ["http://[::1]:8081", "http://Backend.Example", "https://[2001:DB8::1]", "http://[fe80::1%25eth0]:8082"]
     outlier_detection:
       enabled: true
 routes:
@@ -107,6 +107,7 @@ routes:
 		{"[::1]:8081", "payments@[::1]:8081"},
 		{"Backend.Example:80", "payments@backend.example:80"},
 		{"[2001:DB8::1]:443", "payments@[2001:db8::1]:443"},
+		{"[fe80::1%eth0]:8082", "payments@[fe80::1%eth0]:8082"},
 	} {
 		b := a.Breakers()[c.circuit]
 		if b == nil {
