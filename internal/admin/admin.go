@@ -245,7 +245,10 @@ func (h *handler) capped(c *Circuit) {
 		return
 	}
 	bs := h.b.Breakers()
-	limit := config.MaxEjected(len(u.TargetURLs), u.Outlier.MaxEjectionPercent)
+	limit := 0
+	if u.Outlier.Enabled {
+		limit = config.MaxEjected(len(u.TargetURLs), u.Outlier.MaxEjectionPercent)
+	}
 	before := 0
 	for _, tu := range u.TargetURLs {
 		name := config.TargetName(c.Upstream, tu)
