@@ -10,6 +10,7 @@ import (
 	"github.com/fuseproxy/fuseproxy/config"
 	"github.com/fuseproxy/fuseproxy/internal/admin"
 	"github.com/fuseproxy/fuseproxy/internal/app"
+	"github.com/fuseproxy/fuseproxy/store"
 )
 
 // GET /circuits says a target is ejected only when the proxy skips it: a target whose
@@ -64,5 +65,29 @@ routes:
 				t.Errorf("max_ejection_percent %d: target %s: [ejected past_cap] = %v, want %v", c.pct, target, got[target], want)
 			}
 		}
+	}
+}
+
+// A target circuit left over from a config whose outlier detection is now off (a reload
+// swaps the config and the circuits one after the other) is never called ejected: the
+// proxy no longer skips any target of that upstream.
+func TestEjectedNeedsOutlierDetection(t *testing.T) {
+	cfg := mustConfig(t, `upstreams:
+  api:
+    targets: ["http://127.0.0.1:1", "http://127.0.0.1:2"]
+routes:
+  - upstream: api
+`)
+	f := &fakeBackend{cfg: cfg, clock: &clock{}, breakers: map[string]*breaker.Breaker{}, store: store.NewMemory("replica-1")}
+	b := breaker.New("api@127.0.0.1:1", breaker.Settings{}, breaker.Options{Clock: f.clock})
+	b.Trip()
+	f.breakers[b.Name()] = b
+	srv := server(t, f, admin.Options{})
+	var c admin.CircuitDetail
+	if a := do(t, "GET", srv.URL+"/circuits/api@127.0.0.1:1", "", ""); a.status != 200 || json.Unmarshal([]byte(a.body), &c) != nil {
+		t.Fatalf("GET: %v", a)
+	}
+	if c.Ejected || !c.PastCap {
+		t.Errorf("ejected %v, past_cap %v; want false, true (outlier detection is off)", c.Ejected, c.PastCap)
 	}
 }
