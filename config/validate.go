@@ -356,9 +356,24 @@ func (v *validator) outlier(p string, u *Upstream) {
 	}
 }
 
+// MaxEjected is how many of n targets outlier detection may eject at once with
+// max_ejection_percent pct: pct % of them rounded down, at least 1 when pct > 0, at most
+// n-1 (the last target is never ejected). The proxy skips the first MaxEjected targets,
+// in config order, whose circuits are not passing; a target past them serves (the panic
+// rule).
+func MaxEjected(n, pct int) int {
+	if n < 2 || pct <= 0 {
+		return 0
+	}
+	return min(max(n*pct/100, 1), n-1)
+}
+
 // TargetName is the name of a target's circuit: the upstream's name, "@", and the
 // target's host:port (the scheme's default port when the URL has none). Upstream names
-// hold no "@", so the name is unambiguous.
+// hold no "@", so the name is unambiguous. The host:port is canonical, so that every
+// spelling of one target has one name: a host name in lower case, an IP address in its
+// standard form (an IPv6 zone, an interface name, is kept as written), the port without
+// leading zeros.
 func TargetName(upstream string, target *url.URL) string {
 	port := target.Port()
 	if port == "" {
@@ -366,8 +381,16 @@ func TargetName(upstream string, target *url.URL) string {
 		if target.Scheme == "https" {
 			port = "443"
 		}
+	} else if n, err := strconv.ParseUint(port, 10, 16); err == nil {
+		port = strconv.FormatUint(n, 10)
 	}
-	return upstream + "@" + net.JoinHostPort(target.Hostname(), port)
+	host := target.Hostname()
+	if ip, err := netip.ParseAddr(host); err == nil {
+		host = ip.String()
+	} else {
+		host = strings.ToLower(host)
+	}
+	return upstream + "@" + net.JoinHostPort(host, port)
 }
 
 // failure checks the status lists and resolves them into f.FailureStatus (see Validate).

@@ -223,12 +223,45 @@ func source(st store.Status, s breaker.Snapshot) string {
 func (h *handler) circuit(name string, st store.Status) (c Circuit, b breaker.Control, ok bool) {
 	if br := h.b.Breakers()[name]; br != nil { // a nil *Breaker must not become a non-nil Control
 		s := br.Snapshot()
-		return NewCircuit(s, h.o.Now(), source(st, s)), br, true
+		c := NewCircuit(s, h.o.Now(), source(st, s))
+		h.capped(&c)
+		return c, br, true
 	}
 	if _, ok := h.b.Config().Upstreams[name]; ok {
 		return Circuit{Name: name, State: StateDisabled}, nil, true
 	}
 	return Circuit{}, nil, false
+}
+
+// capped applies max_ejection_percent to a target's Ejected, as the proxy picks: of an
+// upstream's targets whose circuits are not passing, the first config.MaxEjected in
+// config order are skipped; the others serve (PastCap).
+func (h *handler) capped(c *Circuit) {
+	if !c.Ejected {
+		return
+	}
+	u := h.b.Config().Upstreams[c.Upstream]
+	if u == nil {
+		return
+	}
+	bs := h.b.Breakers()
+	limit := 0
+	if u.Outlier.Enabled {
+		limit = config.MaxEjected(len(u.TargetURLs), u.Outlier.MaxEjectionPercent)
+	}
+	before := 0
+	for _, tu := range u.TargetURLs {
+		name := config.TargetName(c.Upstream, tu)
+		if name == c.Name {
+			if before >= limit {
+				c.Ejected, c.PastCap = false, true
+			}
+			return
+		}
+		if b := bs[name]; b != nil && !b.Passing() {
+			before++
+		}
+	}
 }
 
 func (h *handler) list(w http.ResponseWriter, _ *http.Request) {

@@ -88,7 +88,7 @@ func New(cfg *config.Config, o Options) (*App, error) {
 	a.health = health.New(health.Options{Store: a.store, Logger: a.log, Observe: func(r health.Result) {
 		a.metrics.HealthProbe(r.Upstream, r.Target, string(r.Outcome))
 	}})
-	a.health.Update(checkedTargets(cfg, a.breakers))
+	a.setHealthTargets(checkedTargets(cfg, a.breakers))
 	a.metrics.SetUpstreams(upstreamNames(cfg))
 	a.proxy, err = proxy.New(cfg, a.breakers, proxy.Options{Logger: a.log, Recorder: a.metrics})
 	if err != nil {
@@ -169,6 +169,17 @@ func checkedTargets(cfg *config.Config, bs map[string]*breaker.Breaker) []health
 	})
 }
 
+// setHealthTargets hands the checked targets to the health checker and to the metrics,
+// which drop the probe series of targets no longer checked.
+func (a *App) setHealthTargets(ts []health.Target) {
+	circuits := make([]string, len(ts))
+	for i, t := range ts {
+		circuits[i] = t.Circuit
+	}
+	a.metrics.SetHealthTargets(circuits)
+	a.health.Update(ts)
+}
+
 // ejects reports whether u's targets have circuits of their own (outlier detection on,
 // and more than one target: a single target is never ejected).
 func ejects(u *config.Upstream) bool {
@@ -218,7 +229,7 @@ func (a *App) Reload(cfg *config.Config) (err error) {
 	}
 	a.metrics.SetUpstreams(upstreamNames(cfg))
 	a.store.Attach(a.circuits(cfg, bs))
-	a.health.Update(checkedTargets(cfg, bs))
+	a.setHealthTargets(checkedTargets(cfg, bs))
 	var gone []string
 	for name := range old {
 		if _, ok := bs[name]; !ok {
