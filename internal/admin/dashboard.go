@@ -46,10 +46,14 @@ const (
 // DashboardFrame is one event of GET /events/circuits: every circuit as this replica
 // sees it, with its recent history and its agreement with the store.
 type DashboardFrame struct {
-	Replica  string             `json:"replica"`
-	Store    store.Status       `json:"store"`
-	Time     string             `json:"time"` // RFC 3339 with milliseconds, UTC
-	Circuits []DashboardCircuit `json:"circuits"`
+	Replica string       `json:"replica"`
+	Store   store.Status `json:"store"`
+	Time    string       `json:"time"` // RFC 3339 with milliseconds, UTC
+	// WithHistory is true when the circuits carry their History: in a stream's first
+	// frame and after each new sample; other frames leave it out (the page keeps the
+	// last one), so that a frame stays small.
+	WithHistory bool               `json:"with_history"`
+	Circuits    []DashboardCircuit `json:"circuits"`
 }
 
 // DashboardCircuit is one circuit in a DashboardFrame.
@@ -58,8 +62,9 @@ type DashboardCircuit struct {
 	// TrialSlots is the half-open trial limit (half_open_max_requests); 0 when the
 	// breaker is disabled.
 	TrialSlots int `json:"trial_slots"`
-	// History holds the samples Run took, oldest first (at most Options.Samples).
-	History []Sample `json:"history"`
+	// History holds the samples Run took, oldest first (at most Options.Samples), when
+	// the frame is WithHistory.
+	History []Sample `json:"history,omitempty"`
 	// Agreement is the last comparison with the store; nil before the first.
 	Agreement *Agreement `json:"agreement,omitempty"`
 }
@@ -83,11 +88,16 @@ type Agreement struct {
 	Empty      bool   `json:"empty,omitempty"`
 	State      string `json:"state,omitempty"`
 	Mode       string `json:"mode,omitempty"`
-	Generation uint64 `json:"generation,omitempty"`
+	Generation uint64 `json:"generation"`
 	// Reporting are the replicas whose failure reports the store holds for the quorum
 	// rule (Redis "r:<replica>" fields), sorted.
 	Reporting []string `json:"reporting,omitempty"`
-	Error     string   `json:"error,omitempty"`
+	// Window is the fleet's window as the store holds it (Redis: the live "b:<k>"
+	// buckets, by this host's clock), and its rates: a shared circuit's own counts
+	// are only what this replica has not flushed yet.
+	Window *breaker.Counts `json:"window,omitempty"`
+	Rates  *Rates          `json:"rates,omitempty"`
+	Error  string          `json:"error,omitempty"`
 }
 
 // dashboard holds what the page shows beyond a snapshot: each circuit's recent samples
@@ -95,6 +105,7 @@ type Agreement struct {
 type dashboard struct {
 	mu      sync.Mutex
 	samples map[string]*ring
+	version uint64 // counts takeSamples
 	agree   map[string]Agreement
 	// streams counts the open event streams (at most Options.MaxStreams).
 	streams   int
@@ -159,6 +170,7 @@ func (h *Handler) takeSamples() {
 	d := &h.dash
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.version++
 	for name := range d.samples {
 		if breakers[name] == nil {
 			delete(d.samples, name)
@@ -174,36 +186,50 @@ func (h *Handler) takeSamples() {
 			r = &ring{buf: make([]Sample, h.o.Samples)}
 			d.samples[name] = r
 		}
-		r.add(Sample{At: now.UnixMilli(), State: s.State.String(), Requests: int(s.Counts.Requests),
-			FailureRate: round2(s.Counts.FailureRate())})
+		counts := s.Counts
+		if a, ok := d.agree[name]; ok && s.Shared && a.Window != nil {
+			counts = *a.Window // the fleet's, as of the last check
+		}
+		r.add(Sample{At: now.UnixMilli(), State: s.State.String(), Requests: int(counts.Requests),
+			FailureRate: round2(counts.FailureRate())})
 	}
 }
 
-// checkAgreement compares every circuit with what the store holds.
+// checkAgreement compares every circuit with what the store holds. One pass takes at
+// most 2 s (a store that does not answer): the circuits it did not reach keep their
+// last agreement.
 func (h *Handler) checkAgreement(ctx context.Context) {
 	breakers := h.b.Breakers()
 	st := h.b.Store()
+	pass, cancel := context.WithTimeout(ctx, min(h.o.StoreTimeout, 2*agreementInterval))
+	defer cancel()
 	out := make(map[string]Agreement, len(breakers))
 	for name, b := range breakers {
-		if b == nil {
+		if b == nil || pass.Err() != nil {
 			continue
 		}
-		ictx, cancel := context.WithTimeout(ctx, min(h.o.StoreTimeout, 2*time.Second))
-		raw, err := st.Inspect(ictx, name)
-		cancel()
-		if ctx.Err() != nil {
-			return
+		raw, err := st.Inspect(pass, name)
+		if pass.Err() != nil {
+			continue
 		}
-		out[name] = agreement(b.Snapshot(), raw, err, h.o.Now())
+		out[name] = agreement(b.Snapshot(), b.Settings(), raw, err, h.o.Now())
+	}
+	if ctx.Err() != nil {
+		return
 	}
 	h.dash.mu.Lock()
+	defer h.dash.mu.Unlock()
+	for name, a := range h.dash.agree {
+		if _, ok := out[name]; !ok && breakers[name] != nil {
+			out[name] = a
+		}
+	}
 	h.dash.agree = out
-	h.dash.mu.Unlock()
 }
 
 // agreement reads store.Inspect's answer: the Redis hash (st, md, gen as numbers) or the
 // memory store's (state, mode, generation as names).
-func agreement(s breaker.Snapshot, raw map[string]string, err error, now time.Time) Agreement {
+func agreement(s breaker.Snapshot, set breaker.Settings, raw map[string]string, err error, now time.Time) Agreement {
 	a := Agreement{Checked: now.UTC().Format(time.RFC3339)}
 	if err != nil {
 		a.Error = err.Error()
@@ -230,8 +256,39 @@ func agreement(s breaker.Snapshot, raw map[string]string, err error, now time.Ti
 		}
 	}
 	slices.Sort(a.Reporting)
+	a.Window = storeWindow(raw, set, now)
+	a.Rates = &Rates{FailureRate: round2(a.Window.FailureRate()), SlowRate: round2(a.Window.SlowRate())}
 	a.Agrees = a.State == s.State.String() && a.Mode == s.Mode.String() && a.Generation == s.Generation
 	return a
+}
+
+// storeWindow sums the Redis hash's live window buckets ("b:<k>" = "requests failures
+// slow", k the bucket's index in Unix milliseconds / bucket width), as the scripts do
+// with Redis's clock (store/lua/prelude.lua, window).
+func storeWindow(raw map[string]string, set breaker.Settings, now time.Time) *breaker.Counts {
+	var c breaker.Counts
+	buckets := int64(max(set.Buckets, 1))
+	width := max(set.Window.Milliseconds()/buckets, 1)
+	k := now.UnixMilli() / width
+	for f, v := range raw {
+		idx, ok := strings.CutPrefix(f, "b:")
+		if !ok {
+			continue
+		}
+		i, err := strconv.ParseInt(idx, 10, 64)
+		parts := strings.Fields(v)
+		if err != nil || i <= k-buckets || i > k || len(parts) != 3 {
+			continue
+		}
+		var n [3]uint64
+		for j, p := range parts {
+			n[j], _ = strconv.ParseUint(p, 10, 32)
+		}
+		c.Requests += uint32(n[0])
+		c.Failures += uint32(n[1])
+		c.Slow += uint32(n[2])
+	}
+	return &c
 }
 
 func numberedName(v string, names []string) string {
@@ -241,8 +298,9 @@ func numberedName(v string, names []string) string {
 	return "unknown(" + v + ")"
 }
 
-// frame builds the event stream's next message.
-func (h *Handler) frame() DashboardFrame {
+// frame builds the event stream's next message, with the circuits' history unless
+// the samples are those of version (the last frame's); it returns their version.
+func (h *Handler) frame(version uint64, first bool) (DashboardFrame, uint64) {
 	st := h.b.Store().Status()
 	now := h.o.Now()
 	f := DashboardFrame{Replica: h.b.ReplicaID(), Store: st, Time: now.UTC().Format("2006-01-02T15:04:05.000Z07:00")}
@@ -251,16 +309,17 @@ func (h *Handler) frame() DashboardFrame {
 	f.Circuits = make([]DashboardCircuit, 0, len(names))
 	h.dash.mu.Lock()
 	defer h.dash.mu.Unlock()
+	f.WithHistory = first || h.dash.version != version
 	for _, name := range names {
 		c, _, ok := h.circuit(name, st)
 		if !ok {
 			continue
 		}
-		dc := DashboardCircuit{Circuit: c, History: []Sample{}}
+		dc := DashboardCircuit{Circuit: c}
 		if b := breakers[name]; b != nil {
 			dc.TrialSlots = b.Settings().HalfOpenMaxRequests
 		}
-		if r := h.dash.samples[name]; r != nil {
+		if r := h.dash.samples[name]; r != nil && f.WithHistory {
 			dc.History = r.list()
 		}
 		if a, ok := h.dash.agree[name]; ok {
@@ -268,7 +327,7 @@ func (h *Handler) frame() DashboardFrame {
 		}
 		f.Circuits = append(f.Circuits, dc)
 	}
-	return f
+	return f, h.dash.version
 }
 
 // fingerprint is every circuit's name, state and mode: a stream sends a frame at once
@@ -320,8 +379,12 @@ func (h *Handler) events(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
+	var version uint64
+	first := true
 	send := func() bool {
-		body, err := json.Marshal(h.frame())
+		f, v := h.frame(version, first)
+		version, first = v, false
+		body, err := json.Marshal(f)
 		if err != nil {
 			h.log.Error("dashboard frame", zap.Error(err))
 			return false

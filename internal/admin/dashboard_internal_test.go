@@ -35,13 +35,29 @@ func TestAgreement(t *testing.T) {
 		{"memory", open, map[string]string{"state": "open", "mode": "normal", "generation": "7", "trips": "1"},
 			nil, Agreement{Agrees: true, State: "open", Mode: "normal", Generation: 7}},
 	} {
-		got := agreement(tc.s, tc.raw, tc.err, now)
+		got := agreement(tc.s, breaker.Settings{Window: 10 * time.Second, Buckets: 10}, tc.raw, tc.err, now)
 		tc.want.Checked = "2026-01-02T03:04:05Z"
 		if g, w := got, tc.want; g.Agrees != w.Agrees || g.Empty != w.Empty || g.State != w.State || g.Mode != w.Mode ||
 			g.Generation != w.Generation || g.Error != w.Error || g.Checked != w.Checked || len(g.Reporting) != len(w.Reporting) ||
 			(len(w.Reporting) > 0 && g.Reporting[0] != w.Reporting[0]) {
 			t.Errorf("%s: %+v, want %+v", tc.name, got, tc.want)
 		}
+	}
+}
+
+// TestStoreWindow sums the live buckets of the Redis hash only: those of the last
+// window by the clock, as the scripts count them.
+func TestStoreWindow(t *testing.T) {
+	now := time.UnixMilli(1_000_500) // bucket 1000 of 1 s buckets
+	set := breaker.Settings{Window: 10 * time.Second, Buckets: 10}
+	raw := map[string]string{
+		"b:1000": "5 2 1", "b:991": "10 1 0", // live: the current bucket and the oldest
+		"b:990": "100 100 0", "b:1001": "7 7 7", // stale, and from a clock ahead
+		"b:x": "1 1 1", "b:995": "1 2", "st": "0", "r:a1": "5",
+	}
+	got := storeWindow(raw, set, now)
+	if *got != (breaker.Counts{Requests: 15, Failures: 3, Slow: 1}) {
+		t.Errorf("storeWindow: %+v, want 15 requests, 3 failures, 1 slow", *got)
 	}
 }
 

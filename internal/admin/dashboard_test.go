@@ -176,8 +176,8 @@ func TestEventsStream(t *testing.T) {
 	s := openStream(t, srv.URL, "")
 	first, _ := s.next(t, 5*time.Second, "the first frame", func(admin.DashboardFrame) bool { return true })
 	api, ok := frameCircuit(first, "api")
-	if !ok || api.State != "closed" || api.Mode != "normal" || api.TrialSlots != 1 || api.History == nil {
-		t.Fatalf("first frame's api: %+v (found %v), want closed, normal, 1 trial slot, empty history", api, ok)
+	if !ok || api.State != "closed" || api.Mode != "normal" || api.TrialSlots != 1 || !first.WithHistory || len(api.History) != 0 {
+		t.Fatalf("first frame's api: %+v (found %v, with history %v), want closed, normal, 1 trial slot, an empty history", api, ok, first.WithHistory)
 	}
 	if legacy, ok := frameCircuit(first, "legacy"); !ok || legacy.State != admin.StateDisabled {
 		t.Errorf("first frame's legacy: %+v, want disabled", legacy)
@@ -194,6 +194,9 @@ func TestEventsStream(t *testing.T) {
 	t.Logf("the trip reached the stream in %v", took)
 	if c, _ := frameCircuit(open, "api"); c.OpenRemainingSeconds <= 0 || c.Trips != 1 {
 		t.Errorf("api after the trip: %+v, want time left open and 1 trip", c)
+	}
+	if open.WithHistory { // no sample was taken since the first frame
+		t.Errorf("a later frame without a new sample carries the history")
 	}
 	f.breakers["api"].SetMode(2) // forced_closed
 	s.next(t, 5*time.Second, "api forced_closed", func(fr admin.DashboardFrame) bool {

@@ -132,7 +132,8 @@ function render(f) {
       body.insertBefore(row.tr, prev ? prev.nextSibling : body.firstChild);
     }
     prev = row.tr;
-    update(row, c);
+    if (f.with_history) row.history = c.history || [];
+    update(row, c, f.store.driver);
   }
   // Group rows left after their targets went away.
   for (const gr of body.querySelectorAll('tr.group')) {
@@ -173,7 +174,7 @@ function newRow(name) {
   cells.name.textContent = name;
   const svg = document.createElementNS(SVG, 'svg');
   svg.setAttribute('class', 'spark');
-  svg.setAttribute('viewBox', '0 0 120 25');
+  svg.setAttribute('viewBox', '0 0 ' + 2 * MAX_SAMPLES + ' 25');
   svg.setAttribute('preserveAspectRatio', 'none');
   cells.spark.appendChild(svg);
   cells.svg = svg;
@@ -207,7 +208,7 @@ function newRow(name) {
   cells.actions.appendChild(box);
   cells.buttons = box;
   cells.select = sel;
-  return {tr, cells, mode: null};
+  return {tr, cells, mode: null, history: []};
 }
 
 function seconds(s) {
@@ -215,21 +216,29 @@ function seconds(s) {
   return s >= 60 ? Math.floor(s / 60) + 'm ' + Math.round(s % 60) + 's' : s.toFixed(1) + ' s';
 }
 
-function update(row, c) {
+function update(row, c, driver) {
   const k = row.cells;
   const disabled = c.state === 'disabled';
   k.state.textContent = c.state.replace('_', '-');
   k.state.dataset.state = c.state;
   k.mode.textContent = c.mode || '–';
   k.mode.dataset.mode = c.mode || '';
-  k.rate.textContent = disabled ? '–' : c.rates.failure_rate.toFixed(1) + ' %';
-  const n = c.counts || {};
+  // A shared circuit's own counts are what this replica has not flushed yet: show the
+  // fleet's window as the store holds it.
+  const a = c.agreement;
+  const fleet = c.source === 'shared' && a && a.window && a.rates;
+  const n = (fleet ? a.window : c.counts) || {};
+  const rate = fleet ? a.rates.failure_rate : c.rates.failure_rate;
+  k.rate.textContent = disabled ? '–' : rate.toFixed(1) + ' %';
   k.window.textContent = disabled ? '–' : (n.requests || 0) + ' / ' + (n.failures || 0) + ' / ' + (n.slow || 0);
+  k.window.title = fleet ? "the fleet's window in the store" : "this replica's window";
+  k.rate.title = k.window.title;
   k.trips.textContent = disabled ? '–' : String(c.trips);
-  k.left.textContent = c.state === 'open' ? seconds(c.open_remaining_seconds) : '–';
+  // An open period that is over waits for the next request, which becomes a trial.
+  k.left.textContent = c.state !== 'open' ? '–' : c.open_remaining_seconds > 0 ? seconds(c.open_remaining_seconds) : 'trial due';
   k.trials.textContent = disabled ? '–' : c.trials_in_flight + ' / ' + c.trial_slots;
-  sparkline(k.svg, c.history || [], c);
-  agreement(k.agree, c);
+  sparkline(k.svg, row.history || [], c);
+  agreement(k.agree, c, driver);
   k.buttons.hidden = disabled;
   // The select follows the circuit's mode unless the operator is choosing one.
   if (c.mode && row.mode !== c.mode && document.activeElement !== k.select) {
@@ -238,30 +247,40 @@ function update(row, c) {
   }
 }
 
-// sparkline draws one bar per sample (the window's failure rate, at least a sliver so
-// that the state's colour shows) and the live value last.
+// sparkline draws one bar per sample, newest on the right, the whole width being
+// MAX_SAMPLES: while closed, the window's failure rate (at least a sliver, orange when
+// failing); open and half-open fill the height.
+const MAX_SAMPLES = 120;
 function sparkline(svg, history, c) {
-  const points = history.concat(c.state === 'disabled' ? [] :
-    [{state: c.state, failure_rate: c.rates.failure_rate}]);
-  const keep = points.slice(-120);
+  const a = c.agreement;
+  const rate = c.source === 'shared' && a && a.rates ? a.rates.failure_rate : c.rates.failure_rate;
+  const points = history.concat(c.state === 'disabled' ? [] : [{state: c.state, failure_rate: rate}]);
+  const keep = points.slice(-MAX_SAMPLES);
   while (svg.childNodes.length > keep.length) svg.lastChild.remove();
   while (svg.childNodes.length < keep.length) svg.appendChild(document.createElementNS(SVG, 'rect'));
-  const offset = 120 - keep.length;
+  const offset = MAX_SAMPLES - keep.length;
   keep.forEach((p, i) => {
     const r = svg.childNodes[i];
-    const h = Math.max(2, Math.min(100, p.failure_rate) * 0.24);
-    r.setAttribute('x', String(offset + i));
-    r.setAttribute('width', '1');
+    const closed = p.state === 'closed';
+    const h = closed ? Math.max(2, Math.min(100, p.failure_rate) * 0.25) : 25;
+    r.setAttribute('x', String((offset + i) * 2));
+    r.setAttribute('width', '1.6');
     r.setAttribute('y', String(25 - h));
     r.setAttribute('height', String(h));
-    r.setAttribute('class', p.state);
+    r.setAttribute('class', closed && p.failure_rate > 0 ? 'failing' : p.state);
   });
   const last = history.length ? history[history.length - 1] : null;
   svg.setAttribute('aria-label', history.length + ' samples' + (last ? ', last failure rate ' + last.failure_rate + ' %' : ''));
 }
 
-function agreement(td, c) {
+function agreement(td, c, driver) {
   const a = c.agreement;
+  if (driver === 'memory' && c.state !== 'disabled') {
+    td.textContent = 'this replica only';
+    td.dataset.agree = 'yes';
+    td.title = 'memory store: the breaker is the store';
+    return;
+  }
   if (c.state === 'disabled') {
     td.textContent = '–';
     td.dataset.agree = 'unknown';
