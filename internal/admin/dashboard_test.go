@@ -204,6 +204,10 @@ func TestEventsStream(t *testing.T) {
 		return c.Mode == "forced_closed"
 	})
 
+	if a := do(t, "HEAD", srv.URL+"/events/circuits", "", ""); a.status != http.StatusOK || a.header.Get("Content-Type") != "text/event-stream" {
+		t.Errorf("HEAD /events/circuits: %d %q, want 200 text/event-stream at once", a.status, a.header.Get("Content-Type"))
+	}
+
 	s2 := openStream(t, srv.URL, "")
 	s2.next(t, 5*time.Second, "the second stream's first frame", func(admin.DashboardFrame) bool { return true })
 	if a := do(t, "GET", srv.URL+"/events/circuits", "", ""); a.status != http.StatusServiceUnavailable {
