@@ -168,24 +168,29 @@ func TestDashboard(t *testing.T) {
 		Order   []string
 		Groups  []string
 		Injects int
+		Kept    bool
 		Rows    []string
 	}
 	page.Eval(`(() => {
 	  const c = (name, state) => ({name, state, mode: 'normal', counts: {requests: 0, failures: 0, slow: 0},
 	    rates: {failure_rate: 0, slow_rate: 0}, trips: 0, trials_in_flight: 0, trial_slots: 1, history: []});
-	  render({replica: 'r', store: {driver: 'memory'}, time: new Date().toISOString(), circuits: [
+	  const frame = {replica: 'r', store: {driver: 'memory'}, time: new Date().toISOString(), circuits: [
 	    c('zeta@10.0.0.2:80', 'closed'), c('api@10.0.0.1:80', 'open'), c('api', 'closed'),
-	    c('orphan@h:1', 'closed'), c('<img src=x id=inj>', 'closed'), c('api@10.0.0.0:80', 'closed')]});
+	    c('orphan@h:1', 'closed'), c('<img src=x id=inj>', 'closed'), c('api@10.0.0.0:80', 'closed')]};
+	  render(frame);
+	  const before = [...document.querySelectorAll('#rows tr')];
+	  render(frame); // the same rows, kept
 	  const rows = [...document.querySelectorAll('#rows tr')];
 	  return {Order: rows.map(r => r.dataset.circuit || ('group:' + r.dataset.group)),
 	    Groups: rows.filter(r => r.classList.contains('target')).map(r => r.dataset.circuit),
 	    Injects: document.querySelectorAll('#inj').length,
+	    Kept: rows.length === before.length && rows.every((r, i) => r === before[i]),
 	    Rows: rows.map(r => r.querySelector('td').textContent)};
 	})()`, &got)
 	wantOrder := "<img src=x id=inj>,api,api@10.0.0.0:80,api@10.0.0.1:80,group:orphan,orphan@h:1,group:zeta,zeta@10.0.0.2:80"
-	if strings.Join(got.Order, ",") != wantOrder || got.Injects != 0 || got.Rows[0] != "<img src=x id=inj>" {
-		t.Errorf("rendered rows %q (first cell %q, %d injected elements), want %s, the name as text",
-			got.Order, got.Rows, got.Injects, wantOrder)
+	if strings.Join(got.Order, ",") != wantOrder || got.Injects != 0 || got.Rows[0] != "<img src=x id=inj>" || !got.Kept {
+		t.Errorf("rendered rows %q (first cells %q, %d injected elements, rows kept by a second render: %v), want %s, the name as text, the rows kept",
+			got.Order, got.Rows, got.Injects, got.Kept, wantOrder)
 	}
 	// The next frame puts the real circuits back, and the others go.
 	if !waitFor(5*time.Second, 10*time.Millisecond, func() bool {

@@ -9,6 +9,7 @@ const SVG = 'http://www.w3.org/2000/svg';
 
 const $ = (id) => document.getElementById(id);
 const rows = new Map(); // circuit name -> {tr, cells}
+const groupRows = new Map(); // upstream name -> the row heading its targets when it is not listed
 let stream = null; // the AbortController of the open stream
 let retry = 500;
 let retryTimer = 0;
@@ -113,32 +114,34 @@ function render(f) {
   }
   const body = $('rows');
   // Targets whose upstream is not listed get a group row of their own.
-  const groups = new Set(circuits.filter((c) => !c.name.includes('@')).map((c) => c.name));
+  const listed = new Set(circuits.filter((c) => !c.name.includes('@')).map((c) => c.name));
+  const headed = new Set(circuits.filter((c) => c.name.includes('@') && !listed.has(group(c.name))).map((c) => group(c.name)));
+  for (const [g, tr] of groupRows) {
+    if (!headed.has(g)) {
+      tr.remove();
+      groupRows.delete(g);
+    }
+  }
+  const place = (tr, after) => {
+    const at = after ? after.nextSibling : body.firstChild;
+    if (at !== tr) body.insertBefore(tr, at);
+    return tr;
+  };
   let prev = null;
   for (const c of circuits) {
     const g = group(c.name);
-    if (c.name.includes('@') && !groups.has(g)) {
-      groups.add(g);
-      const gr = groupRow(g);
-      body.insertBefore(gr, prev ? prev.nextSibling : body.firstChild);
-      prev = gr;
+    if (c.name.includes('@') && headed.has(g) && (!prev || group(prev.dataset.circuit || prev.dataset.group) !== g)) {
+      if (!groupRows.has(g)) groupRows.set(g, groupRow(g));
+      prev = place(groupRows.get(g), prev);
     }
     let row = rows.get(c.name);
     if (!row) {
       row = newRow(c.name);
       rows.set(c.name, row);
     }
-    if ((prev ? prev.nextSibling : body.firstChild) !== row.tr) {
-      body.insertBefore(row.tr, prev ? prev.nextSibling : body.firstChild);
-    }
-    prev = row.tr;
+    prev = place(row.tr, prev);
     if (f.with_history) row.history = c.history || [];
     update(row, c, f.store.driver);
-  }
-  // Group rows left after their targets went away.
-  for (const gr of body.querySelectorAll('tr.group')) {
-    const next = gr.nextElementSibling;
-    if (!next || !next.classList.contains('target') || group(next.dataset.circuit) !== gr.dataset.group) gr.remove();
   }
   $('empty').hidden = circuits.length > 0;
 }
