@@ -114,6 +114,7 @@ func adminCircuit(t testing.TB, addr, token, name string) (c struct{ State, Mode
 // needed); and circuit names reach the page as text, target circuits
 // (UPSTREAM@HOST:PORT) grouped under their upstream.
 func TestDashboard(t *testing.T) {
+	chromiumOrSkip(t)
 	backend := startBackend(t)
 	cfg := newFaultConfig(t, backend.URL())
 	cfg.Upstreams[0].ConsecutiveFailures, cfg.Upstreams[0].OpenDuration = 3, time.Minute
@@ -213,6 +214,7 @@ func TestDashboard(t *testing.T) {
 // fleet-wide. With FUSE_UPDATE_SCREENSHOT=1 it also runs a minute of mixed traffic and
 // writes docs/dashboard.png.
 func TestDashboardFleet(t *testing.T) {
+	chromiumOrSkip(t)
 	const token = "s3cret-dashboard"
 	redis := redistest.Start(t)
 	healthy, flaky := startBackend(t), startBackend(t)
