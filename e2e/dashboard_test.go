@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -205,6 +206,17 @@ func TestDashboard(t *testing.T) {
 	}
 	page.waitRow(5*time.Second, upstream, "back from the stream", func(r dashboardRow) bool { return r.State == "closed" && !r.Target })
 	page.noProblems("at the end")
+
+	// The page's open stream does not hold the shutdown up: it ends when the admin
+	// server's shutdown begins, not at its 2 s deadline.
+	start := time.Now()
+	p.Signal(syscall.SIGTERM)
+	if code, ok := p.Wait(10 * time.Second); !ok || code != 0 {
+		t.Fatalf("SIGTERM with the dashboard open: exit %d (exited %v)", code, ok)
+	}
+	if took := time.Since(start); took > 1500*time.Millisecond {
+		t.Errorf("SIGTERM with the dashboard open: stopped after %v, want well within the admin API's 2s shutdown deadline", took)
+	}
 }
 
 // TestDashboardFleet runs three replicas on one redis-server with an admin token and
