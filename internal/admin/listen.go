@@ -45,12 +45,13 @@ func Listen(addr, token string) (net.Listener, error) {
 }
 
 // NewServer returns the admin listener's http.Server for h, with timeouts fit for a
-// small JSON API (a scrape of /metrics included).
+// small JSON API (a scrape of /metrics included; the dashboard's event streams lift
+// them for themselves).
 func NewServer(h http.Handler, log *zap.Logger) *http.Server {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &http.Server{
+	srv := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
@@ -59,4 +60,10 @@ func NewServer(h http.Handler, log *zap.Logger) *http.Server {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          zap.NewStdLog(log.Named("admin")),
 	}
+	if a, ok := h.(*Handler); ok {
+		// The dashboard's event streams end when shutdown begins; Shutdown then waits
+		// for their handlers to return.
+		srv.RegisterOnShutdown(a.Close)
+	}
+	return srv
 }
