@@ -25,11 +25,13 @@ Usage:
   fuseproxy circuits mode NAME MODE    steer a circuit (fleet-wide with Redis)
   fuseproxy health                     exit 0 if the replica is ready, 1 if not
   fuseproxy reload                     make the replica re-read its config file
-  fuseproxy version                    print the version
+  fuseproxy version                    print the version (also --version)
+  fuseproxy help                       print this overview (also -h, --help)
 
 The config defaults to $FUSE_CONFIG or config.yaml. The admin commands (circuits,
 health, reload) take --admin URL (default $FUSE_ADMIN_URL, else
 http://127.0.0.1:9090), --token TOKEN (default $FUSE_ADMIN_TOKEN) and --json.
+Every command takes -h for its own flags.
 `
 
 func main() {
@@ -41,8 +43,15 @@ var errUsage = errors.New("usage")
 
 func run(args []string, stdout, stderr io.Writer) int {
 	cmd := "serve"
-	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
-		cmd, args = args[0], args[1:]
+	if len(args) > 0 {
+		switch a := args[0]; {
+		case a == "-h" || a == "-help" || a == "--help":
+			cmd, args = "help", args[1:]
+		case a == "-version" || a == "--version":
+			cmd, args = "version", args[1:]
+		case len(a) > 0 && a[0] != '-':
+			cmd, args = a, args[1:]
+		}
 	}
 	var err error
 	switch cmd {
@@ -62,16 +71,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = reloadCmd(args, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "fuseproxy", version)
-	case "help", "-h", "--help":
+	case "help":
 		fmt.Fprint(stdout, usage)
 	default:
 		fmt.Fprintf(stderr, "fuseproxy: unknown command %q\n\n%s", cmd, usage)
 		return 2
 	}
 	switch {
-	case err == nil:
+	case err == nil, errors.Is(err, flag.ErrHelp): // -h: the command's flags were printed
 		return 0
-	case errors.Is(err, errUsage), errors.Is(err, flag.ErrHelp):
+	case errors.Is(err, errUsage):
 		return 2
 	default:
 		fmt.Fprintln(stderr, "fuseproxy:", err)
@@ -89,6 +98,9 @@ func configFlag(fs *flag.FlagSet) *string {
 
 func parse(fs *flag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
 		return errUsage
 	}
 	if fs.NArg() > 0 {

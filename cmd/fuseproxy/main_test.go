@@ -1,0 +1,65 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+// `fuseproxy -h`, `--help` and `help` print the command overview on stdout and exit 0,
+// as a newcomer expects (not serve's flags with exit 2).
+func TestHelpPrintsTheOverview(t *testing.T) {
+	for _, args := range [][]string{{"-h"}, {"-help"}, {"--help"}, {"help"}} {
+		code, out, errs := runCLI(args...)
+		if code != 0 || out != usage || errs != "" {
+			t.Errorf("fuseproxy %s: exit %d, stdout %q, stderr %q; want 0 and the overview on stdout",
+				strings.Join(args, " "), code, head(out), head(errs))
+		}
+	}
+}
+
+func TestVersion(t *testing.T) {
+	for _, args := range [][]string{{"version"}, {"--version"}, {"-version"}} {
+		code, out, errs := runCLI(args...)
+		if code != 0 || out != "fuseproxy "+version+"\n" || errs != "" {
+			t.Errorf("fuseproxy %s: exit %d, stdout %q, stderr %q; want 0 and %q",
+				strings.Join(args, " "), code, out, errs, "fuseproxy "+version)
+		}
+	}
+}
+
+// Every command's -h prints its own flags and exits 0; a flag it does not know is still
+// a usage error (exit 2).
+func TestEveryCommandsHelpExitsZero(t *testing.T) {
+	cmds := []struct {
+		args []string
+		want string // a word of its help
+	}{
+		{[]string{"-h", "ignored"}, "Usage:"},
+		{[]string{"serve", "-h"}, "-log-format"},
+		{[]string{"validate", "-h"}, "-config"},
+		{[]string{"demo", "-h"}, "-upstream"},
+		{[]string{"flaky", "-h"}, "-listen"},
+		{[]string{"circuits", "-h"}, "circuits list"},
+		{[]string{"circuits", "list", "--help"}, "circuits list"},
+		{[]string{"health", "-h"}, "-admin"},
+		{[]string{"reload", "-h"}, "-admin"},
+	}
+	for _, c := range cmds {
+		code, out, errs := runCLI(c.args...)
+		if code != 0 || !strings.Contains(out+errs, c.want) {
+			t.Errorf("fuseproxy %s: exit %d, output %q; want 0 and %q", strings.Join(c.args, " "), code, head(out+errs), c.want)
+		}
+	}
+	for _, args := range [][]string{{"serve", "-nope"}, {"validate", "-nope"}, {"circuits", "list", "--nope"}, {"nope"}} {
+		if code, _, _ := runCLI(args...); code != 2 {
+			t.Errorf("fuseproxy %s: exit %d, want 2", strings.Join(args, " "), code)
+		}
+	}
+}
+
+func head(s string) string {
+	if len(s) > 200 {
+		return s[:200] + "..."
+	}
+	return s
+}
