@@ -38,11 +38,11 @@ var Reference = []FieldDoc{
 	{"log.level", "info", "", "`debug`, `info`, `warn` or `error`."},
 
 	{"store", "", "", "Where breaker state lives."},
-	{"store.driver", "memory", "FUSE_STORE", "`memory` (each process on its own) or `redis` (state shared by all replicas)."},
+	{"store.driver", "memory", "FUSE_STORE", "`memory` (each process on its own) or `redis` (state shared by all replicas). Fuse's store names are accepted too: `array` is memory, `cache` is redis; `database` (PostgreSQL) is not available yet."},
 	{"store.replica_id", `""`, "FUSE_REPLICA_ID", "This replica's name in the shared store: 1-128 letters, digits, `_`, `.` or `-`. Empty means hostname-pid."},
 	{"store.flush_interval", "100ms", "", "How often local counts are flushed to the shared store; at least 10ms."},
 	{"store.redis", "", "", "Redis connection, used when store.driver is `redis`. The REDIS_* and FUSE_REDIS_* variables apply only then."},
-	{"store.redis.url", `""`, "FUSE_REDIS_URL", "`redis://[user:password@]host:port/db`, or `rediss://` for TLS. When set, it replaces host, port and db; username and password, when set, still override the URL's."},
+	{"store.redis.url", `""`, "FUSE_REDIS_URL", "`redis://[user:password@]host:port/db`, or `rediss://` for TLS. When set, it replaces host, port and db; username and password, when set, still override the URL's. Query options `db`, `dial_timeout`, `read_timeout`, `write_timeout` and `pool_size` (`?dial_timeout=1s`, read as go-redis reads them) replace those keys; any other option is an error."},
 	{"store.redis.host", "127.0.0.1", "REDIS_HOST", "Redis host."},
 	{"store.redis.port", "6379", "REDIS_PORT", "Redis port, 1-65535."},
 	{"store.redis.username", `""`, "REDIS_USERNAME", "ACL user name; empty for the default user."},
