@@ -19,6 +19,7 @@ Usage:
   fuseproxy [serve] [-config FILE]     run the proxy (default command)
   fuseproxy validate [-config FILE]    check a config; exit 0 if valid, 1 if not
   fuseproxy demo [-config FILE]        run the proxy in front of a bundled flaky upstream
+                                       (Ctrl-C stops it; so does its parent's exit)
   fuseproxy flaky [-listen ADDR]       run only the flaky demo upstream
   fuseproxy circuits list|show NAME    see the circuits of a running replica
   fuseproxy circuits open|close|reset NAME
@@ -56,7 +57,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	var err error
 	switch cmd {
 	case "serve":
-		err = serve(args, stderr, "")
+		err = serve(args, stderr)
 	case "validate":
 		err = validate(args, stdout, stderr)
 	case "demo":
