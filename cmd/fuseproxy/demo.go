@@ -30,6 +30,9 @@ func demo(args []string, stderr io.Writer) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	if _, err := os.Stat(*path); err != nil {
+		return fmt.Errorf("demo: %w (run it from the repository's root, where config.example.yaml is, or pass -config FILE)", err)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	ctx, cancel := context.WithCancel(ctx)

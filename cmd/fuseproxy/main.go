@@ -7,7 +7,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
+	"path/filepath"
 )
 
 // version is stamped at build time: -ldflags "-X main.version=v1.2.3".
@@ -95,6 +97,30 @@ func configFlag(fs *flag.FlagSet) *string {
 		def = "config.yaml"
 	}
 	return fs.String("config", def, "config file")
+}
+
+// missingConfig returns a clear error when the config file the flag set names does not
+// exist (the container image has none of its own), saying where its path came from and
+// how to give one; nil otherwise, and Load reports any other problem.
+func missingConfig(flags *flag.FlagSet, path string) error {
+	if _, err := os.Stat(path); !errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	from := "the default"
+	if os.Getenv("FUSE_CONFIG") != "" {
+		from = "$FUSE_CONFIG"
+	}
+	flags.Visit(func(f *flag.Flag) {
+		if f.Name == "config" {
+			from = "-config"
+		}
+	})
+	msg := fmt.Sprintf("no config file at %s (%s): write one (config.example.yaml is a commented start, README lists every key) "+
+		"and name it with -config FILE or $FUSE_CONFIG", path, from)
+	if filepath.IsAbs(path) {
+		msg += fmt.Sprintf("; in a container, mount it: -v $PWD/config.yaml:%s:ro", path)
+	}
+	return errors.New(msg)
 }
 
 func parse(fs *flag.FlagSet, args []string) error {

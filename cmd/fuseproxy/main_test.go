@@ -1,6 +1,7 @@
 package main
 
 import (
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -62,4 +63,23 @@ func head(s string) string {
 		return s[:200] + "..."
 	}
 	return s
+}
+
+// Without a config file, serve and validate say where they looked, where that path came
+// from and how to give one; with an absolute path (the image's FUSE_CONFIG), how to mount
+// it in a container.
+func TestMissingConfigIsExplained(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "etc", "fuseproxy", "config.yaml")
+	t.Setenv("FUSE_CONFIG", path)
+	for _, cmd := range [][]string{{}, {"serve"}, {"validate"}} {
+		code, _, errs := runCLI(cmd...)
+		want := "fuseproxy: no config file at " + path + " ($FUSE_CONFIG): write one (config.example.yaml is a commented start, README lists every key) and name it with -config FILE or $FUSE_CONFIG; in a container, mount it: -v $PWD/config.yaml:" + path + ":ro\n"
+		if code != 1 || errs != want {
+			t.Errorf("fuseproxy %v: exit %d, stderr %q; want 1 and %q", cmd, code, errs, want)
+		}
+	}
+	code, _, errs := runCLI("validate", "-config", "nope.yaml")
+	if want := "no config file at nope.yaml (-config): "; code != 1 || !strings.Contains(errs, want) || strings.Contains(errs, "container") {
+		t.Errorf("validate -config nope.yaml: exit %d, stderr %q; want 1 and %q", code, errs, want)
+	}
 }

@@ -23,6 +23,9 @@ func serve(args []string, stderr io.Writer) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	if err := missingConfig(fs, *path); err != nil {
+		return err
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return serveUntil(ctx, app.ServeOptions{ConfigPath: *path, LogFormat: *logFormat, LogOutput: stderr,
@@ -44,6 +47,9 @@ func validate(args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	path := configFlag(fs)
 	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := missingConfig(fs, *path); err != nil {
 		return err
 	}
 	cfg, err := app.LoadConfig(*path)
