@@ -508,3 +508,30 @@ func TestReadmePrerequisitesNameEveryTool(t *testing.T) {
 		}
 	}
 }
+
+// TestDemoLogsUnreachableUpstream: a demo whose upstream is not there (here
+// -flaky=false with nothing at -upstream) answers 502, and says why in its log at a
+// level a newcomer sees: one warn line, however many requests fail within 10 s.
+func TestDemoLogsUnreachableUpstream(t *testing.T) {
+	proxyAddr, adminAddr, upAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	p := startProcess(t, "fuseproxy demo", moduleRoot(t), nil, "demo", "-flaky=false",
+		"-listen", proxyAddr, "-admin", adminAddr, "-upstream", upAddr)
+	c := newHTTPClient(t)
+	var r response
+	if !waitFor(30*time.Second, 50*time.Millisecond, func() bool { r = doGet(c, "http://"+proxyAddr+"/demo/hello"); return r.Err == nil }) {
+		t.Fatalf("the demo did not answer: %v", r)
+	}
+	for range 3 {
+		doGet(c, "http://"+proxyAddr+"/demo/hello")
+	}
+	if r.Status != http.StatusBadGateway {
+		t.Errorf("first request: %v, want 502", r)
+	}
+	warns := func() int { return strings.Count(p.Stderr(), "\tWARN\tupstream request failed\t") }
+	if !waitFor(5*time.Second, 10*time.Millisecond, func() bool { return warns() > 0 }) {
+		t.Fatalf("no warn line for the unreachable upstream:\n%s", p.Stderr())
+	}
+	if n := warns(); n != 1 || !strings.Contains(p.Stderr(), upAddr) {
+		t.Errorf("%d warn lines for 4 failures within 10 s, want 1 naming %s:\n%s", n, upAddr, p.Stderr())
+	}
+}

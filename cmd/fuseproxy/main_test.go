@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -81,5 +82,23 @@ func TestMissingConfigIsExplained(t *testing.T) {
 	code, _, errs := runCLI("validate", "-config", "nope.yaml")
 	if want := "no config file at nope.yaml (-config): "; code != 1 || !strings.Contains(errs, want) || strings.Contains(errs, "container") {
 		t.Errorf("validate -config nope.yaml: exit %d, stderr %q; want 1 and %q", code, errs, want)
+	}
+}
+
+// README's Container section quotes what the image prints without a mounted config.
+func TestReadmeQuotesTheMissingConfigError(t *testing.T) {
+	const image = "/etc/fuseproxy/config.yaml" // the Dockerfile's FUSE_CONFIG
+	if _, err := os.Stat(image); err == nil {
+		t.Skipf("%s exists on this machine", image)
+	}
+	t.Setenv("FUSE_CONFIG", image)
+	_, _, errs := runCLI("serve")
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	flat := strings.Join(strings.Fields(string(readme)), " ")
+	if want := "`" + strings.TrimSpace(errs) + "`"; !strings.Contains(flat, want) {
+		t.Errorf("README does not quote the error as the binary prints it:\n%s", want)
 	}
 }
