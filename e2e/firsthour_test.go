@@ -119,8 +119,12 @@ func TestReadmeDemoGoRunStoppedByItsPID(t *testing.T) {
 
 	// -upstream moved the config's target along with the flaky upstream: 200, not 502.
 	waitOK(t, newHTTPClient(t), "http://"+proxyAddr+"/demo/hello", 3*time.Minute)
-	if !strings.Contains(out.String(), "fuseproxy demo: pid ") {
-		t.Errorf("the demo did not print its pid:\n%s", out.String())
+	// README quotes the line that names the pid to kill.
+	pidLine := regexp.MustCompile(`fuseproxy demo: pid (\d+); stop it with Ctrl-C or kill (\d+)`)
+	if m := pidLine.FindStringSubmatch(out.String()); m == nil || m[1] != m[2] {
+		t.Errorf("the demo did not print its pid as README quotes it:\n%s", out.String())
+	} else if quoted := pidLine.FindString(readmeSection(t, "### The demo in a minute")); quoted == "" {
+		t.Errorf("README's demo section does not quote the pid line %q", m[0])
 	}
 
 	// kill $! (SIGTERM to go run).
