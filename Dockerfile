@@ -30,9 +30,9 @@ COPY --from=build /out/fuseproxy /usr/local/bin/fuseproxy
 USER 65532:65532
 # No config is baked in: without one mounted here, fuseproxy exits 1 saying so.
 ENV FUSE_CONFIG=/etc/fuseproxy/config.yaml \
-    FUSE_ADMIN_URL=http://127.0.0.1:9090
-# 8080: proxy; 9090: admin API and /metrics.
-EXPOSE 8080 9090
+    FUSE_ADMIN_URL=http://127.0.0.1:8084
+# 8080: proxy; 8084: admin API and /metrics.
+EXPOSE 8080 8084
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
   CMD ["/usr/local/bin/fuseproxy", "health"]
 ENTRYPOINT ["/usr/local/bin/fuseproxy"]

@@ -29,7 +29,7 @@ var Reference = []FieldDoc{
 	{"server.trusted_proxies", "[]", "", "Peers (CIDR ranges such as `10.0.0.0/8`, or single addresses) allowed to tell the proxy who the client is. From them, `X-Forwarded-For` is appended to and `X-Forwarded-Host`, `X-Forwarded-Proto`, `Forwarded`, `X-Real-IP` and the other forwarding headers are passed on. From anyone else they are replaced: `X-Forwarded-For` becomes the peer's address, `X-Forwarded-Host`/`-Proto` the request's own, and `Forwarded`, `X-Real-IP`, `X-Forwarded-*` (port, prefix, server, ...), `X-Client-IP`, `True-Client-IP`, `X-Original-URL`, `X-Rewrite-URL` and the like, with `_` for `-` too, are removed. Empty by default: no one is trusted, so a client cannot choose the address or URL the upstream sees."},
 
 	{"admin", "", "", "The admin API and metrics listener."},
-	{"admin.listen", "127.0.0.1:9090", "", "Address of the admin API and /metrics, host:port. A non-loopback address requires a token."},
+	{"admin.listen", "127.0.0.1:8084", "", "Address of the admin API and /metrics, host:port. A non-loopback address requires a token."},
 	{"admin.token", `""`, "FUSE_ADMIN_TOKEN", "Bearer token the admin API requires. Prefer the environment variable to writing it in the file. Surrounding whitespace (the trailing newline of a secret made from a file) is removed; a control character inside is an error."},
 	{"admin.allowed_hosts", "[]", "", "Host names, besides IP addresses and `localhost`, that the admin API accepts in the Host header, any port: e.g. a Kubernetes service name Prometheus scrapes by. Any other name gets 403, so a DNS-rebinding web page cannot read the API. Empty by default: IP addresses and localhost cover the probes, `kubectl port-forward` and scrapes by pod IP."},
 

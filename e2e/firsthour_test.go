@@ -148,7 +148,7 @@ func TestReadmeDemoGoRunStoppedByItsPID(t *testing.T) {
 }
 
 // TestReadmeDemoInAMinute runs README's "The demo in a minute" against the demo binary
-// (on free ports instead of 8080, 8081 and 9090), checks the transition line README shows
+// (on free ports instead of 8080, 8081 and 8084), checks the transition line README shows
 // against the demo's real one, and stops the demo as README says (`kill $!`).
 func TestReadmeDemoInAMinute(t *testing.T) {
 	minute := readmeSection(t, "### The demo in a minute")
@@ -314,16 +314,16 @@ const twoReplicasRecipe = "```\n" + `redis-server --port 6390 --save '' &
 go build -o fuseproxy ./cmd/fuseproxy
 export FUSE_STORE=cache FUSE_REDIS_URL=redis://127.0.0.1:6390/0
 FUSE_REPLICA_ID=a ./fuseproxy demo &
-FUSE_REPLICA_ID=b ./fuseproxy demo -flaky=false -listen :8082 -admin 127.0.0.1:9092 &
+FUSE_REPLICA_ID=b ./fuseproxy demo -flaky=false -listen :8082 -admin 127.0.0.1:8085 &
 curl 'localhost:8081/_flaky/set?fail=on'
 for i in $(seq 5); do curl -s -o /dev/null localhost:8080/demo/hello; done
 sleep 1; curl -si localhost:8082/demo/hello | grep X-Fuse-Circuit
-./fuseproxy circuits list --admin 127.0.0.1:9092
+./fuseproxy circuits list --admin 127.0.0.1:8085
 kill %3 %2 %1
 ` + "```\n"
 
 // TestReadmeTwoReplicasOnOneRedis runs README's two-replica recipe (its own redis-server
-// and free ports instead of 6390, 8080-8082, 9090 and 9092; JSON logs, to check README's
+// and free ports instead of 6390, 8080-8082, 8084 and 8085; JSON logs, to check README's
 // transition samples against them): five failures through replica a open the circuit,
 // replica b, which sent nothing, rejects; then a dry run in metrics_only mode. The
 // transition lines README shows are checked against b's real ones.

@@ -165,7 +165,7 @@ func dockerfileBuild(t testing.TB, instrs []dockerInstr) dockerBuild {
 
 // TestOpsDockerfile checks the Dockerfile and .dockerignore without a container engine:
 // a multi-stage build of a static binary (CGO_ENABLED=0, -trimpath, version stamped)
-// into a runtime stage that runs as a non-root user, exposes 8080 and 9090, checks health
+// into a runtime stage that runs as a non-root user, exposes 8080 and 8084, checks health
 // with `fuseproxy health` (exec form: the image has no shell), reads its config from
 // /etc/fuseproxy/config.yaml, and whose default config is valid and matches the ports and
 // the health check's admin URL.

@@ -13,7 +13,7 @@ import (
 
 // defaultAdminURL is where the admin commands find the admin API without --admin or
 // $FUSE_ADMIN_URL: the default admin.listen.
-const defaultAdminURL = "http://127.0.0.1:9090"
+const defaultAdminURL = "http://127.0.0.1:8084"
 
 // adminFlags are the flags every admin command takes.
 type adminFlags struct {
