@@ -110,7 +110,13 @@ func (v *validator) admin(a *Admin) {
 }
 
 func (v *validator) store(s *Store) {
-	v.oneOf("store.driver", s.Driver, "memory", "redis")
+	s.Driver = StoreDriver(s.Driver)
+	switch s.Driver {
+	case "database", "postgres":
+		v.errorf("store.driver", "%s (PostgreSQL, Fuse's database store) is not available yet: use memory (Fuse's array) or redis (Fuse's cache)", quote(s.Driver))
+	default:
+		v.oneOf("store.driver", s.Driver, "memory", "redis")
+	}
 	if s.ReplicaID != "" && !validName(s.ReplicaID, 128) {
 		v.errorf("store.replica_id", "invalid replica id %s: use 1-128 letters, digits, '_', '.' or '-'", quote(s.ReplicaID))
 	}
@@ -121,7 +127,7 @@ func (v *validator) store(s *Store) {
 	const p = "store.redis"
 	r := &s.Redis
 	if r.URL != "" {
-		v.redisURL(p+".url", r.URL)
+		v.redisURL(p+".url", r)
 	} else if r.Host == "" && len(r.SentinelAddrs) == 0 && len(r.ClusterAddrs) == 0 {
 		v.errorf(p+".host", "must not be empty (or set url, sentinel_addrs or cluster_addrs)")
 	}
@@ -155,8 +161,8 @@ func (v *validator) store(s *Store) {
 }
 
 // redisURL checks a redis:// or rediss:// URL without echoing it: it may hold a password.
-func (v *validator) redisURL(path, raw string) {
-	u, err := url.Parse(raw)
+func (v *validator) redisURL(path string, r *Redis) {
+	u, err := url.Parse(r.URL)
 	switch {
 	case err != nil:
 		v.errorf(path, "must be a redis:// or rediss:// URL")
@@ -168,7 +174,70 @@ func (v *validator) redisURL(path, raw string) {
 				v.errorf(path, "database %s in the URL path is not a number", quote(db))
 			}
 		}
+		for _, msg := range applyRedisURLOptions(u.Query(), r) {
+			v.errorf(path, "%s", msg)
+		}
 	}
+}
+
+// redisURLOptions are the query options of store.redis.url, each the store.redis key
+// it sets. They are go-redis's names (its ParseURL reads them the same way), limited to
+// those fuseproxy has a key for: the URL's option replaces the key, so `validate`, the
+// exchange timeout and the client all use the same value.
+var redisURLOptions = []struct {
+	name  string
+	field func(*Redis) any
+}{
+	{"db", func(r *Redis) any { return &r.DB }},
+	{"dial_timeout", func(r *Redis) any { return &r.DialTimeout }},
+	{"read_timeout", func(r *Redis) any { return &r.ReadTimeout }},
+	{"write_timeout", func(r *Redis) any { return &r.WriteTimeout }},
+	{"pool_size", func(r *Redis) any { return &r.PoolSize }},
+}
+
+// applyRedisURLOptions sets the fields of r that the URL's query options name, as
+// go-redis's ParseURL reads them (a duration is a Go duration or a whole number of
+// seconds; an option given twice is an error), and returns a message per option that
+// is unknown or does not parse.
+func applyRedisURLOptions(q url.Values, r *Redis) (msgs []string) {
+	known := make([]string, len(redisURLOptions))
+	for i, o := range redisURLOptions {
+		known[i] = o.name
+		vals, ok := q[o.name]
+		if !ok {
+			continue
+		}
+		delete(q, o.name)
+		if len(vals) != 1 {
+			msgs = append(msgs, fmt.Sprintf("option %s is given %d times in the URL", o.name, len(vals)))
+			continue
+		}
+		val := vals[0]
+		switch p := o.field(r).(type) {
+		case *int:
+			n, err := strconv.Atoi(val)
+			if err != nil || n < 0 {
+				msgs = append(msgs, fmt.Sprintf("option %s=%s in the URL: want a whole number", o.name, val))
+				continue
+			}
+			*p = n
+		case *time.Duration:
+			d, err := time.ParseDuration(val)
+			if err != nil {
+				n, nerr := strconv.Atoi(val)
+				if nerr != nil {
+					msgs = append(msgs, fmt.Sprintf("option %s=%s in the URL: want a duration (250ms, 1s) or whole seconds", o.name, val))
+					continue
+				}
+				d = time.Duration(n) * time.Second
+			}
+			*p = d
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(q)) {
+		msgs = append(msgs, fmt.Sprintf("unknown option %s in the URL (known: %s; set the others as store.redis keys)", quote(name), strings.Join(known, ", ")))
+	}
+	return msgs
 }
 
 func (v *validator) events(e *Events) {

@@ -401,7 +401,9 @@ func (p *Proxy) handleError(rw http.ResponseWriter, _ *http.Request, err error) 
 		status = http.StatusBadGateway
 		writeJSON(e.w, status, up.errBadGateway)
 	}
-	if ce := p.log.Check(zap.DebugLevel, "upstream request failed"); ce != nil {
+	if status == http.StatusGatewayTimeout || status == http.StatusBadGateway {
+		p.upErrs.log(p.log, p.now(), up.name, status, err) // warn, at most every 10 s per upstream
+	} else if ce := p.log.Check(zap.DebugLevel, "upstream request failed"); ce != nil {
 		ce.Write(zap.String("upstream", up.name), zap.Int("status", status), zap.Error(err))
 	}
 }

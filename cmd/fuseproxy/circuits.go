@@ -23,7 +23,7 @@ const circuitsUsage = `Usage:
   fuseproxy circuits mode NAME MODE    MODE: normal | forced_open | forced_closed | metrics_only
 
 Flags (anywhere on the line):
-  --admin URL      admin API (default $FUSE_ADMIN_URL, else http://127.0.0.1:9090)
+  --admin URL      admin API (default $FUSE_ADMIN_URL, else http://127.0.0.1:8084)
   --token TOKEN    bearer token (default $FUSE_ADMIN_TOKEN)
   --json           print the API's JSON
   --timeout D      request timeout (default 5s)

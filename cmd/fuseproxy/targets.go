@@ -23,7 +23,7 @@ and the other circuits commands take that name. eject sets its mode to forced_op
 restore resets it. An operator's ejection counts towards max_ejection_percent like any.
 
 Flags (anywhere on the line):
-  --admin URL      admin API (default $FUSE_ADMIN_URL, else http://127.0.0.1:9090)
+  --admin URL      admin API (default $FUSE_ADMIN_URL, else http://127.0.0.1:8084)
   --token TOKEN    bearer token (default $FUSE_ADMIN_TOKEN)
   --json           print the API's JSON
   --timeout D      request timeout (default 5s)

@@ -11,7 +11,7 @@ import (
 
 // CheckListen returns an error naming admin.listen when addr is not host:port, or is
 // not a loopback address while token is empty: an admin API without a token must not be
-// reachable from other hosts. An empty host (":9090") means every interface and is not
+// reachable from other hosts. An empty host (":8084") means every interface and is not
 // loopback. config.Validate checks the same; this is the second line of defence.
 func CheckListen(addr, token string) error {
 	host, _, err := net.SplitHostPort(addr)

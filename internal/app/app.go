@@ -40,6 +40,9 @@ type Options struct {
 	// Wall is the wall clock; tests skew it (FUSE_TEST_CLOCK_OFFSET) to show that replicas
 	// agree on open periods whatever their clocks say.
 	Wall func() time.Time
+	// Adjust, when set, changes every config read from the file (at reloads) before it
+	// is applied, as Serve does at start (the demo's -listen, -admin, -upstream).
+	Adjust func(*config.Config) error
 }
 
 // App is one running replica.
@@ -257,7 +260,7 @@ func (a *App) Reload(cfg *config.Config) (err error) {
 // logs it, the file watch and SIGHUP log it (reloadFrom).
 func (a *App) ReloadFile() error {
 	path := a.Config().Path
-	cfg, err := config.Load(path)
+	cfg, err := loadAdjusted(path, a.opts.Adjust)
 	if err != nil {
 		a.metrics.Reloaded(err)
 		return err
