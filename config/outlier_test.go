@@ -107,3 +107,32 @@ func TestTargetNameIsCanonical(t *testing.T) {
 		t.Errorf("got %v, want the duplicate in capitals refused", err)
 	}
 }
+
+// Operators' ejections come first and are never capped but by "not the last target";
+// the detectors' take what is left of the cap, in config order.
+func TestHonoured(t *testing.T) {
+	type st struct{ out, forced bool }
+	for _, c := range []struct {
+		name   string
+		limit  int
+		states []st
+		want   []bool // for each target that is out
+	}{
+		{"detectors in config order", 1, []st{{true, false}, {true, false}, {false, false}}, []bool{true, false, false}},
+		{"an operator's ejection takes the cap", 1, []st{{true, false}, {false, false}, {true, true}}, []bool{false, false, true}},
+		{"operators beyond the cap", 1, []st{{true, true}, {true, true}, {false, false}}, []bool{true, true, false}},
+		{"never the last target", 1, []st{{true, true}, {true, true}, {true, true}}, []bool{true, true, false}},
+		{"dry run: operators only", 0, []st{{true, false}, {true, true}, {false, false}}, []bool{false, true, false}},
+		{"room for both", 2, []st{{true, true}, {false, false}, {true, false}, {true, false}}, []bool{true, false, true, false}},
+	} {
+		out := func(j int) (bool, bool) { return c.states[j].out, c.states[j].forced }
+		for i, s := range c.states {
+			if !s.out {
+				continue
+			}
+			if got := Honoured(i, len(c.states), c.limit, out); got != c.want[i] {
+				t.Errorf("%s: target %d honoured = %v, want %v", c.name, i, got, c.want[i])
+			}
+		}
+	}
+}

@@ -437,6 +437,36 @@ func MaxEjected(n, pct int) int {
 	return min(max(n*pct/100, 1), n-1)
 }
 
+// Honoured reports whether the ejection of target i of n (its circuit not passing) is
+// honoured, that is whether the target is skipped; out(j) tells whether target j's
+// circuit is not passing and whether an operator forced it open. Operators' ejections
+// come first: each is honoured as long as fewer forced targets come before it than n-1
+// (the last target is never ejected). The others, the detectors' ejections, are honoured
+// in config order while the ejections honoured before them (every operator's, and the
+// detectors' before them) are fewer than limit (MaxEjected): past it the panic rule lets
+// the target serve. The proxy (which targets it skips) and the admin API (which it shows
+// ejected) both decide with it.
+func Honoured(i, n, limit int, out func(j int) (ejected, forced bool)) bool {
+	_, forcedI := out(i)
+	forced, forcedBefore, detectedBefore := 0, 0, 0
+	for j := range n {
+		e, f := out(j)
+		switch {
+		case f:
+			forced++
+			if j < i {
+				forcedBefore++
+			}
+		case e && j < i:
+			detectedBefore++
+		}
+	}
+	if forcedI {
+		return forcedBefore < n-1
+	}
+	return forced+detectedBefore < limit
+}
+
 // TargetName is the name of a target's circuit: the upstream's name, "@", and the
 // target's host:port (the scheme's default port when the URL has none). Upstream names
 // hold no "@", so the name is unambiguous. The host:port is canonical, so that every

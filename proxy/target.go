@@ -137,13 +137,10 @@ func (up *upstream) first(n int) int {
 // cap: fewer than maxEjected targets before it in config order are not passing. Every
 // replica holding the same circuit states makes the same choice.
 func (up *upstream) honoured(i int) bool {
-	ejected := 0
-	for _, c := range up.targets[:i] {
-		if !c.gate.Passing() {
-			ejected++
-		}
-	}
-	return ejected < up.maxEjected
+	return config.Honoured(i, len(up.targets), up.maxEjected, func(j int) (bool, bool) {
+		g := up.targets[j].gate
+		return !g.Passing(), g.Mode() == breaker.ForcedOpen
+	})
 }
 
 // maxEjected is how many of n targets may be ejected at once (config.MaxEjected).

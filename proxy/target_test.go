@@ -390,3 +390,26 @@ func TestEjectedShareSpreadsEvenly(t *testing.T) {
 		}
 	}
 }
+
+// An operator's ejection comes before the detectors': with the cap (one of three) taken
+// by a failing target, forcing another open takes that target out, and the failing one
+// serves again past the cap.
+func TestOperatorEjectionComesFirst(t *testing.T) {
+	bad, good, maint := newSwitchBackend(t), newSwitchBackend(t), newSwitchBackend(t)
+	bad.status.Store(503)
+	u := ejecting(t, bad.URL, good.URL, maint.URL)
+	f := newFixture(t, single(u))
+	f.statuses(t, 20)
+	if f.target(t, u, 0).State() != breaker.Open {
+		t.Fatal("the failing target was not ejected")
+	}
+	f.target(t, u, 2).SetMode(breaker.ForcedOpen)
+	b0, m0 := bad.hits.Load(), maint.hits.Load()
+	f.statuses(t, 20)
+	if n := maint.hits.Load() - m0; n != 0 {
+		t.Errorf("the target an operator ejected got %d requests", n)
+	}
+	if n := bad.hits.Load() - b0; n < 8 {
+		t.Errorf("the failing target past the cap got %d of 20 requests, want its half", n)
+	}
+}

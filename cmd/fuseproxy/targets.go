@@ -19,8 +19,10 @@ const targetsUsage = `Usage:
   fuseproxy targets restore UPSTREAM HOST:PORT  bring it back: closed, mode normal, ejections cleared
 
 A target's circuit is also a circuit named UPSTREAM@HOST:PORT: "fuseproxy circuits show"
-and the other circuits commands take that name. eject sets its mode to forced_open;
-restore resets it. An operator's ejection counts towards max_ejection_percent like any.
+and the other circuits commands take that name. eject sets its mode to forced_open and
+opens it (a "target ejected" event on every replica); restore resets it ("target
+restored"). An operator's ejection is honoured first: it takes its place in
+max_ejection_percent before the detectors' ejections (never the last target).
 
 Flags (anywhere on the line):
   --admin URL      admin API (default $FUSE_ADMIN_URL, else http://127.0.0.1:8084)
@@ -57,7 +59,13 @@ func targets(args []string, stdout, stderr io.Writer) error {
 	}
 	switch sub {
 	case "eject":
-		return circuitsControl(c, targetCircuit(pos[0], pos[1]), "mode", map[string]string{"mode": "forced_open"}, f.json, stdout, stderr)
+		// Forced open, so it stays out until restored; then opened, so that the ejection
+		// is a transition every replica reports (log line, webhook), like a detector's.
+		name := targetCircuit(pos[0], pos[1])
+		if err := circuitsControl(c, name, "mode", map[string]string{"mode": "forced_open"}, f.json, io.Discard, stderr); err != nil {
+			return err
+		}
+		return circuitsControl(c, name, "open", nil, f.json, stdout, stderr)
 	case "restore":
 		return circuitsControl(c, targetCircuit(pos[0], pos[1]), "reset", nil, f.json, stdout, stderr)
 	}

@@ -262,9 +262,9 @@ func (h *Handler) circuit(name string, st store.Status) (c Circuit, b breaker.Co
 	return Circuit{}, nil, false
 }
 
-// capped applies max_ejection_percent to a target's Ejected, as the proxy picks: of an
-// upstream's targets whose circuits are not passing, the first config.MaxEjected in
-// config order are skipped; the others serve (PastCap).
+// capped applies max_ejection_percent to a target's Ejected, as the proxy picks
+// (config.Honoured): operators' ejections first, then the detectors' in config order up
+// to config.MaxEjected; a target past them serves (PastCap).
 func (h *Handler) capped(c *Circuit) {
 	if !c.Ejected {
 		return
@@ -278,18 +278,26 @@ func (h *Handler) capped(c *Circuit) {
 	if u.Outlier.Enabled {
 		limit = config.MaxEjected(len(u.TargetURLs), u.Outlier.MaxEjectionPercent)
 	}
-	before := 0
-	for _, tu := range u.TargetURLs {
-		name := config.TargetName(c.Upstream, tu)
-		if name == c.Name {
-			if before >= limit {
-				c.Ejected, c.PastCap = false, true
-			}
-			return
+	self := -1
+	names := make([]string, len(u.TargetURLs))
+	for j, tu := range u.TargetURLs {
+		names[j] = config.TargetName(c.Upstream, tu)
+		if names[j] == c.Name {
+			self = j
 		}
-		if b := bs[name]; b != nil && !b.Passing() {
-			before++
+	}
+	if self < 0 {
+		return
+	}
+	out := func(j int) (bool, bool) {
+		b := bs[names[j]]
+		if b == nil {
+			return false, false
 		}
+		return !b.Passing(), b.Mode() == breaker.ForcedOpen
+	}
+	if limit == 0 && !u.Outlier.Enabled || !config.Honoured(self, len(names), limit, out) {
+		c.Ejected, c.PastCap = false, true
 	}
 }
 

@@ -13,16 +13,18 @@ import (
 	"github.com/fuseproxy/fuseproxy/store"
 )
 
-// GET /circuits says a target is ejected only when the proxy skips it: a target whose
-// circuit is out past max_ejection_percent (the panic rule) serves traffic, and says so
-// (past_cap); with max_ejection_percent 0 (a dry run) no target is ejected.
+// GET /circuits says a target is ejected only when the proxy skips it: an operator's
+// ejection (forced_open) comes first and takes the cap; a detector's ejection past
+// max_ejection_percent (the panic rule) serves traffic, and says so (past_cap); with
+// max_ejection_percent 0 (a dry run) only operators eject.
 func TestEjectedFollowsTheCap(t *testing.T) {
 	for _, c := range []struct {
 		pct  int
 		want map[string][2]bool // target -> ejected, past_cap
 	}{
-		{50, map[string][2]bool{"127.0.0.1:1": {true, false}, "127.0.0.1:2": {false, false}, "127.0.0.1:3": {false, true}}},
-		{0, map[string][2]bool{"127.0.0.1:1": {false, true}, "127.0.0.1:2": {false, false}, "127.0.0.1:3": {false, true}}},
+		{50, map[string][2]bool{"127.0.0.1:1": {false, true}, "127.0.0.1:2": {false, false}, "127.0.0.1:3": {true, false}}},
+		{0, map[string][2]bool{"127.0.0.1:1": {false, true}, "127.0.0.1:2": {false, false}, "127.0.0.1:3": {true, false}}},
+		{100, map[string][2]bool{"127.0.0.1:1": {true, false}, "127.0.0.1:2": {false, false}, "127.0.0.1:3": {true, false}}},
 	} {
 		cfg, err := config.Parse("config.yaml", []byte(`upstreams:
   api:
