@@ -148,11 +148,15 @@ func maxEjected(n, pct int) int { return config.MaxEjected(n, pct) }
 
 // targetOutcome classifies a response status for the target's circuit, whatever the
 // upstream's failure settings: 502, 503 and 504 are gateway failures (like a refused
-// or reset connection, or a timeout), other 5xx failures, the rest successes.
+// or reset connection, or a timeout), other 5xx failures, the rest successes. 501 Not
+// Implemented and 505 HTTP Version Not Supported are successes: the client's request
+// caused them, and a client sending unsupported methods must not eject healthy targets.
 func targetOutcome(code int) breaker.Outcome {
 	switch {
 	case code == 502 || code == 503 || code == 504:
 		return breaker.GatewayFailure
+	case code == 501 || code == 505:
+		return breaker.Success
 	case code >= 500 && code <= 599:
 		return breaker.Failure
 	}

@@ -413,3 +413,16 @@ func TestOperatorEjectionComesFirst(t *testing.T) {
 		t.Errorf("the failing target past the cap got %d of 20 requests, want its half", n)
 	}
 }
+
+func TestTargetOutcome(t *testing.T) {
+	for code, want := range map[int]breaker.Outcome{
+		200: breaker.Success, 404: breaker.Success, 429: breaker.Success, 101: breaker.Success,
+		500: breaker.Failure, 507: breaker.Failure, 599: breaker.Failure,
+		502: breaker.GatewayFailure, 503: breaker.GatewayFailure, 504: breaker.GatewayFailure,
+		501: breaker.Success, 505: breaker.Success, // caused by the client's request
+	} {
+		if got := targetOutcome(code); got != want {
+			t.Errorf("targetOutcome(%d) = %v, want %v", code, got, want)
+		}
+	}
+}
