@@ -26,6 +26,8 @@ type Options struct {
 	Logger *zap.Logger
 	// Recorder receives one call per routed request; nil means no metrics.
 	Recorder Recorder
+	// AccessLog receives the sampled requests' accounts; nil means no access log.
+	AccessLog AccessLog
 	// Clock measures latency; nil means time.Now.
 	Clock func() time.Time
 }
@@ -37,6 +39,7 @@ type Options struct {
 type Proxy struct {
 	log     *zap.Logger
 	rec     Recorder
+	access  AccessLog
 	now     func() time.Time
 	buffers bufferPool
 	errLog  *log.Logger // ReverseProxy's own messages, at debug level
@@ -69,7 +72,7 @@ func (t *table) transports() map[*http.Transport]bool {
 // may be missing, and is then proxied without one. cfg must have been validated: New
 // uses the derived fields Upstream.TargetURLs and Failure.FailureStatus.
 func New(cfg *config.Config, breakers map[string]*breaker.Breaker, opts Options) (*Proxy, error) {
-	p := &Proxy{log: opts.Logger, rec: opts.Recorder, now: opts.Clock}
+	p := &Proxy{log: opts.Logger, rec: opts.Recorder, access: opts.AccessLog, now: opts.Clock}
 	if p.log == nil {
 		p.log = zap.NewNop()
 	}
@@ -270,13 +273,15 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	up := rt.up
+	logged := p.access != nil && p.access.Sample()
+	var start time.Time
+	if logged {
+		start = p.now()
+	}
 	// The bulkhead comes before the breaker: a request it refuses never reaches the
 	// breaker, so it is neither a failure nor a trial (bulkhead.go).
 	if !up.bulkhead.acquire() {
-		up.limited.write(w)
-		if p.rec != nil {
-			p.rec.Request(up.name, RejectedConcurrency, 0)
-		}
+		p.reject(w, r, rt, RejectedConcurrency, breaker.Ticket{}, nil, logged, start)
 		return
 	}
 	defer up.bulkhead.release()
@@ -285,10 +290,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if b := up.breaker; b != nil {
 		var err error
 		if ticket, err = b.Allow(); err != nil {
-			up.fallback.reject(w, ticket, err)
-			if p.rec != nil {
-				p.rec.Request(up.name, Rejected, 0)
-			}
+			p.reject(w, r, rt, Rejected, ticket, err, logged, start)
 			return
 		}
 	}
@@ -296,6 +298,10 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	e := p.exchanges.Get().(*exchange)
 	*e = exchange{w: w, p: p, up: up, client: r.Context(), ticket: ticket, start: p.now(), closeConn: chunked}
 	defer p.release(e)
+	if logged {
+		e.logged, e.route, e.method, e.path, e.logStart = true, rt, r.Method, r.URL.Path, start
+		r = r.WithContext(context.WithValue(r.Context(), exchangeKey{}, e))
+	}
 
 	if r.Body != nil && r.Body != http.NoBody {
 		e.body = &clientBody{rc: r.Body}
