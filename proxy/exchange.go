@@ -242,6 +242,7 @@ type exchange struct {
 	method      string
 	path        string
 	target      string
+	acc         Access // the account handed to the access log (pooled with the exchange)
 	// closeConn: the request had a chunked body, so every answer says Connection: close
 	// (see Proxy.ServeHTTP). ReverseProxy clears the response header map after each 1xx
 	// it relays, so the final answer sets it again (closeAfter).
@@ -312,14 +313,15 @@ func (e *exchange) reportStatus(code int) {
 
 // logAccess hands a logged request's account to the access log, when it ends.
 func (e *exchange) logAccess() {
-	a := Access{Route: e.route.index, Upstream: e.up.name, Target: e.target, Method: e.method,
+	a := &e.acc
+	*a = Access{Route: e.route.index, Upstream: e.up.name, Target: e.target, Method: e.method,
 		Path: e.path, Status: e.status, Duration: e.p.now().Sub(e.logStart), Bytes: e.bytes,
 		Attempts: 1, Outcome: e.result, WouldReject: e.ticket.WouldReject()}
 	if a.Outcome == FailureBody {
 		a.Outcome, a.BodyBroken = Success, true
 	}
 	a.Circuit, a.Breaker = e.up.circuitState()
-	e.p.access.Log(&a)
+	e.p.access.Log(a)
 }
 
 // bodyBroken runs when ReverseProxy aborted the response after its headers (it panics

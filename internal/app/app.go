@@ -17,6 +17,7 @@ import (
 
 	"github.com/fuseproxy/fuseproxy/breaker"
 	"github.com/fuseproxy/fuseproxy/config"
+	"github.com/fuseproxy/fuseproxy/internal/accesslog"
 	"github.com/fuseproxy/fuseproxy/internal/events"
 	"github.com/fuseproxy/fuseproxy/internal/telemetry"
 	"github.com/fuseproxy/fuseproxy/internal/watch"
@@ -51,6 +52,7 @@ type App struct {
 	proxy   *proxy.Proxy
 	metrics *telemetry.Metrics
 	events  *events.Dispatcher // every breaker's observer
+	access  *accesslog.Log     // off until Run opens it; closed when Run returns
 
 	mu       sync.RWMutex // guards cfg and breakers (swapped whole on reload)
 	cfg      *config.Config
@@ -58,6 +60,7 @@ type App struct {
 
 	reloadMu sync.Mutex // one reload at a time
 	ready    atomic.Bool
+	running  atomic.Bool // Run opened the access log and has not closed it yet
 
 	proxyAddr, adminAddr atomic.Pointer[string] // bound addresses, once Run listens
 }
@@ -72,7 +75,8 @@ func New(cfg *config.Config, o Options) (*App, error) {
 	}
 	a := &App{opts: o, clock: breaker.SystemClock(), replica: ReplicaID(cfg.Store.ReplicaID)}
 	a.log = o.Logger.With(zap.String("replica", a.replica))
-	a.metrics = telemetry.New(telemetry.Options{Version: o.Version, Circuits: a.Breakers})
+	a.access = accesslog.New(accesslog.Options{Logger: a.log})
+	a.metrics = telemetry.New(telemetry.Options{Version: o.Version, Circuits: a.Breakers, AccessLogDropped: a.access.Dropped})
 	a.events = events.New(cfg.Events, events.Options{
 		Logger: o.Logger, Replica: a.replica, Version: o.Version, Metrics: a.metrics,
 	})
@@ -84,7 +88,7 @@ func New(cfg *config.Config, o Options) (*App, error) {
 	a.cfg, a.breakers = cfg, a.buildBreakers(cfg, nil)
 	a.store.Attach(a.circuits(cfg, a.breakers))
 	a.metrics.SetUpstreams(upstreamNames(cfg))
-	a.proxy, err = proxy.New(cfg, a.breakers, proxy.Options{Logger: a.log, Recorder: a.metrics})
+	a.proxy, err = proxy.New(cfg, a.breakers, proxy.Options{Logger: a.log, Recorder: a.metrics, AccessLog: a.access})
 	if err != nil {
 		return nil, err
 	}
@@ -166,6 +170,16 @@ func (a *App) Reload(cfg *config.Config) (err error) {
 	a.mu.RLock()
 	old, oldCfg := a.breakers, a.cfg
 	a.mu.RUnlock()
+	if a.running.Load() {
+		if err := a.access.Configure(cfg.AccessLog); err != nil {
+			return err
+		}
+		defer func() {
+			if err != nil {
+				_ = a.access.Configure(oldCfg.AccessLog) // best effort: the old sink back
+			}
+		}()
+	}
 	bs := a.buildBreakers(cfg, old)
 	// Requests routed by either table are counted while the proxy switches over.
 	both := upstreamNames(oldCfg)

@@ -43,6 +43,9 @@ type Options struct {
 	Circuits func() map[string]*breaker.Breaker
 	// NoRuntimeCollectors leaves out the Go and process collectors (benchmarks).
 	NoRuntimeCollectors bool
+	// AccessLogDropped returns the access log lines dropped because its queue was full,
+	// for fuseproxy_access_log_dropped_total; nil means no such series.
+	AccessLogDropped func() uint64
 }
 
 // Metrics is one replica's instrumentation. It implements proxy.Recorder. All methods
@@ -134,6 +137,12 @@ func New(o Options) *Metrics {
 		m.connsOpen, m.connsRejected, buildInfo)
 	if o.Circuits != nil {
 		m.reg.MustRegister(newCircuitCollector(o.Circuits))
+	}
+	if f := o.AccessLogDropped; f != nil {
+		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "access_log_dropped_total",
+			Help: "Access log lines dropped because the writer's queue (access_log.buffer_size) was full.",
+		}, func() float64 { return float64(f()) }))
 	}
 	if !o.NoRuntimeCollectors {
 		m.reg.MustRegister(collectors.NewGoCollector(),

@@ -2,6 +2,8 @@ package telemetry
 
 import (
 	"bytes"
+	"fmt"
+	"os"
 	"errors"
 	"net/http"
 	"net/http/httptest"
@@ -306,7 +308,15 @@ func TestSeriesPerUpstream(t *testing.T) {
 	with := count(map[string]bool{"api": true}, map[string]*breaker.Breaker{"api": b}) - base
 	without := count(map[string]bool{"api": false}, nil) - base
 	if with != SeriesPerUpstreamWithBreaker || without != SeriesPerUpstreamWithoutBreaker {
-		t.Errorf("series per upstream: %d with a breaker, %d without; README says %d and %d",
+		t.Errorf("series per upstream: %d with a breaker, %d without; the constants say %d and %d",
 			with, without, SeriesPerUpstreamWithBreaker, SeriesPerUpstreamWithoutBreaker)
+	}
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("Each upstream adds **%d series** with a breaker and **%d** without one", with, without)
+	if !strings.Contains(strings.Join(strings.Fields(string(readme)), " "), want) {
+		t.Errorf("README.md does not say %q", want)
 	}
 }
