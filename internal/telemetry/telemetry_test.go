@@ -2,11 +2,11 @@ package telemetry
 
 import (
 	"bytes"
-	"fmt"
-	"os"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
