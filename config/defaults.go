@@ -54,7 +54,7 @@ func Default() *Config {
 			Enabled:    false,
 			Path:       "",
 			SampleRate: 1,
-			BufferSize: 4096,
+			BufferSize: 1 << 20,
 		},
 		Upstreams: map[string]*Upstream{},
 	}

@@ -151,7 +151,7 @@ routes:
 		{
 			name: "access log buffer size",
 			src:  minimal + "access_log:\n  buffer_size: 0\n",
-			want: `config.yaml:7: access_log.buffer_size: must be >= 1, got 0`,
+			want: `config.yaml:7: access_log.buffer_size: must be >= 4096, got 0`,
 		},
 		{
 			name: "access log path is a directory",

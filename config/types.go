@@ -111,7 +111,7 @@ type AccessLog struct {
 	Enabled    bool    `yaml:"enabled"`
 	Path       string  `yaml:"path"`        // "" or "stderr": standard error; "stdout"; else a file
 	SampleRate float64 `yaml:"sample_rate"` // 0-1: the share of requests logged
-	BufferSize int     `yaml:"buffer_size"` // lines queued for the writer before lines are dropped
+	BufferSize int     `yaml:"buffer_size"` // bytes pending for the writer beyond which lines are dropped
 }
 
 // Events configures transition events (log lines always, webhooks when listed).

@@ -187,7 +187,7 @@ func (v *validator) events(e *Events) {
 
 func (v *validator) accessLog(a *AccessLog) {
 	v.between("access_log.sample_rate", a.SampleRate, 0, 1)
-	v.atLeast("access_log.buffer_size", a.BufferSize, 1)
+	v.atLeast("access_log.buffer_size", a.BufferSize, 4096)
 	if strings.ContainsRune(a.Path, 0) || a.Path != strings.TrimSpace(a.Path) {
 		v.errorf("access_log.path", "invalid path %s: no NUL or surrounding white space", quote(a.Path))
 	}

@@ -3,21 +3,21 @@
 // file.
 //
 // The request path never waits for the disk. Each line is formatted on the request's
-// goroutine into a pooled buffer and handed to a queue (a buffered channel of
-// access_log.buffer_size lines) without blocking; one writer goroutine per sink
-// drains it through a bufio.Writer, flushing whenever the queue is empty, so lines
-// reach the file within one write of the last request when the load is light and in
-// large writes when it is heavy. When the queue is full (the disk is slower than the
-// traffic) the line is dropped and counted (Dropped, fuseproxy_access_log_dropped_total):
-// a blocked disk slows down the log, never the proxy.
+// goroutine into a pooled buffer and appended, under a mutex held for that copy only,
+// to the sink's pending buffer. One writer goroutine per sink swaps the pending buffer
+// for an empty one every FlushInterval, or at once when it holds 64 KiB, and writes it
+// out with one write call: no wake-up and no system call per line, and lines reach the
+// file within FlushInterval. When access_log.buffer_size bytes are pending (the disk is
+// slower than the traffic) the line is dropped and counted (Dropped,
+// fuseproxy_access_log_dropped_total): a blocked disk slows down the log, never the
+// proxy.
 //
 // Configure applies a config at start and on every reload: a new path gets a new sink
-// (the file opened, created if missing, appended to); the old sink's writer drains
-// what was queued, flushes and closes its file. Close does the same at shutdown.
+// (the file opened, created if missing, appended to); the old sink's writer writes what
+// was pending and closes its file. Close does the same at shutdown.
 package accesslog
 
 import (
-	"bufio"
 	"fmt"
 	"io"
 	"math"
@@ -103,7 +103,7 @@ func (l *Log) Configure(c config.AccessLog) error {
 	if !s.all {
 		s.threshold = uint64(c.SampleRate * math.MaxUint64)
 	}
-	if old != nil && old.sink.path == c.Path && cap(old.sink.queue) == c.BufferSize {
+	if old != nil && old.sink.path == c.Path && old.sink.max == c.BufferSize {
 		s.sink = old.sink
 		l.cur.Store(s)
 		return nil
@@ -120,12 +120,12 @@ func (l *Log) Configure(c config.AccessLog) error {
 	return nil
 }
 
-// Close turns the log off and closes its sink, after writing what was queued.
+// Close turns the log off and closes its sink, after writing what was pending.
 func (l *Log) Close() error {
 	return l.Configure(config.AccessLog{})
 }
 
-// Dropped returns how many lines were dropped because the queue was full.
+// Dropped returns how many lines were dropped because buffer_size bytes were pending.
 func (l *Log) Dropped() uint64 { return l.dropped.Load() }
 
 // Sample implements proxy.AccessLog: false when the log is off, else true for the
@@ -138,8 +138,8 @@ func (l *Log) Sample() bool {
 	return s.all || rand.Uint64() < s.threshold
 }
 
-// Log implements proxy.AccessLog: it formats a and queues the line, or drops it if the
-// queue is full.
+// Log implements proxy.AccessLog: it formats a and appends the line to the pending
+// buffer, or drops it if the buffer is full.
 func (l *Log) Log(a *proxy.Access) {
 	s := l.cur.Load()
 	if s == nil {
@@ -147,27 +147,38 @@ func (l *Log) Log(a *proxy.Access) {
 	}
 	bp := l.buffers.Get().(*[]byte)
 	*bp = AppendLine((*bp)[:0], l.opts.Now(), a)
-	if !s.sink.send(bp) {
+	if !s.sink.send(*bp) {
 		l.dropped.Add(1)
-		l.buffers.Put(bp)
 	}
+	l.buffers.Put(bp)
 }
 
-// sink is one destination with its queue and writer goroutine.
-type sink struct {
-	l     *Log
-	path  string
-	w     io.Writer
-	file  *os.File // nil for standard error and output
-	queue chan *[]byte
-	done  chan struct{} // closed when the writer has written everything and returned
+// FlushInterval is the longest a line waits in the pending buffer before it is written.
+const FlushInterval = 100 * time.Millisecond
 
-	mu     sync.RWMutex // senders hold it shared; close takes it to close the queue
-	closed bool
+// flushAt is the pending size that wakes the writer before FlushInterval.
+const flushAt = 64 << 10
+
+// sink is one destination with its pending buffer and writer goroutine.
+type sink struct {
+	l    *Log
+	path string
+	w    io.Writer
+	file *os.File // nil for standard error and output
+	max  int      // bytes pending beyond which lines are dropped
+
+	mu      sync.Mutex // guards pending and closed
+	pending []byte
+	closed  bool
+
+	kick chan struct{} // capacity 1: pending reached flushAt
+	stop chan struct{} // closed by close
+	done chan struct{} // closed when the writer has written everything and returned
 }
 
 func (l *Log) open(path string, size int) (*sink, error) {
-	s := &sink{l: l, path: path, queue: make(chan *[]byte, max(size, 1)), done: make(chan struct{})}
+	s := &sink{l: l, path: path, max: max(size, 1), kick: make(chan struct{}, 1),
+		stop: make(chan struct{}), done: make(chan struct{})}
 	switch path {
 	case "", "stderr":
 		s.w = l.opts.Stderr
@@ -191,36 +202,45 @@ func (l *Log) open(path string, size int) (*sink, error) {
 	return s, nil
 }
 
-// send queues a line without blocking; false if the queue is full or closed.
-func (s *sink) send(bp *[]byte) bool {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.closed {
+// send appends a line without waiting for the writer; false if max bytes are pending
+// or the sink is closed.
+func (s *sink) send(line []byte) bool {
+	s.mu.Lock()
+	if s.closed || len(s.pending)+len(line) > s.max {
+		s.mu.Unlock()
 		return false
 	}
-	select {
-	case s.queue <- bp:
-		return true
-	default:
-		return false
+	s.pending = append(s.pending, line...)
+	kick := len(s.pending) >= flushAt
+	s.mu.Unlock()
+	if kick {
+		select {
+		case s.kick <- struct{}{}:
+		default:
+		}
 	}
+	return true
 }
 
-// close stops the sink: what was queued is written, the file closed; it waits for that.
+// close stops the sink: what was pending is written, the file closed; it waits for that.
 func (s *sink) close() {
 	s.mu.Lock()
-	if !s.closed {
-		s.closed = true
-		close(s.queue)
-	}
+	already := s.closed
+	s.closed = true
 	s.mu.Unlock()
+	if !already {
+		close(s.stop)
+	}
 	<-s.done
 }
 
-// run writes queued lines until the queue is closed, flushing whenever it is empty.
+// run writes the pending buffer every FlushInterval, when kicked, and once more when
+// stopped; the two buffers are swapped, so neither is copied or reallocated.
 func (s *sink) run() {
 	defer close(s.done)
-	bw := bufio.NewWriterSize(s.w, 64<<10)
+	t := time.NewTicker(FlushInterval)
+	defer t.Stop()
+	var spare []byte
 	var errs int
 	var first error
 	note := func(err error) {
@@ -232,15 +252,23 @@ func (s *sink) run() {
 			s.l.opts.Logger.Error("access log write failed; lines are lost until it recovers", zap.String("path", s.path), zap.Error(err))
 		}
 	}
-	for bp := range s.queue {
-		_, err := bw.Write(*bp)
-		note(err)
-		s.l.buffers.Put(bp)
-		if len(s.queue) == 0 {
-			note(bw.Flush())
+	for stopped := false; !stopped; {
+		select {
+		case <-t.C:
+		case <-s.kick:
+		case <-s.stop:
+			stopped = true
 		}
+		s.mu.Lock()
+		b := s.pending
+		s.pending = spare[:0]
+		s.mu.Unlock()
+		if len(b) > 0 {
+			_, err := s.w.Write(b)
+			note(err)
+		}
+		spare = b
 	}
-	note(bw.Flush())
 	if s.file != nil {
 		note(s.file.Close())
 	}

@@ -80,7 +80,7 @@ func (s *syncBuffer) String() string {
 }
 
 func on(path string) config.AccessLog {
-	return config.AccessLog{Enabled: true, Path: path, SampleRate: 1, BufferSize: 16}
+	return config.AccessLog{Enabled: true, Path: path, SampleRate: 1, BufferSize: 1 << 20}
 }
 
 func TestOffByDefaultAndStderr(t *testing.T) {
@@ -219,22 +219,22 @@ func (w *blockedWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// A writer stuck on the disk never blocks Log: the queue fills, and further lines are
-// dropped and counted.
-func TestFullQueueDropsAndCounts(t *testing.T) {
+// A writer stuck on the disk never blocks Log: the pending buffer fills, and further
+// lines are dropped and counted.
+func TestFullBufferDropsAndCounts(t *testing.T) {
 	w := &blockedWriter{started: make(chan struct{}, 1), release: make(chan struct{})}
-	l := New(Options{Stderr: w})
+	l := New(Options{Stderr: w, Now: func() time.Time { return at }})
 	c := on("")
-	c.BufferSize = 2
+	c.BufferSize = 2 * len(AppendLine(nil, at, sample())) // two lines
 	if err := l.Configure(c); err != nil {
 		t.Fatal(err)
 	}
-	l.Log(sample()) // taken by the writer, which flushes it and blocks in Write
+	l.Log(sample()) // taken by the writer at its next tick, which blocks in Write
 	<-w.started
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		for range 10 { // 2 fit the queue, 8 are dropped
+		for range 10 { // 2 fit the buffer, 8 are dropped
 			l.Log(sample())
 		}
 	}()
