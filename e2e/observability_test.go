@@ -116,6 +116,10 @@ func ruleSeries(t *testing.T, path string) map[string][]string {
 			out[alert] = append(out[alert], metric.FindAllString(line, -1)...)
 		}
 	}
+	for alert, series := range out {
+		slices.Sort(series)
+		out[alert] = slices.Compact(series)
+	}
 	return out
 }
 
