@@ -14,6 +14,8 @@ func TestRequestPathDoesNotAllocate(t *testing.T) {
 	s.FailureRate = 50
 	s.SlowCallRate = 50
 	s.SlowCallDuration = time.Second
+	s.ConsecutiveGatewayFailures = 2
+	s.TripDecay = time.Minute
 	s.MinimumRequests = 1 << 30 // evaluate the rate rules, never trip on them
 	s.SuccessThreshold = 1 << 30
 	s.HalfOpenMaxRequests = 1
@@ -28,6 +30,13 @@ func TestRequestPathDoesNotAllocate(t *testing.T) {
 			c.Advance(time.Millisecond)
 			tk, _ := b.Allow()
 			b.Done(tk, breaker.Success, 2*time.Second)
+		}},
+		{"closed gateway failures", func(*breaker.Breaker, *fakeClock) {}, func(t *testing.T, b *breaker.Breaker, c *fakeClock) {
+			c.Advance(time.Millisecond)
+			tk, _ := b.Allow()
+			b.Done(tk, breaker.GatewayFailure, 0) // a gateway run of 1
+			tk, _ = b.Allow()
+			b.Done(tk, breaker.Success, 0) // ends it
 		}},
 		{"closed Allow+Done+LateFailure", func(*breaker.Breaker, *fakeClock) {}, func(t *testing.T, b *breaker.Breaker, c *fakeClock) {
 			c.Advance(time.Millisecond)

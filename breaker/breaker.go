@@ -46,7 +46,9 @@ type Breaker struct {
 	s              Settings
 	win            window
 	consecutive    int
-	trips          int           // trips since the circuit last closed after trials
+	gatewayRun     int           // consecutive gateway failures (ConsecutiveGatewayFailures)
+	trips          int           // trips since the circuit last closed after trials (see TripDecay)
+	closedAt       time.Duration // clock reading when the circuit last closed (TripDecay)
 	openedAt       time.Duration // clock reading when the circuit last opened
 	openFor        time.Duration // length of the current open period
 	trialsInFlight int
@@ -230,39 +232,72 @@ func (b *Breaker) allowLocked(tr *Transition) (Ticket, error, bool) {
 // after all (its response body broke off after the headers), hand the receipt to
 // LateFailure. Otherwise it returns the zero Receipt, which LateFailure ignores.
 func (b *Breaker) Done(t Ticket, o Outcome, elapsed time.Duration) Receipt {
+	return b.DonePause(t, o, elapsed, 0)
+}
+
+// DonePause is Done for a response that asked clients to wait pause before they try
+// again (the upstream's Retry-After on a 429 or 503). The outcome is counted as by Done;
+// then, if the request was admitted closed or as a trial in the circuit's current
+// generation (and the mode is normal or metrics only), the circuit opens for pause,
+// capped by MaxOpenDuration and jittered, with reason ReasonRetryAfter: the trip count
+// (the backoff) does not change. A shared breaker hands the pause to its store with the
+// counts, and wakes it: the store opens the circuit fleet-wide. A pause of 0 is Done.
+func (b *Breaker) DonePause(t Ticket, o Outcome, elapsed, pause time.Duration) Receipt {
 	if t.flags&ticketWouldReject != 0 || (o == Ignored && t.flags&ticketTrial == 0) {
 		return Receipt{}
 	}
 	if _, _, gen := b.load(); gen != t.gen {
 		return Receipt{}
 	}
-	if o == GatewayFailure { // TODO(#14): the gateway run (ConsecutiveGatewayFailures)
-		o = Failure
-	}
 	var tr Transition
 	b.mu.Lock()
-	r, wake := b.doneLocked(t, o, elapsed, &tr)
+	r, wake := b.doneLocked(t, o, elapsed, pause, &tr)
 	b.mu.Unlock()
 	b.after(tr, wake)
 	return r
 }
 
-func (b *Breaker) doneLocked(t Ticket, o Outcome, elapsed time.Duration, tr *Transition) (Receipt, bool) {
+// PausePeriod is the open period a pause asked for by the upstream gets, before
+// jitter: the pause, capped at MaxOpenDuration (when set).
+func (s Settings) PausePeriod(pause time.Duration) time.Duration {
+	if s.MaxOpenDuration > 0 && pause > s.MaxOpenDuration {
+		return s.MaxOpenDuration
+	}
+	return pause
+}
+
+// pauseLocked opens the circuit for an upstream's pause (see DonePause).
+func (b *Breaker) pauseLocked(now, pause time.Duration) Transition {
+	d := b.s.PausePeriod(pause)
+	if j := b.s.Jitter; j > 0 {
+		d += time.Duration(float64(d) * j * (2*b.rand() - 1))
+	}
+	b.openedAt, b.openFor = now, d
+	b.openUntil.Store(int64(now + d))
+	return b.transitionLocked(now, Open, ReasonRetryAfter)
+}
+
+func (b *Breaker) doneLocked(t Ticket, o Outcome, elapsed, pause time.Duration, tr *Transition) (Receipt, bool) {
 	st, m, gen := b.load()
 	if gen != t.gen {
 		return Receipt{}, false
 	}
 	now := b.clock.Now()
 	if t.Trial() {
-		return b.trialDoneLocked(t, now, o, tr)
+		return b.trialDoneLocked(t, now, o, pause, tr)
 	}
 	if st != Closed {
 		return Receipt{}, false
 	}
-	failure := o == Failure
+	failure, gateway := o == Failure || o == GatewayFailure, o == GatewayFailure
 	slow := b.s.SlowCallDuration > 0 && elapsed > b.s.SlowCallDuration
 	b.win.add(now, failure, slow)
 	var r Receipt
+	if gateway {
+		b.gatewayRun++
+	} else {
+		b.gatewayRun = 0 // any other outcome ends the run of gateway failures
+	}
 	if failure {
 		b.consecutive++
 	} else {
@@ -276,10 +311,20 @@ func (b *Breaker) doneLocked(t Ticket, o Outcome, elapsed time.Duration, tr *Tra
 			b.deltaCleared = b.delta.Tail
 		}
 		b.delta.add(gen>>8, failure, slow)
+		b.delta.addGateway(gateway)
+		if pause > 0 && (m == Normal || m == MetricsOnly) {
+			b.delta.Pause = max(b.delta.Pause, pause)
+			b.noteNews()
+			return r, true // the fleet opens now, not at the next flush
+		}
 		b.noteNews()
 		return r, false
 	}
 	if m == ForcedClosed {
+		return r, false
+	}
+	if pause > 0 && m != ForcedOpen {
+		*tr = b.pauseLocked(now, pause)
 		return r, false
 	}
 	if reason := b.tripReasonLocked(now); reason != "" {
@@ -288,16 +333,26 @@ func (b *Breaker) doneLocked(t Ticket, o Outcome, elapsed time.Duration, tr *Tra
 	return r, false
 }
 
-func (b *Breaker) trialDoneLocked(t Ticket, now time.Duration, o Outcome, tr *Transition) (Receipt, bool) {
+func (b *Breaker) trialDoneLocked(t Ticket, now time.Duration, o Outcome, pause time.Duration, tr *Transition) (Receipt, bool) {
 	b.trialsInFlight--
 	var r Receipt
 	if o == Success {
 		r = Receipt{gen: t.gen, at: now, flags: receiptSuccess | receiptTrial}
 	}
+	_, m, _ := b.load()
+	pause = max(pause, 0)
+	if m != Normal && m != MetricsOnly {
+		pause = 0
+	}
 	if b.shared {
 		b.trials.add(o)
+		b.trials.Pause = max(b.trials.Pause, pause)
 		b.noteNews()
 		return r, true
+	}
+	if pause > 0 {
+		*tr = b.pauseLocked(now, pause)
+		return Receipt{}, false
 	}
 	switch o {
 	case Success:
@@ -305,7 +360,7 @@ func (b *Breaker) trialDoneLocked(t Ticket, now time.Duration, o Outcome, tr *Tr
 		if b.trialSuccesses >= b.s.SuccessThreshold {
 			*tr = b.transitionLocked(now, Closed, ReasonTrialsSucceeded)
 		}
-	case Failure:
+	case Failure, GatewayFailure:
 		*tr = b.openLocked(now, ReasonTrialFailed)
 	}
 	return r, false
@@ -342,6 +397,9 @@ const (
 //     the failure happens now; if no success was counted after the one taken back, the
 //     run that success had ended is restored (so alternating headers and broken bodies
 //     build a run). The slow count does not change: slowness is judged at the headers.
+//     Nor does the run of gateway failures (ConsecutiveGatewayFailures): the target
+//     answered with headers, so the request was no gateway error, and it ended that run
+//     when Done counted it; a broken body only counts towards the ordinary run.
 //     The trip rules then run as for Done (not while forced closed).
 //   - Closed, shared: the same locally, and the store learns it through the Delta. If
 //     the success is still in the Delta the store has not taken, it turns into a failure
@@ -349,7 +407,8 @@ const (
 //     counted and the failure came last). If the store took it already, the Delta gets a
 //     failed request of its own (Requests+1, Failures+1): the shared window can only be
 //     added to, so it then holds this request twice, once as a success and once as a
-//     failure, until the success leaves the window.
+//     failure, until the success leaves the window. The Delta's gateway run (GatewayTail,
+//     GatewayEnded) is not touched, as locally.
 //   - Half-open, a trial's receipt: a failed trial. Local: the circuit opens again
 //     (ReasonTrialFailed) with the next backoff. Shared: the failure is added to the
 //     TrialReport, taking back a success not yet taken by the store, and the store is
@@ -420,6 +479,11 @@ func (b *Breaker) lateFailureLocked(r Receipt, tr *Transition) bool {
 // The Redis store's scripts hold the same rules: breaker/conformance holds both to one table.
 func (b *Breaker) tripReasonLocked(now time.Duration) string {
 	s := &b.s
+	// The gateway run first: when one batch of failures meets both run rules, the more
+	// specific reason (a target refusing, resetting or timing out) is the one reported.
+	if s.ConsecutiveGatewayFailures > 0 && b.gatewayRun >= s.ConsecutiveGatewayFailures {
+		return ReasonConsecutiveGateway
+	}
 	if s.ConsecutiveFailures > 0 && b.consecutive >= s.ConsecutiveFailures {
 		return ReasonConsecutiveFailures
 	}
@@ -440,10 +504,17 @@ func (b *Breaker) tripReasonLocked(now time.Duration) string {
 }
 
 // OpenPeriod is the open period after the given number of trips without a recovery,
-// before jitter: OpenDuration × BackoffMultiplier^(trips-1), capped at MaxOpenDuration.
+// before jitter: OpenDuration × BackoffMultiplier^(trips-1), or OpenDuration × trips with
+// LinearBackoff, capped at MaxOpenDuration. The Redis store's trip (lua/prelude.lua)
+// computes the same.
 func (s Settings) OpenPeriod(trips int) time.Duration {
 	s = normalize(s)
-	d := float64(s.OpenDuration) * math.Pow(s.BackoffMultiplier, float64(max(trips-1, 0)))
+	var d float64
+	if s.LinearBackoff {
+		d = float64(s.OpenDuration) * float64(max(trips, 1))
+	} else {
+		d = float64(s.OpenDuration) * math.Pow(s.BackoffMultiplier, float64(max(trips-1, 0)))
+	}
 	if s.MaxOpenDuration > 0 && d > float64(s.MaxOpenDuration) {
 		d = float64(s.MaxOpenDuration)
 	}
@@ -453,7 +524,13 @@ func (s Settings) OpenPeriod(trips int) time.Duration {
 	return time.Duration(d)
 }
 
+// openLocked opens the circuit (or starts a new open period) for the backoff of one more
+// trip. With TripDecay, a trip from the closed state first takes back one trip for each
+// full TripDecay the circuit was closed (not below 0).
 func (b *Breaker) openLocked(now time.Duration, reason string) Transition {
+	if st, _, _ := b.load(); st == Closed && b.s.TripDecay > 0 {
+		b.trips = max(b.trips-int((now-b.closedAt)/b.s.TripDecay), 0)
+	}
 	b.trips++
 	d := b.s.OpenPeriod(b.trips)
 	if j := b.s.Jitter; j > 0 {
@@ -477,7 +554,10 @@ func (b *Breaker) transitionLocked(now time.Duration, to State, reason string) T
 		tr.OpenFor = b.openFor
 	}
 	if to == Closed {
-		b.trips = 0
+		if b.s.TripDecay <= 0 {
+			b.trips = 0
+		}
+		b.closedAt = now
 	}
 	b.resetGenerationLocked()
 	b.store(to, m, gen+1)
@@ -487,7 +567,7 @@ func (b *Breaker) transitionLocked(now time.Duration, to State, reason string) T
 // resetGenerationLocked clears everything that is only valid within one generation.
 func (b *Breaker) resetGenerationLocked() {
 	b.win.reset()
-	b.consecutive = 0
+	b.consecutive, b.gatewayRun = 0, 0
 	b.trialsInFlight, b.trialSuccesses, b.permits, b.wanted = 0, 0, 0, false
 	b.delta = Delta{}
 	b.trials = TrialReport{}

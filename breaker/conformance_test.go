@@ -30,7 +30,7 @@ func (d *goDriver) Do(t testing.TB, s conformance.Step) {
 	t.Helper()
 	b := d.f.b
 	switch s.Kind {
-	case conformance.Success, conformance.Slow, conformance.Failure:
+	case conformance.Success, conformance.Slow, conformance.Failure, conformance.GatewayFailure:
 		tk, err := b.Allow()
 		if err != nil {
 			return // rejected: nothing to count
@@ -42,6 +42,8 @@ func (d *goDriver) Do(t testing.TB, s conformance.Step) {
 		switch s.Kind {
 		case conformance.Failure:
 			o = breaker.Failure
+		case conformance.GatewayFailure:
+			o = breaker.GatewayFailure
 		case conformance.Slow:
 			elapsed = 2 * conformance.Settings().SlowCallDuration
 		}
@@ -55,16 +57,33 @@ func (d *goDriver) Do(t testing.TB, s conformance.Step) {
 			}
 			d.held = append(d.held, tk)
 		}
-	case conformance.TrialSuccess, conformance.TrialFailure:
+	case conformance.TrialSuccess, conformance.TrialFailure, conformance.TrialGatewayFailure:
 		if len(d.held) == 0 {
 			t.Fatalf("%v with no trial in flight", s.Kind)
 		}
 		o := breaker.Success
-		if s.Kind == conformance.TrialFailure {
+		switch s.Kind {
+		case conformance.TrialFailure:
 			o = breaker.Failure
+		case conformance.TrialGatewayFailure:
+			o = breaker.GatewayFailure
 		}
 		b.Done(d.held[0], o, 0)
 		d.held = d.held[1:]
+	case conformance.Pause:
+		if tk, err := b.Allow(); err == nil {
+			b.DonePause(tk, breaker.Success, 0, s.For)
+		}
+	case conformance.TrialPause:
+		if len(d.held) == 0 {
+			t.Fatalf("%v with no trial in flight", s.Kind)
+		}
+		b.DonePause(d.held[0], breaker.Failure, 0, s.For)
+		d.held = d.held[1:]
+	case conformance.Wait:
+		d.f.clock.Advance(s.For)
+	case conformance.Configure:
+		b.SetSettings(*s.Settings)
 	case conformance.Open:
 		b.Trip()
 	case conformance.Close:
@@ -89,7 +108,7 @@ func (d *goDriver) Observe(testing.TB) conformance.Observed {
 	o := conformance.Observed{State: sn.State, Mode: sn.Mode, Reasons: strings.Join(rs, ","), Trips: sn.Trips}
 	switch sn.State {
 	case breaker.Closed:
-		o.Counts, o.Consecutive = sn.Counts, sn.Consecutive
+		o.Counts, o.Consecutive, o.GatewayRun = sn.Counts, sn.Consecutive, sn.GatewayRun
 	case breaker.Open:
 		o.OpenFor = sn.OpenFor
 	case breaker.HalfOpen:

@@ -23,8 +23,9 @@ func (b *Breaker) Trip() {
 	b.after(tr, false)
 }
 
-// Close closes the circuit now (an operator's "close"); the backoff starts over. On a
-// closed circuit it does nothing (Reset also clears the counts).
+// Close closes the circuit now (an operator's "close"); the backoff starts over, unless
+// TripDecay keeps the trip count as any close does (Reset clears it). On a closed circuit
+// it does nothing (Reset also clears the counts).
 func (b *Breaker) Close() {
 	b.mu.Lock()
 	var tr Transition
@@ -35,7 +36,8 @@ func (b *Breaker) Close() {
 	b.after(tr, false)
 }
 
-// Reset returns the breaker to closed, normal mode, with empty counts and no backoff.
+// Reset returns the breaker to closed, normal mode, with empty counts and no backoff
+// (the trip count is cleared whatever TripDecay says).
 func (b *Breaker) Reset() {
 	b.mu.Lock()
 	st, _, _ := b.load()
@@ -43,7 +45,7 @@ func (b *Breaker) Reset() {
 	now := b.clock.Now()
 	tr := Transition{Upstream: b.name, From: st, To: Closed, Mode: Normal, Reason: ReasonReset,
 		Generation: gen + 1, Counts: b.win.sum(now), Consecutive: b.consecutive}
-	b.trips = 0
+	b.trips, b.closedAt = 0, now
 	b.resetGenerationLocked()
 	b.store(Closed, Normal, gen+1)
 	b.mu.Unlock()
@@ -85,6 +87,7 @@ type Snapshot struct {
 	Generation     uint64
 	Counts         Counts // the current window
 	Consecutive    int
+	GatewayRun     int // consecutive gateway failures (ConsecutiveGatewayFailures)
 	Trips          int
 	OpenedAgo      time.Duration // time since the circuit last opened (when not closed)
 	OpenRemaining  time.Duration // time left in the open period (when open)
@@ -102,7 +105,7 @@ func (b *Breaker) Snapshot() Snapshot {
 	st, m, _ := b.load()
 	sn := Snapshot{
 		Name: b.name, State: st, Mode: m, Generation: b.generation(), Counts: b.win.sum(now),
-		Consecutive: b.consecutive, Trips: b.trips, TrialsInFlight: b.trialsInFlight,
+		Consecutive: b.consecutive, GatewayRun: b.gatewayRun, Trips: b.trips, TrialsInFlight: b.trialsInFlight,
 		Permits: b.permits, Shared: b.shared,
 	}
 	if st != Closed {
@@ -119,6 +122,15 @@ func (b *Breaker) Snapshot() Snapshot {
 func (b *Breaker) State() State {
 	st, _, _ := b.load()
 	return st
+}
+
+// Passing reports whether the circuit lets every request through: closed and not forced
+// open, or forced closed, or metrics only. It is false while the circuit is open, half-
+// open (only trials pass) or forced open. Lock-free, with no side effect (unlike Allow,
+// it never takes a trial slot): the proxy uses it to tell an ejected target.
+func (b *Breaker) Passing() bool {
+	st, m, _ := b.load()
+	return m == ForcedClosed || m == MetricsOnly || (st == Closed && m != ForcedOpen)
 }
 
 // Mode returns the current operator mode.

@@ -247,7 +247,7 @@ func TestSharedLateFailureDelta(t *testing.T) {
 			r := f.succeedLater()
 			f.fail(2)
 			f.b.LateFailure(r)
-		}, breaker.Delta{Counts: breaker.Counts{Requests: 3, Failures: 3}, Tail: 3}},
+		}, breaker.Delta{Counts: breaker.Counts{Requests: 3, Failures: 3}, Tail: 3, GatewayEnded: true}},
 		{"the latest success, another before it", func(f *fixture) {
 			f.fail(1)
 			f.succeed(1)
@@ -255,7 +255,7 @@ func TestSharedLateFailureDelta(t *testing.T) {
 			r := f.succeedLater()
 			f.fail(1)
 			f.b.LateFailure(r) // f s f f [f] f f: 4 failures after the last success
-		}, breaker.Delta{Counts: breaker.Counts{Requests: 6, Failures: 5}, Tail: 4, HadSuccess: true}},
+		}, breaker.Delta{Counts: breaker.Counts{Requests: 6, Failures: 5}, Tail: 4, HadSuccess: true, GatewayEnded: true}},
 		{"an earlier success, another after it", func(f *fixture) {
 			f.fail(1)
 			r := f.succeedLater()
@@ -263,15 +263,15 @@ func TestSharedLateFailureDelta(t *testing.T) {
 			f.succeed(1)
 			f.fail(1)
 			f.b.LateFailure(r) // f [f] f s f f: 2 failures after the last success
-		}, breaker.Delta{Counts: breaker.Counts{Requests: 5, Failures: 4}, Tail: 2, HadSuccess: true}},
+		}, breaker.Delta{Counts: breaker.Counts{Requests: 5, Failures: 4}, Tail: 2, HadSuccess: true, GatewayEnded: true}},
 		{"a success the store already took: a failed request of its own", func(f *fixture) {
 			r := f.succeedLater()
 			f.fail(1)
 			f.wantDelta(breaker.Delta{Generation: f.snap().Generation, Counts: breaker.Counts{Requests: 2, Failures: 1},
-				Tail: 1, HadSuccess: true})
+				Tail: 1, HadSuccess: true, GatewayEnded: true})
 			f.fail(1)
 			f.b.LateFailure(r)
-		}, breaker.Delta{Counts: breaker.Counts{Requests: 2, Failures: 2}, Tail: 2}},
+		}, breaker.Delta{Counts: breaker.Counts{Requests: 2, Failures: 2}, Tail: 2, GatewayEnded: true}},
 		{"a success counted before the store took over", func(f *fixture) {
 			f.b.SetShared(false)
 			r := f.succeedLater()

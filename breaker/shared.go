@@ -5,11 +5,20 @@ import "time"
 // Delta is what a shared breaker counted in the closed state since the store last took
 // it. Tail is the number of failures after the last success in the batch; a batch with a
 // success ends the fleet's run of consecutive failures before adding its Tail.
+// GatewayTail and GatewayEnded are the same for the run of gateway failures
+// (ConsecutiveGatewayFailures): the gateway failures after the batch's last other outcome
+// (a success or a plain failure), and whether the batch had one, which ends the fleet's
+// gateway run before GatewayTail is added.
 type Delta struct {
 	Generation uint64
 	Counts
-	Tail       uint32
-	HadSuccess bool
+	Tail         uint32
+	HadSuccess   bool
+	GatewayTail  uint32
+	GatewayEnded bool
+	// Pause is the longest pause an upstream asked for in the batch (DonePause): the
+	// store opens the circuit for it.
+	Pause time.Duration
 }
 
 func (d *Delta) add(gen uint64, failure, slow bool) {
@@ -27,9 +36,20 @@ func (d *Delta) add(gen uint64, failure, slow bool) {
 	}
 }
 
+// addGateway counts a request (already counted by add) in the batch's gateway run.
+func (d *Delta) addGateway(gateway bool) {
+	if gateway {
+		d.GatewayTail++
+	} else {
+		d.GatewayEnded = true
+		d.GatewayTail = 0
+	}
+}
+
 // lateFailure takes back a success of generation gen as a failure (see
 // Breaker.LateFailure). inDelta tells whether the success was counted into this delta;
 // latest, whether no success was counted after it, and then cleared is the Tail it ended.
+// The gateway run is not touched: the success ended it at its headers (see LateFailure).
 func (d *Delta) lateFailure(gen uint64, inDelta, latest bool, cleared uint32) {
 	if !inDelta || d.Requests <= d.Failures {
 		d.add(gen, true, false) // the store has the success: add a failed request
@@ -51,13 +71,16 @@ func (d *Delta) lateFailure(gen uint64, inDelta, latest bool, cleared uint32) {
 type TrialReport struct {
 	Generation                    uint64
 	Successes, Failures, Released int
+	// Pause is the longest pause a trial's response asked for (DonePause): the store
+	// opens the circuit for it rather than closing or backing off.
+	Pause time.Duration
 }
 
 func (r *TrialReport) add(o Outcome) {
 	switch o {
 	case Success:
 		r.Successes++
-	case Failure:
+	case Failure, GatewayFailure:
 		r.Failures++
 	default:
 		r.Released++
@@ -76,6 +99,10 @@ type SharedState struct {
 	OpenRemaining time.Duration
 	OpenFor       time.Duration
 	Trips         int
+	// ClosedFor is, when State is Closed, how long ago the circuit closed, measured on the
+	// store's clock: with TripDecay, Trips drop by one for each TripDecay closed at the
+	// next trip, which the breaker decides itself when the store is unreachable.
+	ClosedFor time.Duration
 	// Reason is why the shared state last changed, as the store recorded it; the
 	// Transition reported when it is applied carries it (ReasonShared when empty).
 	Reason string
@@ -124,6 +151,9 @@ func (b *Breaker) Apply(s SharedState, force bool) bool {
 	tr := Transition{Upstream: b.name, From: from, To: s.State, Mode: s.Mode, Reason: reason,
 		Generation: s.Generation, Counts: b.win.sum(now), Consecutive: b.consecutive, OpenFor: s.OpenFor}
 	b.trips = s.Trips
+	if s.State == Closed {
+		b.closedAt = now - s.ClosedFor
+	}
 	if s.State == Open || (s.State == HalfOpen && from == Closed) {
 		b.openedAt = now - (s.OpenFor - s.OpenRemaining)
 	}

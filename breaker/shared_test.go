@@ -53,12 +53,12 @@ func TestSharedDeltaDoesNotTripLocally(t *testing.T) {
 	f.wantState(breaker.Closed)
 	f.wantReasons("")
 	f.wantDelta(breaker.Delta{Generation: gen, Counts: breaker.Counts{Requests: 6, Failures: 4, Slow: 1},
-		Tail: 2, HadSuccess: true})
+		Tail: 2, HadSuccess: true, GatewayEnded: true})
 	f.wantDelta(breaker.Delta{})                                    // taken
 	f.wantCounts(breaker.Counts{Requests: 6, Failures: 4, Slow: 1}) // the local window still counts
 
 	f.fail(3)
-	f.wantDelta(breaker.Delta{Generation: gen, Counts: breaker.Counts{Requests: 3, Failures: 3}, Tail: 3})
+	f.wantDelta(breaker.Delta{Generation: gen, Counts: breaker.Counts{Requests: 3, Failures: 3}, Tail: 3, GatewayEnded: true})
 	f.wantState(breaker.Closed)
 	f.wantWakes(0) // closed-state outcomes wait for the flush
 }

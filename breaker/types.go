@@ -93,6 +93,7 @@ const (
 	ReasonSlowCallRate        = "slow_call_rate"
 	ReasonOpenTimeout         = "open_timeout"
 	ReasonTrialFailed         = "trial_failed"
+	ReasonRetryAfter          = "retry_after" // the upstream asked for a pause (DonePause)
 	ReasonTrialsSucceeded     = "trials_succeeded"
 	ReasonMode                = "mode"
 	ReasonReset               = "reset"
@@ -105,7 +106,9 @@ type Settings struct {
 	// ConsecutiveFailures trips the circuit after this many failures in a row; 0 disables.
 	ConsecutiveFailures int
 	// ConsecutiveGatewayFailures trips the circuit after this many gateway failures
-	// (outcome GatewayFailure) in a row: any other outcome ends the run; 0 disables.
+	// (outcome GatewayFailure) in a row: any other outcome Done counts ends the run (a
+	// LateFailure neither counts towards it nor ends it); 0 disables. It is judged after
+	// ConsecutiveFailures and before the rates.
 	ConsecutiveGatewayFailures int
 	// FailureRate trips the circuit when failures/requests in the window reach this
 	// percentage (0-100]; 0 disables.
@@ -130,11 +133,12 @@ type Settings struct {
 	// MaxOpenDuration) instead of the multiplier's geometric growth: Envoy's ejection
 	// time. BackoffMultiplier is then unused.
 	LinearBackoff bool
-	// TripDecay: 0 means the trip count (which sets the backoff) resets when trials close
-	// the circuit. Otherwise the count is kept when the circuit closes and drops by one
-	// for each TripDecay the circuit then stays closed: a target that stays healthy earns
-	// back its ejection count one step at a time, and one that keeps failing keeps its
-	// long ejections.
+	// TripDecay: 0 means the trip count (which sets the backoff) resets when the circuit
+	// closes. Otherwise the count is kept when the circuit closes and drops by one for
+	// each full TripDecay it then stays closed, counted when it next trips (from the close
+	// to that trip; not below 0) before the trip adds one: a target that stays healthy
+	// earns back its ejection count one step at a time, and one that keeps failing keeps
+	// its long ejections. Reset clears the count.
 	TripDecay time.Duration
 	// Jitter spreads each open period uniformly over ±Jitter of its length (0-1).
 	Jitter float64

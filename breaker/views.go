@@ -11,7 +11,9 @@ import "time"
 type Gate interface {
 	Allow() (Ticket, error)
 	Done(t Ticket, o Outcome, elapsed time.Duration) Receipt
+	DonePause(t Ticket, o Outcome, elapsed, pause time.Duration) Receipt
 	LateFailure(r Receipt)
+	Passing() bool
 }
 
 // Control is operators' view: read the state and settings, and command the circuit.

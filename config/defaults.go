@@ -85,6 +85,7 @@ func DefaultUpstream() *Upstream {
 			HalfOpenMaxRequests:  1,
 			SuccessThreshold:     1,
 			MinReplicasReporting: 1,
+			HonorRetryAfter:      false,
 		},
 		Failure: Failure{
 			// "5xx" left at this default excludes 501 Not Implemented (see Validate).
@@ -94,9 +95,10 @@ func DefaultUpstream() *Upstream {
 			Timeouts:        true,
 		},
 		Fallback: Fallback{
-			Status:  503,
-			Headers: map[string]string{},
-			Body:    "",
+			Upstream: "", // none
+			Status:   503,
+			Headers:  map[string]string{},
+			Body:     "",
 		},
 		// WebSocket only: h2c would tunnel past routing and the breaker.
 		UpgradeProtocols: []string{"websocket"},

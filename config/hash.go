@@ -14,9 +14,22 @@ import (
 // order. Replicas sharing a store compare hashes to detect that they disagree about
 // an upstream's breaker. Settings that are equal hash equally; adding a field to
 // Breaker changes every hash, which is intended (old and new replicas differ).
-func (b *Breaker) Hash() string {
+func (b *Breaker) Hash() string { return hashFields("", b) }
+
+// outlierRules names the rules Outlier.Settings translates the section into. Change it
+// when the translation changes (a setting of the target circuits is added, or a key is
+// mapped differently): replicas that translate differently must not hash alike.
+const outlierRules = "outlier/1:gateway-run,linear-backoff,trip-decay=interval;"
+
+// Hash identifies the outlier settings the same way, for the targets' circuits; it
+// covers the translation into their breaker settings too (outlierRules).
+func (o *Outlier) Hash() string { return hashFields(outlierRules, o) }
+
+// hashFields hashes prefix and the yaml-named fields of the struct p points to.
+func hashFields(prefix string, p any) string {
 	var enc strings.Builder
-	v := reflect.ValueOf(b).Elem()
+	enc.WriteString(prefix)
+	v := reflect.ValueOf(p).Elem()
 	for i := range v.NumField() {
 		key, _, _ := strings.Cut(v.Type().Field(i).Tag.Get("yaml"), ",")
 		enc.WriteString(key + "=" + canonical(v.Field(i).Interface()) + ";")

@@ -31,3 +31,50 @@ func TestReadmeReference(t *testing.T) {
 	}
 	t.Errorf("README.md's configuration reference is out of date; run FUSE_UPDATE_README=1 go test ./config -run TestReadmeReference")
 }
+
+// TestReadmeEjectionExample: README's ejection example is a valid config.
+func TestReadmeEjectionExample(t *testing.T) {
+	b, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	const start, end = "<!-- ejection-example:start -->\n```yaml\n", "```\n<!-- ejection-example:end -->"
+	i, j := strings.Index(s, start), strings.Index(s, end)
+	if i < 0 || j < i {
+		t.Fatal("README.md lacks the ejection-example markers")
+	}
+	cfg, err := Parse("README.md", []byte(s[i+len(start):j]))
+	if err != nil {
+		t.Fatalf("README's ejection example: %v", err)
+	}
+	u := cfg.Upstreams["payments"]
+	if !u.Outlier.Enabled || u.HealthCheck.Path != "/healthz" || u.LoadBalancing != "least_requests" {
+		t.Errorf("README's ejection example does not turn on what it shows: %+v", u)
+	}
+}
+
+// TestReadmeFallbackExample: README's fallback upstream example is a valid config.
+func TestReadmeFallbackExample(t *testing.T) {
+	b, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	i := strings.Index(s, "## While a circuit is open")
+	if i < 0 {
+		t.Fatal("README.md lacks the fallback section")
+	}
+	start := strings.Index(s[i:], "```yaml\n")
+	end := strings.Index(s[i+start+8:], "```")
+	if start < 0 || end < 0 {
+		t.Fatal("README's fallback section lacks its YAML example")
+	}
+	cfg, err := Parse("README.md", []byte(s[i+start+8:i+start+8+end]+"routes:\n  - upstream: search\n"))
+	if err != nil {
+		t.Fatalf("README's fallback example: %v", err)
+	}
+	if cfg.Upstreams["search"].Fallback.Upstream != "search-cache" {
+		t.Error("README's fallback example does not set a fallback upstream")
+	}
+}

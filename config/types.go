@@ -207,6 +207,8 @@ type Breaker struct {
 	HalfOpenMaxRequests  int           `yaml:"half_open_max_requests"`
 	SuccessThreshold     int           `yaml:"success_threshold"`
 	MinReplicasReporting int           `yaml:"min_replicas_reporting"`
+	// HonorRetryAfter: a 429 or 503 carrying Retry-After opens the circuit for that long.
+	HonorRetryAfter bool `yaml:"honor_retry_after"`
 }
 
 // Failure says which outcomes count against the breaker.
@@ -225,9 +227,12 @@ type Failure struct {
 
 // Fallback is the response sent when the circuit rejects a request.
 type Fallback struct {
-	Status  int               `yaml:"status"`
-	Headers map[string]string `yaml:"headers"`
-	Body    string            `yaml:"body"` // empty: a small JSON body naming upstream and state
+	// Upstream names an upstream that serves while this one's circuit rejects; "" for
+	// none. The response below is sent when it refuses too.
+	Upstream string            `yaml:"upstream"`
+	Status   int               `yaml:"status"`
+	Headers  map[string]string `yaml:"headers"`
+	Body     string            `yaml:"body"` // empty: a small JSON body naming upstream and state
 }
 
 // Route maps requests to an upstream. Routes are tried in order; the first match wins.

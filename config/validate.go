@@ -212,6 +212,21 @@ func (v *validator) upstreams(ups map[string]*Upstream) {
 		}
 		v.upstream(p, ups[name])
 	}
+	for _, name := range slices.Sorted(maps.Keys(ups)) {
+		u := ups[name]
+		if u == nil || u.Fallback.Upstream == "" {
+			continue
+		}
+		p, fb := "upstreams."+name+".fallback.upstream", u.Fallback.Upstream
+		switch next := ups[fb]; {
+		case fb == name:
+			v.errorf(p, "an upstream cannot be its own fallback")
+		case next == nil:
+			v.errorf(p, "unknown upstream %s", quote(fb))
+		case next.Fallback.Upstream != "":
+			v.errorf(p, "%s falls back to %s already: a fallback upstream may not have one of its own (no chains or cycles)", quote(fb), quote(next.Fallback.Upstream))
+		}
+	}
 }
 
 func (v *validator) upstream(p string, u *Upstream) {

@@ -79,10 +79,17 @@ func (f *fleet) key() string     { return f.base.Prefix + ":{" + upstream + "}:s
 // stamped with the time it arrived.
 func (f *fleet) subscribe(t *testing.T) <-chan stateMessage {
 	t.Helper()
+	return subscribeEvents(t, f.Redis, f.channel())
+}
+
+// subscribeEvents subscribes the test to a store's events channel and returns the
+// messages, each stamped with the time it arrived.
+func subscribeEvents(t *testing.T, r *redistest.Server, channel string) <-chan stateMessage {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	ps := f.Redis.Client().Subscribe(ctx, f.channel())
+	ps := r.Client().Subscribe(ctx, channel)
 	if _, err := ps.Receive(ctx); err != nil { // the subscription confirmation
-		t.Fatalf("subscribe %s: %v", f.channel(), err)
+		t.Fatalf("subscribe %s: %v", channel, err)
 	}
 	out := make(chan stateMessage, 1024)
 	done := make(chan struct{})
@@ -131,16 +138,22 @@ func parseStateMessage(payload string) stateMessage {
 // waitMessage waits for a message that says the test upstream went to state.
 func waitMessage(t *testing.T, msgs <-chan stateMessage, state string, timeout time.Duration) stateMessage {
 	t.Helper()
+	return waitTargetMessage(t, msgs, upstream, state, timeout)
+}
+
+// waitTargetMessage waits for a message that says the named circuit went to state.
+func waitTargetMessage(t *testing.T, msgs <-chan stateMessage, name, state string, timeout time.Duration) stateMessage {
+	t.Helper()
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	for {
 		select {
 		case m := <-msgs:
-			if m.Upstream == upstream && m.State == state {
+			if m.Upstream == name && m.State == state {
 				return m
 			}
 		case <-timer.C:
-			t.Fatalf("no %q message on the events channel within %v", state, timeout)
+			t.Fatalf("no %q message for %s on the events channel within %v", state, name, timeout)
 		}
 	}
 }

@@ -111,7 +111,13 @@ type backendStats struct {
 // startBackend starts the flaky backend on a free port and waits until it answers.
 func startBackend(t testing.TB) *Backend {
 	t.Helper()
-	addr := freeAddr(t)
+	return startBackendAt(t, freeAddr(t))
+}
+
+// startBackendAt starts a flaky backend process listening on addr (e.g. to bring back
+// one that was killed).
+func startBackendAt(t testing.TB, addr string) *Backend {
+	t.Helper()
 	b := &Backend{addr: addr, client: newHTTPClient(t)}
 	b.process = startProcess(t, "flaky backend "+addr, "", nil, "flaky", "-listen", addr)
 	ok := waitFor(readyTimeout, 10*time.Millisecond, func() bool {

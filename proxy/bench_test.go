@@ -148,3 +148,61 @@ func BenchmarkRoute(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkEjection compares one upstream of three targets with outlier detection off
+// and on (each target's circuit admits the request and counts its outcome), round robin
+// and least_requests: the cost of per-target accounting on the request path.
+func BenchmarkEjection(b *testing.B) {
+	body := strings.Repeat("x", 64)
+	var targets []*url.URL
+	for range 3 {
+		backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+			_, _ = w.Write([]byte(body))
+		}))
+		defer backend.Close()
+		t, _ := url.Parse(backend.URL)
+		targets = append(targets, t)
+	}
+	for _, c := range []struct {
+		name     string
+		ejection bool
+		policy   string
+	}{
+		{"off", false, "round_robin"},
+		{"on", true, "round_robin"},
+		{"off-least-requests", false, "least_requests"},
+		{"on-least-requests", true, "least_requests"},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			u := targetUpstream(targets...)
+			u.Breaker.Enabled = true
+			u.Outlier.Enabled = c.ejection
+			u.LoadBalancing = c.policy
+			cfg := &config.Config{Upstreams: map[string]*config.Upstream{"api": u},
+				Routes: []config.Route{{PathPrefix: "/", Upstream: "api"}}}
+			bs := map[string]*breaker.Breaker{"api": breaker.New("api", u.Breaker.Settings(), breaker.Options{})}
+			if c.ejection {
+				for _, t := range targets {
+					name := config.TargetName("api", t)
+					bs[name] = breaker.New(name, u.Outlier.Settings(), breaker.Options{})
+				}
+			}
+			p, err := New(cfg, bs, Options{Recorder: nopRecorder{}})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer p.Close()
+			req := httptest.NewRequest(http.MethodGet, "http://api.example.com/v1/items/42?x=1", http.NoBody)
+			w := &discardWriter{h: make(http.Header)}
+			b.ReportAllocs()
+			for b.Loop() {
+				w.reset()
+				p.ServeHTTP(w, req)
+				if w.code != http.StatusOK {
+					b.Fatalf("status: got %d, want 200", w.code)
+				}
+			}
+		})
+	}
+}

@@ -469,9 +469,12 @@ func replaceTransport(p *Proxy, rt http.RoundTripper) {
 	for _, l := range [][]*route{old.routes.any.routes} {
 		for _, r := range l {
 			c := *r
-			rp := *r.rp
-			rp.Transport = rt
-			c.rp = &rp
+			c.rps = nil
+			for _, orig := range r.rps {
+				rp := *orig
+				rp.Transport = rt
+				c.rps = append(c.rps, &rp)
+			}
 			routes = append(routes, &c)
 		}
 	}

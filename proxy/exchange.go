@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -162,9 +164,22 @@ func (w *countingWriter) Write(b []byte) (int, error) {
 }
 
 // reject answers a request the bulkhead (res RejectedConcurrency) or the circuit (res
-// Rejected, with Allow's ticket and error) refused, and reports it.
-func (p *Proxy) reject(w http.ResponseWriter, r *http.Request, rt *route, res Result, tk breaker.Ticket, err error, logged bool, start time.Time) {
+// Rejected, with Allow's ticket and error) refused, and reports it. A request the
+// circuit rejected goes to the upstream's fallback upstream first, if it has one; if
+// that serves it, the fallback upstream's exchange reports its answer and this reports
+// Rejected with no status (the client's status class is counted once, where the answer
+// came from).
+func (p *Proxy) reject(w http.ResponseWriter, r *http.Request, rt *route, res Result, tk breaker.Ticket, err error,
+	chunked, logged bool, start time.Time) {
 	up := rt.up
+	if res == Rejected {
+		if fb := up.fallbackUp; fb != nil && p.serveFallback(w, r, rt, fb, err, chunked, logged, start) {
+			if p.rec != nil {
+				p.rec.Request(up.name, Rejected, 0, 0)
+			}
+			return
+		}
+	}
 	var cw *countingWriter
 	if logged {
 		cw = &countingWriter{ResponseWriter: w}
@@ -188,10 +203,6 @@ func (p *Proxy) reject(w http.ResponseWriter, r *http.Request, rt *route, res Re
 	}
 }
 
-// exchangeKey is the context key under which a logged request's outbound context
-// carries its exchange, for checkStatus to note the target.
-type exchangeKey struct{}
-
 // StatusClientClosedRequest is the status logged for a request whose client went away
 // before the upstream answered (nginx's 499). Nobody receives it.
 const StatusClientClosedRequest = 499
@@ -204,6 +215,39 @@ func (up *upstream) classifyStatus(code int) (Result, breaker.Outcome) {
 	return Success, breaker.Success
 }
 
+// reportStatus reports the outcome of a response status: to the upstream's breaker by
+// its failure settings, to the target's circuit by targetOutcome.
+func (e *exchange) reportStatus(code int) {
+	r, o := e.up.classifyStatus(code)
+	if e.up.honorRetryAfter && (code == http.StatusTooManyRequests || code == http.StatusServiceUnavailable) {
+		e.pause = retryAfter(e.w.Header()[headerRetryAfter], e.p.now())
+	}
+	e.report(r, o, targetOutcome(code), code)
+}
+
+// maxPause bounds a Retry-After before the breaker's max_open_duration caps it.
+const maxPause = 365 * 24 * time.Hour
+
+// retryAfter reads a Retry-After header (RFC 9110 §10.2.3): a number of seconds, or an
+// HTTP date, from now. It returns 0 when there is none, or it is malformed or past.
+func retryAfter(v []string, now time.Time) time.Duration {
+	if len(v) != 1 {
+		return 0
+	}
+	s := strings.TrimSpace(v[0])
+	if n, err := strconv.ParseUint(s, 10, 64); err == nil {
+		if n > uint64(maxPause/time.Second) {
+			return maxPause
+		}
+		return time.Duration(n) * time.Second
+	}
+	t, err := http.ParseTime(s)
+	if err != nil {
+		return 0
+	}
+	return min(max(t.Sub(now), 0), maxPause)
+}
+
 // exchange is the per-request state of an admitted request. It is also the
 // http.ResponseWriter handed to the upstream's ReverseProxy, which is how the
 // ErrorHandler finds it: the first final status written, a protocol switch (Hijack), or
@@ -212,13 +256,33 @@ func (up *upstream) classifyStatus(code int) (Result, breaker.Outcome) {
 // failure (see bodyBroken). Exchanges are pooled; every field is owned by the request's
 // goroutine (1xx responses, written from the transport's goroutine, touch only w).
 type exchange struct {
-	w       http.ResponseWriter
-	p       *Proxy
-	up      *upstream
-	client  context.Context // the inbound request's context, before any upstream timeout
-	body    *clientBody     // nil when the request has no body
-	ticket  breaker.Ticket
-	start   time.Time
+	w      http.ResponseWriter
+	p      *Proxy
+	up     *upstream
+	client context.Context // the inbound request's context, before any upstream timeout
+	body   *clientBody     // nil when the request has no body
+	ticket breaker.Ticket
+	start  time.Time
+	// target is the target picked (upstream.pick). When tracked, its circuit admitted
+	// the request with tticket and is told the outcome (treceipt: a success's receipt).
+	target   *target
+	tticket  breaker.Ticket
+	tracked  bool
+	treceipt breaker.Receipt
+	// pause is the Retry-After the upstream's answer asked for (honor_retry_after).
+	pause time.Duration
+	// via is set when up serves as another upstream's fallback (its answers are marked).
+	via     *served
+	status  int   // the status the client got (once done)
+	bytes   int64 // response body bytes written to the client
+	// logged: the request is sampled for the access log; its route, method, path and
+	// start are kept for it, and acc is the account handed over (pooled with the exchange).
+	logged   bool
+	logStart time.Time // before admission
+	route    *route
+	method   string
+	path     string
+	acc      Access
 	done    bool            // the outcome was reported
 	result  Result          // the outcome reported (once done)
 	receipt breaker.Receipt // the breaker's receipt for a success, for a late failure
@@ -231,18 +295,6 @@ type exchange struct {
 	// written on the transport's goroutine, under ReverseProxy's lock, which the request's
 	// goroutine takes before it goes on once the round trip is over.
 	informational int
-	status        int   // the status the client got (once done)
-	bytes         int64 // response body bytes written to the client
-	// logged: the request is sampled for the access log; route, method, path, target
-	// and wouldReject are kept for it.
-	logged      bool
-	wouldReject bool
-	logStart    time.Time // before admission
-	route       *route
-	method      string
-	path        string
-	target      string
-	acc         Access // the account handed to the access log (pooled with the exchange)
 	// closeConn: the request had a chunked body, so every answer says Connection: close
 	// (see Proxy.ServeHTTP). ReverseProxy clears the response header map after each 1xx
 	// it relays, so the final answer sets it again (closeAfter).
@@ -272,30 +324,26 @@ var errInvalidStatus = errors.New("upstream response status outside 100-599")
 // 100-599 (999, 600, 099: three digits, as Go's transport accepts them) is not HTTP. It
 // is neither passed on (net/http would even panic writing a status below 100) nor
 // counted as a success, but refused as the upstream's protocol error.
-//
-// For a request logged by the access log, it notes the target that answered.
 func checkStatus(res *http.Response) error {
-	if req := res.Request; req != nil {
-		if e, ok := req.Context().Value(exchangeKey{}).(*exchange); ok {
-			e.target = req.URL.Host
-		}
-	}
 	if res.StatusCode < 100 || res.StatusCode > 599 {
 		return errInvalidStatus
 	}
 	return nil
 }
 
-// report hands the outcome, and the status the client gets, to the breaker and the
-// Recorder unless that was done already.
-func (e *exchange) report(r Result, o breaker.Outcome, status int) {
+// report hands the outcome to the breaker (o), the target's circuit (to) and the
+// Recorder, with the status the client gets, unless that was done already.
+func (e *exchange) report(r Result, o, to breaker.Outcome, status int) {
 	if e.done {
 		return
 	}
 	e.done, e.result, e.status = true, r, status
 	elapsed := e.p.now().Sub(e.start)
 	if b := e.up.breaker; b != nil {
-		e.receipt = b.Done(e.ticket, o, elapsed)
+		e.receipt = b.DonePause(e.ticket, o, elapsed, e.pause)
+	}
+	if e.tracked {
+		e.treceipt = e.target.gate.Done(e.tticket, to, elapsed)
 	}
 	if rec := e.p.rec; rec != nil {
 		rec.Request(e.up.name, r, status, elapsed)
@@ -305,16 +353,10 @@ func (e *exchange) report(r Result, o breaker.Outcome, status int) {
 	}
 }
 
-// reportStatus reports the outcome of the upstream's status code.
-func (e *exchange) reportStatus(code int) {
-	r, o := e.up.classifyStatus(code)
-	e.report(r, o, code)
-}
-
 // logAccess hands a logged request's account to the access log, when it ends.
 func (e *exchange) logAccess() {
 	a := &e.acc
-	*a = Access{Route: e.route.index, Upstream: e.up.name, Target: e.target, Method: e.method,
+	*a = Access{Route: e.route.index, Upstream: e.up.name, Target: e.target.url.Host, Method: e.method,
 		Path: e.path, Status: e.status, Duration: e.p.now().Sub(e.logStart), Bytes: e.bytes,
 		Attempts: 1, Outcome: e.result, WouldReject: e.ticket.WouldReject()}
 	if a.Outcome == FailureBody {
@@ -332,8 +374,17 @@ func (e *exchange) logAccess() {
 // this kind of error (a timeout when the upstream's deadline passed, else a transport
 // error), the request failed after all: the breaker takes the success back and the
 // Recorder gets FailureBody.
+//
+// The target's circuit takes back its success whenever the upstream broke the body off,
+// whatever the upstream's failure settings (a zero receipt changes nothing).
 func (e *exchange) bodyBroken() {
-	if !e.done || e.result != Success || e.writeErr || e.client.Err() != nil {
+	if !e.done || e.writeErr || e.client.Err() != nil {
+		return
+	}
+	if e.tracked {
+		e.target.gate.LateFailure(e.treceipt)
+	}
+	if e.result != Success {
 		return
 	}
 	timeout := e.upstream != nil && errors.Is(e.upstream.Err(), context.DeadlineExceeded)
@@ -358,9 +409,12 @@ func (p *Proxy) release(e *exchange) {
 	if !e.returned {
 		e.bodyBroken()
 	}
-	e.report(Ignored, breaker.Ignored, 0)
+	e.report(Ignored, breaker.Ignored, breaker.Ignored, 0)
 	if e.logged {
 		e.logAccess()
+	}
+	if e.up.leastRequests {
+		e.target.inflight.Add(-1)
 	}
 	*e = exchange{}
 	p.exchanges.Put(e)
@@ -382,10 +436,15 @@ func (e *exchange) WriteHeader(code int) {
 	if !e.done {
 		e.reportStatus(code)
 	}
-	// Only rejections carry HeaderCircuit or HeaderLimit, even behind another fuseproxy.
+	// Only rejections (and a fallback upstream's answers) carry HeaderCircuit,
+	// HeaderFallback or HeaderLimit, even behind another fuseproxy.
 	h := e.w.Header()
 	delete(h, HeaderCircuit)
 	delete(h, HeaderLimit)
+	delete(h, HeaderFallback)
+	if e.via != nil {
+		e.via.mark(h)
+	}
 	e.closeAfter()
 	e.w.WriteHeader(code)
 }
@@ -433,23 +492,23 @@ func (e *exchange) Unwrap() http.ResponseWriter { return e.w }
 
 // handleError is every upstream ReverseProxy's ErrorHandler: the request got no response
 // from the upstream. It classifies the error, reports it and answers the client.
-func (p *Proxy) handleError(rw http.ResponseWriter, out *http.Request, err error) {
+func (p *Proxy) handleError(rw http.ResponseWriter, _ *http.Request, err error) {
 	e, ok := rw.(*exchange)
 	if !ok { // every ReverseProxy is served through an exchange; never happens
 		writeJSON(rw, http.StatusBadGateway, []byte(`{"error":"bad_gateway"}`))
 		return
 	}
 	up := e.up
-	if e.logged && out != nil && out.URL != nil {
-		e.target = out.URL.Host
-	}
 	e.closeAfter()
+	if e.via != nil {
+		e.via.mark(e.w.Header())
+	}
 	var status int
 	var body []byte
 	switch {
 	case e.client.Err() != nil || errors.Is(err, context.Canceled):
 		// The client went away: not the upstream's fault, and nobody is listening.
-		e.report(Ignored, breaker.Ignored, StatusClientClosedRequest)
+		e.report(Ignored, breaker.Ignored, breaker.Ignored, StatusClientClosedRequest)
 		e.w.WriteHeader(StatusClientClosedRequest)
 		status = StatusClientClosedRequest
 	case e.body != nil && e.body.failed():
@@ -458,22 +517,22 @@ func (p *Proxy) handleError(rw http.ResponseWriter, out *http.Request, err error
 		if _, tooLarge := errors.AsType[*http.MaxBytesError](e.body.error()); tooLarge {
 			status = http.StatusRequestEntityTooLarge
 		}
-		e.report(Ignored, breaker.Ignored, status)
+		e.report(Ignored, breaker.Ignored, breaker.Ignored, status)
 		body = up.errBadRequest
 	case isTimeout(err):
 		status = http.StatusGatewayTimeout
 		if up.countTimeouts {
-			e.report(FailureTimeout, breaker.Failure, status)
+			e.report(FailureTimeout, breaker.Failure, breaker.GatewayFailure, status)
 		} else {
-			e.report(Ignored, breaker.Ignored, status)
+			e.report(Ignored, breaker.Ignored, breaker.GatewayFailure, status)
 		}
 		body = up.errGatewayTimeout
 	default:
 		status = http.StatusBadGateway
 		if up.countTransport {
-			e.report(FailureTransport, breaker.Failure, status)
+			e.report(FailureTransport, breaker.Failure, breaker.GatewayFailure, status)
 		} else {
-			e.report(Ignored, breaker.Ignored, status)
+			e.report(Ignored, breaker.Ignored, breaker.GatewayFailure, status)
 		}
 		body = up.errBadGateway
 	}

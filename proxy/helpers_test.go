@@ -194,6 +194,12 @@ func (f *fixture) makeBreakers(t *testing.T, cfg *config.Config) map[string]*bre
 		if u.Breaker.Enabled {
 			bs[name] = breaker.New(name, u.Breaker.Settings(), breaker.Options{Clock: f.clock})
 		}
+		if u.Outlier.Enabled && len(u.TargetURLs) > 1 {
+			for _, tu := range u.TargetURLs {
+				tn := config.TargetName(name, tu)
+				bs[tn] = breaker.New(tn, u.Outlier.Settings(), breaker.Options{Clock: f.clock, Rand: func() float64 { return 0.5 }})
+			}
+		}
 	}
 	return bs
 }

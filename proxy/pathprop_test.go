@@ -66,7 +66,9 @@ func newPathCase(prefix string, strip bool, base string) (*pathCase, error) {
 	}
 	c := &pathCase{p: p, base: target, cap: &captureTransport{}}
 	for _, rt := range p.table.Load().routes.any.routes {
-		rt.rp.Transport = c.cap
+		for _, rp := range rt.rps {
+			rp.Transport = c.cap
+		}
 	}
 	return c, nil
 }

@@ -161,7 +161,7 @@ func (p *Proxy) build(cfg *config.Config, breakers map[string]*breaker.Breaker, 
 		if cu == nil {
 			return nil, fmt.Errorf("proxy: upstream %q has no settings", name)
 		}
-		up, err := newUpstream(name, cu, breakers[name])
+		up, err := newUpstream(name, cu, breakers)
 		if err != nil {
 			return nil, err
 		}
@@ -170,10 +170,24 @@ func (p *Proxy) build(cfg *config.Config, breakers map[string]*breaker.Breaker, 
 		}
 		up.transport = transports[up.tkey]
 		if up.transport == nil {
-			up.transport = newTransport(up.tkey, up.targets)
+			up.transport = newTransport(up.tkey, up.targetURLs())
 			transports[up.tkey] = up.transport
 		}
 		t.upstreams[name] = up
+	}
+	for name, cu := range cfg.Upstreams {
+		if fb := cu.Fallback.Upstream; fb != "" {
+			up := t.upstreams[name]
+			if up.fallbackUp = t.upstreams[fb]; up.fallbackUp == nil || fb == name {
+				return nil, fmt.Errorf("proxy: upstream %q: unknown fallback upstream %q (validate the config first)", name, fb)
+			}
+			if cfg.Upstreams[fb].Fallback.Upstream != "" {
+				return nil, fmt.Errorf("proxy: upstream %q: fallback upstream %q has a fallback upstream of its own (validate the config first)", name, fb)
+			}
+			by := readOnly(fb)
+			up.viaOpen = served{state: up.fallback.open, by: by}
+			up.viaHalfOpen = served{state: up.fallback.halfOpen, by: by}
+		}
 	}
 	var trusted []netip.Prefix
 	for i, s := range cfg.Server.TrustedProxies {
@@ -206,18 +220,35 @@ func (p *Proxy) build(cfg *config.Config, breakers map[string]*breaker.Breaker, 
 		for _, m := range cr.Methods {
 			rt.methods = append(rt.methods, strings.ToUpper(m))
 		}
-		rt.rp = &httputil.ReverseProxy{
-			Rewrite:        rt.rewrite,
+		// One ReverseProxy per target, so that the target picked for a request reaches
+		// the Rewrite without a per-request allocation.
+		rt.rps = p.reverseProxies(rt, up)
+		if up.fallbackUp != nil {
+			rt.fallbackRPs = p.reverseProxies(rt, up.fallbackUp)
+		}
+		routes[i] = rt
+	}
+	t.routes = newRouteIndex(routes)
+	return t, nil
+}
+
+// reverseProxies returns rt's ReverseProxy for each of up's targets (up is rt's upstream,
+// or its fallback upstream), by target index: the target picked for a request reaches
+// the Rewrite without a per-request allocation.
+func (p *Proxy) reverseProxies(rt *route, up *upstream) []*httputil.ReverseProxy {
+	rps := make([]*httputil.ReverseProxy, len(up.targets))
+	for _, tg := range up.targets {
+		u := tg.url
+		rps[tg.index] = &httputil.ReverseProxy{
+			Rewrite:        func(pr *httputil.ProxyRequest) { rt.rewrite(pr, u) },
 			ModifyResponse: checkStatus,
 			Transport:      up.transport,
 			BufferPool:     &p.buffers,
 			ErrorHandler:   p.handleError,
 			ErrorLog:       p.errLog,
 		}
-		routes[i] = rt
 	}
-	t.routes = newRouteIndex(routes)
-	return t, nil
+	return rps
 }
 
 // ServeHTTP routes and proxies one request.
@@ -281,7 +312,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// The bulkhead comes before the breaker: a request it refuses never reaches the
 	// breaker, so it is neither a failure nor a trial (bulkhead.go).
 	if !up.bulkhead.acquire() {
-		p.reject(w, r, rt, RejectedConcurrency, breaker.Ticket{}, nil, logged, start)
+		p.reject(w, r, rt, RejectedConcurrency, breaker.Ticket{}, nil, chunked, logged, start)
 		return
 	}
 	defer up.bulkhead.release()
@@ -290,17 +321,59 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if b := up.breaker; b != nil {
 		var err error
 		if ticket, err = b.Allow(); err != nil {
-			p.reject(w, r, rt, Rejected, ticket, err, logged, start)
+			p.reject(w, r, rt, Rejected, ticket, err, chunked, logged, start)
 			return
 		}
 	}
+	p.forward(w, r, rt, up, rt.rps, ticket, chunked, nil, logged, start)
+}
 
+// serveFallback serves a request its upstream's circuit rejected (err) from the
+// upstream's fallback upstream (fallback.upstream), through the fallback's own bulkhead,
+// breaker and targets. It reports false, having written nothing, when the fallback
+// refuses the request too: the caller then sends the fallback response.
+func (p *Proxy) serveFallback(w http.ResponseWriter, r *http.Request, rt *route, fb *upstream, err error,
+	chunked, logged bool, start time.Time) bool {
+	if !fb.bulkhead.acquire() {
+		if p.rec != nil {
+			p.rec.Request(fb.name, RejectedConcurrency, 0, 0)
+		}
+		return false
+	}
+	defer fb.bulkhead.release()
+	var ticket breaker.Ticket
+	if b := fb.breaker; b != nil {
+		var ferr error
+		if ticket, ferr = b.Allow(); ferr != nil {
+			if p.rec != nil {
+				p.rec.Request(fb.name, Rejected, 0, 0)
+			}
+			return false
+		}
+	}
+	via := &rt.up.viaOpen
+	if errors.Is(err, breaker.ErrTooManyTrials) {
+		via = &rt.up.viaHalfOpen
+	}
+	p.forward(w, r, rt, fb, rt.fallbackRPs, ticket, chunked, via, logged, start)
+	return true
+}
+
+// forward sends an admitted request (ticket, from up's breaker) to one of up's targets
+// through rps (one ReverseProxy per target) and reports its outcome. via is set when up
+// serves as another upstream's fallback.
+func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, rt *route, up *upstream, rps []*httputil.ReverseProxy,
+	ticket breaker.Ticket, chunked bool, via *served, logged bool, start time.Time) {
+	tg, tticket, tracked := up.pick()
 	e := p.exchanges.Get().(*exchange)
-	*e = exchange{w: w, p: p, up: up, client: r.Context(), ticket: ticket, start: p.now(), closeConn: chunked}
+	*e = exchange{w: w, p: p, up: up, client: r.Context(), ticket: ticket, start: p.now(), closeConn: chunked,
+		target: tg, tticket: tticket, tracked: tracked, via: via}
+	if up.leastRequests {
+		tg.inflight.Add(1)
+	}
 	defer p.release(e)
 	if logged {
 		e.logged, e.route, e.method, e.path, e.logStart = true, rt, r.Method, r.URL.Path, start
-		r = r.WithContext(context.WithValue(r.Context(), exchangeKey{}, e))
 	}
 
 	if r.Body != nil && r.Body != http.NoBody {
@@ -312,6 +385,6 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		defer cancel()
 		r, e.upstream = r.WithContext(ctx), ctx
 	}
-	rt.rp.ServeHTTP(e, r)
+	rps[tg.index].ServeHTTP(e, r)
 	e.returned = true
 }

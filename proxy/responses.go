@@ -23,6 +23,23 @@ const (
 	contentTypeText  = "text/plain; charset=utf-8"
 )
 
+// HeaderFallback names the fallback upstream (fallback.upstream) that served a request its
+// upstream's circuit rejected; such an answer also carries HeaderCircuit with the
+// rejecting circuit's state. Other proxied responses never carry it.
+const HeaderFallback = "X-Fuse-Fallback"
+
+// served marks the answers of a fallback upstream: HeaderCircuit and HeaderFallback
+// values, read-only.
+type served struct {
+	state, by []string
+}
+
+// mark sets the headers on h.
+func (s *served) mark(h http.Header) {
+	h[HeaderCircuit] = s.state
+	h[HeaderFallback] = s.by
+}
+
 // HeaderLimit marks a request the proxy refused because one of its own limits was
 // reached, not because of the circuit: its value names the limit. The only one today is
 // "concurrency", the upstream's bulkhead (max_concurrent_requests). Proxied responses

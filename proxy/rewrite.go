@@ -9,9 +9,9 @@ import (
 	"strings"
 )
 
-// rewrite is the route's httputil.ReverseProxy Rewrite function. The outbound request
-// gets the cleaned path (with the prefix removed when the route strips it), the next
-// target in round-robin order, only an allowed upgrade (filterUpgrade), and
+// rewrite is the route's httputil.ReverseProxy Rewrite function for the target picked
+// (upstream.pick). The outbound request gets the cleaned path (with the prefix removed
+// when the route strips it), the target, only an allowed upgrade (filterUpgrade), and
 // X-Forwarded-For/-Host/-Proto. The Host header is the target's
 // (httputil.ProxyRequest.SetURL's behaviour); the client's Host is in X-Forwarded-Host,
 // which is left out for a request without Host (HTTP/1.0).
@@ -23,12 +23,12 @@ import (
 // address alone, X-Forwarded-Host/-Proto are the request's own, and every other
 // forwarding header is removed (forwardingHeader). ReverseProxy has removed the
 // client's Forwarded and X-Forwarded-For/-Host/-Proto from the outbound header already.
-func (rt *route) rewrite(pr *httputil.ProxyRequest) {
+func (rt *route) rewrite(pr *httputil.ProxyRequest, target *url.URL) {
 	out := pr.Out.URL
 	out.Path, out.RawPath = rt.forwardPath(pr.In.URL)
 	in, h := pr.In.Header, pr.Out.Header
 	rt.up.filterUpgrade(h, in)
-	pr.SetURL(rt.up.pick())
+	pr.SetURL(target)
 	trusted := rt.fromTrustedProxy(pr.In.RemoteAddr)
 	if trusted {
 		if xff := in["X-Forwarded-For"]; len(xff) > 0 {

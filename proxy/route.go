@@ -15,8 +15,10 @@ type route struct {
 	methods []string
 	strip   bool
 	up      *upstream
-	trusted []netip.Prefix         // server.trusted_proxies, shared by the table's routes
-	rp      *httputil.ReverseProxy // its Rewrite is rt.rewrite
+	trusted []netip.Prefix           // server.trusted_proxies, shared by the table's routes
+	rps     []*httputil.ReverseProxy // one per target of up, by index; Rewrite is rt.rewrite
+	// fallbackRPs are the same for the targets of up's fallback upstream (nil for none).
+	fallbackRPs []*httputil.ReverseProxy
 }
 
 // matches reports whether the route accepts a request for the cleaned path with method.

@@ -15,21 +15,32 @@ import (
 // upstream is one compiled config.Upstream with its breaker and transport. Upstreams
 // with equal transport keys (the same targets and transport settings) share a transport.
 type upstream struct {
-	name      string
-	targets   []*url.URL
-	next      atomic.Uint64 // round-robin position among targets
-	breaker   breaker.Gate  // nil: no breaker; the proxy only admits and reports
-	timeout   time.Duration // whole-request deadline, 0 = none
-	transport *http.Transport
-	tkey      transportKey
+	name    string
+	targets []*target
+	next    atomic.Uint64 // round-robin position among targets
+	breaker breaker.Gate  // nil: no breaker; the proxy only admits and reports
+	// leastRequests: load_balancing least_requests (see pick).
+	leastRequests bool
+	// maxEjected is how many targets may be ejected at once (see pick); 0 without
+	// outlier detection.
+	maxEjected int
+	timeout    time.Duration // whole-request deadline, 0 = none
+	transport  *http.Transport
+	tkey       transportKey
 
 	failureStatus  [600]bool
 	countTransport bool
 	countTimeouts  bool
-	fallback       fallback
-	bulkhead       *bulkhead     // shared with the same-named upstream of the tables before and after
-	maxConcurrent  int64         // the bulkhead's cap in this table (setLimits)
-	limited        limitResponse // the answer when the bulkhead is full
+	// honorRetryAfter: breaker.honor_retry_after (see retryAfter).
+	honorRetryAfter bool
+	fallback        fallback
+	// fallbackUp is the upstream that serves while this one's circuit rejects
+	// (fallback.upstream), nil for none; viaOpen and viaHalfOpen mark its answers.
+	fallbackUp           *upstream
+	viaOpen, viaHalfOpen served
+	bulkhead             *bulkhead     // shared with the same-named upstream of the tables before and after
+	maxConcurrent        int64         // the bulkhead's cap in this table (setLimits)
+	limited              limitResponse // the answer when the bulkhead is full
 	// upgrades are the protocols clients may switch to (lower-case names); see
 	// filterUpgrade.
 	upgrades []string
@@ -37,7 +48,10 @@ type upstream struct {
 	errBadGateway, errGatewayTimeout, errBadRequest []byte
 }
 
-func newUpstream(name string, cu *config.Upstream, b *breaker.Breaker) (*upstream, error) {
+// newUpstream compiles cu. breakers holds the upstream's breaker under its name and, with
+// outlier detection, each target's under config.TargetName.
+func newUpstream(name string, cu *config.Upstream, breakers map[string]*breaker.Breaker) (*upstream, error) {
+	b := breakers[name]
 	if len(cu.TargetURLs) == 0 {
 		if len(cu.Targets) > 0 {
 			return nil, fmt.Errorf("proxy: upstream %q: TargetURLs not filled (validate the config first)", name)
@@ -61,6 +75,7 @@ func newUpstream(name string, cu *config.Upstream, b *breaker.Breaker) (*upstrea
 		failureStatus:     cu.Failure.FailureStatus,
 		countTransport:    cu.Failure.TransportErrors,
 		countTimeouts:     cu.Failure.Timeouts,
+		honorRetryAfter:   cu.Breaker.HonorRetryAfter && b != nil,
 		fallback:          newFallback(name, cu.Fallback),
 		errBadGateway:     errorBody("bad_gateway", name),
 		errGatewayTimeout: errorBody("gateway_timeout", name),
@@ -69,6 +84,7 @@ func newUpstream(name string, cu *config.Upstream, b *breaker.Breaker) (*upstrea
 	for _, proto := range cu.UpgradeProtocols {
 		up.upgrades = append(up.upgrades, strings.ToLower(proto))
 	}
+	ejection := cu.Outlier.Enabled && len(cu.TargetURLs) > 1
 	for _, t := range cu.TargetURLs {
 		if t == nil || (t.Scheme != "http" && t.Scheme != "https") || t.Host == "" {
 			return nil, fmt.Errorf("proxy: upstream %q: target %v is not an absolute http(s) URL", name, t)
@@ -77,19 +93,32 @@ func newUpstream(name string, cu *config.Upstream, b *breaker.Breaker) (*upstrea
 			return nil, fmt.Errorf("proxy: upstream %q: target %v: its path must be clean (no dot-segments, empty segments or '%%')", name, t)
 		}
 		c := *t
-		up.targets = append(up.targets, &c)
+		tg := &target{index: len(up.targets), url: &c, name: config.TargetName(name, &c)}
+		if ejection {
+			tb := breakers[tg.name]
+			if tb == nil {
+				return nil, fmt.Errorf("proxy: upstream %q: outlier detection enabled but target %s has no breaker", name, tg.name)
+			}
+			tg.gate = tb
+		}
+		up.targets = append(up.targets, tg)
 	}
-	up.tkey = newTransportKey(cu, up.targets)
+	if ejection {
+		up.maxEjected = maxEjected(len(up.targets), cu.Outlier.MaxEjectionPercent)
+	}
+	up.leastRequests = cu.LoadBalancing == "least_requests"
+	up.tkey = newTransportKey(cu, up.targetURLs())
 	up.bulkhead = new(bulkhead)
 	up.maxConcurrent = int64(cu.MaxConcurrentRequests)
 	up.limited = newLimitResponse(name, cu, &up.fallback)
 	return up, nil
 }
 
-// pick returns the next target in round-robin order.
-func (up *upstream) pick() *url.URL {
-	if len(up.targets) == 1 {
-		return up.targets[0]
+// targetURLs returns the targets' URLs, in config order.
+func (up *upstream) targetURLs() []*url.URL {
+	urls := make([]*url.URL, len(up.targets))
+	for i, t := range up.targets {
+		urls[i] = t.url
 	}
-	return up.targets[(up.next.Add(1)-1)%uint64(len(up.targets))]
+	return urls
 }

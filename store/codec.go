@@ -59,26 +59,37 @@ func decodeReply(v any) (reply, error) {
 // maxMillis is the longest time in ms a time.Duration holds; more would wrap negative.
 const maxMillis = math.MaxInt64 / int64(time.Millisecond)
 
-func sharedState(st, md, gen, remaining, openFor, trips int64) (breaker.SharedState, error) {
+// sharedState checks and converts the fields replies and messages share. The time field
+// (timing in lua/prelude.lua) is the rest of the open period while open, and how long ago
+// the circuit closed while closed (for trip decay; replicas before it ignored the field
+// then, so the message format did not change).
+func sharedState(st, md, gen, timing, openFor, trips int64) (breaker.SharedState, error) {
 	switch {
 	case st < 0 || st > int64(breaker.HalfOpen):
 		return breaker.SharedState{}, fmt.Errorf("state %d out of range", st)
 	case md < 0 || md > int64(breaker.MetricsOnly):
 		return breaker.SharedState{}, fmt.Errorf("mode %d out of range", md)
-	case gen < 0 || remaining < 0 || openFor < 0 || trips < 0:
+	case gen < 0 || timing < 0 || openFor < 0 || trips < 0:
 		return breaker.SharedState{}, fmt.Errorf("negative generation, time or trips")
-	case remaining > maxMillis || openFor > maxMillis:
-		return breaker.SharedState{}, fmt.Errorf("time out of range (remaining %d ms, open for %d ms)", remaining, openFor)
+	case timing > maxMillis || openFor > maxMillis:
+		return breaker.SharedState{}, fmt.Errorf("time out of range (remaining or closed %d ms, open for %d ms)", timing, openFor)
 	}
-	return breaker.SharedState{
+	s := breaker.SharedState{
 		State: breaker.State(st), Mode: breaker.Mode(md), Generation: uint64(gen),
-		OpenRemaining: time.Duration(remaining) * time.Millisecond,
-		OpenFor:       time.Duration(openFor) * time.Millisecond, Trips: int(trips),
-	}, nil
+		OpenFor: time.Duration(openFor) * time.Millisecond, Trips: int(trips),
+	}
+	switch s.State {
+	case breaker.Open:
+		s.OpenRemaining = time.Duration(timing) * time.Millisecond
+	case breaker.Closed:
+		s.ClosedFor = time.Duration(timing) * time.Millisecond
+	}
+	return s, nil
 }
 
 // decodeMessage decodes a transition published by a script:
-// "name state mode generation remaining_ms open_for_ms trips now_ms epoch reason".
+// "name state mode generation timing_ms open_for_ms trips now_ms epoch reason", timing as
+// in sharedState.
 func decodeMessage(payload string) (name string, r reply, err error) {
 	f := strings.Fields(payload)
 	if len(f) < 9 || len(f) > 10 {

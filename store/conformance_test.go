@@ -48,15 +48,28 @@ func (d *luaDriver) Do(t testing.TB, s conformance.Step) {
 	e, gen := d.e, d.last.state.Generation
 	var rep reply
 	switch s.Kind {
-	case conformance.Success, conformance.Slow, conformance.Failure:
-		b := batch{req: 1, hadSuccess: true}
+	case conformance.Success, conformance.Slow, conformance.Failure, conformance.GatewayFailure:
+		b := successes(1)
 		switch s.Kind {
 		case conformance.Failure:
 			b = failures(1)
+		case conformance.GatewayFailure:
+			b = gatewayFailures(1)
 		case conformance.Slow:
 			b.slow = 1
 		}
 		rep = e.flush("r1", gen, b)
+	case conformance.Pause:
+		b := successes(1)
+		b.pause = int(s.For.Milliseconds())
+		rep = e.flush("r1", gen, b)
+	case conformance.TrialPause:
+		if len(d.leases) == 0 {
+			t.Fatalf("%v with no trial in flight", s.Kind)
+		}
+		l := d.leases[0]
+		d.leases = d.leases[1:]
+		rep = e.trialPause("r1", l.gen, 0, 1, int(s.For.Milliseconds()), l.id)
 	case conformance.Elapse:
 		// Redis's clock cannot be moved: move the end of the open period instead.
 		if d.last.state.State != breaker.Open {
@@ -66,6 +79,19 @@ func (d *luaDriver) Do(t testing.TB, s conformance.Step) {
 			t.Fatal(err)
 		}
 		return
+	case conformance.Wait:
+		// Move the close time back instead; only the trip decay reads it.
+		if req, _, _ := e.windowTotals(); d.last.state.State != breaker.Closed || req > 0 {
+			t.Fatalf("wait in %v with %d requests in the window: only an empty closed circuit can wait", d.last.state.State, req)
+		}
+		if err := e.rdb.HIncrBy(context.Background(), e.key, "at", -s.For.Milliseconds()).Err(); err != nil {
+			t.Fatal(err)
+		}
+		return
+	case conformance.Configure:
+		// Settings travel with every call: later calls carry the new ones.
+		e.settingsArg = settingsArg(breaker.New(e.name, *s.Settings, breaker.Options{}).Settings(), 1)
+		return
 	case conformance.Admit:
 		d.seq++
 		base := "r1:" + strconv.Itoa(d.seq)
@@ -73,14 +99,14 @@ func (d *luaDriver) Do(t testing.TB, s conformance.Step) {
 		if rep.granted == 1 {
 			d.leases = append(d.leases, luaLease{base + ":" + strconv.FormatUint(rep.state.Generation, 10) + ":1", rep.state.Generation})
 		}
-	case conformance.TrialSuccess, conformance.TrialFailure:
+	case conformance.TrialSuccess, conformance.TrialFailure, conformance.TrialGatewayFailure:
 		if len(d.leases) == 0 {
 			t.Fatalf("%v with no trial in flight", s.Kind)
 		}
 		l := d.leases[0]
 		d.leases = d.leases[1:]
 		succ, fails := 1, 0
-		if s.Kind == conformance.TrialFailure {
+		if s.Kind != conformance.TrialSuccess { // the script counts a gateway failure as a failure
 			succ, fails = 0, 1
 		}
 		rep = e.trial("r1", l.gen, succ, fails, l.id)
@@ -116,8 +142,12 @@ func (d *luaDriver) Observe(t testing.TB) conformance.Observed {
 	case breaker.Closed:
 		req, fail, slow := d.e.windowTotals()
 		o.Counts = breaker.Counts{Requests: uint32(req), Failures: uint32(fail), Slow: uint32(slow)}
-		if cf := d.e.hgetall()["cf"]; cf != "" {
+		h := d.e.hgetall()
+		if cf := h["cf"]; cf != "" {
 			o.Consecutive, _ = strconv.Atoi(cf)
+		}
+		if gf := h["gf"]; gf != "" {
+			o.GatewayRun, _ = strconv.Atoi(gf)
 		}
 	case breaker.Open:
 		o.OpenFor = st.OpenFor

@@ -184,7 +184,7 @@ func TestLuaRandomValuesNeverWedge(t *testing.T) {
 	s.OpenDuration = 10 * time.Millisecond
 	e := newLuaEnv(t, s, 1)
 	ctx := context.Background()
-	fields := []string{"st", "md", "gen", "ou", "of", "tr", "cf", "sc", "at", "ep", "rs", "cfg", "cfgr",
+	fields := []string{"st", "md", "gen", "ou", "of", "tr", "cf", "gf", "sc", "at", "ep", "rs", "cfg", "cfgr",
 		"b:1", "b:" + strconv.FormatInt(time.Now().UnixMilli()/100, 10), "r:r1", "r:ghost", "zz"}
 	numbers := []string{"0", "1", "2", "3", "-1", "1.5", "1e3", "1e300", "inf", "-inf", "nan", "0x10",
 		"9007199254740993", "9223372036854775807", "18446744073709551616", " 1", "1 ", "", "١"}

@@ -202,7 +202,7 @@ func TestRedisHeldSuccessesDoNotEndARun(t *testing.T) {
 
 func TestMergeHeldSuccesses(t *testing.T) {
 	t.Parallel()
-	held := breaker.Delta{Generation: 3, Counts: breaker.Counts{Requests: 100}, HadSuccess: true}
+	held := breaker.Delta{Generation: 3, Counts: breaker.Counts{Requests: 100}, HadSuccess: true, GatewayEnded: true}
 	cases := []struct {
 		name string
 		h, d breaker.Delta
@@ -213,6 +213,9 @@ func TestMergeHeldSuccesses(t *testing.T) {
 		{"failures after held successes continue the run", held,
 			breaker.Delta{Generation: 3, Counts: breaker.Counts{Requests: 2, Failures: 2}, Tail: 2},
 			breaker.Delta{Generation: 3, Counts: breaker.Counts{Requests: 102, Failures: 2}, Tail: 2}},
+		{"gateway failures after held successes continue the gateway run", held,
+			breaker.Delta{Generation: 3, Counts: breaker.Counts{Requests: 2, Failures: 2}, Tail: 2, GatewayTail: 2},
+			breaker.Delta{Generation: 3, Counts: breaker.Counts{Requests: 102, Failures: 2}, Tail: 2, GatewayTail: 2}},
 		{"a fresh success still ends it", held,
 			breaker.Delta{Generation: 3, Counts: breaker.Counts{Requests: 3, Failures: 1}, Tail: 1, HadSuccess: true},
 			breaker.Delta{Generation: 3, Counts: breaker.Counts{Requests: 103, Failures: 1}, Tail: 1, HadSuccess: true}},

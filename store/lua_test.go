@@ -62,15 +62,20 @@ func (e *luaEnv) run(script *redis.Script, args ...any) reply {
 type batch struct {
 	req, fail, slow, tail int
 	hadSuccess            bool
+	gatewayTail           int  // gateway failures after the last other outcome
+	gatewayEnded          bool // the batch had an outcome other than a gateway failure
+	pause                 int  // ms: the longest pause an upstream asked for (Retry-After)
 }
 
-func failures(n int) batch  { return batch{req: n, fail: n, tail: n} }
-func successes(n int) batch { return batch{req: n, hadSuccess: true} }
+func failures(n int) batch        { return batch{req: n, fail: n, tail: n, gatewayEnded: true} }
+func gatewayFailures(n int) batch { return batch{req: n, fail: n, tail: n, gatewayTail: n} }
+func successes(n int) batch       { return batch{req: n, hadSuccess: true, gatewayEnded: true} }
 
 func (e *luaEnv) flush(replica string, gen uint64, b batch) reply {
 	e.t.Helper()
 	return e.run(flushScript, replica, gen, b.req, b.fail, b.slow, b.tail, boolArg(b.hadSuccess),
-		e.settingsArg, e.hash, 0.5, e.channel, e.name, "fuse:onset", e.grace.Milliseconds())
+		e.settingsArg, e.hash, 0.5, e.channel, e.name, "fuse:onset", e.grace.Milliseconds(),
+		b.gatewayTail, boolArg(b.gatewayEnded), b.pause)
 }
 
 func (e *luaEnv) poll() reply { e.t.Helper(); return e.flush("poller", 0, batch{}) }
@@ -88,7 +93,13 @@ func leaseID(replica string, rep reply) string {
 
 func (e *luaEnv) trial(replica string, gen uint64, succ, fails int, leases ...string) reply {
 	e.t.Helper()
-	args := []any{replica, gen, succ, fails, e.settingsArg, 0.5, e.channel, e.name}
+	return e.trialPause(replica, gen, succ, fails, 0, leases...)
+}
+
+// trialPause reports trials, one of which asked for a pause of pause ms.
+func (e *luaEnv) trialPause(replica string, gen uint64, succ, fails, pause int, leases ...string) reply {
+	e.t.Helper()
+	args := []any{replica, gen, succ, fails, e.settingsArg, 0.5, e.channel, e.name, pause}
 	for _, l := range leases {
 		args = append(args, l)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/fuseproxy/fuseproxy/breaker"
 )
@@ -93,3 +94,6 @@ func (m *Memory) Inspect(_ context.Context, name string) (map[string]string, err
 
 // Close implements Store.
 func (m *Memory) Close() error { return nil }
+
+// Claim implements Store: a replica alone holds every lease.
+func (m *Memory) Claim(context.Context, string, time.Duration) (bool, error) { return true, nil }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -60,6 +62,9 @@ type Redis struct {
 	// heartbeatKey is the key the heartbeat writes (see heartbeat).
 	heartbeatKey string
 	onset        string // names of circuits whose quiet window just saw a failure
+	// claimOwner is what this store writes into the keys it claims (Claim): the replica
+	// id and a random suffix, so that two stores never share a lease even under one id.
+	claimOwner string
 
 	mu       sync.RWMutex // guards circuits and all
 	circuits map[string]*circuit
@@ -137,6 +142,7 @@ func NewRedis(client redis.UniversalClient, o RedisOptions) (*Redis, error) {
 		client: client, o: o, log: o.Logger.With(zap.String("store", "redis")),
 		channel: o.Prefix + ":events", onset: o.Prefix + ":onset",
 		heartbeatKey: o.Prefix + ":heartbeat:" + o.ReplicaID,
+		claimOwner:   o.ReplicaID + "/" + strconv.FormatUint(rand.Uint64(), 36),
 		circuits:     map[string]*circuit{},
 		wake:         make(chan struct{}, 1), resync: make(chan struct{}, 1),
 	}

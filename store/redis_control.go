@@ -68,8 +68,25 @@ func (r *Redis) Control(ctx context.Context, name string, cmd Command) error {
 	ctx, cancel := context.WithTimeout(ctx, r.o.Timeout)
 	defer cancel()
 	keys := []string{c.key, c.leaseKey}
-	res, err := controlScript.Run(ctx, r.client, keys, op, int(cmd.Mode), c.settings,
-		rand.Float64(), r.channel, c.name, r.o.ReplicaID).Result()
+	var res any
+	var err error
+	for {
+		res, err = controlScript.Run(ctx, r.client, keys, op, int(cmd.Mode), c.settings,
+			rand.Float64(), r.channel, c.name, r.o.ReplicaID).Result()
+		// A connection error (not Redis's reply) is tried again within the timeout: just
+		// after Redis came back, the client's pool may still answer with the dial error
+		// of the outage for a moment while the loop's exchanges already succeed.
+		var reply redis.Error
+		if err == nil || errors.As(err, &reply) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(controlRetryPause):
+			continue
+		}
+		break
+	}
 	if err != nil {
 		apply(c.Breaker, cmd)
 		// The local command moved this breaker to a generation Redis never issued; it
@@ -86,6 +103,10 @@ func (r *Redis) Control(ctx context.Context, name string, cmd Command) error {
 	c.quiet.Store(rep.quiet)
 	return nil
 }
+
+// controlRetryPause is the pause before an operator command tries Redis again after a
+// connection error, within the exchange timeout.
+const controlRetryPause = 50 * time.Millisecond
 
 // LocalOnlyError reports an operator command that reached this replica only.
 type LocalOnlyError struct{ Err error }

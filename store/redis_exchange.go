@@ -153,7 +153,7 @@ func (r *Redis) plan(calls []*call, c *circuit, now time.Time, resync bool) []*c
 	keys := []string{c.key, c.leaseKey}
 	if tr, ok := b.TakeTrials(); (ok || r.stopping && len(c.leases) > 0) && !resync {
 		args := []any{r.o.ReplicaID, tr.Generation, tr.Successes, tr.Failures, c.settings,
-			rand.Float64(), r.channel, c.name}
+			rand.Float64(), r.channel, c.name, tr.Pause.Milliseconds()}
 		// Release one lease per finished trial (every lease when stopping); leases of
 		// older generations are gone from Redis already.
 		n, kept := tr.Successes+tr.Failures+tr.Released, c.leases[:0]
@@ -189,7 +189,7 @@ func (r *Redis) plan(calls []*call, c *circuit, now time.Time, resync bool) []*c
 		calls = append(calls, &call{c: c, script: flushScript, keys: keys, args: []any{
 			r.o.ReplicaID, d.Generation, d.Requests, d.Failures, d.Slow, d.Tail,
 			boolArg(d.HadSuccess), c.settings, c.SettingsHash, rand.Float64(), r.channel, c.name,
-			r.onset, r.o.FlushInterval.Milliseconds()}})
+			r.onset, r.o.FlushInterval.Milliseconds(), d.GatewayTail, boolArg(d.GatewayEnded), d.Pause.Milliseconds()}})
 	}
 	if resync || r.stopping || now.Before(c.nextAcquire) {
 		return calls
@@ -207,19 +207,20 @@ func (r *Redis) plan(calls []*call, c *circuit, now time.Time, resync bool) []*c
 // successes change no decision anywhere: the fleet's rate rules only look at them once a
 // failure arrives, and then every replica sends them first (see the onset in flush.lua).
 func (r *Redis) holds(c *circuit, d breaker.Delta, now time.Time) bool {
-	return !r.stopping && c.quiet.Load() && d.Failures == 0 && d.Slow == 0 && d.Tail == 0 &&
+	return !r.stopping && c.quiet.Load() && d.Failures == 0 && d.Slow == 0 && d.Tail == 0 && d.Pause == 0 &&
 		d.Requests < 1<<30 && (c.heldSince.IsZero() || now.Sub(c.heldSince) < c.holdFor)
 }
 
 // merge returns the held batch h followed by the newer batch d as one batch. Held
-// successes count as requests but do not end a run of consecutive failures: they were
+// successes count as requests but do not end a run of consecutive failures (nor of
+// gateway failures): they were
 // held while the circuit was quiet (no run in Redis), so they came before any run that
 // other replicas are building now; a replica stops holding as soon as it hears of one.
 // A held batch of another generation is dropped: Redis would drop it too.
 func merge(h, d breaker.Delta) breaker.Delta {
 	switch {
 	case d.Requests == 0:
-		h.HadSuccess, h.Tail = false, 0
+		h.HadSuccess, h.Tail, h.GatewayEnded, h.GatewayTail = false, 0, false, 0
 		return h
 	case h.Requests == 0 || h.Generation != d.Generation:
 		return d

@@ -37,7 +37,9 @@ var (
 	allScripts      = []*redis.Script{flushScript, acquireScript, trialScript, controlScript, heartbeatScript}
 )
 
-// settingsArg encodes a circuit's settings as the scripts' settings argument.
+// settingsArg encodes a circuit's settings as the scripts' settings argument (the order
+// settings in lua/prelude.lua reads). New settings go at the end: the scripts read a
+// missing one as 0.
 func settingsArg(s breaker.Settings, minReplicas int) string {
 	ms := func(d interface{ Milliseconds() int64 }) string { return strconv.FormatInt(d.Milliseconds(), 10) }
 	f := func(x float64) string { return strconv.FormatFloat(x, 'f', -1, 64) }
@@ -46,7 +48,7 @@ func settingsArg(s breaker.Settings, minReplicas int) string {
 		i(s.ConsecutiveFailures), f(s.FailureRate), f(s.SlowCallRate), i(s.MinimumRequests),
 		ms(s.Window), i(s.Buckets), ms(s.OpenDuration), f(s.BackoffMultiplier), ms(s.MaxOpenDuration),
 		f(s.Jitter), i(s.HalfOpenMaxRequests), i(s.SuccessThreshold), i(max(minReplicas, 1)),
-		i(int(s.Mode)),
+		i(int(s.Mode)), i(s.ConsecutiveGatewayFailures), i(boolArg(s.LinearBackoff)), ms(s.TripDecay),
 	}, ",")
 }
 

@@ -86,6 +86,17 @@ type Store interface {
 	Inspect(ctx context.Context, name string) (map[string]string, error)
 	// Close releases connections. Call it after Run has returned.
 	Close() error
+	// Claim takes or renews this replica's lease on key for ttl, and reports whether it
+	// holds it: background work that one replica of a fleet should do at a time (active
+	// health checks) calls it before each turn. The holder keeps the lease by claiming
+	// again within ttl; when it stops, another replica gets it once ttl has passed since
+	// its last claim. The memory store always grants it (each replica alone). An error
+	// says the shared store could not be asked (ErrDegraded without I/O when it is
+	// degraded); the caller decides whether to do the work on its own.
+	Claim(ctx context.Context, key string, ttl time.Duration) (bool, error)
 }
+
+// ErrDegraded is returned by a shared store's Claim while it is degraded.
+var ErrDegraded = errors.New("shared store degraded")
 
 func unknown(name string) error { return fmt.Errorf("%w %q", ErrUnknownCircuit, name) }

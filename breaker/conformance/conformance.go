@@ -61,17 +61,35 @@ const (
 	Close
 	Reset
 	Mode
+	// GatewayFailure is a closed-state request that failed with a gateway error, and
+	// TrialGatewayFailure finishes the oldest trial in flight with one.
+	GatewayFailure
+	TrialGatewayFailure
+	// Wait lets Step.For pass on a closed circuit whose window is empty (as after a
+	// close): what it may change is the trip count's decay (TripDecay).
+	Wait
+	// Configure replaces the thresholds with Step.Settings, as a config reload does. Rows
+	// that need other settings than Settings() start with it.
+	Configure
+	// Pause is a closed-state request that succeeded with an answer asking for a pause
+	// of Step.For (the upstream's Retry-After: breaker.DonePause); TrialPause finishes the
+	// oldest trial in flight with a failure asking for one.
+	Pause
+	TrialPause
 )
 
 func (k Kind) String() string {
 	return [...]string{"?", "success", "slow", "failure", "elapse", "admit", "trial-success",
-		"trial-failure", "open", "close", "reset", "mode"}[k]
+		"trial-failure", "open", "close", "reset", "mode", "gateway-failure",
+		"trial-gateway-failure", "wait", "configure", "pause", "trial-pause"}[k]
 }
 
 // Step is one thing that happens to a circuit.
 type Step struct {
-	Kind Kind
-	Mode breaker.Mode // for Mode
+	Kind     Kind
+	Mode     breaker.Mode      // for Mode
+	For      time.Duration     // for Wait and Pause
+	Settings *breaker.Settings // for Configure
 }
 
 // Observed is what an implementation shows after a row's event.
@@ -83,9 +101,11 @@ type Observed struct {
 	Reasons string
 	Trips   int
 	OpenFor time.Duration // the open period, when open
-	// Closed only: the window's totals and the run of consecutive failures.
+	// Closed only: the window's totals, the run of consecutive failures and the run of
+	// consecutive gateway failures.
 	Counts      breaker.Counts
 	Consecutive int
+	GatewayRun  int
 	// Half-open only: trials in flight.
 	InFlight int
 }
@@ -134,23 +154,35 @@ func Run(t *testing.T, newDriver func(t testing.TB) Driver) {
 func Steps(ss []Step) string {
 	var b []string
 	for _, s := range ss {
-		if s.Kind == Mode {
+		switch s.Kind {
+		case Mode:
 			b = append(b, fmt.Sprintf("mode(%v)", s.Mode))
-		} else {
+		case Wait:
+			b = append(b, fmt.Sprintf("wait(%v)", s.For))
+		default:
 			b = append(b, s.Kind.String())
 		}
 	}
 	return "[" + strings.Join(b, " ") + "]"
 }
 
-// history turns "SFW" into steps: S success, F failure, W slow success.
+// history turns "SFWG" into steps: S success, F failure, W slow success, G gateway failure.
 func history(h string) []Step {
 	var ss []Step
 	for _, c := range h {
-		ss = append(ss, Step{Kind: map[rune]Kind{'S': Success, 'F': Failure, 'W': Slow}[c]})
+		ss = append(ss, Step{Kind: map[rune]Kind{'S': Success, 'F': Failure, 'W': Slow, 'G': GatewayFailure}[c]})
 	}
 	return ss
 }
+
+// configure starts a row with Settings() changed by tune.
+func configure(tune func(s *breaker.Settings)) []Step {
+	s := Settings()
+	tune(&s)
+	return []Step{{Kind: Configure, Settings: &s}}
+}
+
+func wait(d time.Duration) []Step { return []Step{{Kind: Wait, For: d}} }
 
 func steps(ks ...Kind) []Step {
 	var ss []Step
@@ -182,6 +214,16 @@ func Rows() []Row {
 	halfOpen1 := join(tripped, steps(Elapse, Admit)) // half-open, 1 trial in flight
 	halfOpen2 := join(halfOpen1, steps(Admit))       // 2 in flight: no free slot
 	counts := func(r, f, s uint32) breaker.Counts { return breaker.Counts{Requests: r, Failures: f, Slow: s} }
+
+	// Per-target ejection's rules (config.Outlier.Settings). gateway: 2 gateway failures
+	// in a row trip, 4 failures of any kind in a row. linear: open 10 s × trips up to 35 s
+	// (doubling would give 10, 20, 35). decay: the trip count survives a close and drops by
+	// one per minute closed.
+	gateway := configure(func(s *breaker.Settings) { s.ConsecutiveGatewayFailures, s.ConsecutiveFailures = 2, 4 })
+	linear := configure(func(s *breaker.Settings) { s.LinearBackoff, s.MaxOpenDuration = true, 35*time.Second })
+	decay := configure(func(s *breaker.Settings) { s.TripDecay = time.Minute })
+	recover := steps(Elapse, Admit, Admit, TrialSuccess, TrialSuccess)
+	decayed2 := join(decay, tripped, steps(Open), recover) // closed, 2 trips kept
 	return []Row{
 		// Closed: the trip rules, in their order.
 		{"consecutive failures trip", history("FF"), closed, history("F"),
@@ -256,5 +298,74 @@ func Rows() []Row {
 			Observed{State: closed}},
 		{"an operator's open on a closed circuit", history("F"), closed, steps(Open),
 			Observed{State: open, Reasons: breaker.ReasonMode, Trips: 1, OpenFor: s10}},
+
+		// An upstream's pause (Retry-After): open for the pause, capped at the max open
+		// duration, the trip count unchanged; only in modes normal and metrics only.
+		{"a pause opens the circuit for its length", nil, closed, []Step{{Kind: Pause, For: 7 * time.Second}},
+			Observed{State: open, Reasons: breaker.ReasonRetryAfter, OpenFor: 7 * time.Second}},
+		{"a pause is capped at the max open duration", nil, closed, []Step{{Kind: Pause, For: time.Hour}},
+			Observed{State: open, Reasons: breaker.ReasonRetryAfter, OpenFor: Settings().MaxOpenDuration}},
+		{"a pause keeps the backoff: the next trip is the first", []Step{{Kind: Pause, For: 7 * time.Second}}, open, steps(Elapse, Admit, TrialFailure),
+			Observed{State: open, Reasons: breaker.ReasonOpenTimeout + "," + breaker.ReasonTrialFailed, Trips: 1, OpenFor: 10 * time.Second}},
+		{"a pause while forced closed is ignored", mode(breaker.ForcedClosed), closed, []Step{{Kind: Pause, For: 7 * time.Second}},
+			Observed{State: closed, Mode: breaker.ForcedClosed, Counts: counts(1, 0, 0)}},
+		{"a trial's pause reopens for the pause, not the backoff", join(history("FFF"), steps(Elapse, Admit)), halfOpen, []Step{{Kind: TrialPause, For: 7 * time.Second}},
+			Observed{State: open, Reasons: breaker.ReasonRetryAfter, Trips: 1, OpenFor: 7 * time.Second}},
+
+		// Gateway failures: a run of their own, and failures for every other rule.
+		{"consecutive gateway failures trip", join(gateway, history("G")), closed, history("G"),
+			Observed{State: open, Reasons: breaker.ReasonConsecutiveGateway, Trips: 1, OpenFor: s10}},
+		{"a plain failure ends the gateway run", join(gateway, history("G")), closed, history("FG"),
+			Observed{State: closed, Counts: counts(3, 3, 0), Consecutive: 3, GatewayRun: 1}},
+		{"a success ends the gateway run", join(gateway, history("G")), closed, history("SG"),
+			Observed{State: closed, Counts: counts(3, 2, 0), Consecutive: 1, GatewayRun: 1}},
+		{"the gateway run is judged before consecutive failures", join(gateway, history("FFG")), closed, history("G"),
+			Observed{State: open, Reasons: breaker.ReasonConsecutiveGateway, Trips: 1, OpenFor: s10}},
+		{"consecutive failures trip past a broken gateway run", join(gateway, history("GFF")), closed, history("F"),
+			Observed{State: open, Reasons: breaker.ReasonConsecutiveFailures, Trips: 1, OpenFor: s10}},
+		{"gateway failures count towards the failure rate", join(gateway, history("SGSGSGSGS")), closed, history("G"),
+			Observed{State: open, Reasons: breaker.ReasonFailureRate, Trips: 1, OpenFor: s10}},
+		{"gateway failures are consecutive failures", history("GF"), closed, history("G"),
+			Observed{State: open, Reasons: breaker.ReasonConsecutiveFailures, Trips: 1, OpenFor: s10}},
+		{"a gateway failure fails a trial", join(gateway, history("GG"), steps(Elapse, Admit)), halfOpen, steps(TrialGatewayFailure),
+			Observed{State: open, Reasons: breaker.ReasonTrialFailed, Trips: 2, OpenFor: s20}},
+		{"without the gateway rule a gateway run does not trip", history("G"), closed, history("SGG"),
+			Observed{State: closed, Counts: counts(4, 3, 0), Consecutive: 2, GatewayRun: 2}},
+
+		// Linear backoff: OpenDuration × trips, capped.
+		{"linear backoff: the first period", linear, closed, history("FFF"),
+			Observed{State: open, Reasons: breaker.ReasonConsecutiveFailures, Trips: 1, OpenFor: s10}},
+		{"linear backoff: the second period is twice the first", join(linear, tripped), open, steps(Open),
+			Observed{State: open, Reasons: breaker.ReasonMode, Trips: 2, OpenFor: s20}},
+		{"linear backoff: the third period is three times the first", join(linear, tripped, steps(Open)), open, steps(Open),
+			Observed{State: open, Reasons: breaker.ReasonMode, Trips: 3, OpenFor: s30}},
+		{"linear backoff is capped", join(linear, tripped, steps(Open, Open)), open, steps(Open),
+			Observed{State: open, Reasons: breaker.ReasonMode, Trips: 4, OpenFor: 35 * time.Second}},
+		{"linear backoff after a failed trial", join(linear, halfOpen1), halfOpen, steps(TrialFailure),
+			Observed{State: open, Reasons: breaker.ReasonTrialFailed, Trips: 2, OpenFor: s20}},
+
+		// Trip decay: the count survives a close and decays with the time closed.
+		{"trip decay keeps the trips when trials close", join(decay, tripped, steps(Elapse, Admit, Admit)), halfOpen,
+			steps(TrialSuccess, TrialSuccess),
+			Observed{State: closed, Reasons: breaker.ReasonTrialsSucceeded, Trips: 1}},
+		{"trip decay: the next trip soon after counts on", decayed2, closed, join(wait(59*time.Second), history("FFF")),
+			Observed{State: open, Reasons: breaker.ReasonConsecutiveFailures, Trips: 3, OpenFor: s30}},
+		{"trip decay: one period closed takes one trip back", decayed2, closed, join(wait(time.Minute), history("FFF")),
+			Observed{State: open, Reasons: breaker.ReasonConsecutiveFailures, Trips: 2, OpenFor: s20}},
+		{"trip decay: two periods closed take two trips back", decayed2, closed, join(wait(2*time.Minute), history("FFF")),
+			Observed{State: open, Reasons: breaker.ReasonConsecutiveFailures, Trips: 1, OpenFor: s10}},
+		{"trip decay does not go below zero", decayed2, closed, join(wait(10*time.Minute), history("FFF")),
+			Observed{State: open, Reasons: breaker.ReasonConsecutiveFailures, Trips: 1, OpenFor: s10}},
+		{"trip decay: an operator's open counts the time closed too", decayed2, closed, join(wait(time.Minute), steps(Open)),
+			Observed{State: open, Reasons: breaker.ReasonMode, Trips: 2, OpenFor: s20}},
+		{"trip decay: an operator's close keeps the trips", join(decay, tripped), open, steps(Close),
+			Observed{State: closed, Reasons: breaker.ReasonMode, Trips: 1}},
+		{"trip decay: reset clears the trips", decayed2, closed, steps(Reset),
+			Observed{State: closed}},
+		{"trip decay: after a reset the backoff starts over", decayed2, closed, join(steps(Reset), history("FFF")),
+			Observed{State: open, Reasons: breaker.ReasonConsecutiveFailures, Trips: 1, OpenFor: s10}},
+		{"trip decay: a failed trial does not decay", join(decayed2, wait(5*time.Minute), history("FFF"), steps(Elapse, Admit)), halfOpen,
+			steps(TrialFailure),
+			Observed{State: open, Reasons: breaker.ReasonTrialFailed, Trips: 2, OpenFor: s20}},
 	}
 }

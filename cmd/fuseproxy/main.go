@@ -23,6 +23,8 @@ Usage:
   fuseproxy circuits list|show NAME    see the circuits of a running replica
   fuseproxy circuits open|close|reset NAME
   fuseproxy circuits mode NAME MODE    steer a circuit (fleet-wide with Redis)
+  fuseproxy targets [list]             see each target's health (outlier detection)
+  fuseproxy targets eject|restore UPSTREAM HOST:PORT
   fuseproxy health                     exit 0 if the replica is ready, 1 if not
   fuseproxy reload                     make the replica re-read its config file
   fuseproxy version                    print the version
@@ -56,6 +58,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = flakyCmd(args, stderr)
 	case "circuits":
 		err = circuits(args, stdout, stderr)
+	case "targets":
+		err = targets(args, stdout, stderr)
 	case "health":
 		err = health(args, stdout, stderr)
 	case "reload":

@@ -2,6 +2,7 @@ package admin
 
 import (
 	"math"
+	"strings"
 	"time"
 
 	"github.com/fuseproxy/fuseproxy/breaker"
@@ -11,9 +12,16 @@ import (
 
 // The JSON documents the admin API answers with. The CLI decodes the same types.
 
-// Circuit is one upstream's circuit as GET /circuits lists it.
+// Circuit is one upstream's circuit as GET /circuits lists it, or one target's (outlier
+// detection: its name is UPSTREAM@HOST:PORT, and Upstream and Target are set).
 type Circuit struct {
 	Name string `json:"name"`
+	// Upstream and Target (host:port) name a target's circuit; empty for an upstream's.
+	Upstream string `json:"upstream,omitempty"`
+	Target   string `json:"target,omitempty"`
+	// Ejected is true while a target's circuit keeps the target out of rotation (open,
+	// half-open or forced open); always false for an upstream's circuit.
+	Ejected bool `json:"ejected,omitempty"`
 	// State is closed, open or half_open; "disabled" for an upstream whose breaker is
 	// disabled (every other field is then zero).
 	State      string         `json:"state"`
@@ -164,6 +172,11 @@ func NewCircuit(s breaker.Snapshot, now time.Time, source string) Circuit {
 	if s.State != breaker.Closed {
 		c.OpenedAt = now.Add(-s.OpenedAgo).UTC().Format(time.RFC3339)
 	}
+	if up, target, ok := strings.Cut(s.Name, "@"); ok {
+		c.Upstream, c.Target = up, target
+		c.Ejected = (s.State != breaker.Closed || s.Mode == breaker.ForcedOpen) &&
+			s.Mode != breaker.ForcedClosed && s.Mode != breaker.MetricsOnly
+	}
 	return c
 }
 
@@ -184,6 +197,9 @@ func NewSettings(s breaker.Settings, minReplicas int) *Settings {
 func minReplicas(cfg *config.Config, name string) int {
 	if u := cfg.Upstreams[name]; u != nil {
 		return u.Breaker.MinReplicasReporting
+	}
+	if up, _, ok := strings.Cut(name, "@"); ok && cfg.Upstreams[up] != nil {
+		return cfg.Upstreams[up].Outlier.MinReplicasReporting
 	}
 	return 0
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/fuseproxy/fuseproxy/config"
 	"github.com/fuseproxy/fuseproxy/internal/accesslog"
 	"github.com/fuseproxy/fuseproxy/internal/events"
+	"github.com/fuseproxy/fuseproxy/internal/health"
 	"github.com/fuseproxy/fuseproxy/internal/telemetry"
 	"github.com/fuseproxy/fuseproxy/internal/watch"
 	"github.com/fuseproxy/fuseproxy/proxy"
@@ -52,6 +53,7 @@ type App struct {
 	proxy   *proxy.Proxy
 	metrics *telemetry.Metrics
 	events  *events.Dispatcher // every breaker's observer
+	health  *health.Checker    // active health checks of targets (health_check)
 	access  *accesslog.Log     // off until Run opens it; closed when Run returns
 
 	mu       sync.RWMutex // guards cfg and breakers (swapped whole on reload)
@@ -87,6 +89,10 @@ func New(cfg *config.Config, o Options) (*App, error) {
 	a.store = st
 	a.cfg, a.breakers = cfg, a.buildBreakers(cfg, nil)
 	a.store.Attach(a.circuits(cfg, a.breakers))
+	a.health = health.New(health.Options{Store: a.store, Logger: a.log, Observe: func(r health.Result) {
+		a.metrics.HealthProbe(r.Upstream, r.Target, string(r.Outcome))
+	}})
+	a.health.Update(checkedTargets(cfg, a.breakers))
 	a.metrics.SetUpstreams(upstreamNames(cfg))
 	a.proxy, err = proxy.New(cfg, a.breakers, proxy.Options{Logger: a.log, Recorder: a.metrics, AccessLog: a.access})
 	if err != nil {
@@ -127,33 +133,68 @@ func (a *App) newStore(cfg *config.Config) (store.Store, error) {
 	}
 }
 
-// buildBreakers returns a breaker per upstream whose breaker is enabled, keeping the
-// existing breaker (its state and counts) when old has one of that name.
+// buildBreakers returns a breaker per upstream whose breaker is enabled and, for an
+// upstream with outlier detection and two or more targets, one per target (named
+// config.TargetName), keeping the existing breaker (its state and counts) when old has
+// one of that name: a reload keeps the state of the targets that remain.
 func (a *App) buildBreakers(cfg *config.Config, old map[string]*breaker.Breaker) map[string]*breaker.Breaker {
 	out := make(map[string]*breaker.Breaker, len(cfg.Upstreams))
 	opts := breaker.Options{Clock: a.clock, Observer: a.events}
-	for name, u := range cfg.Upstreams {
-		if !u.Breaker.Enabled {
-			continue
-		}
-		s := u.Breaker.Settings()
+	add := func(name string, s breaker.Settings) {
 		if b, ok := old[name]; ok {
 			b.SetSettings(s)
 			out[name] = b
-			continue
+			return
 		}
 		out[name] = breaker.New(name, s, opts)
+	}
+	for name, u := range cfg.Upstreams {
+		if u.Breaker.Enabled {
+			add(name, u.Breaker.Settings())
+		}
+		if ejects(u) {
+			s := u.Outlier.Settings()
+			for _, t := range u.TargetURLs {
+				add(config.TargetName(name, t), s)
+			}
+		}
 	}
 	return out
 }
 
+// checkedTargets lists the targets health checks probe: those with a circuit (ejects) of
+// upstreams with a health_check path.
+func checkedTargets(cfg *config.Config, bs map[string]*breaker.Breaker) []health.Target {
+	return health.Targets(cfg.Upstreams, func(name string) breaker.Control {
+		if b := bs[name]; b != nil { // a nil *Breaker must not become a non-nil Control
+			return b
+		}
+		return nil
+	})
+}
+
+// ejects reports whether u's targets have circuits of their own (outlier detection on,
+// and more than one target: a single target is never ejected).
+func ejects(u *config.Upstream) bool {
+	return u.Outlier.Enabled && len(u.TargetURLs) > 1
+}
+
 func (a *App) circuits(cfg *config.Config, bs map[string]*breaker.Breaker) map[string]store.Circuit {
 	out := make(map[string]store.Circuit, len(bs))
-	for name, b := range bs {
-		u := cfg.Upstreams[name]
+	for name, u := range cfg.Upstreams {
 		lease := max(u.Timeout, u.ResponseHeaderTimeout) + time.Second
-		out[name] = store.Circuit{Breaker: b, MinReplicasReporting: u.Breaker.MinReplicasReporting,
-			SettingsHash: u.Breaker.Hash(), TrialLease: lease}
+		if b := bs[name]; b != nil {
+			out[name] = store.Circuit{Breaker: b, MinReplicasReporting: u.Breaker.MinReplicasReporting,
+				SettingsHash: u.Breaker.Hash(), TrialLease: lease}
+		}
+		if ejects(u) {
+			hash := u.Outlier.Hash()
+			for _, t := range u.TargetURLs {
+				tn := config.TargetName(name, t)
+				out[tn] = store.Circuit{Breaker: bs[tn], MinReplicasReporting: u.Outlier.MinReplicasReporting,
+					SettingsHash: hash, TrialLease: lease}
+			}
+		}
 	}
 	return out
 }
@@ -191,6 +232,14 @@ func (a *App) Reload(cfg *config.Config) (err error) {
 	}
 	a.metrics.SetUpstreams(upstreamNames(cfg))
 	a.store.Attach(a.circuits(cfg, bs))
+	a.health.Update(checkedTargets(cfg, bs))
+	var gone []string
+	for name := range old {
+		if _, ok := bs[name]; !ok {
+			gone = append(gone, name)
+		}
+	}
+	a.metrics.ForgetTargets(gone)
 	a.events.Update(cfg.Events)
 	a.mu.Lock()
 	a.cfg, a.breakers = cfg, bs

@@ -106,6 +106,7 @@ func (a *App) resyncStore(ctx context.Context) {
 func (a *App) startBackground(cfg *config.Config) *background {
 	bg := newBackground()
 	bg.start(func(ctx context.Context) { _ = a.store.Run(ctx) })
+	bg.start(func(ctx context.Context) { _ = a.health.Run(ctx) })
 	a.events.Start()
 	a.watchConfig(bg, cfg.Path)
 	return bg

@@ -49,6 +49,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -62,10 +63,16 @@ import (
 // EventType is the value of Event.Event for a transition.
 const EventType = "circuit.transition"
 
+// TargetEventType is the value of Event.Event for a transition of a target's circuit
+// (outlier detection): to open is an ejection, to half_open the target's return on
+// trial, to closed its restoration.
+const TargetEventType = "target.transition"
+
 // Event is the JSON body a webhook receives for one transition.
 type Event struct {
 	Event          string         `json:"event"`
 	Upstream       string         `json:"upstream"`
+	Target         string         `json:"target,omitempty"` // host:port, for a target's transition
 	From           string         `json:"from"`
 	To             string         `json:"to"`
 	Reason         string         `json:"reason"`
@@ -80,12 +87,23 @@ type Event struct {
 
 // NewEvent returns the event for a transition seen by replica at time now.
 func NewEvent(t breaker.Transition, replica string, now time.Time) Event {
-	return Event{
+	ev := Event{
 		Event: EventType, Upstream: t.Upstream, From: t.From.String(), To: t.To.String(),
 		Reason: t.Reason, Generation: t.Generation, Mode: t.Mode.String(), Counts: t.Counts,
 		Consecutive: t.Consecutive, OpenForSeconds: t.OpenFor.Seconds(), Replica: replica,
 		Time: now.UTC(),
 	}
+	if up, target, ok := strings.Cut(t.Upstream, "@"); ok {
+		ev.Event, ev.Upstream, ev.Target = TargetEventType, up, target
+	}
+	return ev
+}
+
+// targetMessages are the log messages of a target's transitions, by the state entered.
+var targetMessages = [...]string{
+	breaker.Closed:   "target restored",
+	breaker.Open:     "target ejected",
+	breaker.HalfOpen: "target returning on trial",
 }
 
 // Metrics is what the Dispatcher counts; *telemetry.Metrics implements it.
@@ -209,19 +227,26 @@ func (d *Dispatcher) OnTransition(t breaker.Transition) {
 }
 
 func (d *Dispatcher) logTransition(t breaker.Transition) {
-	ce := d.log.Check(zap.InfoLevel, "circuit transition")
+	msg, upstream, target := "circuit transition", t.Upstream, ""
+	if up, tg, ok := strings.Cut(t.Upstream, "@"); ok && int(t.To) < len(targetMessages) {
+		msg, upstream, target = targetMessages[t.To], up, tg
+	}
+	ce := d.log.Check(zap.InfoLevel, msg)
 	if ce == nil {
 		return
 	}
-	fields := []zap.Field{
-		zap.String("upstream", t.Upstream), zap.String("from", t.From.String()),
+	fields := []zap.Field{zap.String("upstream", upstream)}
+	if target != "" {
+		fields = append(fields, zap.String("target", target))
+	}
+	fields = append(fields, zap.String("from", t.From.String()),
 		zap.String("to", t.To.String()), zap.String("reason", t.Reason),
 		zap.Uint32("requests", t.Counts.Requests), zap.Uint32("failures", t.Counts.Failures),
 		zap.Uint32("slow", t.Counts.Slow), zap.Float64("failure_rate", t.Counts.FailureRate()),
 		zap.Int("consecutive", t.Consecutive), zap.Uint64("generation", t.Generation),
 		zap.String("mode", t.Mode.String()), zap.Float64("open_for_seconds", t.OpenFor.Seconds()),
 		zap.String("replica", d.o.Replica),
-	}
+	)
 	if t.Mode == breaker.MetricsOnly {
 		// Nothing is rejected in metrics_only mode: the line says what would have been.
 		fields = append(fields, zap.Bool("dry_run", true))

@@ -411,3 +411,50 @@ func BenchmarkOnTransitionHangingWebhook(b *testing.B) {
 	defer close(release)
 	benchmarkOnTransition(b, []config.Webhook{{URL: srv.URL, Timeout: time.Minute, Retries: 3}})
 }
+
+// A target circuit's transitions (UPSTREAM@HOST:PORT) are target events: webhook event
+// target.transition with upstream and target apart, and log lines that say what happened
+// to the target.
+func TestTargetTransitionEvents(t *testing.T) {
+	rcv := newReceiver(t, nil)
+	core, logs := observer.New(zap.InfoLevel)
+	d := New(config.Events{Enabled: true, QueueSize: 16, Webhooks: []config.Webhook{hook(rcv.srv.URL)}},
+		Options{Logger: zap.New(core), Replica: "r1"})
+	d.Start()
+	defer closeDispatcher(t, d)
+
+	clk := &clock{}
+	b := breaker.New("payments@10.0.0.6:8080", breaker.Settings{ConsecutiveFailures: 1, OpenDuration: 10 * time.Second},
+		breaker.Options{Clock: clk, Observer: d, Rand: func() float64 { return 0.5 }})
+	tk, _ := b.Allow()
+	b.Done(tk, breaker.GatewayFailure, time.Millisecond)
+	clk.Add(11 * time.Second)
+	tk, err := b.Allow()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Done(tk, breaker.Success, time.Millisecond)
+
+	rcv.wait(t, 3)
+	var msgs []string
+	for _, e := range logs.All() {
+		msgs = append(msgs, e.Message)
+		if e.ContextMap()["upstream"] != "payments" || e.ContextMap()["target"] != "10.0.0.6:8080" {
+			t.Errorf("log %q: fields %v, want upstream payments and target 10.0.0.6:8080", e.Message, e.ContextMap())
+		}
+	}
+	if want := []string{"target ejected", "target returning on trial", "target restored"}; !slices.Equal(msgs, want) {
+		t.Errorf("log messages %q, want %q", msgs, want)
+	}
+	rcv.mu.Lock()
+	defer rcv.mu.Unlock()
+	for _, body := range rcv.bodies {
+		var ev Event
+		if err := json.Unmarshal(body, &ev); err != nil {
+			t.Fatal(err)
+		}
+		if ev.Event != TargetEventType || ev.Upstream != "payments" || ev.Target != "10.0.0.6:8080" {
+			t.Errorf("webhook event %s, want target.transition for payments / 10.0.0.6:8080", body)
+		}
+	}
+}

@@ -4,7 +4,7 @@
 //
 // Control endpoints (never counted):
 //
-//	/_flaky/set?fail=on|off&rate=0.5&status=503&latency=50ms   change behaviour
+//	/_flaky/set?fail=on|off&rate=0.5&status=503&latency=50ms&retry_after=7   change behaviour
 //	/_flaky/stats                                              counts as JSON
 //	/_flaky/reset                                              healthy, counts zeroed
 //
@@ -28,6 +28,7 @@ type Server struct {
 	rate     float64 // probability of failure when fail is on (1 = always)
 	status   int
 	latency  time.Duration
+	retry    string // Retry-After of failed answers; "" for none
 	requests int64
 	failed   int64
 	inFlight int64
@@ -65,7 +66,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	case "/_flaky/reset":
 		s.mu.Lock()
-		s.fail, s.rate, s.status, s.latency = false, 1, http.StatusServiceUnavailable, 0
+		s.fail, s.rate, s.status, s.latency, s.retry = false, 1, http.StatusServiceUnavailable, 0, ""
 		s.requests, s.failed, s.maxIn = 0, 0, s.inFlight
 		s.mu.Unlock()
 		return
@@ -75,7 +76,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.inFlight++
 	s.maxIn = max(s.maxIn, s.inFlight)
 	failing := s.fail && rand.Float64() < s.rate
-	status, latency := s.status, s.latency
+	status, latency, retry := s.status, s.latency, s.retry
 	if failing {
 		s.failed++
 	}
@@ -94,6 +95,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	if failing {
+		if retry != "" {
+			w.Header().Set("Retry-After", retry)
+		}
 		w.WriteHeader(status)
 		fmt.Fprintf(w, `{"ok":false,"status":%d}`+"\n", status)
 		return
@@ -132,5 +136,8 @@ func (s *Server) set(w http.ResponseWriter, r *http.Request) {
 		}
 		s.latency = d
 	}
-	fmt.Fprintf(w, "fail=%t rate=%g status=%d latency=%s\n", s.fail, s.rate, s.status, s.latency)
+	if q.Has("retry_after") {
+		s.retry = q.Get("retry_after")
+	}
+	fmt.Fprintf(w, "fail=%t rate=%g status=%d latency=%s retry_after=%q\n", s.fail, s.rate, s.status, s.latency, s.retry)
 }

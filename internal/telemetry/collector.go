@@ -43,6 +43,9 @@ func (c *circuitCollector) Describe(ch chan<- *prometheus.Desc) {
 // Collect implements prometheus.Collector.
 func (c *circuitCollector) Collect(ch chan<- prometheus.Metric) {
 	for name, b := range c.circuits() {
+		if _, _, target := splitTarget(name); target {
+			continue // targetCollector's
+		}
 		s := b.Snapshot()
 		for _, st := range [...]breaker.State{breaker.Closed, breaker.Open, breaker.HalfOpen} {
 			ch <- prometheus.MustNewConstMetric(c.state, prometheus.GaugeValue, one(s.State == st), name, st.String())

@@ -67,6 +67,12 @@ type Metrics struct {
 	// SetUpstreams.
 	upstreams atomic.Pointer[map[string]*upstreamMetrics]
 	mu        sync.Mutex // serialises SetUpstreams
+
+	healthProbes *prometheus.CounterVec // active health check probes (targets.go)
+
+	// targetEjections counts each target circuit's ejections (targets.go).
+	targetEjections sync.Map
+	targetMu        sync.Mutex
 }
 
 const numStates = 3 // closed, open, half_open
@@ -120,6 +126,10 @@ func New(o Options) *Metrics {
 		Namespace: Namespace, Name: "connections_rejected_total",
 		Help: "Client connections closed at once because server.max_connections were open.",
 	})
+	m.healthProbes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: Namespace, Name: "health_check_probes_total",
+		Help: "Active health check probes this replica sent to a target, by outcome (ok, bad_status, timeout, error). With a shared store one replica probes each target at a time.",
+	}, []string{"upstream", "target", "outcome"})
 	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: Namespace, Name: "build_info",
 		Help:        "Always 1; the labels name the build.",
@@ -134,9 +144,9 @@ func New(o Options) *Metrics {
 	}
 	m.reg.MustRegister(newUpstreamCollector(m), m.flushDuration, m.flushErrors,
 		m.degraded, m.propagation, m.reloads, m.eventsDropped, m.webhookDeliveries,
-		m.connsOpen, m.connsRejected, buildInfo)
+		m.connsOpen, m.connsRejected, m.healthProbes, buildInfo)
 	if o.Circuits != nil {
-		m.reg.MustRegister(newCircuitCollector(o.Circuits))
+		m.reg.MustRegister(newCircuitCollector(o.Circuits), newTargetCollector(o.Circuits, m))
 	}
 	if f := o.AccessLogDropped; f != nil {
 		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
@@ -232,6 +242,9 @@ func (m *Metrics) BodyBroken(upstream string, _ time.Duration) {
 
 // Transition counts one circuit transition.
 func (m *Metrics) Transition(t breaker.Transition) {
+	if m.targetTransition(t) {
+		return
+	}
 	um := (*m.upstreams.Load())[t.Upstream]
 	if um == nil || t.From >= numStates || t.To >= numStates || t.From == t.To || !um.hasBreaker.Load() {
 		return

@@ -320,3 +320,51 @@ func TestSeriesPerUpstream(t *testing.T) {
 		t.Errorf("README.md does not say %q", want)
 	}
 }
+
+// A target's circuit (UPSTREAM@HOST:PORT) is reported as the target's ejection, not as a
+// circuit of its own.
+func TestTargetMetricsFollowTargetCircuit(t *testing.T) {
+	clk := &clock{}
+	b := breaker.New("api@10.0.0.6:8080", breaker.Settings{ConsecutiveFailures: 1, OpenDuration: 30 * time.Second, LinearBackoff: true},
+		breaker.Options{Clock: clk, Rand: func() float64 { return 0.5 }})
+	m := newTestMetrics(map[string]*breaker.Breaker{"api@10.0.0.6:8080": b})
+	labels := `{target="10.0.0.6:8080",upstream="api"}`
+	if text := scrape(t, m); !strings.Contains(text, "fuseproxy_target_ejected"+labels+" 0") ||
+		strings.Contains(text, `fuseproxy_circuit_state{state="closed",upstream="api@10.0.0.6:8080"}`) {
+		t.Fatalf("a healthy target:\n%s", text)
+	}
+	tk, _ := b.Allow()
+	b.Done(tk, breaker.GatewayFailure, 0)
+	m.Transition(breaker.Transition{Upstream: "api@10.0.0.6:8080", From: breaker.Closed, To: breaker.Open})
+	clk.Add(10 * time.Second)
+	text := scrape(t, m)
+	for _, want := range []string{
+		"fuseproxy_target_ejected" + labels + " 1",
+		"fuseproxy_target_ejection_count" + labels + " 1",
+		"fuseproxy_target_ejection_remaining_seconds" + labels + " 20",
+		"fuseproxy_target_ejections_total" + labels + " 1",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("missing %s in:\n%s", want, text)
+		}
+	}
+	m.HealthProbe("api", "10.0.0.6:8080", "timeout")
+	if text := scrape(t, m); !strings.Contains(text, `fuseproxy_health_check_probes_total{outcome="timeout",target="10.0.0.6:8080",upstream="api"} 1`) {
+		t.Errorf("probe not counted:\n%s", text)
+	}
+}
+
+func TestForgetTargets(t *testing.T) {
+	m := newTestMetrics(map[string]*breaker.Breaker{})
+	m.HealthProbe("api", "10.0.0.6:8080", "ok")
+	m.HealthProbe("api", "10.0.0.7:8080", "ok")
+	m.targetTransition(breaker.Transition{Upstream: "api@10.0.0.6:8080", From: breaker.Closed, To: breaker.Open})
+	m.ForgetTargets([]string{"api@10.0.0.6:8080", "api"})
+	text := scrape(t, m)
+	if strings.Contains(text, `target="10.0.0.6:8080"`) || !strings.Contains(text, `target="10.0.0.7:8080"`) {
+		t.Errorf("after forgetting 10.0.0.6:8080:\n%s", text)
+	}
+	if _, ok := m.targetEjections.Load("api@10.0.0.6:8080"); ok {
+		t.Error("the forgotten target's ejection count is still kept")
+	}
+}

@@ -8,10 +8,10 @@ if op == 'open' then
   trip(st, s, now, 'mode', tonumber(ARGV[4]), KEYS[2])
 elseif op == 'close' then
   -- on a closed circuit it does nothing, as breaker.Close: the counts stay
-  if st.st ~= 0 then close(st, 'mode', now, KEYS[2]) end
+  if st.st ~= 0 then close(st, s, 'mode', now, KEYS[2]) end
 elseif op == 'reset' then
-  st.md = 0
-  close(st, 'reset', now, KEYS[2])
+  st.md, st.tr = 0, 0
+  close(st, s, 'reset', now, KEYS[2])
 elseif op == 'mode' then
   st.md = tonumber(ARGV[2])
   st.gen, st.changed, st.dirty, st.rs = st.gen + 1, true, true, 'mode'

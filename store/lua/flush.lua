@@ -5,7 +5,10 @@
 -- circuit's successes send them at once, and the rate rules wait grace ms for them.
 -- ARGV: replica, generation of the counts, requests, failures, slow, tail (failures after
 -- the batch's last success), had_success (0/1), settings, settings hash, rnd, channel, name,
--- onset channel, grace ms.
+-- onset channel, grace ms, gateway tail (gateway failures after the batch's last other
+-- outcome), gateway_ended (0/1: the batch had another outcome, which ends the fleet's run
+-- of gateway failures before the gateway tail is added), pause ms (the longest pause an
+-- upstream asked for in the batch, Retry-After: it opens the circuit for that long).
 local s = settings(ARGV[8])
 local now = now_ms()
 local st = load(KEYS[1], s, now)
@@ -19,6 +22,8 @@ if req > 0 and gen == st.gen and st.st == 0 then
   local c = st.b[k] or { 0, 0, 0 }
   st.b[k] = { c[1] + req, c[2] + fail, c[3] + slow }
   if ARGV[7] == '1' then st.cf = tail else st.cf = st.cf + tail end
+  local gtail = tonumber(ARGV[15]) or 0
+  if ARGV[16] == '1' then st.gf = gtail else st.gf = st.gf + gtail end
   if fail > 0 then st.r[replica] = now end
   if wasquiet and fail + slow > 0 then
     st.fo = now
@@ -29,6 +34,10 @@ if req > 0 and gen == st.gen and st.st == 0 then
   -- trip_reason only looks at what its rules need, and the hash must not grow
   window(st, s, now)
   reporters(st, s, now)
+end
+local pause = tonumber(ARGV[17]) or 0
+if pause > 0 and gen == st.gen and st.st == 0 and (st.md == 0 or st.md == 3) then
+  pause_trip(st, s, now, pause, tonumber(ARGV[10]), KEYS[2])
 end
 -- a poll decides too: the rate rules may have been waiting for the grace to end
 if st.st == 0 and (st.md == 0 or st.md == 3) then

@@ -4,8 +4,10 @@
 --
 -- Hash fields: st state (0 closed, 1 open, 2 half-open), md mode (0 normal, 1 forced_open,
 -- 2 forced_closed, 3 metrics_only), gen generation, ou open-until (Redis ms), of open
--- period (ms), tr trips since the last recovery, cf fleet-wide consecutive failures,
--- sc successful trials this half-open period, at time of the last transition (Redis ms),
+-- period (ms), tr trips since the last recovery (kept across a close with trip decay),
+-- cf fleet-wide consecutive failures, gf fleet-wide consecutive gateway failures,
+-- sc successful trials this half-open period, at time of the last transition (Redis ms;
+-- while closed, the close time that trip decay measures from),
 -- fo failure onset (Redis ms when a failure or slow call first reached a window that had
 -- none: the rate rules wait one grace period after it), rs its reason, ep the epoch (Redis ms when this hash was created: a new epoch means the
 -- state was lost or replaced, and replicas adopt it whatever its generation), cfg/cfgr settings hash and the replica that wrote it,
@@ -14,7 +16,10 @@
 --
 -- Settings travel as one comma-separated ARGV: consecutive, failure rate %, slow rate %,
 -- minimum requests, window ms, buckets, open ms, backoff multiplier, max open ms, jitter,
--- half-open max, success threshold, min replicas reporting, initial mode.
+-- half-open max, success threshold, min replicas reporting, initial mode, consecutive
+-- gateway failures, linear backoff (0/1), trip decay ms. The last three were appended for
+-- per-target ejection: a string without them (an older replica's) reads as 0, which is the
+-- older scripts' behaviour, so the encoding needs no version mark.
 --
 -- These scripts are the state machine of breaker.Breaker written again for a fleet. Both
 -- are held to one table of (state, event) -> (state, reason) rows, breaker/conformance:
@@ -30,10 +35,11 @@ local function settings(arg)
   for x in string.gmatch(arg, '[^,]+') do v[#v + 1] = tonumber(x) end
   return { cf = v[1], fr = v[2], sr = v[3], minreq = v[4], win = v[5], buckets = v[6],
     open = v[7], mult = v[8], maxopen = v[9], jitter = v[10], hmax = v[11],
-    sthresh = v[12], minrep = v[13], mode = v[14] }
+    sthresh = v[12], minrep = v[13], mode = v[14], cg = v[15] or 0, linear = v[16] or 0,
+    decay = v[17] or 0 }
 end
 
-local core = { 'st', 'md', 'gen', 'ou', 'of', 'tr', 'cf', 'sc', 'at', 'ep', 'fo' }
+local core = { 'st', 'md', 'gen', 'ou', 'of', 'tr', 'cf', 'gf', 'sc', 'at', 'ep', 'fo' }
 local known = { rs = true, cfg = true, cfgr = true }
 for _, f in ipairs(core) do known[f] = true end
 
@@ -56,7 +62,7 @@ end
 -- not parse, is reported (corrupt = reason) and replaced by a fresh closed state: never
 -- an error, never a crash. Fields no script writes are dropped.
 local function load(key, s, now)
-  local st = { st = 0, md = s.mode, gen = 0, ou = 0, of = 0, tr = 0, cf = 0, sc = 0, at = 0, ep = now, fo = 0,
+  local st = { st = 0, md = s.mode, gen = 0, ou = 0, of = 0, tr = 0, cf = 0, gf = 0, sc = 0, at = 0, ep = now, fo = 0,
     b = {}, r = {}, del = {}, new = true, dirty = false, corrupt = false, cfg = '', cfgr = '' }
   local lt = redis.call('TYPE', KEYS[2]).ok
   if lt ~= 'none' and lt ~= 'zset' then
@@ -113,7 +119,7 @@ local function load(key, s, now)
   if st.corrupt then
     redis.call('DEL', key)
     -- a fresh closed state in a newer generation, published so every replica adopts it
-    return { st = 0, md = s.mode, gen = st.gen + 1, ou = 0, of = 0, tr = 0, cf = 0, sc = 0,
+    return { st = 0, md = s.mode, gen = st.gen + 1, ou = 0, of = 0, tr = 0, cf = 0, gf = 0, sc = 0,
       at = 0, ep = now, fo = 0, b = {}, r = {}, del = {}, new = true, dirty = true, changed = true,
       rs = 'corrupt', corrupt = st.corrupt, cfg = '', cfgr = '' }
   end
@@ -155,7 +161,7 @@ end
 local function clear_counts(st)
   for idx in pairs(st.b) do st.del[#st.del + 1] = 'b:' .. idx end
   for id in pairs(st.r) do st.del[#st.del + 1] = 'r:' .. id end
-  st.b, st.r, st.cf, st.sc, st.fo = {}, {}, 0, 0, 0
+  st.b, st.r, st.cf, st.gf, st.sc, st.fo = {}, {}, 0, 0, 0, 0
 end
 
 -- quiet reports a closed circuit with nothing bad in its window: no failure or slow call,
@@ -164,7 +170,7 @@ end
 -- quiet. It prunes stale buckets, as window does.
 local function quiet(st, s, now)
   local _, f, sl = window(st, s, now)
-  return st.st == 0 and st.cf == 0 and f + sl == 0
+  return st.st == 0 and st.cf == 0 and st.gf == 0 and f + sl == 0
 end
 
 local function transition(st, to, reason, now, leasekey)
@@ -174,10 +180,20 @@ local function transition(st, to, reason, now, leasekey)
   redis.call('DEL', leasekey)
 end
 
--- open_period mirrors breaker.Settings.OpenPeriod plus jitter (rnd in [0,1) from the caller).
+-- trip opens the circuit for one more trip's period: breaker.Settings.OpenPeriod plus
+-- jitter (rnd in [0,1) from the caller). With trip decay, a trip from closed first takes
+-- back one trip for each full decay period since the close (at), as breaker.openLocked.
 local function trip(st, s, now, reason, rnd, leasekey)
+  if st.st == 0 and s.decay > 0 then
+    st.tr = math.max(st.tr - math.floor(math.max(now - st.at, 0) / s.decay), 0)
+  end
   st.tr = st.tr + 1
-  local d = s.open * (s.mult ^ (st.tr - 1))
+  local d
+  if s.linear == 1 then
+    d = s.open * st.tr
+  else
+    d = s.open * (s.mult ^ (st.tr - 1))
+  end
   if s.maxopen > 0 and d > s.maxopen then d = s.maxopen end
   if d > 4611686018427 then d = 4611686018427 end -- breaker.Settings.OpenPeriod's cap, in ms
   if s.jitter > 0 then d = d + d * s.jitter * (2 * rnd - 1) end
@@ -186,8 +202,23 @@ local function trip(st, s, now, reason, rnd, leasekey)
   transition(st, 1, reason, now, leasekey)
 end
 
-local function close(st, reason, now, leasekey)
-  st.tr, st.ou, st.of = 0, 0, 0
+-- pause_trip opens the circuit for a pause an upstream asked for (Retry-After), as
+-- breaker.pauseLocked: capped at the max open duration, jittered, the trip count
+-- unchanged.
+local function pause_trip(st, s, now, pause, rnd, leasekey)
+  local d = pause
+  if s.maxopen > 0 and d > s.maxopen then d = s.maxopen end
+  if s.jitter > 0 then d = d + d * s.jitter * (2 * rnd - 1) end
+  d = math.floor(d)
+  st.ou, st.of = now + d, d
+  transition(st, 1, 'retry_after', now, leasekey)
+end
+
+-- close closes the circuit; the trip count starts over unless trip decay keeps it (an
+-- operator's reset clears it before calling close).
+local function close(st, s, reason, now, leasekey)
+  if s.decay == 0 then st.tr = 0 end
+  st.ou, st.of = 0, 0
   transition(st, 0, reason, now, leasekey)
 end
 
@@ -197,7 +228,8 @@ end
 -- while the circuit was quiet (they are told of the onset) are in the window first.
 local function trip_reason(st, s, now, grace)
   local reason = nil
-  if s.cf > 0 and st.cf >= s.cf then reason = 'consecutive_failures' end
+  if s.cg > 0 and st.gf >= s.cg then reason = 'consecutive_gateway_failures' end
+  if not reason and s.cf > 0 and st.cf >= s.cf then reason = 'consecutive_failures' end
   if not reason and (s.fr > 0 or s.sr > 0) and now >= st.fo + grace then
     local r, f, sl = window(st, s, now)
     if r > 0 and r >= s.minreq then
@@ -214,8 +246,19 @@ end
 
 local function fmt(n) return string.format('%d', n) end
 
+-- timing is the time field of replies and messages: while open, how long the open period
+-- still runs; while closed, how long ago the circuit closed (at), which trip decay
+-- measures; 0 while half-open. (Replicas before trip decay read it only while open.)
+local function timing(st, now)
+  if st.st == 1 then return math.max(st.ou - now, 0) end
+  if st.st == 0 then return math.max(now - st.at, 0) end
+  return 0
+end
+
 -- save writes what changed, refreshes the expiry and publishes a transition. The hash
--- lives as long as its open period plus a day: an idle closed circuit needs no key.
+-- lives as long as its open period plus a day: an idle closed circuit needs no key (with
+-- trip decay, a trip count kept by an idle closed circuit has decayed to 0 by then
+-- unless trips x decay exceeds a day: the expiry then clears it early).
 local function save(key, st, s, now, channel, name, cfg, replica)
   if cfg ~= '' and st.cfg ~= cfg then
     st.dirty = true
@@ -225,7 +268,7 @@ local function save(key, st, s, now, channel, name, cfg, replica)
     redis.call('HDEL', key, unpack(st.del, i, math.min(i + 999, #st.del)))
   end
   local args = { 'st', fmt(st.st), 'md', fmt(st.md), 'gen', fmt(st.gen), 'ou', fmt(st.ou),
-    'of', fmt(st.of), 'tr', fmt(st.tr), 'cf', fmt(st.cf), 'sc', fmt(st.sc), 'at', fmt(st.at), 'ep', fmt(st.ep),
+    'of', fmt(st.of), 'tr', fmt(st.tr), 'cf', fmt(st.cf), 'gf', fmt(st.gf), 'sc', fmt(st.sc), 'at', fmt(st.at), 'ep', fmt(st.ep),
     'fo', fmt(st.fo) }
   if st.rs then args[#args + 1] = 'rs'; args[#args + 1] = st.rs end
   if cfg ~= '' then
@@ -243,7 +286,7 @@ local function save(key, st, s, now, channel, name, cfg, replica)
   redis.call('PEXPIRE', key, math.max(st.ou - now, 0) + 86400000)
   if st.changed then
     redis.call('PUBLISH', channel, table.concat({ name, fmt(st.st), fmt(st.md), fmt(st.gen),
-      fmt(math.max(st.ou - now, 0)), fmt(st.of), fmt(st.tr), fmt(now), fmt(st.ep), st.rs or '' }, ' '))
+      fmt(timing(st, now)), fmt(st.of), fmt(st.tr), fmt(now), fmt(st.ep), st.rs or '' }, ' '))
   end
 end
 
@@ -252,14 +295,12 @@ end
 -- the failure onset (st.grace, set by flush) to end (the caller polls again soon). It
 -- runs after save: what quiet prunes is not written.
 local function reply(st, s, now, granted, prevcfg, prevcfgr)
-  local remaining = 0
-  if st.st == 1 then remaining = math.max(st.ou - now, 0) end
   local q = 0
   if quiet(st, s, now) then
     q = 1
   elseif st.st == 0 and st.grace and now < st.fo + st.grace then
     q = 2
   end
-  return { st.st, st.md, st.gen, remaining, st.of, st.tr, now, granted or 0,
+  return { st.st, st.md, st.gen, timing(st, now), st.of, st.tr, now, granted or 0,
     prevcfg or '', prevcfgr or '', st.corrupt or '', st.ep, st.rs or '', q }
 end
