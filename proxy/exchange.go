@@ -272,9 +272,9 @@ type exchange struct {
 	// pause is the Retry-After the upstream's answer asked for (honor_retry_after).
 	pause time.Duration
 	// via is set when up serves as another upstream's fallback (its answers are marked).
-	via     *served
-	status  int   // the status the client got (once done)
-	bytes   int64 // response body bytes written to the client
+	via    *served
+	status int   // the status the client got (once done)
+	bytes  int64 // response body bytes written to the client
 	// logged: the request is sampled for the access log; its route, method, path and
 	// start are kept for it, and acc is the account handed over (pooled with the exchange).
 	logged   bool
@@ -283,9 +283,9 @@ type exchange struct {
 	method   string
 	path     string
 	acc      Access
-	done    bool            // the outcome was reported
-	result  Result          // the outcome reported (once done)
-	receipt breaker.Receipt // the breaker's receipt for a success, for a late failure
+	done     bool            // the outcome was reported
+	result   Result          // the outcome reported (once done)
+	receipt  breaker.Receipt // the breaker's receipt for a success, for a late failure
 	// upstream is the upstream request's context when it has its own deadline (the
 	// upstream's timeout), else nil.
 	upstream context.Context
