@@ -33,7 +33,9 @@ func sumSeries(text, name string) (float64, map[string]float64) {
 // rejected_concurrency, and the facts besides: a body broken after a success, a
 // metrics_only circuit that would have rejected) and checks that
 // sum(fuseproxy_requests_total) and sum(fuseproxy_responses_total) are N, while the
-// facts are counted on their own.
+// facts are counted on their own. A request a fallback upstream served is the one
+// counted twice in requests_total (rejected, and under the fallback upstream) and once
+// in responses_total.
 func TestRequestsTotalIsAPartition(t *testing.T) {
 	hold := make(chan struct{})
 	held := make(chan struct{}, 1)
@@ -93,12 +95,19 @@ upstreams:
   narrow:
     targets: ["`+backend.URL+`"]
     max_concurrent_requests: 1
+  guarded:
+    targets: ["`+backend.URL+`"]
+    breaker: {consecutive_failures: 1, open_duration: 4m}
+    fallback: {upstream: spare}
+  spare:
+    targets: ["`+backend.URL+`"]
 routes:
   - {path_prefix: /api, strip_prefix: true, upstream: api}
   - {path_prefix: /down, strip_prefix: true, upstream: down}
   - {path_prefix: /lenient, strip_prefix: true, upstream: lenient}
   - {path_prefix: /dry, strip_prefix: true, upstream: dry}
   - {path_prefix: /narrow, strip_prefix: true, upstream: narrow}
+  - {path_prefix: /guarded, strip_prefix: true, upstream: guarded}
 `)
 	sent := 0
 	// POST: Go's client retries an idempotent request whose connection closed early
@@ -134,6 +143,10 @@ routes:
 	for range 3 {
 		send("/api/ok", 503)
 	}
+	// A fallback upstream: guarded's circuit opens, and spare serves what it rejects.
+	send("/guarded/fail", 500)
+	send("/guarded/ok", 200)
+	const servedByFallback = 1
 	// The bulkhead: one request holds narrow's only slot, the next is refused.
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -155,11 +168,14 @@ routes:
 	waitFor(t, 5*time.Second, "every request counted", func() bool {
 		text = scrape(t, r)
 		sum, _ := sumSeries(text, "fuseproxy_requests_total")
-		return sum >= float64(sent)
+		return sum >= float64(sent+servedByFallback)
 	})
+	// Each request once, but for the one a fallback upstream served: rejected under its
+	// upstream, and success under the fallback upstream.
 	sum, by := sumSeries(text, "fuseproxy_requests_total")
-	if sum != float64(sent) {
-		t.Errorf("sum(fuseproxy_requests_total) = %v, %d requests sent; by outcome: %v", sum, sent, by)
+	if sum != float64(sent+servedByFallback) {
+		t.Errorf("sum(fuseproxy_requests_total) = %v, %d requests sent, %d served by a fallback upstream; by outcome: %v",
+			sum, sent, servedByFallback, by)
 	}
 	responses, byCode := sumSeries(text, "fuseproxy_responses_total")
 	if responses != float64(sent) {
@@ -178,11 +194,14 @@ routes:
 		t.Errorf("outcomes %v, want the 7 of the partition", outcomes)
 	}
 	for series, want := range map[string]float64{
-		`fuseproxy_response_body_failures_total{upstream="api"}`:     1,
-		`fuseproxy_requests_would_reject_total{upstream="dry"}`:      2,
-		`fuseproxy_requests_total{outcome="success",upstream="api"}`: 7, // 5 ok, missing, cut
-		`fuseproxy_responses_total{code="4xx",upstream="api"}`:       1,
-		`fuseproxy_circuit_failure_rate{upstream="down"}`:            1,
+		`fuseproxy_response_body_failures_total{upstream="api"}`:          1,
+		`fuseproxy_requests_would_reject_total{upstream="dry"}`:           2,
+		`fuseproxy_requests_total{outcome="success",upstream="api"}`:      7, // 5 ok, missing, cut
+		`fuseproxy_responses_total{code="4xx",upstream="api"}`:            1,
+		`fuseproxy_circuit_failure_rate{upstream="down"}`:                 1,
+		`fuseproxy_requests_total{outcome="rejected",upstream="guarded"}`: 1,
+		`fuseproxy_responses_total{code="2xx",upstream="guarded"}`:        0, // spare answered
+		`fuseproxy_responses_total{code="2xx",upstream="spare"}`:          1,
 	} {
 		if got := metric(text, series); fmt.Sprint(got) != fmt.Sprint(want) {
 			t.Errorf("%s = %v, want %v", series, got, want)
