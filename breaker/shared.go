@@ -149,7 +149,10 @@ func (b *Breaker) Apply(s SharedState, force bool) bool {
 		reason = ReasonShared
 	}
 	tr := Transition{Upstream: b.name, From: from, To: s.State, Mode: s.Mode, Reason: reason,
-		Generation: s.Generation, Counts: b.win.sum(now), Consecutive: b.consecutive, OpenFor: s.OpenFor}
+		Generation: s.Generation, Counts: b.win.sum(now), Consecutive: b.consecutive}
+	if s.State == Open { // as a local transition reports it: the open period, only when opening
+		tr.OpenFor = s.OpenFor
+	}
 	b.trips = s.Trips
 	if s.State == Closed {
 		b.closedAt = now - s.ClosedFor

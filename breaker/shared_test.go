@@ -380,3 +380,25 @@ func TestApplyOpenSetsOpenedAgo(t *testing.T) {
 		t.Errorf("OpenedAgo %v, want 2s (the shared open period started 2 s ago)", got)
 	}
 }
+
+// An adopted transition reports the open period only when it opens the circuit, as a
+// local one does: open -> half_open from the store carries 0, not the period that ended
+// (README: "open_for_seconds: the open period when to is open, else 0").
+func TestApplyReportsOpenForOnlyWhenOpening(t *testing.T) {
+	f := newFixture(t, sharedSettings())
+	f.b.SetShared(true)
+	f.b.Apply(breaker.SharedState{State: breaker.Open, Generation: 1, OpenRemaining: 9 * time.Second,
+		OpenFor: 10 * time.Second, Trips: 1, Reason: breaker.ReasonConsecutiveFailures}, false)
+	f.b.Apply(breaker.SharedState{State: breaker.HalfOpen, Generation: 2, OpenFor: 10 * time.Second,
+		Trips: 1, Reason: breaker.ReasonOpenTimeout}, false)
+	f.b.Apply(breaker.SharedState{State: breaker.Closed, Generation: 3, Reason: breaker.ReasonTrialsSucceeded}, false)
+	trs := f.obs.all()
+	if len(trs) != 3 {
+		t.Fatalf("%d transitions, want 3", len(trs))
+	}
+	for i, want := range []time.Duration{10 * time.Second, 0, 0} {
+		if trs[i].OpenFor != want {
+			t.Errorf("%s -> %s: OpenFor %v, want %v", trs[i].From, trs[i].To, trs[i].OpenFor, want)
+		}
+	}
+}

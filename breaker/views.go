@@ -14,6 +14,7 @@ type Gate interface {
 	DonePause(t Ticket, o Outcome, elapsed, pause time.Duration) Receipt
 	LateFailure(r Receipt)
 	Passing() bool
+	Mode() Mode
 }
 
 // Control is operators' view: read the state and settings, and command the circuit.

@@ -16,12 +16,12 @@ func TestAdminAllowedHosts(t *testing.T) {
   allowed_hosts:
     - ok.example
     - http://x.example
-    - x.example:9090
+    - x.example:8084
     - "*.svc"
     - ""
 `, nil)
 	want := `config.yaml:9: admin.allowed_hosts[1]: must be a host name (no scheme, port or wildcard), got "http://x.example"
-config.yaml:10: admin.allowed_hosts[2]: must be a host name (no scheme, port or wildcard), got "x.example:9090"
+config.yaml:10: admin.allowed_hosts[2]: must be a host name (no scheme, port or wildcard), got "x.example:8084"
 config.yaml:11: admin.allowed_hosts[3]: must be a host name (no scheme, port or wildcard), got "*.svc"
 config.yaml:12: admin.allowed_hosts[4]: must be a host name (no scheme, port or wildcard), got ""`
 	if err == nil || err.Error() != want {

@@ -25,7 +25,7 @@ func Default() *Config {
 			BodyMinRate:       500,
 		},
 		Admin: Admin{
-			Listen: "127.0.0.1:9090",
+			Listen: "127.0.0.1:8084",
 		},
 		Log: Log{
 			Format: "json",

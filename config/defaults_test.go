@@ -20,7 +20,7 @@ func TestDefaults(t *testing.T) {
 			BodyReadTimeout: 30 * time.Second,
 			BodyMinRate:     500,
 		},
-		Admin: Admin{Listen: "127.0.0.1:9090"},
+		Admin: Admin{Listen: "127.0.0.1:8084"},
 		Log:   Log{Format: "json", Level: "info"},
 		Store: Store{
 			Driver:        "memory",

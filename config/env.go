@@ -136,9 +136,26 @@ func applyEnv(cfg *Config, lookup func(string) (string, bool)) (set map[string]s
 			errs = append(errs, FieldError{Path: "env " + o.Name, Msg: msg})
 			continue
 		}
+		if o.Key == "store.driver" {
+			cfg.Store.Driver = StoreDriver(cfg.Store.Driver)
+		}
 		set[o.Key] = o.Name
 	}
 	return set, errs
+}
+
+// StoreDriver returns the store driver a store.driver value (or FUSE_STORE) names:
+// Fuse's own store names are accepted as aliases, "array" for memory and "cache" for
+// redis. Any other value is returned as is ("database", Fuse's PostgreSQL store, is
+// refused by validation: not available yet).
+func StoreDriver(name string) string {
+	switch name {
+	case "array":
+		return "memory"
+	case "cache":
+		return "redis"
+	}
+	return name
 }
 
 // setFromEnv parses val into the field ptr points to, returning a message on failure.

@@ -44,7 +44,8 @@ func ParseWithEnv(path string, data []byte, lookup func(string) (string, bool)) 
 	d := newDecoder(path, lookup)
 	d.document(root, cfg)
 	problems := d.errors()
-
+	// Fuse's store names, before the REDIS_* variables look at the driver.
+	cfg.Store.Driver = StoreDriver(cfg.Store.Driver)
 	set, envErrs := applyEnv(cfg, lookup)
 	problems = append(problems, envErrs...)
 	// The token as operators write it (validate reports one CleanToken refuses).

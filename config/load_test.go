@@ -337,8 +337,8 @@ routes:
 		},
 		{
 			name: "public admin without token",
-			src:  minimal + "admin:\n  listen: 0.0.0.0:9090\n",
-			want: `config.yaml:7: admin.listen: "0.0.0.0:9090" is not a loopback address, so an admin token is required (set admin.token or env FUSE_ADMIN_TOKEN)`,
+			src:  minimal + "admin:\n  listen: 0.0.0.0:8084\n",
+			want: `config.yaml:7: admin.listen: "0.0.0.0:8084" is not a loopback address, so an admin token is required (set admin.token or env FUSE_ADMIN_TOKEN)`,
 		},
 		{
 			name: "bad upstream name",

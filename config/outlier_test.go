@@ -1,6 +1,7 @@
 package config
 
 import (
+	"net/url"
 	"strings"
 	"testing"
 )
@@ -79,5 +80,59 @@ func TestFallbackUpstreamErrors(t *testing.T) {
 	}
 	if _, err := parse(t, "upstreams:\n  a:\n    targets: [http://h:1]\n    fallback: {upstream: b}\n  b:\n    targets: [http://h:2]\nroutes:\n  - upstream: a\n", nil); err != nil {
 		t.Errorf("a fallback upstream of depth one: %v", err)
+	}
+}
+
+// A target's circuit is named after its host as DNS and IP addresses read it: case does
+// not matter, nor leading zeros in the port, so two spellings of one host:port are one
+// target (and the duplicate is refused) and the name is the same whichever is written.
+func TestTargetNameIsCanonical(t *testing.T) {
+	for _, c := range []struct{ url, want string }{
+		{"http://Backend.Example:8080", "api@backend.example:8080"},
+		{"http://backend.example:08080", "api@backend.example:8080"},
+		{"https://[2001:DB8::1]", "api@[2001:db8::1]:443"},
+		{"http://[fe80::A%25Eth0]:81", "api@[fe80::a%Eth0]:81"}, // the zone is an interface name, kept
+		{"http://user:pw@10.0.0.5:8080/base", "api@10.0.0.5:8080"},
+	} {
+		u, err := url.Parse(c.url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := TargetName("api", u); got != c.want {
+			t.Errorf("TargetName(%s) = %s, want %s", c.url, got, c.want)
+		}
+	}
+	src := "upstreams:\n  api:\n    targets: [http://backend:8080, http://BACKEND:8080]\n    outlier_detection: {enabled: true}\nroutes:\n  - upstream: api\n"
+	if _, err := parse(t, src, nil); err == nil || !strings.Contains(err.Error(), "upstreams.api.targets[1]: same host:port as targets[0] (backend:8080)") {
+		t.Errorf("got %v, want the duplicate in capitals refused", err)
+	}
+}
+
+// Operators' ejections come first and are never capped but by "not the last target";
+// the detectors' take what is left of the cap, in config order.
+func TestHonoured(t *testing.T) {
+	type st struct{ out, forced bool }
+	for _, c := range []struct {
+		name   string
+		limit  int
+		states []st
+		want   []bool // for each target that is out
+	}{
+		{"detectors in config order", 1, []st{{true, false}, {true, false}, {false, false}}, []bool{true, false, false}},
+		{"an operator's ejection takes the cap", 1, []st{{true, false}, {false, false}, {true, true}}, []bool{false, false, true}},
+		{"operators beyond the cap", 1, []st{{true, true}, {true, true}, {false, false}}, []bool{true, true, false}},
+		{"never the last target", 1, []st{{true, true}, {true, true}, {true, true}}, []bool{true, true, false}},
+		{"dry run: operators only", 0, []st{{true, false}, {true, true}, {false, false}}, []bool{false, true, false}},
+		{"room for both", 2, []st{{true, true}, {false, false}, {true, false}, {true, false}}, []bool{true, false, true, false}},
+	} {
+		out := func(j int) (bool, bool) { return c.states[j].out, c.states[j].forced }
+		for i, s := range c.states {
+			if !s.out {
+				continue
+			}
+			if got := Honoured(i, len(c.states), c.limit, out); got != c.want[i] {
+				t.Errorf("%s: target %d honoured = %v, want %v", c.name, i, got, c.want[i])
+			}
+		}
 	}
 }

@@ -29,7 +29,7 @@ var Reference = []FieldDoc{
 	{"server.trusted_proxies", "[]", "", "Peers (CIDR ranges such as `10.0.0.0/8`, or single addresses) allowed to tell the proxy who the client is. From them, `X-Forwarded-For` is appended to and `X-Forwarded-Host`, `X-Forwarded-Proto`, `Forwarded`, `X-Real-IP` and the other forwarding headers are passed on. From anyone else they are replaced: `X-Forwarded-For` becomes the peer's address, `X-Forwarded-Host`/`-Proto` the request's own, and `Forwarded`, `X-Real-IP`, `X-Forwarded-*` (port, prefix, server, ...), `X-Client-IP`, `True-Client-IP`, `X-Original-URL`, `X-Rewrite-URL` and the like, with `_` for `-` too, are removed. Empty by default: no one is trusted, so a client cannot choose the address or URL the upstream sees."},
 
 	{"admin", "", "", "The admin API and metrics listener."},
-	{"admin.listen", "127.0.0.1:9090", "", "Address of the admin API and /metrics, host:port. A non-loopback address requires a token."},
+	{"admin.listen", "127.0.0.1:8084", "", "Address of the admin API and /metrics, host:port. A non-loopback address requires a token."},
 	{"admin.token", `""`, "FUSE_ADMIN_TOKEN", "Bearer token the admin API requires. Prefer the environment variable to writing it in the file. Surrounding whitespace (the trailing newline of a secret made from a file) is removed; a control character inside is an error."},
 	{"admin.allowed_hosts", "[]", "", "Host names, besides IP addresses and `localhost`, that the admin API accepts in the Host header, any port: e.g. a Kubernetes service name Prometheus scrapes by. Any other name gets 403, so a DNS-rebinding web page cannot read the API. Empty by default: IP addresses and localhost cover the probes, `kubectl port-forward` and scrapes by pod IP."},
 
@@ -38,11 +38,11 @@ var Reference = []FieldDoc{
 	{"log.level", "info", "", "`debug`, `info`, `warn` or `error`."},
 
 	{"store", "", "", "Where breaker state lives."},
-	{"store.driver", "memory", "FUSE_STORE", "`memory` (each process on its own) or `redis` (state shared by all replicas)."},
+	{"store.driver", "memory", "FUSE_STORE", "`memory` (each process on its own) or `redis` (state shared by all replicas). Fuse's store names are accepted too: `array` is memory, `cache` is redis; `database` (PostgreSQL) is not available yet."},
 	{"store.replica_id", `""`, "FUSE_REPLICA_ID", "This replica's name in the shared store: 1-128 letters, digits, `_`, `.` or `-`. Empty means hostname-pid."},
 	{"store.flush_interval", "100ms", "", "How often local counts are flushed to the shared store; at least 10ms."},
 	{"store.redis", "", "", "Redis connection, used when store.driver is `redis`. The REDIS_* and FUSE_REDIS_* variables apply only then."},
-	{"store.redis.url", `""`, "FUSE_REDIS_URL", "`redis://[user:password@]host:port/db`, or `rediss://` for TLS. When set, it replaces host, port and db; username and password, when set, still override the URL's."},
+	{"store.redis.url", `""`, "FUSE_REDIS_URL", "`redis://[user:password@]host:port/db`, or `rediss://` for TLS. When set, it replaces host, port and db; username and password, when set, still override the URL's. Query options `db`, `dial_timeout`, `read_timeout`, `write_timeout` and `pool_size` (`?dial_timeout=1s`, read as go-redis reads them) replace those keys; any other option is an error."},
 	{"store.redis.host", "127.0.0.1", "REDIS_HOST", "Redis host."},
 	{"store.redis.port", "6379", "REDIS_PORT", "Redis port, 1-65535."},
 	{"store.redis.username", `""`, "REDIS_USERNAME", "ACL user name; empty for the default user."},

@@ -35,8 +35,8 @@ func TestAdminTokenAsWritten(t *testing.T) {
 			`admin.token: the token has a control character ('\n') at byte 3; a bearer token must be printable (set by env FUSE_ADMIN_TOKEN)`},
 		{"file with a control character", minimal + "admin:\n  token: \"s3c\\x01ret\"\n", nil,
 			`config.yaml:7: admin.token: the token has a control character ('\x01') at byte 3; a bearer token must be printable`},
-		{"blank token on every interface", minimal + "admin:\n  listen: \":9090\"\n", map[string]string{"FUSE_ADMIN_TOKEN": " \n"},
-			`config.yaml:7: admin.listen: ":9090" is not a loopback address, so an admin token is required (set admin.token or env FUSE_ADMIN_TOKEN)`},
+		{"blank token on every interface", minimal + "admin:\n  listen: \":8084\"\n", map[string]string{"FUSE_ADMIN_TOKEN": " \n"},
+			`config.yaml:7: admin.listen: ":8084" is not a loopback address, so an admin token is required (set admin.token or env FUSE_ADMIN_TOKEN)`},
 	} {
 		_, err := parse(t, tc.src, tc.env)
 		if err == nil || err.Error() != tc.want {

@@ -111,7 +111,13 @@ func (v *validator) admin(a *Admin) {
 }
 
 func (v *validator) store(s *Store) {
-	v.oneOf("store.driver", s.Driver, "memory", "redis")
+	s.Driver = StoreDriver(s.Driver)
+	switch s.Driver {
+	case "database", "postgres":
+		v.errorf("store.driver", "%s (PostgreSQL, Fuse's database store) is not available yet: use memory (Fuse's array) or redis (Fuse's cache)", quote(s.Driver))
+	default:
+		v.oneOf("store.driver", s.Driver, "memory", "redis")
+	}
 	if s.ReplicaID != "" && !validName(s.ReplicaID, 128) {
 		v.errorf("store.replica_id", "invalid replica id %s: use 1-128 letters, digits, '_', '.' or '-'", quote(s.ReplicaID))
 	}
@@ -122,7 +128,7 @@ func (v *validator) store(s *Store) {
 	const p = "store.redis"
 	r := &s.Redis
 	if r.URL != "" {
-		v.redisURL(p+".url", r.URL)
+		v.redisURL(p+".url", r)
 	} else if r.Host == "" && len(r.SentinelAddrs) == 0 && len(r.ClusterAddrs) == 0 {
 		v.errorf(p+".host", "must not be empty (or set url, sentinel_addrs or cluster_addrs)")
 	}
@@ -156,8 +162,8 @@ func (v *validator) store(s *Store) {
 }
 
 // redisURL checks a redis:// or rediss:// URL without echoing it: it may hold a password.
-func (v *validator) redisURL(path, raw string) {
-	u, err := url.Parse(raw)
+func (v *validator) redisURL(path string, r *Redis) {
+	u, err := url.Parse(r.URL)
 	switch {
 	case err != nil:
 		v.errorf(path, "must be a redis:// or rediss:// URL")
@@ -169,7 +175,70 @@ func (v *validator) redisURL(path, raw string) {
 				v.errorf(path, "database %s in the URL path is not a number", quote(db))
 			}
 		}
+		for _, msg := range applyRedisURLOptions(u.Query(), r) {
+			v.errorf(path, "%s", msg)
+		}
 	}
+}
+
+// redisURLOptions are the query options of store.redis.url, each the store.redis key
+// it sets. They are go-redis's names (its ParseURL reads them the same way), limited to
+// those fuseproxy has a key for: the URL's option replaces the key, so `validate`, the
+// exchange timeout and the client all use the same value.
+var redisURLOptions = []struct {
+	name  string
+	field func(*Redis) any
+}{
+	{"db", func(r *Redis) any { return &r.DB }},
+	{"dial_timeout", func(r *Redis) any { return &r.DialTimeout }},
+	{"read_timeout", func(r *Redis) any { return &r.ReadTimeout }},
+	{"write_timeout", func(r *Redis) any { return &r.WriteTimeout }},
+	{"pool_size", func(r *Redis) any { return &r.PoolSize }},
+}
+
+// applyRedisURLOptions sets the fields of r that the URL's query options name, as
+// go-redis's ParseURL reads them (a duration is a Go duration or a whole number of
+// seconds; an option given twice is an error), and returns a message per option that
+// is unknown or does not parse.
+func applyRedisURLOptions(q url.Values, r *Redis) (msgs []string) {
+	known := make([]string, len(redisURLOptions))
+	for i, o := range redisURLOptions {
+		known[i] = o.name
+		vals, ok := q[o.name]
+		if !ok {
+			continue
+		}
+		delete(q, o.name)
+		if len(vals) != 1 {
+			msgs = append(msgs, fmt.Sprintf("option %s is given %d times in the URL", o.name, len(vals)))
+			continue
+		}
+		val := vals[0]
+		switch p := o.field(r).(type) {
+		case *int:
+			n, err := strconv.Atoi(val)
+			if err != nil || n < 0 {
+				msgs = append(msgs, fmt.Sprintf("option %s=%s in the URL: want a whole number", o.name, val))
+				continue
+			}
+			*p = n
+		case *time.Duration:
+			d, err := time.ParseDuration(val)
+			if err != nil {
+				n, nerr := strconv.Atoi(val)
+				if nerr != nil {
+					msgs = append(msgs, fmt.Sprintf("option %s=%s in the URL: want a duration (250ms, 1s) or whole seconds", o.name, val))
+					continue
+				}
+				d = time.Duration(n) * time.Second
+			}
+			*p = d
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(q)) {
+		msgs = append(msgs, fmt.Sprintf("unknown option %s in the URL (known: %s; set the others as store.redis keys)", quote(name), strings.Join(known, ", ")))
+	}
+	return msgs
 }
 
 func (v *validator) events(e *Events) {
@@ -368,9 +437,54 @@ func (v *validator) outlier(p string, u *Upstream) {
 	}
 }
 
+// MaxEjected is how many of n targets outlier detection may eject at once with
+// max_ejection_percent pct: pct % of them rounded down, at least 1 when pct > 0, at most
+// n-1 (the last target is never ejected). The proxy skips the first MaxEjected targets,
+// in config order, whose circuits are not passing; a target past them serves (the panic
+// rule).
+func MaxEjected(n, pct int) int {
+	if n < 2 || pct <= 0 {
+		return 0
+	}
+	return min(max(n*pct/100, 1), n-1)
+}
+
+// Honoured reports whether the ejection of target i of n (its circuit not passing) is
+// honoured, that is whether the target is skipped; out(j) tells whether target j's
+// circuit is not passing and whether an operator forced it open. Operators' ejections
+// come first: each is honoured as long as fewer forced targets come before it than n-1
+// (the last target is never ejected). The others, the detectors' ejections, are honoured
+// in config order while the ejections honoured before them (every operator's, and the
+// detectors' before them) are fewer than limit (MaxEjected): past it the panic rule lets
+// the target serve. The proxy (which targets it skips) and the admin API (which it shows
+// ejected) both decide with it.
+func Honoured(i, n, limit int, out func(j int) (ejected, forced bool)) bool {
+	_, forcedI := out(i)
+	forced, forcedBefore, detectedBefore := 0, 0, 0
+	for j := range n {
+		e, f := out(j)
+		switch {
+		case f:
+			forced++
+			if j < i {
+				forcedBefore++
+			}
+		case e && j < i:
+			detectedBefore++
+		}
+	}
+	if forcedI {
+		return forcedBefore < n-1
+	}
+	return forced+detectedBefore < limit
+}
+
 // TargetName is the name of a target's circuit: the upstream's name, "@", and the
 // target's host:port (the scheme's default port when the URL has none). Upstream names
-// hold no "@", so the name is unambiguous.
+// hold no "@", so the name is unambiguous. The host:port is canonical, so that every
+// spelling of one target has one name: a host name in lower case, an IP address in its
+// standard form (an IPv6 zone, an interface name, is kept as written), the port without
+// leading zeros.
 func TargetName(upstream string, target *url.URL) string {
 	port := target.Port()
 	if port == "" {
@@ -378,8 +492,16 @@ func TargetName(upstream string, target *url.URL) string {
 		if target.Scheme == "https" {
 			port = "443"
 		}
+	} else if n, err := strconv.ParseUint(port, 10, 16); err == nil {
+		port = strconv.FormatUint(n, 10)
 	}
-	return upstream + "@" + net.JoinHostPort(target.Hostname(), port)
+	host := target.Hostname()
+	if ip, err := netip.ParseAddr(host); err == nil {
+		host = ip.String()
+	} else {
+		host = strings.ToLower(host)
+	}
+	return upstream + "@" + net.JoinHostPort(host, port)
 }
 
 // failure checks the status lists and resolves them into f.FailureStatus (see Validate).

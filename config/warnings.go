@@ -30,6 +30,7 @@ func (c *Config) Warnings() []string {
 	for _, name := range slices.Sorted(maps.Keys(c.Upstreams)) {
 		if u := c.Upstreams[name]; u != nil {
 			w.breakerWarnings("upstreams."+name+".breaker", &u.Breaker, c.Replicas)
+			w.outlierWarnings("upstreams."+name+".outlier_detection", u)
 		}
 	}
 	w.shadowedRoutes(c.Routes)
@@ -75,6 +76,18 @@ func (w *validator) breakerWarnings(p string, b *Breaker, replicas int) {
 	}
 	if replicas > 0 && b.MinReplicasReporting > replicas {
 		w.errorf(p+".min_replicas_reporting", "%d is more than replicas (%d), so it may never be reached", b.MinReplicasReporting, replicas)
+	}
+}
+
+// outlierWarnings warns about outlier detection that never acts.
+func (w *validator) outlierWarnings(p string, u *Upstream) {
+	o := &u.Outlier
+	switch {
+	case !o.Enabled:
+	case len(u.TargetURLs) < 2:
+		w.errorf(p, "a single target is never ejected: outlier_detection and health_check do nothing (the breaker guards the upstream)")
+	case o.ConsecutiveGatewayErrors == 0 && o.Consecutive5xx == 0 && o.FailurePercentage == 0 && o.SlowCallRate == 0 && u.HealthCheck.Path == "":
+		w.errorf(p, "no ejection rule is set (consecutive_gateway_errors, consecutive_5xx, failure_percentage and slow_call_rate are all 0, and no health_check), so no target is ever ejected but by hand")
 	}
 }
 

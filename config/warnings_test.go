@@ -9,7 +9,7 @@ import (
 func TestWarnings(t *testing.T) {
 	src := `replicas: 3
 admin:
-  listen: 0.0.0.0:9090
+  listen: 0.0.0.0:8084
   token: hunter2
 store:
   flush_interval: 2s
@@ -46,7 +46,7 @@ routes:
 }
 
 func TestWarningsTokenFromEnvIsFine(t *testing.T) {
-	cfg := mustParse(t, minimal+"admin: {listen: \"0.0.0.0:9090\"}\n", map[string]string{"FUSE_ADMIN_TOKEN": "x"})
+	cfg := mustParse(t, minimal+"admin: {listen: \"0.0.0.0:8084\"}\n", map[string]string{"FUSE_ADMIN_TOKEN": "x"})
 	if w := cfg.Warnings(); len(w) != 0 {
 		t.Errorf("warnings: %q", w)
 	}

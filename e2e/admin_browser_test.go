@@ -222,7 +222,7 @@ func TestAdminRefusesWebPages(t *testing.T) {
 		{"foreign Host, healthz", "GET", "/healthz", "attacker.example", nil, "", 200},
 		{"localhost", "GET", "/circuits", "localhost:" + port, nil, "", 200},
 		{"IPv6 literal", "GET", "/metrics", "[::1]:" + port, nil, "", 200},
-		{"another IP (a pod IP)", "GET", "/metrics", "10.1.2.3:9090", nil, "", 200},
+		{"another IP (a pod IP)", "GET", "/metrics", "10.1.2.3:8084", nil, "", 200},
 		{"allowed_hosts name, another port", "GET", "/readyz", "FUSEPROXY-ADMIN.test.:80", nil, "", 200},
 		{"text/plain command", "POST", "/circuits/api/open", "", map[string]string{"Content-Type": "text/plain"}, `{"mode":"forced_open"}`, 403},
 		{"form command", "POST", "/circuits/api/mode", "", map[string]string{"Content-Type": "application/x-www-form-urlencoded"}, "mode=forced_open", 403},

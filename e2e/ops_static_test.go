@@ -18,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"gopkg.in/yaml.v3"
+	"github.com/fuseproxy/fuseproxy/config"
 )
 
 // moduleRoot is the module's root directory (this package lives in <root>/e2e).
@@ -165,7 +165,7 @@ func dockerfileBuild(t testing.TB, instrs []dockerInstr) dockerBuild {
 
 // TestOpsDockerfile checks the Dockerfile and .dockerignore without a container engine:
 // a multi-stage build of a static binary (CGO_ENABLED=0, -trimpath, version stamped)
-// into a runtime stage that runs as a non-root user, exposes 8080 and 9090, checks health
+// into a runtime stage that runs as a non-root user, exposes 8080 and 8084, checks health
 // with `fuseproxy health` (exec form: the image has no shell), reads its config from
 // /etc/fuseproxy/config.yaml, and whose default config is valid and matches the ports and
 // the health check's admin URL.
@@ -249,10 +249,8 @@ func TestOpsDockerfile(t *testing.T) {
 	for _, in := range runtime("EXPOSE") {
 		ports = append(ports, strings.Fields(in.Args)...)
 	}
-	for _, p := range []string{"8080", "9090"} {
-		if !slices.Contains(ports, p) && !slices.Contains(ports, p+"/tcp") {
-			t.Errorf("Dockerfile: EXPOSE %v, want %s", ports, p)
-		}
+	for i, p := range ports {
+		ports[i] = strings.TrimSuffix(p, "/tcp")
 	}
 
 	// Health check.
@@ -268,7 +266,9 @@ func TestOpsDockerfile(t *testing.T) {
 		t.Errorf("Dockerfile:%d: ENTRYPOINT %s, want [%q]", ep.Line, ep.Args, bin)
 	}
 
-	// Environment and config.
+	// Environment and config: the image bakes no config (a demo's would listen for an
+	// upstream on 127.0.0.1:8081 and log for humans); FUSE_CONFIG names where to mount
+	// one, and without it the binary exits 1 saying so.
 	env := map[string]string{}
 	for _, in := range runtime("ENV") {
 		for _, kv := range shellWords(t, in.Args) {
@@ -279,43 +279,62 @@ func TestOpsDockerfile(t *testing.T) {
 	if env["FUSE_CONFIG"] != cfgPath {
 		t.Errorf("Dockerfile: ENV FUSE_CONFIG=%q, want %s", env["FUSE_CONFIG"], cfgPath)
 	}
-	var cfgSrc string
 	for _, in := range runtime("COPY") {
 		if f := strings.Fields(in.Args); len(f) == 2 && f[1] == cfgPath {
-			cfgSrc = f[0]
+			t.Errorf("Dockerfile:%d: COPY %s: the image must not bake a config in; operators mount theirs", in.Line, in.Args)
 		}
 	}
-	if cfgSrc == "" {
-		t.Fatalf("Dockerfile: the runtime stage copies no config to %s", cfgPath)
+	cmdInstr := one("CMD")
+	cmdArgs := execForm(cmdInstr, cmdInstr.Args)
+	missing := filepath.Join(t.TempDir(), strings.TrimPrefix(cfgPath, "/"))
+	p := startProcess(t, "fuseproxy without a config", "", []string{"FUSE_CONFIG=" + missing}, cmdArgs...)
+	code, ok := p.Wait(30 * time.Second)
+	if !ok {
+		p.Kill()
+		t.Fatalf("the image's command %v without a config did not exit", cmdArgs)
 	}
-	// The default config is valid, listens on the exposed ports, and the health check's
-	// admin URL is its admin listener.
-	cfgFile := filepath.Join(root, cfgSrc)
-	if code, stdout, stderr := runProcess(t, "", 30*time.Second, "validate", "-config", cfgFile); code != 0 {
-		t.Errorf("the image's config %s: validate exit %d\n%s%s", cfgSrc, code, stdout, stderr)
+	if want := "no config file at " + missing + " ($FUSE_CONFIG)"; code != 1 || !strings.Contains(p.Stderr(), want) ||
+		!strings.Contains(p.Stderr(), "mount it: -v $PWD/config.yaml:"+missing+":ro") {
+		t.Errorf("the image's command %v without a config: exit %d, stderr %q; want 1, %q and how to mount one", cmdArgs, code, p.Stderr(), want)
 	}
-	var c struct {
-		Listen string `yaml:"listen"`
-		Admin  struct {
-			Listen string `yaml:"listen"`
-		} `yaml:"admin"`
+	// The exposed ports are the default listeners', and the health check asks the
+	// default admin listener.
+	def := config.Default()
+	if _, port, _ := net.SplitHostPort(def.Listen); !slices.Contains(ports, port) {
+		t.Errorf("Dockerfile: EXPOSE %v lacks the proxy's default port %s", ports, port)
 	}
-	data, err := os.ReadFile(cfgFile)
-	if err != nil {
-		t.Fatal(err)
+	if _, port, _ := net.SplitHostPort(def.Admin.Listen); !slices.Contains(ports, port) {
+		t.Errorf("Dockerfile: EXPOSE %v lacks the admin API's default port %s", ports, port)
 	}
-	if err := yaml.Unmarshal(data, &c); err != nil {
-		t.Fatalf("%s: %v", cfgSrc, err)
+	if want := "http://" + def.Admin.Listen; env["FUSE_ADMIN_URL"] != want {
+		t.Errorf("Dockerfile: ENV FUSE_ADMIN_URL=%q, want %q (the default admin.listen), or the HEALTHCHECK asks the wrong address",
+			env["FUSE_ADMIN_URL"], want)
 	}
-	if _, port, _ := net.SplitHostPort(c.Listen); port != "8080" {
-		t.Errorf("%s: listen %q, want port 8080 (EXPOSE)", cfgSrc, c.Listen)
+
+	// OCI labels, the version the build stamps among them.
+	labels := map[string]string{}
+	for _, in := range runtime("LABEL") {
+		for _, kv := range shellWords(t, in.Args) {
+			k, v, _ := strings.Cut(kv, "=")
+			labels[k] = v
+		}
 	}
-	if _, port, _ := net.SplitHostPort(c.Admin.Listen); port != "9090" {
-		t.Errorf("%s: admin.listen %q, want port 9090 (EXPOSE)", cfgSrc, c.Admin.Listen)
+	for _, k := range []string{"title", "description", "source", "url", "documentation", "version", "revision"} {
+		if labels["org.opencontainers.image."+k] == "" {
+			t.Errorf("Dockerfile: no LABEL org.opencontainers.image.%s", k)
+		}
 	}
-	if want := "http://" + c.Admin.Listen; env["FUSE_ADMIN_URL"] != want {
-		t.Errorf("Dockerfile: ENV FUSE_ADMIN_URL=%q, want %q (admin.listen of %s), or the HEALTHCHECK asks the wrong address",
-			env["FUSE_ADMIN_URL"], want, cfgSrc)
+	if v := labels["org.opencontainers.image.version"]; v != "${VERSION}" {
+		t.Errorf("Dockerfile: LABEL org.opencontainers.image.version=%q, want ${VERSION} (what -X main.version stamps)", v)
+	}
+	var runtimeArgs []string
+	for _, in := range runtime("ARG") {
+		runtimeArgs = append(runtimeArgs, strings.SplitN(in.Args, "=", 2)[0])
+	}
+	for _, a := range []string{"VERSION", "REVISION"} {
+		if !slices.Contains(runtimeArgs, a) {
+			t.Errorf("Dockerfile: the runtime stage declares no ARG %s, so its labels would be empty", a)
+		}
 	}
 
 	// .dockerignore keeps .git (and the tests) out of the context, but not the build's
@@ -346,7 +365,7 @@ func TestOpsDockerfile(t *testing.T) {
 			t.Errorf(".dockerignore %v does not exclude %s", patterns, p)
 		}
 	}
-	for _, p := range []string{"go.mod", "go.sum", "cmd/fuseproxy/main.go", "config/load.go", cfgSrc} {
+	for _, p := range []string{"go.mod", "go.sum", "cmd/fuseproxy/main.go", "config/load.go"} {
 		if ignored(p) {
 			t.Errorf(".dockerignore %v excludes %s, which the build needs", patterns, p)
 		}
@@ -549,5 +568,49 @@ func TestOpsHealthCommand(t *testing.T) {
 
 	if code, out := health("stopped"); code != 1 || !strings.Contains(out, "not ready") {
 		t.Errorf("fuseproxy health with the replica gone: exit %d, output %q; want 1 and \"not ready\"", code, out)
+	}
+}
+
+// TestDockerfileBuilderIsGoModsGo: the image is built with exactly the Go release go.mod
+// names (its toolchain line, else its go line), not whatever 1.x a floating tag means
+// on the day of the build.
+func TestDockerfileBuilderIsGoModsGo(t *testing.T) {
+	root := moduleRoot(t)
+	mod, err := os.ReadFile(filepath.Join(root, "go.mod"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var goLine, toolchain string
+	for l := range strings.Lines(string(mod)) {
+		f := strings.Fields(l)
+		switch {
+		case len(f) == 2 && f[0] == "go":
+			goLine = f[1]
+		case len(f) == 2 && f[0] == "toolchain":
+			toolchain = strings.TrimPrefix(f[1], "go")
+		}
+	}
+	want := goLine
+	if toolchain != "" {
+		want = toolchain
+	}
+	if strings.Count(want, ".") != 2 {
+		t.Fatalf("go.mod names Go %q: want a full release (1.26.8) the builder image can be pinned to", want)
+	}
+	var builders int
+	for _, in := range parseDockerfile(t, filepath.Join(root, "Dockerfile")) {
+		image := strings.Fields(in.Args)
+		if in.Cmd != "FROM" || len(image) == 0 || !strings.HasPrefix(image[0], "golang:") {
+			continue
+		}
+		builders++
+		tag := strings.TrimPrefix(image[0], "golang:")
+		version, _, _ := strings.Cut(tag, "-")
+		if version != want {
+			t.Errorf("Dockerfile:%d: FROM %s builds with Go %q, go.mod names %s", in.Line, image[0], version, want)
+		}
+	}
+	if builders == 0 {
+		t.Fatal("Dockerfile: no golang builder stage")
 	}
 }

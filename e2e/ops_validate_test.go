@@ -69,19 +69,19 @@ routes:
 	}
 
 	t.Run("loopback admin without token is fine", func(t *testing.T) {
-		f, _ := render("loopback.yaml", "127.0.0.1:9090", "", "", "")
+		f, _ := render("loopback.yaml", "127.0.0.1:8084", "", "", "")
 		check(t, f, nil, want{code: 0, stdout: []string{f + ": ok"}, clean: true})
-		f, _ = render("localhost.yaml", "localhost:9090", "", "", "")
+		f, _ = render("localhost.yaml", "localhost:8084", "", "", "")
 		check(t, f, nil, want{code: 0, stdout: []string{f + ": ok"}, clean: true})
 	})
 	t.Run("memory store with replicas 3 warns", func(t *testing.T) {
-		f, line := render("replicas.yaml", "127.0.0.1:9090", "replicas: 3\nstore:\n  driver: memory\n", "", "replicas: 3")
+		f, line := render("replicas.yaml", "127.0.0.1:8084", "replicas: 3\nstore:\n  driver: memory\n", "", "replicas: 3")
 		check(t, f, nil, want{code: 0, stdout: []string{
 			"warning: " + f + ":" + strconv.Itoa(line) + ": replicas: 3 replicas with the memory store",
 			f + ": ok",
 		}})
 	})
-	for _, addr := range []string{"0.0.0.0:9090", ":9090", "10.1.2.3:9090"} {
+	for _, addr := range []string{"0.0.0.0:8084", ":8084", "10.1.2.3:8084"} {
 		t.Run("admin on "+addr+" without token is an error", func(t *testing.T) {
 			f, line := render("public.yaml", addr, "", "", "listen: \""+addr)
 			errText := fmt.Sprintf("%s:%d: admin.listen: %q is not a loopback address, so an admin token is required", f, line, addr)
@@ -91,7 +91,7 @@ routes:
 		})
 	}
 	t.Run("admin token in the file warns", func(t *testing.T) {
-		f, line := render("token.yaml", "0.0.0.0:9090", "", "  token: s3cret-in-file\n", "token: s3cret")
+		f, line := render("token.yaml", "0.0.0.0:8084", "", "  token: s3cret-in-file\n", "token: s3cret")
 		check(t, f, nil, want{code: 0, stdout: []string{
 			"warning: " + f + ":" + strconv.Itoa(line) + ": admin.token: the admin token is written in the config file",
 		}})

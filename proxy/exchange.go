@@ -540,7 +540,9 @@ func (p *Proxy) handleError(rw http.ResponseWriter, _ *http.Request, err error) 
 		writeJSON(e.w, status, body)
 		e.bytes += int64(len(body))
 	}
-	if ce := p.log.Check(zap.DebugLevel, "upstream request failed"); ce != nil {
+	if status == http.StatusGatewayTimeout || status == http.StatusBadGateway {
+		p.upErrs.log(p.log, p.now(), up.name, status, err) // warn, at most every 10 s per upstream
+	} else if ce := p.log.Check(zap.DebugLevel, "upstream request failed"); ce != nil {
 		ce.Write(zap.String("upstream", up.name), zap.Int("status", status), zap.Error(err))
 	}
 }

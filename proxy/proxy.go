@@ -21,8 +21,9 @@ import (
 
 // Options are a Proxy's collaborators. The zero value is usable.
 type Options struct {
-	// Logger receives debug logs of upstream errors; nil means zap.NewNop(). Nothing is
-	// logged per request above debug level.
+	// Logger receives upstream errors: at warn level at most once per upstream every
+	// 10 s (errlog.go), the others at debug level; nil means zap.NewNop(). Nothing
+	// else is logged per request above debug level.
 	Logger *zap.Logger
 	// Recorder receives one call per routed request; nil means no metrics.
 	Recorder Recorder
@@ -43,6 +44,7 @@ type Proxy struct {
 	now     func() time.Time
 	buffers bufferPool
 	errLog  *log.Logger // ReverseProxy's own messages, at debug level
+	upErrs  upstreamErrLog
 
 	exchanges sync.Pool // of *exchange
 

@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 
 	"github.com/fuseproxy/fuseproxy/breaker"
+	"github.com/fuseproxy/fuseproxy/config"
 )
 
 // target is one of an upstream's targets. With outlier detection it has a circuit of its
@@ -55,16 +56,13 @@ func (up *upstream) pick() (t *target, ticket breaker.Ticket, tracked bool) {
 	if !up.honoured(i) {
 		return t, ticket, false
 	}
-	// i is ejected: look at the others from a new start (the next round-robin position,
-	// or a random one), so that the skipped target's share spreads evenly over them.
-	var c int
-	if up.leastRequests {
-		c = int(rand.Uint64() % uint64(n))
-	} else {
-		c = int((up.next.Add(1) - 1) % uint64(n))
-	}
-	for k := range n {
-		j := (c + k) % n
+	// i is ejected: pick again the way the policy picks (the next round-robin positions,
+	// or new draws of two), so that the skipped target's share spreads evenly over the
+	// others, whichever targets are ejected. (A scan from one start would hand the share
+	// of a run of ejected targets to the target after it.) 2n tries find a target in
+	// practice; a scan from i ends the search.
+	for range 2 * n {
+		j := up.again(n)
 		if j == i {
 			continue
 		}
@@ -76,9 +74,45 @@ func (up *upstream) pick() (t *target, ticket breaker.Ticket, tracked bool) {
 			return o, ticket, false
 		}
 	}
+	for k := 1; k < n; k++ {
+		j := (i + k) % n
+		o := up.targets[j]
+		if tk, err := o.gate.Allow(); err == nil {
+			return o, tk, true
+		}
+		if !up.honoured(j) {
+			return o, ticket, false
+		}
+	}
 	// Every target is ejected within the cap: possible only while circuits change under
 	// the scan. Serve the first choice untracked.
 	return t, ticket, false
+}
+
+// again is another choice once the first was ejected: the next in round-robin order, or
+// for least_requests the better of two distinct targets drawn at random, a passing one
+// (not ejected) before one that is not, then the one with fewer requests in flight. (An
+// ejected target has none in flight, so the first choice's rule would pick it again.)
+func (up *upstream) again(n int) int {
+	if !up.leastRequests {
+		return int((up.next.Add(1) - 1) % uint64(n))
+	}
+	r := rand.Uint64()
+	a := int(r % uint64(n))
+	b := int((r >> 32) % uint64(n-1))
+	if b >= a {
+		b++
+	}
+	if pa, pb := up.targets[a].gate.Passing(), up.targets[b].gate.Passing(); pa != pb {
+		if pb {
+			return b
+		}
+		return a
+	}
+	if up.targets[b].inflight.Load() < up.targets[a].inflight.Load() {
+		return b
+	}
+	return a
 }
 
 // first is the first choice among n targets: the next in round-robin order, or for
@@ -103,31 +137,26 @@ func (up *upstream) first(n int) int {
 // cap: fewer than maxEjected targets before it in config order are not passing. Every
 // replica holding the same circuit states makes the same choice.
 func (up *upstream) honoured(i int) bool {
-	ejected := 0
-	for _, c := range up.targets[:i] {
-		if !c.gate.Passing() {
-			ejected++
-		}
-	}
-	return ejected < up.maxEjected
+	return config.Honoured(i, len(up.targets), up.maxEjected, func(j int) (bool, bool) {
+		g := up.targets[j].gate
+		return !g.Passing(), g.Mode() == breaker.ForcedOpen
+	})
 }
 
-// maxEjected is how many of n targets may be ejected at once: pct % of them rounded
-// down, at least 1 when pct > 0, at most n-1 (the last target is never ejected).
-func maxEjected(n, pct int) int {
-	if n < 2 || pct <= 0 {
-		return 0
-	}
-	return min(max(n*pct/100, 1), n-1)
-}
+// maxEjected is how many of n targets may be ejected at once (config.MaxEjected).
+func maxEjected(n, pct int) int { return config.MaxEjected(n, pct) }
 
 // targetOutcome classifies a response status for the target's circuit, whatever the
 // upstream's failure settings: 502, 503 and 504 are gateway failures (like a refused
-// or reset connection, or a timeout), other 5xx failures, the rest successes.
+// or reset connection, or a timeout), other 5xx failures, the rest successes. 501 Not
+// Implemented and 505 HTTP Version Not Supported are successes: the client's request
+// caused them, and a client sending unsupported methods must not eject healthy targets.
 func targetOutcome(code int) breaker.Outcome {
 	switch {
 	case code == 502 || code == 503 || code == 504:
 		return breaker.GatewayFailure
+	case code == 501 || code == 505:
+		return breaker.Success
 	case code >= 500 && code <= 599:
 		return breaker.Failure
 	}

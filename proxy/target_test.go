@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -323,5 +324,105 @@ func TestEjectionCountsBrokenBodies(t *testing.T) {
 	}
 	if s := f.target(t, u, 1).State(); s != breaker.Open {
 		t.Fatalf("target cutting its bodies is %v, want ejected after 3 broken bodies", s)
+	}
+}
+
+// pickCounts builds an upstream over n targets with outlier detection, forces open the
+// targets in ejected (an operator's ejection, within a 50 % cap), picks picks times and
+// counts the picks per target.
+func pickCounts(t *testing.T, n int, lb string, picks int, ejected ...int) []int {
+	t.Helper()
+	var targets []string
+	for i := range n {
+		targets = append(targets, "http://10.0.0."+string(rune('1'+i))+":80")
+	}
+	u := ejecting(t, targets...)
+	u.LoadBalancing = lb
+	f := &fixture{clock: &fakeClock{}}
+	bs := f.makeBreakers(t, single(u))
+	for _, i := range ejected {
+		bs[config.TargetName("svc", u.TargetURLs[i])].SetMode(breaker.ForcedOpen)
+	}
+	up, err := newUpstream("svc", u, bs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	counts := make([]int, n)
+	for range picks {
+		tg, _, tracked := up.pick()
+		if !tracked {
+			t.Fatalf("target %d picked untracked: the ejections are within the cap", tg.index)
+		}
+		counts[tg.index]++
+	}
+	return counts
+}
+
+// The share of ejected targets spreads evenly over the others, whichever targets are
+// ejected: round robin gives each remaining target exactly its turn, least_requests
+// (idle targets: every draw a tie) an even share within a few percent.
+func TestEjectedShareSpreadsEvenly(t *testing.T) {
+	// Round robin, two adjacent targets of four ejected: the two others alternate.
+	if got := pickCounts(t, 4, "round_robin", 60, 1, 2); got[0] != 30 || got[3] != 30 {
+		t.Errorf("round robin, targets 1 and 2 of 4 ejected: picks %v, want 30 each for 0 and 3", got)
+	}
+	// Round robin, targets 0 and 1 of five ejected: 20 each for the three others.
+	if got := pickCounts(t, 5, "round_robin", 60, 0, 1); got[2] != 20 || got[3] != 20 || got[4] != 20 {
+		t.Errorf("round robin, targets 0 and 1 of 5 ejected: picks %v, want 20 each for 2, 3 and 4", got)
+	}
+	// least_requests, one of three ejected: the other two get half each (within 3 %;
+	// the binomial standard deviation of 30000 picks is under 1 %).
+	const picks = 30000
+	for _, c := range []struct {
+		n       int
+		ejected []int
+	}{{3, []int{1}}, {3, []int{0}}, {4, []int{1, 2}}, {5, []int{0, 1}}} {
+		got := pickCounts(t, c.n, "least_requests", picks, c.ejected...)
+		want := picks / (c.n - len(c.ejected))
+		for i, k := range got {
+			if slices.Contains(c.ejected, i) {
+				continue
+			}
+			if d := k - want; d < -want*3/100 || d > want*3/100 {
+				t.Errorf("least_requests, %v of %d ejected: picks %v, want about %d for each of the others", c.ejected, c.n, got, want)
+				break
+			}
+		}
+	}
+}
+
+// An operator's ejection comes before the detectors': with the cap (one of three) taken
+// by a failing target, forcing another open takes that target out, and the failing one
+// serves again past the cap.
+func TestOperatorEjectionComesFirst(t *testing.T) {
+	bad, good, maint := newSwitchBackend(t), newSwitchBackend(t), newSwitchBackend(t)
+	bad.status.Store(503)
+	u := ejecting(t, bad.URL, good.URL, maint.URL)
+	f := newFixture(t, single(u))
+	f.statuses(t, 20)
+	if f.target(t, u, 0).State() != breaker.Open {
+		t.Fatal("the failing target was not ejected")
+	}
+	f.target(t, u, 2).SetMode(breaker.ForcedOpen)
+	b0, m0 := bad.hits.Load(), maint.hits.Load()
+	f.statuses(t, 20)
+	if n := maint.hits.Load() - m0; n != 0 {
+		t.Errorf("the target an operator ejected got %d requests", n)
+	}
+	if n := bad.hits.Load() - b0; n < 8 {
+		t.Errorf("the failing target past the cap got %d of 20 requests, want its half", n)
+	}
+}
+
+func TestTargetOutcome(t *testing.T) {
+	for code, want := range map[int]breaker.Outcome{
+		200: breaker.Success, 404: breaker.Success, 429: breaker.Success, 101: breaker.Success,
+		500: breaker.Failure, 507: breaker.Failure, 599: breaker.Failure,
+		502: breaker.GatewayFailure, 503: breaker.GatewayFailure, 504: breaker.GatewayFailure,
+		501: breaker.Success, 505: breaker.Success, // caused by the client's request
+	} {
+		if got := targetOutcome(code); got != want {
+			t.Errorf("targetOutcome(%d) = %v, want %v", code, got, want)
+		}
 	}
 }

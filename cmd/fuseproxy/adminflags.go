@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -12,7 +13,7 @@ import (
 
 // defaultAdminURL is where the admin commands find the admin API without --admin or
 // $FUSE_ADMIN_URL: the default admin.listen.
-const defaultAdminURL = "http://127.0.0.1:9090"
+const defaultAdminURL = "http://127.0.0.1:8084"
 
 // adminFlags are the flags every admin command takes.
 type adminFlags struct {
@@ -45,6 +46,9 @@ func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 	var pos []string
 	for {
 		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, err
+			}
 			return nil, errUsage
 		}
 		args = fs.Args()

@@ -23,7 +23,7 @@ const circuitsUsage = `Usage:
   fuseproxy circuits mode NAME MODE    MODE: normal | forced_open | forced_closed | metrics_only
 
 Flags (anywhere on the line):
-  --admin URL      admin API (default $FUSE_ADMIN_URL, else http://127.0.0.1:9090)
+  --admin URL      admin API (default $FUSE_ADMIN_URL, else http://127.0.0.1:8084)
   --token TOKEN    bearer token (default $FUSE_ADMIN_TOKEN)
   --json           print the API's JSON
   --timeout D      request timeout (default 5s)
@@ -110,6 +110,9 @@ func circuitsList(c *admin.Client, jsonOut bool, stdout io.Writer) error {
 func pct(f float64) string { return strconv.FormatFloat(f, 'f', -1, 64) }
 
 func openLeft(c admin.Circuit) string {
+	if c.Mode == "forced_open" {
+		return "forced" // open until an operator closes or resets it
+	}
 	if c.State != "open" {
 		return "-"
 	}
@@ -239,7 +242,7 @@ func circuitsControl(c *admin.Client, name, action string, body any, jsonOut boo
 		scope = "fleet-wide"
 	}
 	extra := ""
-	if ci.State == "open" {
+	if ci.State == "open" && ci.Mode != "forced_open" {
 		extra = ", open for " + openLeft(ci)
 	}
 	what := action

@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"text/tabwriter"
 	"time"
 
+	"github.com/fuseproxy/fuseproxy/config"
 	"github.com/fuseproxy/fuseproxy/internal/admin"
 )
 
@@ -17,11 +19,13 @@ const targetsUsage = `Usage:
   fuseproxy targets restore UPSTREAM HOST:PORT  bring it back: closed, mode normal, ejections cleared
 
 A target's circuit is also a circuit named UPSTREAM@HOST:PORT: "fuseproxy circuits show"
-and the other circuits commands take that name. eject sets its mode to forced_open;
-restore resets it. An operator's ejection counts towards max_ejection_percent like any.
+and the other circuits commands take that name. eject sets its mode to forced_open and
+opens it (a "target ejected" event on every replica); restore resets it ("target
+restored"). An operator's ejection is honoured first: it takes its place in
+max_ejection_percent before the detectors' ejections (never the last target).
 
 Flags (anywhere on the line):
-  --admin URL      admin API (default $FUSE_ADMIN_URL, else http://127.0.0.1:9090)
+  --admin URL      admin API (default $FUSE_ADMIN_URL, else http://127.0.0.1:8084)
   --token TOKEN    bearer token (default $FUSE_ADMIN_TOKEN)
   --json           print the API's JSON
   --timeout D      request timeout (default 5s)
@@ -55,9 +59,15 @@ func targets(args []string, stdout, stderr io.Writer) error {
 	}
 	switch sub {
 	case "eject":
-		return circuitsControl(c, pos[0]+"@"+pos[1], "mode", map[string]string{"mode": "forced_open"}, f.json, stdout, stderr)
+		// Forced open, so it stays out until restored; then opened, so that the ejection
+		// is a transition every replica reports (log line, webhook), like a detector's.
+		name := targetCircuit(pos[0], pos[1])
+		if err := circuitsControl(c, name, "mode", map[string]string{"mode": "forced_open"}, f.json, io.Discard, stderr); err != nil {
+			return err
+		}
+		return circuitsControl(c, name, "open", nil, f.json, stdout, stderr)
 	case "restore":
-		return circuitsControl(c, pos[0]+"@"+pos[1], "reset", nil, f.json, stdout, stderr)
+		return circuitsControl(c, targetCircuit(pos[0], pos[1]), "reset", nil, f.json, stdout, stderr)
 	}
 	_, data, err := c.Call(http.MethodGet, "/circuits", nil)
 	if err != nil {
@@ -85,8 +95,11 @@ func targets(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintln(tw, "UPSTREAM\tTARGET\tHEALTH\tSTATE\tMODE\tREQUESTS\tFAIL%\tCONSEC\tEJECTIONS\tEJECTED LEFT")
 	for _, ci := range ts {
 		health := "healthy"
-		if ci.Ejected {
+		switch {
+		case ci.Ejected:
 			health = "ejected"
+		case ci.PastCap:
+			health = "past-cap" // its circuit is out, max_ejection_percent keeps it serving
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%d\t%d\t%s\n", ci.Upstream, ci.Target, health, ci.State, ci.Mode,
 			ci.Counts.Requests, pct(ci.Rates.FailureRate), ci.Consecutive, ci.Trips, openLeft(ci))
@@ -99,4 +112,16 @@ func targets(args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "\nreplica %s, store %s\n", l.Replica, storeSummary(l.Store.Driver, l.Store.Degraded, l.Store.LastError))
 	return nil
+}
+
+// targetCircuit is the name of the circuit of upstream's target at hostPort, spelled as
+// config.TargetName spells it (a host in lower case, an IP address in standard form), so
+// that the target is found however the config writes it. A hostPort without a port is
+// passed on as it is: the admin API names it in its answer.
+func targetCircuit(upstream, hostPort string) string {
+	u := &url.URL{Scheme: "http", Host: hostPort}
+	if u.Port() == "" {
+		return upstream + "@" + hostPort
+	}
+	return config.TargetName(upstream, u)
 }

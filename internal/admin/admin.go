@@ -16,6 +16,10 @@
 //	GET  /healthz               200 "ok" while the process runs
 //	GET  /readyz                200 while serving, 503 before and once shutdown began (Readiness)
 //	GET  /metrics               Prometheus text format
+//	GET  /events/circuits       server-sent events: a DashboardFrame at once, every 500 ms
+//	                            and as soon as a circuit changes state or mode
+//	GET  /ui/                   the dashboard: a page (HTML, JS, CSS embedded in the binary)
+//	                            that shows /events/circuits and sends the commands above
 //
 // Errors are JSON (Error): 404 for an unknown upstream or route, 400 naming the field at
 // fault, 405 for a wrong method, 409 for a command on an upstream whose breaker is
@@ -23,7 +27,8 @@
 //
 // # Security
 //
-// With a token (admin.token, env FUSE_ADMIN_TOKEN) every route except /healthz requires
+// With a token (admin.token, env FUSE_ADMIN_TOKEN) every route except /healthz and the
+// dashboard's static files (/ui/, which hold no data) requires
 // "Authorization: Bearer <token>"; a missing or wrong token gets 401 with body
 // {"error":"unauthorized"} and "WWW-Authenticate: Bearer", and nothing else. /healthz
 // answers only "ok", so liveness probes need no secret. Without a token the API must be
@@ -49,7 +54,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"slices"
 	"strings"
 	"time"
 
@@ -94,10 +98,19 @@ type Options struct {
 	Now func() time.Time
 	// StoreTimeout bounds a store operation (control, flush, inspect); 5 s when zero.
 	StoreTimeout time.Duration
+
+	// The dashboard's event stream: a frame every StreamInterval (500 ms when zero), at
+	// most MaxStreams streams open at once (16); Run keeps Samples samples (120) per
+	// circuit, one every SampleInterval (5 s).
+	StreamInterval time.Duration
+	MaxStreams     int
+	Samples        int
+	SampleInterval time.Duration
 }
 
-// handler is the admin API.
-type handler struct {
+// Handler is the admin API. Run keeps the dashboard's history; Close ends its event
+// streams.
+type Handler struct {
 	b       Backend
 	o       Options
 	log     *zap.Logger
@@ -105,10 +118,11 @@ type handler struct {
 	mux     *http.ServeMux
 	metrics http.Handler
 	guard   *guard
+	dash    dashboard
 }
 
 // NewHandler returns the admin API for b.
-func NewHandler(b Backend, o Options) http.Handler {
+func NewHandler(b Backend, o Options) *Handler {
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
 	}
@@ -118,8 +132,21 @@ func NewHandler(b Backend, o Options) http.Handler {
 	if o.StoreTimeout <= 0 {
 		o.StoreTimeout = 5 * time.Second
 	}
-	h := &handler{b: b, o: o, log: o.Logger, mux: http.NewServeMux(), token: sha256.Sum256([]byte(o.Token)),
-		guard: newGuard(o.AllowedHosts)}
+	if o.StreamInterval <= 0 {
+		o.StreamInterval = defaultStreamInterval
+	}
+	if o.MaxStreams <= 0 {
+		o.MaxStreams = defaultMaxStreams
+	}
+	if o.Samples <= 0 {
+		o.Samples = defaultSamples
+	}
+	if o.SampleInterval <= 0 {
+		o.SampleInterval = defaultSampleInterval
+	}
+	h := &Handler{b: b, o: o, log: o.Logger, mux: http.NewServeMux(), token: sha256.Sum256([]byte(o.Token)),
+		guard: newGuard(o.AllowedHosts),
+		dash:  dashboard{samples: make(map[string]*ring), agree: make(map[string]Agreement), done: make(chan struct{})}}
 	if o.Gatherer != nil {
 		h.metrics = promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{
 			ErrorLog: zap.NewStdLog(o.Logger.Named("metrics")), ErrorHandling: promhttp.ContinueOnError,
@@ -135,6 +162,8 @@ func NewHandler(b Backend, o Options) http.Handler {
 	h.route("GET", "/healthz", h.healthz)
 	h.route("GET", "/readyz", h.readyz)
 	h.route("GET", "/metrics", h.serveMetrics)
+	h.route("GET", "/events/circuits", h.events)
+	h.mux.Handle("GET /ui/", uiHandler())
 	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, Error{Error: "no admin endpoint " + r.URL.Path})
 	})
@@ -142,7 +171,7 @@ func NewHandler(b Backend, o Options) http.Handler {
 }
 
 // route registers fn for method and path, and a JSON 405 for the path's other methods.
-func (h *handler) route(method, path string, fn http.HandlerFunc) {
+func (h *Handler) route(method, path string, fn http.HandlerFunc) {
 	h.mux.HandleFunc(method+" "+path, fn)
 	allow := method
 	if method == http.MethodGet {
@@ -154,7 +183,7 @@ func (h *handler) route(method, path string, fn http.HandlerFunc) {
 	})
 }
 
-func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	if r.URL.Path != "/healthz" {
@@ -167,7 +196,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				writeJSON(w, http.StatusForbidden, Error{Error: "admin API without a token is served on loopback only"})
 				return
 			}
-		} else if !h.authorized(r) {
+		} else if !isAsset(r) && !h.authorized(r) {
 			w.Header().Set("WWW-Authenticate", "Bearer")
 			writeJSON(w, http.StatusUnauthorized, Error{Error: "unauthorized"})
 			return
@@ -182,7 +211,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // authorized compares the bearer token with the configured one in constant time (over
 // SHA-256 hashes, so the token's length does not show either).
-func (h *handler) authorized(r *http.Request) bool {
+func (h *Handler) authorized(r *http.Request) bool {
 	scheme, tok, ok := strings.Cut(r.Header.Get("Authorization"), " ")
 	if !ok || !strings.EqualFold(scheme, "Bearer") {
 		return false
@@ -220,10 +249,12 @@ func source(st store.Status, s breaker.Snapshot) string {
 // circuit returns an upstream's Circuit; ok is false when no upstream has that name.
 // The admin API reads a breaker through its operators' view (breaker.Control); its
 // commands go through the store, which applies them fleet-wide.
-func (h *handler) circuit(name string, st store.Status) (c Circuit, b breaker.Control, ok bool) {
+func (h *Handler) circuit(name string, st store.Status) (c Circuit, b breaker.Control, ok bool) {
 	if br := h.b.Breakers()[name]; br != nil { // a nil *Breaker must not become a non-nil Control
 		s := br.Snapshot()
-		return NewCircuit(s, h.o.Now(), source(st, s)), br, true
+		c := NewCircuit(s, h.o.Now(), source(st, s))
+		h.capped(&c)
+		return c, br, true
 	}
 	if _, ok := h.b.Config().Upstreams[name]; ok {
 		return Circuit{Name: name, State: StateDisabled}, nil, true
@@ -231,18 +262,48 @@ func (h *handler) circuit(name string, st store.Status) (c Circuit, b breaker.Co
 	return Circuit{}, nil, false
 }
 
-func (h *handler) list(w http.ResponseWriter, _ *http.Request) {
-	st := h.b.Store().Status()
-	names := make([]string, 0, len(h.b.Config().Upstreams))
-	for name := range h.b.Config().Upstreams {
-		names = append(names, name)
+// capped applies max_ejection_percent to a target's Ejected, as the proxy picks
+// (config.Honoured): operators' ejections first, then the detectors' in config order up
+// to config.MaxEjected; a target past them serves (PastCap).
+func (h *Handler) capped(c *Circuit) {
+	if !c.Ejected {
+		return
 	}
-	for name := range h.b.Breakers() {
-		if !slices.Contains(names, name) {
-			names = append(names, name)
+	u := h.b.Config().Upstreams[c.Upstream]
+	if u == nil {
+		return
+	}
+	bs := h.b.Breakers()
+	limit := 0
+	if u.Outlier.Enabled {
+		limit = config.MaxEjected(len(u.TargetURLs), u.Outlier.MaxEjectionPercent)
+	}
+	self := -1
+	names := make([]string, len(u.TargetURLs))
+	for j, tu := range u.TargetURLs {
+		names[j] = config.TargetName(c.Upstream, tu)
+		if names[j] == c.Name {
+			self = j
 		}
 	}
-	slices.Sort(names)
+	if self < 0 {
+		return
+	}
+	out := func(j int) (bool, bool) {
+		b := bs[names[j]]
+		if b == nil {
+			return false, false
+		}
+		return !b.Passing(), b.Mode() == breaker.ForcedOpen
+	}
+	if limit == 0 && !u.Outlier.Enabled || !config.Honoured(self, len(names), limit, out) {
+		c.Ejected, c.PastCap = false, true
+	}
+}
+
+func (h *Handler) list(w http.ResponseWriter, _ *http.Request) {
+	st := h.b.Store().Status()
+	names := h.names()
 	out := CircuitList{Replica: h.b.ReplicaID(), Store: st, Circuits: make([]Circuit, 0, len(names))}
 	for _, name := range names {
 		if c, _, ok := h.circuit(name, st); ok {
@@ -252,7 +313,7 @@ func (h *handler) list(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-func (h *handler) show(w http.ResponseWriter, r *http.Request) {
+func (h *Handler) show(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	st := h.b.Store().Status()
 	c, b, ok := h.circuit(name, st)
@@ -275,7 +336,7 @@ func (h *handler) show(w http.ResponseWriter, r *http.Request) {
 }
 
 // control returns the handler of one operator command.
-func (h *handler) control(action string) http.HandlerFunc {
+func (h *Handler) control(action string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		name := r.PathValue("name")
 		cmd := store.Command{Op: map[string]store.Op{
@@ -356,7 +417,7 @@ func parseMode(r *http.Request) (breaker.Mode, *Error) {
 	return m, nil
 }
 
-func (h *handler) flush(w http.ResponseWriter, r *http.Request) {
+func (h *Handler) flush(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), h.o.StoreTimeout)
 	defer cancel()
 	err := h.b.Store().Resync(ctx)
@@ -370,7 +431,7 @@ func (h *handler) flush(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, res)
 }
 
-func (h *handler) reload(w http.ResponseWriter, _ *http.Request) {
+func (h *Handler) reload(w http.ResponseWriter, _ *http.Request) {
 	err := h.b.ReloadFile()
 	cfg := h.b.Config()
 	res := ReloadResult{Reloaded: err == nil, Path: cfg.Path}
@@ -386,12 +447,12 @@ func (h *handler) reload(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, res)
 }
 
-func (h *handler) healthz(w http.ResponseWriter, _ *http.Request) {
+func (h *Handler) healthz(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	_, _ = io.WriteString(w, "ok\n")
 }
 
-func (h *handler) readyz(w http.ResponseWriter, _ *http.Request) {
+func (h *Handler) readyz(w http.ResponseWriter, _ *http.Request) {
 	st := h.b.Store().Status()
 	res := Readiness{
 		Ready: h.b.Ready(), Status: "serving", Replica: h.b.ReplicaID(), Store: st.Driver,
@@ -408,7 +469,7 @@ func (h *handler) readyz(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, status, res)
 }
 
-func (h *handler) serveMetrics(w http.ResponseWriter, r *http.Request) {
+func (h *Handler) serveMetrics(w http.ResponseWriter, r *http.Request) {
 	if h.metrics == nil {
 		writeJSON(w, http.StatusNotFound, Error{Error: "metrics are not enabled"})
 		return

@@ -448,10 +448,10 @@ func TestNoTokenOnlyOnLoopback(t *testing.T) {
 		addr   net.Addr
 		status int
 	}{
-		{&net.TCPAddr{IP: net.ParseIP("127.0.0.1"), Port: 9090}, 200},
-		{&net.TCPAddr{IP: net.IPv6loopback, Port: 9090}, 200},
-		{&net.TCPAddr{IP: net.ParseIP("10.1.2.3"), Port: 9090}, 403},
-		{&net.TCPAddr{IP: net.ParseIP("0.0.0.0"), Port: 9090}, 403},
+		{&net.TCPAddr{IP: net.ParseIP("127.0.0.1"), Port: 8084}, 200},
+		{&net.TCPAddr{IP: net.IPv6loopback, Port: 8084}, 200},
+		{&net.TCPAddr{IP: net.ParseIP("10.1.2.3"), Port: 8084}, 403},
+		{&net.TCPAddr{IP: net.ParseIP("0.0.0.0"), Port: 8084}, 403},
 	} {
 		req := httptest.NewRequest("GET", "http://"+tc.addr.String()+"/circuits", nil)
 		req = req.WithContext(context.WithValue(req.Context(), http.LocalAddrContextKey, tc.addr))
@@ -468,15 +468,15 @@ func TestListenRefusesPublicWithoutToken(t *testing.T) {
 		addr, token string
 		ok          bool
 	}{
-		{"127.0.0.1:9090", "", true},
-		{"localhost:9090", "", true},
-		{"[::1]:9090", "", true},
-		{"0.0.0.0:9090", "", false},
-		{":9090", "", false},
-		{"10.0.0.5:9090", "", false},
-		{"[::]:9090", "", false},
-		{"example.com:9090", "", false},
-		{"0.0.0.0:9090", "tok", true},
+		{"127.0.0.1:8084", "", true},
+		{"localhost:8084", "", true},
+		{"[::1]:8084", "", true},
+		{"0.0.0.0:8084", "", false},
+		{":8084", "", false},
+		{"10.0.0.5:8084", "", false},
+		{"[::]:8084", "", false},
+		{"example.com:8084", "", false},
+		{"0.0.0.0:8084", "tok", true},
 		{"no-port", "tok", false},
 	} {
 		err := admin.CheckListen(tc.addr, tc.token)

@@ -11,7 +11,7 @@ import (
 
 // CheckListen returns an error naming admin.listen when addr is not host:port, or is
 // not a loopback address while token is empty: an admin API without a token must not be
-// reachable from other hosts. An empty host (":9090") means every interface and is not
+// reachable from other hosts. An empty host (":8084") means every interface and is not
 // loopback. config.Validate checks the same; this is the second line of defence.
 func CheckListen(addr, token string) error {
 	host, _, err := net.SplitHostPort(addr)
@@ -45,12 +45,13 @@ func Listen(addr, token string) (net.Listener, error) {
 }
 
 // NewServer returns the admin listener's http.Server for h, with timeouts fit for a
-// small JSON API (a scrape of /metrics included).
+// small JSON API (a scrape of /metrics included; the dashboard's event streams lift
+// them for themselves).
 func NewServer(h http.Handler, log *zap.Logger) *http.Server {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &http.Server{
+	srv := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
@@ -59,4 +60,10 @@ func NewServer(h http.Handler, log *zap.Logger) *http.Server {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          zap.NewStdLog(log.Named("admin")),
 	}
+	if a, ok := h.(*Handler); ok {
+		// The dashboard's event streams end when shutdown begins; Shutdown then waits
+		// for their handlers to return.
+		srv.RegisterOnShutdown(a.Close)
+	}
+	return srv
 }

@@ -20,8 +20,13 @@ type Circuit struct {
 	Upstream string `json:"upstream,omitempty"`
 	Target   string `json:"target,omitempty"`
 	// Ejected is true while a target's circuit keeps the target out of rotation (open,
-	// half-open or forced open); always false for an upstream's circuit.
+	// half-open or forced open) and max_ejection_percent lets it; always false for an
+	// upstream's circuit.
 	Ejected bool `json:"ejected,omitempty"`
+	// PastCap is true for a target whose circuit is open, half-open or forced open but
+	// which serves all the same, its ejection past max_ejection_percent (the panic rule;
+	// with max_ejection_percent 0, every such target).
+	PastCap bool `json:"past_cap,omitempty"`
 	// State is closed, open or half_open; "disabled" for an upstream whose breaker is
 	// disabled (every other field is then zero).
 	State      string         `json:"state"`

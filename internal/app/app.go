@@ -41,6 +41,9 @@ type Options struct {
 	// Wall is the wall clock; tests skew it (FUSE_TEST_CLOCK_OFFSET) to show that replicas
 	// agree on open periods whatever their clocks say.
 	Wall func() time.Time
+	// Adjust, when set, changes every config read from the file (at reloads) before it
+	// is applied, as Serve does at start (the demo's -listen, -admin, -upstream).
+	Adjust func(*config.Config) error
 }
 
 // App is one running replica.
@@ -92,7 +95,7 @@ func New(cfg *config.Config, o Options) (*App, error) {
 	a.health = health.New(health.Options{Store: a.store, Logger: a.log, Observe: func(r health.Result) {
 		a.metrics.HealthProbe(r.Upstream, r.Target, string(r.Outcome))
 	}})
-	a.health.Update(checkedTargets(cfg, a.breakers))
+	a.setHealthTargets(checkedTargets(cfg, a.breakers))
 	a.metrics.SetUpstreams(upstreamNames(cfg))
 	a.proxy, err = proxy.New(cfg, a.breakers, proxy.Options{Logger: a.log, Recorder: a.metrics, AccessLog: a.access})
 	if err != nil {
@@ -173,6 +176,17 @@ func checkedTargets(cfg *config.Config, bs map[string]*breaker.Breaker) []health
 	})
 }
 
+// setHealthTargets hands the checked targets to the health checker and to the metrics,
+// which drop the probe series of targets no longer checked.
+func (a *App) setHealthTargets(ts []health.Target) {
+	circuits := make([]string, len(ts))
+	for i, t := range ts {
+		circuits[i] = t.Circuit
+	}
+	a.metrics.SetHealthTargets(circuits)
+	a.health.Update(ts)
+}
+
 // ejects reports whether u's targets have circuits of their own (outlier detection on,
 // and more than one target: a single target is never ejected).
 func ejects(u *config.Upstream) bool {
@@ -232,7 +246,7 @@ func (a *App) Reload(cfg *config.Config) (err error) {
 	}
 	a.metrics.SetUpstreams(upstreamNames(cfg))
 	a.store.Attach(a.circuits(cfg, bs))
-	a.health.Update(checkedTargets(cfg, bs))
+	a.setHealthTargets(checkedTargets(cfg, bs))
 	var gone []string
 	for name := range old {
 		if _, ok := bs[name]; !ok {
@@ -260,7 +274,7 @@ func (a *App) Reload(cfg *config.Config) (err error) {
 // logs it, the file watch and SIGHUP log it (reloadFrom).
 func (a *App) ReloadFile() error {
 	path := a.Config().Path
-	cfg, err := config.Load(path)
+	cfg, err := loadAdjusted(path, a.opts.Adjust)
 	if err != nil {
 		a.metrics.Reloaded(err)
 		return err

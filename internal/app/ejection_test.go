@@ -72,3 +72,58 @@ func TestTargetCircuitsSurviveReload(t *testing.T) {
 		t.Error("the store still holds the removed target's circuit")
 	}
 }
+
+// A reload that removes a checked target deletes its health check probe series (the
+// series of the targets that remain keep their counts), as it deletes a removed
+// upstream's: the metric's labels stay bounded by the config.
+func TestReloadDropsRemovedTargetsProbeSeries(t *testing.T) {
+	checked := func(targets string) *config.Config {
+		cfg, err := config.Parse("test.yaml", []byte(`upstreams:
+  api:
+    targets: [`+targets+`]
+    outlier_detection:
+      enabled: true
+    health_check:
+      path: /healthz
+routes:
+  - upstream: api
+`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+	a, err := New(checked(`"http://127.0.0.1:1", "http://127.0.0.1:2"`), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// What the checker's Observe hook reports after a probe of each target.
+	a.Metrics().HealthProbe("api", "127.0.0.1:1", "error")
+	a.Metrics().HealthProbe("api", "127.0.0.1:2", "ok")
+	if err := a.Reload(checked(`"http://127.0.0.1:2", "http://127.0.0.1:3"`)); err != nil {
+		t.Fatal(err)
+	}
+	a.Metrics().HealthProbe("api", "127.0.0.1:2", "ok")
+	got := map[string]float64{}
+	mfs, err := a.Metrics().Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "fuseproxy_health_check_probes_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			var target string
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "target" {
+					target = l.GetValue()
+				}
+			}
+			got[target] += m.GetCounter().GetValue()
+		}
+	}
+	if _, ok := got["127.0.0.1:1"]; ok || got["127.0.0.1:2"] != 2 {
+		t.Errorf("probe series by target after the reload: %v; want the removed target's gone and the remaining one's kept (2)", got)
+	}
+}

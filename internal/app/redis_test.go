@@ -133,3 +133,42 @@ routes:
 		}
 	}
 }
+
+// What `validate` accepts in store.redis.url, the store accepts too, and the client
+// runs with the URL's options (they reach it through the config's keys); what the store
+// would refuse, `validate` refuses first.
+func TestRedisURLValidateAgreesWithTheClient(t *testing.T) {
+	load := func(url string) (*config.Config, error) {
+		return config.ParseWithEnv("config.yaml", []byte("store:\n  driver: redis\n  redis:\n    url: "+url+
+			"\nupstreams:\n  api: {targets: [\"http://127.0.0.1:1\"]}\nroutes:\n  - upstream: api\n"), nil)
+	}
+	for _, url := range []string{
+		"redis://127.0.0.1:1/0?dial_timeout=1s&read_timeout=2&write_timeout=30ms&pool_size=3&db=4",
+		"rediss://u:p@127.0.0.1:1/?dial_timeout=750ms",
+	} {
+		cfg, err := load(url)
+		if err != nil {
+			t.Fatalf("%s: %v", url, err)
+		}
+		c, err := store.NewRedisClient(redisClientOptions(cfg.Store.Redis, nil))
+		if err != nil {
+			t.Fatalf("%s: validate accepted it, the client refused it: %v", url, err)
+		}
+		_ = c.Close()
+	}
+	cfg, _ := load("redis://127.0.0.1:1/0?dial_timeout=1s&read_timeout=2&write_timeout=30ms&pool_size=3")
+	o := redisClientOptions(cfg.Store.Redis, nil)
+	if o.DialTimeout != time.Second || o.ReadTimeout != 2*time.Second || o.WriteTimeout != 30*time.Millisecond || o.PoolSize != 3 {
+		t.Errorf("client options %+v: want the URL's dial 1s, read 2s, write 30ms, pool 3", o)
+	}
+	if got, want := exchangeTimeout(cfg.Store.Redis), 3030*time.Millisecond; got != want {
+		t.Errorf("exchange timeout %v, want %v (the URL's timeouts)", got, want)
+	}
+	for _, url := range []string{"redis://127.0.0.1:1/0?bogus=1", "redis://127.0.0.1:1/0?dial_timeout=x"} {
+		if _, err := load(url); err == nil {
+			t.Errorf("%s: validate accepted it", url)
+		} else if _, cerr := store.NewRedisClient(store.RedisClientOptions{URL: url}); cerr == nil {
+			t.Errorf("%s: the client accepts what validate refuses: %v", url, err)
+		}
+	}
+}

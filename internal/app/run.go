@@ -30,9 +30,10 @@ func (a *App) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	adm := a.serveAdmin(cfg, adminLn)
+	adm, dash := a.serveAdmin(cfg, adminLn)
 	a.resyncStore(ctx)
 	bg := a.startBackground(cfg)
+	bg.start(dash.Run) // the dashboard's history and its agreement with the store
 	prx, ups := a.serveProxy(cfg, proxyLn)
 	err = a.serveUntil(ctx, cfg, prx, adm)
 	a.drain(cfg, prx, ups)
@@ -81,14 +82,14 @@ func (a *App) listen(cfg *config.Config) (proxyLn, adminLn net.Listener, err err
 	return ln, adminLn, nil
 }
 
-// serveAdmin starts the admin API on its listener.
-func (a *App) serveAdmin(cfg *config.Config, ln net.Listener) *server {
+// serveAdmin starts the admin API on its listener; the caller runs the handler's Run.
+func (a *App) serveAdmin(cfg *config.Config, ln net.Listener) (*server, *admin.Handler) {
 	h := admin.NewHandler(a, admin.Options{
 		Token: cfg.Admin.Token, AllowedHosts: cfg.Admin.AllowedHosts, Gatherer: a.metrics.Registry(), Logger: a.log,
 	})
 	s := startServer(admin.NewServer(h, a.log), ln)
 	a.log.Info("admin API listening", zap.String("listen", s.addr), zap.Bool("token", cfg.Admin.Token != ""))
-	return s
+	return s, h
 }
 
 // resyncStore reads the shared state once before the proxy serves, for at most 2 s; an

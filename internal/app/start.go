@@ -29,11 +29,30 @@ type ServeOptions struct {
 	Version string
 	// Getenv reads GOGC, GOMEMLIMIT and FUSE_TEST_CLOCK_OFFSET; nil means os.Getenv.
 	Getenv func(string) string
+	// Adjust, when set, changes the config read from the file, at start and at every
+	// reload, before it is used; the result is validated again.
+	Adjust func(*config.Config) error
 }
 
 // LoadConfig loads and validates the config file at path, as Serve does: `fuseproxy
 // validate` checks exactly what `fuseproxy serve` would run.
 func LoadConfig(path string) (*config.Config, error) { return config.Load(path) }
+
+// loadAdjusted loads the config file at path and applies adjust, if any, validating the
+// result again (adjust may change fields Validate derives others from).
+func loadAdjusted(path string, adjust func(*config.Config) error) (*config.Config, error) {
+	cfg, err := config.Load(path)
+	if err != nil || adjust == nil {
+		return cfg, err
+	}
+	if err := adjust(cfg); err != nil {
+		return nil, err
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
 
 // Serve runs a replica from its config file until ctx ends, as `fuseproxy serve` does:
 // the garbage collector's default, the config (the file watch takes its reference
@@ -45,7 +64,7 @@ func Serve(ctx context.Context, o ServeOptions) error {
 	}
 	gc := ApplyGCDefault(o.Getenv) // GOGC=200 unless the environment sets GOGC
 	watcher := watch.New(o.ConfigPath)
-	cfg, err := LoadConfig(o.ConfigPath)
+	cfg, err := loadAdjusted(o.ConfigPath, o.Adjust)
 	if err != nil {
 		return err
 	}
@@ -62,7 +81,7 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		log.Warn("risky config", zap.String("warning", w))
 	}
 	a, err := New(cfg, Options{Logger: log, Version: o.Version, Wall: wallClock(o.Getenv),
-		Watch: watcher, WatchInterval: o.WatchInterval, Reload: o.Reload})
+		Watch: watcher, WatchInterval: o.WatchInterval, Reload: o.Reload, Adjust: o.Adjust})
 	if err != nil {
 		return err
 	}

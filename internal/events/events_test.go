@@ -6,7 +6,9 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -456,5 +458,39 @@ func TestTargetTransitionEvents(t *testing.T) {
 		if ev.Event != TargetEventType || ev.Upstream != "payments" || ev.Target != "10.0.0.6:8080" {
 			t.Errorf("webhook event %s, want target.transition for payments / 10.0.0.6:8080", body)
 		}
+	}
+}
+
+// README's webhook body is what the dispatcher sends for the transition README's log
+// sample shows (replica b of the two-replica demo opening the circuit), byte for byte.
+func TestReadmeWebhookSample(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sample string
+	for l := range strings.Lines(string(readme)) {
+		if strings.HasPrefix(l, `{"event":"circuit.transition"`) {
+			sample = strings.TrimSpace(l)
+		}
+	}
+	if sample == "" {
+		t.Fatal("README.md shows no webhook body")
+	}
+	rcv := newReceiver(t, nil)
+	now := time.Date(2026, 12, 3, 12, 24, 41, 776085132, time.UTC)
+	d := New(config.Events{Enabled: true, QueueSize: 4, Webhooks: []config.Webhook{hook(rcv.srv.URL)}},
+		Options{Replica: "b", Now: func() time.Time { return now }})
+	d.Start()
+	defer closeDispatcher(t, d)
+	d.OnTransition(breaker.Transition{Upstream: "demo", From: breaker.Closed, To: breaker.Open,
+		Reason: breaker.ReasonConsecutiveFailures, Generation: 1, Mode: breaker.Normal,
+		Counts: breaker.Counts{Requests: 1}, Consecutive: 0, OpenFor: 10681 * time.Millisecond})
+	rcv.wait(t, 1)
+	rcv.mu.Lock()
+	got := strings.TrimSpace(string(rcv.bodies[0]))
+	rcv.mu.Unlock()
+	if got != sample {
+		t.Errorf("README's webhook body\n  %s\nthe dispatcher sends\n  %s", sample, got)
 	}
 }

@@ -148,7 +148,7 @@ func TestSharedProbing(t *testing.T) {
 	t.Logf("takeover %v after the holder's last probe (lease %v, interval %v)", gap, ttl, interval)
 	// The new holder's turn comes within an interval of the expiry, plus a Redis round
 	// trip and the scheduling of a busy machine (2 cores shared by several test runs).
-	const slack = 100 * time.Millisecond
+	const slack = 300 * time.Millisecond // the race detector on a loaded 2-core machine took 705 ms once
 	if gap > ttl+interval+slack {
 		t.Errorf("takeover after %v, want within lease + interval = %v", gap, ttl+interval)
 	}

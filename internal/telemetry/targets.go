@@ -88,23 +88,45 @@ func (m *Metrics) targetTransition(t breaker.Transition) bool {
 }
 
 // HealthProbe counts one active health check probe of a target by its outcome (ok,
-// bad_status, timeout, error).
+// bad_status, timeout, error). Once SetHealthTargets was called, a probe of a target it
+// did not list (one a reload removed, whose last probe was still out) is not counted.
 func (m *Metrics) HealthProbe(upstream, target, outcome string) {
+	m.targetMu.Lock()
+	defer m.targetMu.Unlock()
+	if m.healthTargets != nil && !m.healthTargets[upstream+"@"+target] {
+		return
+	}
 	m.healthProbes.WithLabelValues(upstream, target, outcome).Inc()
 }
 
-// ForgetTargets deletes the series of target circuits no longer configured (names as
-// config.TargetName): their probe counts and ejection totals. The scrape-time gauges
-// follow the circuits by themselves.
+// ForgetTargets drops the ejection totals of target circuits no longer configured (names
+// as config.TargetName), so a target added back starts from 0. The scrape-time gauges
+// follow the circuits by themselves; SetHealthTargets drops the probe series.
 func (m *Metrics) ForgetTargets(names []string) {
+	m.targetMu.Lock()
+	defer m.targetMu.Unlock()
 	for _, name := range names {
-		up, tg, ok := splitTarget(name)
-		if !ok {
+		m.targetEjections.Delete(name)
+	}
+}
+
+// SetHealthTargets sets the targets whose probes are counted, by circuit name
+// (UPSTREAM@HOST:PORT): the series of targets no longer listed are deleted, those of the
+// targets that remain keep their counts. Call it at start and on every reload.
+func (m *Metrics) SetHealthTargets(circuits []string) {
+	m.targetMu.Lock()
+	defer m.targetMu.Unlock()
+	next := make(map[string]bool, len(circuits))
+	for _, c := range circuits {
+		next[c] = true
+	}
+	for c := range m.healthTargets {
+		if next[c] {
 			continue
 		}
-		m.healthProbes.DeletePartialMatch(prometheus.Labels{"upstream": up, "target": tg})
-		m.targetMu.Lock()
-		m.targetEjections.Delete(name)
-		m.targetMu.Unlock()
+		if up, tg, ok := splitTarget(c); ok {
+			m.healthProbes.DeletePartialMatch(prometheus.Labels{"upstream": up, "target": tg})
+		}
 	}
+	m.healthTargets = next
 }

@@ -69,6 +69,9 @@ type Metrics struct {
 	mu        sync.Mutex // serialises SetUpstreams
 
 	healthProbes *prometheus.CounterVec // active health check probes (targets.go)
+	// healthTargets are the circuits of the targets whose probes are counted
+	// (SetHealthTargets; nil: every target), under targetMu.
+	healthTargets map[string]bool
 
 	// targetEjections counts each target circuit's ejections (targets.go).
 	targetEjections sync.Map

@@ -1,0 +1,78 @@
+package admin
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/fuseproxy/fuseproxy/breaker"
+)
+
+// TestAgreement reads store.Inspect's answers: the Redis hash (numbers) against this
+// replica's snapshot, an empty hash, an error, and the memory store's own fields.
+func TestAgreement(t *testing.T) {
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	open := breaker.Snapshot{State: breaker.Open, Mode: breaker.Normal, Generation: 7}
+	closed := breaker.Snapshot{State: breaker.Closed, Mode: breaker.Normal}
+	for _, tc := range []struct {
+		name string
+		s    breaker.Snapshot
+		raw  map[string]string
+		err  error
+		want Agreement
+	}{
+		{"redis agrees", open, map[string]string{"st": "1", "md": "0", "gen": "7", "r:a2": "1", "r:a1": "2", "leases": ""},
+			nil, Agreement{Agrees: true, State: "open", Mode: "normal", Generation: 7, Reporting: []string{"a1", "a2"}}},
+		{"redis ahead", open, map[string]string{"st": "2", "md": "0", "gen": "8"},
+			nil, Agreement{State: "half_open", Mode: "normal", Generation: 8}},
+		{"redis forced", open, map[string]string{"st": "1", "md": "1", "gen": "7"},
+			nil, Agreement{State: "open", Mode: "forced_open", Generation: 7}},
+		{"redis garbage", open, map[string]string{"st": "9", "md": "0", "gen": "7"},
+			nil, Agreement{State: "unknown(9)", Mode: "normal", Generation: 7}},
+		{"redis empty, closed", closed, map[string]string{"leases": "", "key": "k"}, nil, Agreement{Empty: true, Agrees: true}},
+		{"redis empty, open", open, map[string]string{"leases": ""}, nil, Agreement{Empty: true}},
+		{"unreadable", open, nil, errors.New("dial tcp: refused"), Agreement{Error: "dial tcp: refused"}},
+		{"memory", open, map[string]string{"state": "open", "mode": "normal", "generation": "7", "trips": "1"},
+			nil, Agreement{Agrees: true, State: "open", Mode: "normal", Generation: 7}},
+	} {
+		got := agreement(tc.s, breaker.Settings{Window: 10 * time.Second, Buckets: 10}, tc.raw, tc.err, now)
+		tc.want.Checked = "2026-01-02T03:04:05Z"
+		if g, w := got, tc.want; g.Agrees != w.Agrees || g.Empty != w.Empty || g.State != w.State || g.Mode != w.Mode ||
+			g.Generation != w.Generation || g.Error != w.Error || g.Checked != w.Checked || len(g.Reporting) != len(w.Reporting) ||
+			(len(w.Reporting) > 0 && g.Reporting[0] != w.Reporting[0]) {
+			t.Errorf("%s: %+v, want %+v", tc.name, got, tc.want)
+		}
+	}
+}
+
+// TestStoreWindow sums the live buckets of the Redis hash only: those of the last
+// window by the clock, as the scripts count them.
+func TestStoreWindow(t *testing.T) {
+	now := time.UnixMilli(1_000_500) // bucket 1000 of 1 s buckets
+	set := breaker.Settings{Window: 10 * time.Second, Buckets: 10}
+	raw := map[string]string{
+		"b:1000": "5 2 1", "b:991": "10 1 0", // live: the current bucket and the oldest
+		"b:990": "100 100 0", "b:1001": "7 7 7", // stale, and from a clock ahead
+		"b:x": "1 1 1", "b:995": "1 2", "st": "0", "r:a1": "5",
+	}
+	got := storeWindow(raw, set, now)
+	if *got != (breaker.Counts{Requests: 15, Failures: 3, Slow: 1}) {
+		t.Errorf("storeWindow: %+v, want 15 requests, 3 failures, 1 slow", *got)
+	}
+}
+
+// TestRing keeps the last n samples, oldest first.
+func TestRing(t *testing.T) {
+	r := &ring{buf: make([]Sample, 3)}
+	if got := r.list(); len(got) != 0 {
+		t.Fatalf("empty ring: %v", got)
+	}
+	for i := range 7 {
+		r.add(Sample{At: int64(i)})
+		got := r.list()
+		want := min(i+1, 3)
+		if len(got) != want || got[len(got)-1].At != int64(i) || got[0].At != int64(i+1-want) {
+			t.Fatalf("after %d adds: %v", i+1, got)
+		}
+	}
+}
