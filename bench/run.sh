@@ -24,7 +24,9 @@
 #
 # Knobs (environment, defaults shown):
 #   DURATION=10s WARMUP=2s ROUNDS=3 CONNS=32 THREADS=1 UPSTREAMS=10 IDLE=5
-#   TARGETS="direct goproxy memory redis nobreaker"   (goproxy needs ../shared/bench); a fuseproxy
+#   TARGETS="direct goproxy memory redis nobreaker"   (goproxy needs ../shared/bench);
+#                       "accesslog" is memory with the access log on, to a file beside its
+#                       config (sample_rate 1, ACCESS_SAMPLE to change it); a fuseproxy
 #                       target may carry its own number of upstreams, requests spread over all
 #                       of them: memory:10000; and environment: memory@GOGC=400 or
 #                       memory:10000@GOGC=200,GOMAXPROCS=1;
@@ -52,7 +54,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SHARED=$(cd "$ROOT/.." && pwd)/shared/bench
 WORK=${BENCH_WORK:-${TMPDIR:-/tmp}/fuseproxy-bench-local}
 DURATION=${DURATION:-10s} WARMUP=${WARMUP:-2s} ROUNDS=${ROUNDS:-3} CONNS=${CONNS:-32} THREADS=${THREADS:-1}
-UPSTREAMS=${UPSTREAMS:-10} IDLE=${IDLE:-5} FLUSH=${FLUSH:-100ms} FP_ENV=${FP_ENV:-}
+UPSTREAMS=${UPSTREAMS:-10} IDLE=${IDLE:-5} FLUSH=${FLUSH:-100ms} FP_ENV=${FP_ENV:-} ACCESS_SAMPLE=${ACCESS_SAMPLE:-1}
 TARGETS=${TARGETS:-"direct goproxy memory redis nobreaker"}
 SCALE_UPSTREAMS=${SCALE_UPSTREAMS:-10000} SCALE_HOT=${SCALE_HOT:-1000} SCALE_DURATION=${SCALE_DURATION:-10s}
 PORT_BASE=${PORT_BASE:-19080}
@@ -65,7 +67,7 @@ case $MODE in
 esac
 
 # ---- config generation -------------------------------------------------------
-# gen_config FILE NAME STORE(memory|redis|none) UPSTREAMS BACKEND_URL LISTEN ADMIN REDIS_URL [TARGETS: one|three|eject]
+# gen_config FILE NAME STORE(memory|redis|none|accesslog) UPSTREAMS BACKEND_URL LISTEN ADMIN REDIS_URL [TARGETS: one|three|eject]
 # Upstream u<i> is routed by host u<i>.bench and by path prefix /u<i>/; "/" goes to u0.
 gen_config() {
   local file=$1 name=$2 store=$3 n=$4 backend=$5 listen=$6 admin=$7 redis_url=${8:-} targets=${9:-one} i enabled=true driver=memory
@@ -84,6 +86,7 @@ gen_config() {
     echo "admin: {listen: \"$admin\"}"
     echo "log: {format: json, level: warn}"
     echo "events: {enabled: false}"
+    [[ $store == accesslog ]] && echo "access_log: {enabled: true, path: \"$file.access.log\", sample_rate: $ACCESS_SAMPLE}"
     echo "store:"
     echo "  driver: $driver"
     echo "  replica_id: $(tr -c 'A-Za-z0-9_.\n-' '-' <<<"$name")"
@@ -329,7 +332,7 @@ run_load() {
         start goproxy "$WORK/bin/goproxy" -listen "127.0.0.1:$GOPROXY_PORT" -upstream "http://127.0.0.1:$BACKEND_PORT"
         PID[goproxy]=$LAST_PID URL[goproxy]=http://127.0.0.1:$GOPROXY_PORT/
         wait_http "${URL[goproxy]}" 10 ;;
-      memory* | redis* | nobreaker* | targets3* | eject*)
+      memory* | redis* | nobreaker* | targets3* | eject* | accesslog*)
         # KIND[:N][@VAR=value,VAR=value]: N upstreams instead of UPSTREAMS, requests spread
         # over all N (memory:10000); extra environment for the replica (memory@GOGC=400)
         local spec=${t%%@*} kind n envs=() store
@@ -341,6 +344,7 @@ run_load() {
           memory) store=memory ;; redis) store=redis ;; nobreaker) store=none ;;
           targets3) store=memory targets=three ;; eject) store=memory targets=eject ;;
           redis-targets3) store=redis targets=three ;; redis-eject) store=redis targets=eject ;;
+          accesslog) store=accesslog ;;
           *) echo "unknown target $t" >&2; exit 2 ;;
         esac
         [[ $n =~ ^[1-9][0-9]*$ ]] || { echo "target $t: upstream count $n is not a positive number" >&2; exit 2; }

@@ -50,6 +50,12 @@ func Default() *Config {
 			Enabled:   true,
 			QueueSize: 1024,
 		},
+		AccessLog: AccessLog{
+			Enabled:    false,
+			Path:       "",
+			SampleRate: 1,
+			BufferSize: 1 << 20,
+		},
 		Upstreams: map[string]*Upstream{},
 	}
 }

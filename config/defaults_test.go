@@ -31,7 +31,9 @@ func TestDefaults(t *testing.T) {
 				WriteTimeout: 100 * time.Millisecond, DegradeAfter: 3,
 			},
 		},
-		Events:    Events{Enabled: true, QueueSize: 1024},
+		Events: Events{Enabled: true, QueueSize: 1024},
+		// Off; when on, every request, and a queue that never makes a request wait.
+		AccessLog: AccessLog{SampleRate: 1, BufferSize: 1 << 20},
 		Upstreams: map[string]*Upstream{},
 	}
 	if got := Default(); !reflect.DeepEqual(got, want) {

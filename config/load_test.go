@@ -144,6 +144,26 @@ routes:
 			want: `config.yaml:5: upstreams.payments.breaker.consecutive_failures: must be >= 0, got -1`,
 		},
 		{
+			name: "access log sample rate out of range",
+			src:  minimal + "access_log:\n  enabled: true\n  sample_rate: 1.5\n",
+			want: `config.yaml:8: access_log.sample_rate: must be between 0 and 1, got 1.5`,
+		},
+		{
+			name: "access log buffer size",
+			src:  minimal + "access_log:\n  buffer_size: 0\n",
+			want: `config.yaml:7: access_log.buffer_size: must be >= 4096, got 0`,
+		},
+		{
+			name: "access log path is a directory",
+			src:  minimal + "access_log:\n  path: /var/log/\n",
+			want: `config.yaml:7: access_log.path: "/var/log/" names a directory: give a file name`,
+		},
+		{
+			name: "access log enabled not a boolean",
+			src:  minimal + "access_log:\n  enabled: on\n",
+			want: `config.yaml:7: access_log.enabled: expected true or false, got "on"`,
+		},
+		{
 			name: "negative timeout",
 			src:  minimal + "server:\n  read_timeout: -1s\n",
 			want: `config.yaml:7: server.read_timeout: must be >= 0, got -1s`,

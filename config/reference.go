@@ -75,6 +75,12 @@ var Reference = []FieldDoc{
 	{"events.webhooks[].retries", "3", "", "Further attempts after a failed delivery."},
 	{"events.webhooks[].headers", "{}", "", "Extra request headers, e.g. `Authorization: Bearer ${HOOK_TOKEN}`."},
 
+	{"access_log", "", "", "The access log: one JSON line per routed request (see Access log). Reloadable: a new path is opened and the old file closed."},
+	{"access_log.enabled", "false", "", "Write the access log. Off, it costs the request path nothing."},
+	{"access_log.path", `""`, "", "`\"\"` or `stderr`: standard error; `stdout`: standard output; anything else is a file, created if missing (mode 0644) and appended to. Reopened on reload when the path changes (for rotation, rename the file and reload with a new path, or use copytruncate)."},
+	{"access_log.sample_rate", "1", "", "Share of requests logged, 0 to 1, chosen at random per request: 0.01 logs one in a hundred."},
+	{"access_log.buffer_size", "1048576", "", "Bytes of lines waiting for the writer (which writes them every 100 ms, or at once past 64 KiB), at least 4096; 1 MiB holds about 4,000 lines. The request path never waits for the disk: a line that would go past it is dropped and counted in `fuseproxy_access_log_dropped_total`."},
+
 	{"upstreams", "{}", "", "The backends, by name, each guarded by its own circuit breaker. At least one."},
 	{"upstreams.<name>", "", "", "One upstream. The name is 1-64 letters, digits, `_`, `.` or `-`: it becomes part of Redis keys and metric labels."},
 	{"upstreams.<name>.targets", "[]", "", "Base URLs of the backend, absolute http:// or https://; at least one. A target's path is the base every forwarded path is joined below, so it must be clean (no `.`, `..` or empty segment, nothing that decodes to one, no `%25`)."},

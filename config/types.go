@@ -15,6 +15,7 @@ type Config struct {
 	Log       Log                  `yaml:"log"`
 	Store     Store                `yaml:"store"`
 	Events    Events               `yaml:"events"`
+	AccessLog AccessLog            `yaml:"access_log"`
 	Upstreams map[string]*Upstream `yaml:"upstreams"`
 	Routes    []Route              `yaml:"routes"`
 
@@ -103,6 +104,14 @@ type TLS struct {
 	KeyFile            string `yaml:"key_file"`
 	ServerName         string `yaml:"server_name"`
 	InsecureSkipVerify bool   `yaml:"insecure_skip_verify"`
+}
+
+// AccessLog configures the optional access log: one JSON line per routed request.
+type AccessLog struct {
+	Enabled    bool    `yaml:"enabled"`
+	Path       string  `yaml:"path"`        // "" or "stderr": standard error; "stdout"; else a file
+	SampleRate float64 `yaml:"sample_rate"` // 0-1: the share of requests logged
+	BufferSize int     `yaml:"buffer_size"` // bytes pending for the writer beyond which lines are dropped
 }
 
 // Events configures transition events (log lines always, webhooks when listed).

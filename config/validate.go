@@ -37,6 +37,7 @@ func (c *Config) validate() Errors {
 	v.oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
 	v.store(&c.Store)
 	v.events(&c.Events)
+	v.accessLog(&c.AccessLog)
 	v.upstreams(c.Upstreams)
 	v.routes(c.Routes, c.Upstreams)
 	v.atLeast("replicas", c.Replicas, 0)
@@ -250,6 +251,17 @@ func (v *validator) events(e *Events) {
 		}
 		v.atLeast(p+".retries", w.Retries, 0)
 		v.headers(p+".headers", w.Headers)
+	}
+}
+
+func (v *validator) accessLog(a *AccessLog) {
+	v.between("access_log.sample_rate", a.SampleRate, 0, 1)
+	v.atLeast("access_log.buffer_size", a.BufferSize, 4096)
+	if strings.ContainsRune(a.Path, 0) || a.Path != strings.TrimSpace(a.Path) {
+		v.errorf("access_log.path", "invalid path %s: no NUL or surrounding white space", quote(a.Path))
+	}
+	if strings.HasSuffix(a.Path, "/") {
+		v.errorf("access_log.path", "%s names a directory: give a file name", quote(a.Path))
 	}
 }
 

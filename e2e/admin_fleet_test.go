@@ -86,7 +86,7 @@ func TestAdminSteersTheFleet(t *testing.T) {
 	replicas[1].WaitLog(t, 5*time.Second, "a2's dry-run transition to open", func(l logLine) bool {
 		return l.Msg() == "circuit transition" && l.Str("to") == "open" && l.Fields["dry_run"] == true
 	})
-	const wouldReject = `fuseproxy_requests_total{outcome="would_reject",upstream="api"}`
+	const wouldReject = `fuseproxy_requests_would_reject_total{upstream="api"}`
 	w0 := b.Metric(t, wouldReject)
 	before = backend.Stats(t).Requests
 	for range 5 {

@@ -32,7 +32,9 @@ func (w *discardWriter) reset() {
 
 type nopRecorder struct{}
 
-func (nopRecorder) Request(string, Result, time.Duration) {}
+func (nopRecorder) Request(string, Result, int, time.Duration) {}
+func (nopRecorder) WouldReject(string)                         {}
+func (nopRecorder) BodyBroken(string, time.Duration)           {}
 
 // BenchmarkHandler compares a request through the Proxy (routing, breaker, outcome
 // classification, Recorder) with the same request through a bare httputil.ReverseProxy

@@ -614,5 +614,5 @@ func ExampleResult_String() {
 	for _, r := range Results() {
 		fmt.Print(r, " ")
 	}
-	// Output: success failure_status failure_transport failure_timeout failure_body rejected would_reject ignored rejected_concurrency
+	// Output: success failure_status failure_transport failure_timeout rejected ignored rejected_concurrency failure_body would_reject
 }

@@ -26,7 +26,8 @@
 //  5. Classification (exchange.go): the response status, or the error, becomes a
 //     breaker outcome (success, failure or ignored), reported exactly once, and a
 //     Result for the Recorder. A success whose body the upstream then breaks off is
-//     taken back as a failure (breaker.LateFailure, Result FailureBody).
+//     taken back as a failure (breaker.LateFailure, Recorder.BodyBroken). A request
+//     the access log sampled is handed to it (AccessLog.Log) when it ends.
 //
 // Every response the proxy writes itself (the fallback, the bulkhead's refusal, and
 // its 400, 404, 405, 413, 502 and 504 bodies) is built in responses.go.

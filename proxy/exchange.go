@@ -25,7 +25,10 @@ import (
 // like a request whose client went away.
 type Result uint8
 
-// The results of a request.
+// The results of a request. The first seven partition the requests routed: each is
+// reported to Recorder.Request exactly once with one of them. FailureBody and
+// WouldReject are facts reported besides (Recorder.BodyBroken, Recorder.WouldReject),
+// never through Recorder.Request.
 const (
 	// Success: the upstream answered with a status the failure settings do not list.
 	Success Result = iota
@@ -36,28 +39,35 @@ const (
 	FailureTransport
 	// FailureTimeout: the upstream did not answer in time (the client got 504).
 	FailureTimeout
-	// FailureBody: the upstream broke its response body off after headers counted as a
-	// Success (a reset, a truncated body, the upstream's timeout mid-body). It is
-	// reported in addition to the Success, once the body breaks: the breaker then takes
-	// that success back as a failure (breaker.LateFailure).
-	FailureBody
 	// Rejected: the circuit rejected the request; it never reached the upstream.
 	Rejected
-	// WouldReject: a metrics-only breaker admitted a request it would have rejected.
-	// It is reported in addition to the request's real result.
-	WouldReject
 	// Ignored: the outcome did not count for the breaker: the client cancelled its
 	// request or failed to send its body, or the failure settings exclude the error.
 	Ignored
 	// RejectedConcurrency: the upstream's bulkhead (max_concurrent_requests) was full;
 	// the request got the fallback and never reached the breaker or the upstream.
 	RejectedConcurrency
+	// FailureBody: the upstream broke its response body off after headers counted as a
+	// Success (a reset, a truncated body, the upstream's timeout mid-body). The request
+	// stays a Success in the partition; the breaker takes that success back as a
+	// failure (breaker.LateFailure) and the Recorder gets BodyBroken.
+	FailureBody
+	// WouldReject: a metrics-only breaker admitted a request it would have rejected
+	// (Recorder.WouldReject, besides the request's real result).
+	WouldReject
 )
 
-// Results lists every Result, for pre-registering metric label values.
-func Results() []Result {
-	return []Result{Success, FailureStatus, FailureTransport, FailureTimeout, FailureBody, Rejected, WouldReject, Ignored, RejectedConcurrency}
+// NumOutcomes is the number of Results that partition the requests routed (Outcomes).
+const NumOutcomes = 7
+
+// Outcomes lists the Results reported through Recorder.Request, which partition the
+// requests routed, for pre-registering metric label values.
+func Outcomes() []Result {
+	return []Result{Success, FailureStatus, FailureTransport, FailureTimeout, Rejected, Ignored, RejectedConcurrency}
 }
+
+// Results lists every Result: the outcomes, then FailureBody and WouldReject.
+func Results() []Result { return append(Outcomes(), FailureBody, WouldReject) }
 
 // String returns the result's metric label value, such as "failure_status".
 func (r Result) String() string {
@@ -84,16 +94,113 @@ func (r Result) String() string {
 	return "unknown"
 }
 
-// Recorder receives one call per routed request, for metrics: the upstream's name, the
-// Result, and the time from admission to the upstream's response headers (to the error
-// for failures; zero for rejections). A request a metrics-only breaker would have
-// rejected is reported twice: once with its real result, then with WouldReject. A
-// Success whose body the upstream then breaks off is reported again with FailureBody
-// and the time from admission to the break. Requests that match no route, or are
-// refused before routing (400, 405), are not reported. Request is called on the
-// request's goroutine and must not block.
+// Recorder receives the metrics' account of each routed request. Request is called
+// exactly once per routed request, with one of the Outcomes, the status the client got
+// (the upstream's, the proxy's own 502/504/400/413, the fallback's, or 499 for a client
+// that went away; 101 for a protocol switch), and the time from admission to the
+// upstream's response headers (to the error for failures; zero for rejections).
+// WouldReject follows it for a request a metrics-only breaker would have rejected.
+// BodyBroken is called after the Request of a Success whose body the upstream then
+// breaks off, with the time from admission to the break. Requests that match no route,
+// or are refused before routing (400, 405), are not reported. Every method is called on
+// the request's goroutine and must not block.
 type Recorder interface {
-	Request(upstream string, r Result, elapsed time.Duration)
+	Request(upstream string, r Result, status int, elapsed time.Duration)
+	WouldReject(upstream string)
+	BodyBroken(upstream string, elapsed time.Duration)
+}
+
+// AccessLog receives one Access per sampled routed request, when the request ends.
+// Sample is called once per routed request, before admission, and must be cheap: with
+// the log off it returns false and the request costs nothing more. Log must not block
+// for long and must not keep a after it returns.
+type AccessLog interface {
+	Sample() bool
+	Log(a *Access)
+}
+
+// Access is one routed request's account for an access log.
+type Access struct {
+	Route    int    // the route's index in config.Routes
+	Upstream string // the upstream's name
+	Target   string // host:port of the target the request went to; "" if none (rejected)
+	Method   string
+	Path     string // the request's path as the client sent it, without the query
+	Status   int    // as in Recorder.Request
+	// Duration: from the start of routing (before admission) until the response ended
+	// (the handler returned).
+	Duration time.Duration
+	Bytes    int64         // response body bytes written to the client
+	Circuit  breaker.State // the circuit's state when the request ended
+	Breaker  bool          // the upstream has a breaker (else Circuit means nothing)
+	Attempts int           // requests sent to a target: 0 when rejected, else 1
+	Outcome  Result        // one of the Outcomes, as Recorder.Request got it
+	// BodyBroken and WouldReject: as Recorder.BodyBroken and Recorder.WouldReject.
+	BodyBroken, WouldReject bool
+}
+
+// stater is the part of a breaker the access log reads (only when a request is logged).
+type stater interface{ State() breaker.State }
+
+// circuitState returns up's circuit state for the access log.
+func (up *upstream) circuitState() (breaker.State, bool) {
+	if s, ok := up.breaker.(stater); ok {
+		return s.State(), true
+	}
+	return 0, false
+}
+
+// countingWriter counts the body bytes of an answer the proxy writes itself (a
+// rejection), for the access log.
+type countingWriter struct {
+	http.ResponseWriter
+	n int64
+}
+
+func (w *countingWriter) Write(b []byte) (int, error) {
+	n, err := w.ResponseWriter.Write(b)
+	w.n += int64(n)
+	return n, err
+}
+
+// reject answers a request the bulkhead (res RejectedConcurrency) or the circuit (res
+// Rejected, with Allow's ticket and error) refused, and reports it. A request the
+// circuit rejected goes to the upstream's fallback upstream first, if it has one; if
+// that serves it, the fallback upstream's exchange reports its answer and this reports
+// Rejected with no status (the client's status class is counted once, where the answer
+// came from).
+func (p *Proxy) reject(w http.ResponseWriter, r *http.Request, rt *route, res Result, tk breaker.Ticket, err error,
+	chunked, logged bool, start time.Time) {
+	up := rt.up
+	if res == Rejected {
+		if fb := up.fallbackUp; fb != nil && p.serveFallback(w, r, rt, fb, err, chunked, logged, start) {
+			if p.rec != nil {
+				p.rec.Request(up.name, Rejected, 0, 0)
+			}
+			return
+		}
+	}
+	var cw *countingWriter
+	if logged {
+		cw = &countingWriter{ResponseWriter: w}
+		w = cw
+	}
+	status := up.fallback.status
+	if res == RejectedConcurrency {
+		status = up.limited.status
+		up.limited.write(w)
+	} else {
+		up.fallback.reject(w, tk, err)
+	}
+	if p.rec != nil {
+		p.rec.Request(up.name, res, status, 0)
+	}
+	if logged {
+		a := Access{Route: rt.index, Upstream: up.name, Method: r.Method, Path: r.URL.Path,
+			Status: status, Duration: p.now().Sub(start), Bytes: cw.n, Outcome: res}
+		a.Circuit, a.Breaker = up.circuitState()
+		p.access.Log(&a)
+	}
 }
 
 // StatusClientClosedRequest is the status logged for a request whose client went away
@@ -115,7 +222,7 @@ func (e *exchange) reportStatus(code int) {
 	if e.up.honorRetryAfter && (code == http.StatusTooManyRequests || code == http.StatusServiceUnavailable) {
 		e.pause = retryAfter(e.w.Header()[headerRetryAfter], e.p.now())
 	}
-	e.report(r, o, targetOutcome(code))
+	e.report(r, o, targetOutcome(code), code)
 }
 
 // maxPause bounds a Retry-After before the breaker's max_open_duration caps it.
@@ -165,10 +272,20 @@ type exchange struct {
 	// pause is the Retry-After the upstream's answer asked for (honor_retry_after).
 	pause time.Duration
 	// via is set when up serves as another upstream's fallback (its answers are marked).
-	via     *served
-	done    bool            // the outcome was reported
-	result  Result          // the outcome reported (once done)
-	receipt breaker.Receipt // the breaker's receipt for a success, for a late failure
+	via    *served
+	status int   // the status the client got (once done)
+	bytes  int64 // response body bytes written to the client
+	// logged: the request is sampled for the access log; its route, method, path and
+	// start are kept for it, and acc is the account handed over (pooled with the exchange).
+	logged   bool
+	logStart time.Time // before admission
+	route    *route
+	method   string
+	path     string
+	acc      Access
+	done     bool            // the outcome was reported
+	result   Result          // the outcome reported (once done)
+	receipt  breaker.Receipt // the breaker's receipt for a success, for a late failure
 	// upstream is the upstream request's context when it has its own deadline (the
 	// upstream's timeout), else nil.
 	upstream context.Context
@@ -215,12 +332,12 @@ func checkStatus(res *http.Response) error {
 }
 
 // report hands the outcome to the breaker (o), the target's circuit (to) and the
-// Recorder, unless that was done already.
-func (e *exchange) report(r Result, o, to breaker.Outcome) {
+// Recorder, with the status the client gets, unless that was done already.
+func (e *exchange) report(r Result, o, to breaker.Outcome, status int) {
 	if e.done {
 		return
 	}
-	e.done, e.result = true, r
+	e.done, e.result, e.status = true, r, status
 	elapsed := e.p.now().Sub(e.start)
 	if b := e.up.breaker; b != nil {
 		e.receipt = b.DonePause(e.ticket, o, elapsed, e.pause)
@@ -229,11 +346,24 @@ func (e *exchange) report(r Result, o, to breaker.Outcome) {
 		e.treceipt = e.target.gate.Done(e.tticket, to, elapsed)
 	}
 	if rec := e.p.rec; rec != nil {
-		rec.Request(e.up.name, r, elapsed)
+		rec.Request(e.up.name, r, status, elapsed)
 		if e.ticket.WouldReject() {
-			rec.Request(e.up.name, WouldReject, elapsed)
+			rec.WouldReject(e.up.name)
 		}
 	}
+}
+
+// logAccess hands a logged request's account to the access log, when it ends.
+func (e *exchange) logAccess() {
+	a := &e.acc
+	*a = Access{Route: e.route.index, Upstream: e.up.name, Target: e.target.url.Host, Method: e.method,
+		Path: e.path, Status: e.status, Duration: e.p.now().Sub(e.logStart), Bytes: e.bytes,
+		Attempts: 1, Outcome: e.result, WouldReject: e.ticket.WouldReject()}
+	if a.Outcome == FailureBody {
+		a.Outcome, a.BodyBroken = Success, true
+	}
+	a.Circuit, a.Breaker = e.up.circuitState()
+	e.p.access.Log(a)
 }
 
 // bodyBroken runs when ReverseProxy aborted the response after its headers (it panics
@@ -266,7 +396,7 @@ func (e *exchange) bodyBroken() {
 		b.LateFailure(e.receipt)
 	}
 	if rec := e.p.rec; rec != nil {
-		rec.Request(e.up.name, FailureBody, e.p.now().Sub(e.start))
+		rec.BodyBroken(e.up.name, e.p.now().Sub(e.start))
 	}
 }
 
@@ -279,7 +409,10 @@ func (p *Proxy) release(e *exchange) {
 	if !e.returned {
 		e.bodyBroken()
 	}
-	e.report(Ignored, breaker.Ignored, breaker.Ignored)
+	e.report(Ignored, breaker.Ignored, breaker.Ignored, 0)
+	if e.logged {
+		e.logAccess()
+	}
 	if e.up.leastRequests {
 		e.target.inflight.Add(-1)
 	}
@@ -321,6 +454,7 @@ func (e *exchange) Write(b []byte) (int, error) {
 		e.reportStatus(http.StatusOK)
 	}
 	n, err := e.w.Write(b)
+	e.bytes += int64(n)
 	if err != nil {
 		e.writeErr = true
 	}
@@ -370,36 +504,41 @@ func (p *Proxy) handleError(rw http.ResponseWriter, _ *http.Request, err error) 
 		e.via.mark(e.w.Header())
 	}
 	var status int
+	var body []byte
 	switch {
 	case e.client.Err() != nil || errors.Is(err, context.Canceled):
 		// The client went away: not the upstream's fault, and nobody is listening.
-		e.report(Ignored, breaker.Ignored, breaker.Ignored)
+		e.report(Ignored, breaker.Ignored, breaker.Ignored, StatusClientClosedRequest)
 		e.w.WriteHeader(StatusClientClosedRequest)
 		status = StatusClientClosedRequest
 	case e.body != nil && e.body.failed():
 		// Reading the client's request body failed: the client's fault.
-		e.report(Ignored, breaker.Ignored, breaker.Ignored)
 		status = http.StatusBadRequest
 		if _, tooLarge := errors.AsType[*http.MaxBytesError](e.body.error()); tooLarge {
 			status = http.StatusRequestEntityTooLarge
 		}
-		writeJSON(e.w, status, up.errBadRequest)
+		e.report(Ignored, breaker.Ignored, breaker.Ignored, status)
+		body = up.errBadRequest
 	case isTimeout(err):
-		if up.countTimeouts {
-			e.report(FailureTimeout, breaker.Failure, breaker.GatewayFailure)
-		} else {
-			e.report(Ignored, breaker.Ignored, breaker.GatewayFailure)
-		}
 		status = http.StatusGatewayTimeout
-		writeJSON(e.w, status, up.errGatewayTimeout)
-	default:
-		if up.countTransport {
-			e.report(FailureTransport, breaker.Failure, breaker.GatewayFailure)
+		if up.countTimeouts {
+			e.report(FailureTimeout, breaker.Failure, breaker.GatewayFailure, status)
 		} else {
-			e.report(Ignored, breaker.Ignored, breaker.GatewayFailure)
+			e.report(Ignored, breaker.Ignored, breaker.GatewayFailure, status)
 		}
+		body = up.errGatewayTimeout
+	default:
 		status = http.StatusBadGateway
-		writeJSON(e.w, status, up.errBadGateway)
+		if up.countTransport {
+			e.report(FailureTransport, breaker.Failure, breaker.GatewayFailure, status)
+		} else {
+			e.report(Ignored, breaker.Ignored, breaker.GatewayFailure, status)
+		}
+		body = up.errBadGateway
+	}
+	if body != nil {
+		writeJSON(e.w, status, body)
+		e.bytes += int64(len(body))
 	}
 	if status == http.StatusGatewayTimeout || status == http.StatusBadGateway {
 		p.upErrs.log(p.log, p.now(), up.name, status, err) // warn, at most every 10 s per upstream

@@ -63,14 +63,27 @@ type recorder struct {
 	calls []call
 }
 
+// call is one Recorder call: Request's result and status, or FailureBody for
+// BodyBroken and WouldReject for WouldReject (status 0).
 type call struct {
 	upstream string
 	result   Result
+	status   int
 }
 
-func (r *recorder) Request(upstream string, res Result, _ time.Duration) {
+func (r *recorder) Request(upstream string, res Result, status int, _ time.Duration) {
+	r.add(call{upstream, res, status})
+}
+
+func (r *recorder) WouldReject(upstream string) { r.add(call{upstream, WouldReject, 0}) }
+
+func (r *recorder) BodyBroken(upstream string, _ time.Duration) {
+	r.add(call{upstream, FailureBody, 0})
+}
+
+func (r *recorder) add(c call) {
 	r.mu.Lock()
-	r.calls = append(r.calls, call{upstream, res})
+	r.calls = append(r.calls, c)
 	r.mu.Unlock()
 }
 

@@ -27,6 +27,8 @@ type Options struct {
 	Logger *zap.Logger
 	// Recorder receives one call per routed request; nil means no metrics.
 	Recorder Recorder
+	// AccessLog receives the sampled requests' accounts; nil means no access log.
+	AccessLog AccessLog
 	// Clock measures latency; nil means time.Now.
 	Clock func() time.Time
 }
@@ -38,6 +40,7 @@ type Options struct {
 type Proxy struct {
 	log     *zap.Logger
 	rec     Recorder
+	access  AccessLog
 	now     func() time.Time
 	buffers bufferPool
 	errLog  *log.Logger // ReverseProxy's own messages, at debug level
@@ -71,7 +74,7 @@ func (t *table) transports() map[*http.Transport]bool {
 // may be missing, and is then proxied without one. cfg must have been validated: New
 // uses the derived fields Upstream.TargetURLs and Failure.FailureStatus.
 func New(cfg *config.Config, breakers map[string]*breaker.Breaker, opts Options) (*Proxy, error) {
-	p := &Proxy{log: opts.Logger, rec: opts.Recorder, now: opts.Clock}
+	p := &Proxy{log: opts.Logger, rec: opts.Recorder, access: opts.AccessLog, now: opts.Clock}
 	if p.log == nil {
 		p.log = zap.NewNop()
 	}
@@ -303,13 +306,15 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	up := rt.up
+	logged := p.access != nil && p.access.Sample()
+	var start time.Time
+	if logged {
+		start = p.now()
+	}
 	// The bulkhead comes before the breaker: a request it refuses never reaches the
 	// breaker, so it is neither a failure nor a trial (bulkhead.go).
 	if !up.bulkhead.acquire() {
-		up.limited.write(w)
-		if p.rec != nil {
-			p.rec.Request(up.name, RejectedConcurrency, 0)
-		}
+		p.reject(w, r, rt, RejectedConcurrency, breaker.Ticket{}, nil, chunked, logged, start)
 		return
 	}
 	defer up.bulkhead.release()
@@ -318,27 +323,22 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if b := up.breaker; b != nil {
 		var err error
 		if ticket, err = b.Allow(); err != nil {
-			if p.rec != nil {
-				p.rec.Request(up.name, Rejected, 0)
-			}
-			if fb := up.fallbackUp; fb != nil && p.serveFallback(w, r, rt, fb, err, chunked) {
-				return
-			}
-			up.fallback.reject(w, ticket, err)
+			p.reject(w, r, rt, Rejected, ticket, err, chunked, logged, start)
 			return
 		}
 	}
-	p.forward(w, r, up, rt.rps, ticket, chunked, nil)
+	p.forward(w, r, rt, up, rt.rps, ticket, chunked, nil, logged, start)
 }
 
 // serveFallback serves a request its upstream's circuit rejected (err) from the
 // upstream's fallback upstream (fallback.upstream), through the fallback's own bulkhead,
 // breaker and targets. It reports false, having written nothing, when the fallback
 // refuses the request too: the caller then sends the fallback response.
-func (p *Proxy) serveFallback(w http.ResponseWriter, r *http.Request, rt *route, fb *upstream, err error, chunked bool) bool {
+func (p *Proxy) serveFallback(w http.ResponseWriter, r *http.Request, rt *route, fb *upstream, err error,
+	chunked, logged bool, start time.Time) bool {
 	if !fb.bulkhead.acquire() {
 		if p.rec != nil {
-			p.rec.Request(fb.name, RejectedConcurrency, 0)
+			p.rec.Request(fb.name, RejectedConcurrency, 0, 0)
 		}
 		return false
 	}
@@ -348,7 +348,7 @@ func (p *Proxy) serveFallback(w http.ResponseWriter, r *http.Request, rt *route,
 		var ferr error
 		if ticket, ferr = b.Allow(); ferr != nil {
 			if p.rec != nil {
-				p.rec.Request(fb.name, Rejected, 0)
+				p.rec.Request(fb.name, Rejected, 0, 0)
 			}
 			return false
 		}
@@ -357,15 +357,15 @@ func (p *Proxy) serveFallback(w http.ResponseWriter, r *http.Request, rt *route,
 	if errors.Is(err, breaker.ErrTooManyTrials) {
 		via = &rt.up.viaHalfOpen
 	}
-	p.forward(w, r, fb, rt.fallbackRPs, ticket, chunked, via)
+	p.forward(w, r, rt, fb, rt.fallbackRPs, ticket, chunked, via, logged, start)
 	return true
 }
 
 // forward sends an admitted request (ticket, from up's breaker) to one of up's targets
 // through rps (one ReverseProxy per target) and reports its outcome. via is set when up
 // serves as another upstream's fallback.
-func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, up *upstream, rps []*httputil.ReverseProxy,
-	ticket breaker.Ticket, chunked bool, via *served) {
+func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, rt *route, up *upstream, rps []*httputil.ReverseProxy,
+	ticket breaker.Ticket, chunked bool, via *served, logged bool, start time.Time) {
 	tg, tticket, tracked := up.pick()
 	e := p.exchanges.Get().(*exchange)
 	*e = exchange{w: w, p: p, up: up, client: r.Context(), ticket: ticket, start: p.now(), closeConn: chunked,
@@ -374,6 +374,9 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, up *upstream, rp
 		tg.inflight.Add(1)
 	}
 	defer p.release(e)
+	if logged {
+		e.logged, e.route, e.method, e.path, e.logStart = true, rt, r.Method, r.URL.Path, start
+	}
 
 	if r.Body != nil && r.Body != http.NoBody {
 		e.body = &clientBody{rc: r.Body}

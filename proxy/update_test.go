@@ -59,7 +59,7 @@ func TestUpdateInFlight(t *testing.T) {
 		t.Errorf("in-flight request: got %d %q (err %v), want 200 \"released\" from the old upstream", r.status, r.body, r.err)
 	}
 	calls := f.rec.wait(t, 2)
-	if calls[0] != (call{"new", Success}) || calls[1] != (call{"old", Success}) {
+	if calls[0] != (call{"new", Success, 200}) || calls[1] != (call{"old", Success, 200}) {
 		t.Errorf("recorder: got %v, want [new:success old:success]", calls)
 	}
 }

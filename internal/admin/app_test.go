@@ -387,7 +387,7 @@ func TestFleetSteeredThroughOneReplica(t *testing.T) {
 	if n := be.requests.Load() - before; n != 5 {
 		t.Errorf("backend got %d of 5 requests in metrics_only", n)
 	}
-	if v := metric(scrape(t, b), `fuseproxy_requests_total{outcome="would_reject",upstream="api"}`); v < 5 {
+	if v := metric(scrape(t, b), `fuseproxy_requests_would_reject_total{upstream="api"}`); v < 5 {
 		t.Errorf("would_reject = %v, want >= 5", v)
 	}
 	if v := metric(scrape(t, b), `fuseproxy_requests_total{outcome="rejected",upstream="api"}`); v != 1 {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/fuseproxy/fuseproxy/breaker"
 	"github.com/fuseproxy/fuseproxy/config"
+	"github.com/fuseproxy/fuseproxy/internal/accesslog"
 	"github.com/fuseproxy/fuseproxy/internal/events"
 	"github.com/fuseproxy/fuseproxy/internal/health"
 	"github.com/fuseproxy/fuseproxy/internal/telemetry"
@@ -56,6 +57,7 @@ type App struct {
 	metrics *telemetry.Metrics
 	events  *events.Dispatcher // every breaker's observer
 	health  *health.Checker    // active health checks of targets (health_check)
+	access  *accesslog.Log     // off until Run opens it; closed when Run returns
 
 	mu       sync.RWMutex // guards cfg and breakers (swapped whole on reload)
 	cfg      *config.Config
@@ -63,6 +65,7 @@ type App struct {
 
 	reloadMu sync.Mutex // one reload at a time
 	ready    atomic.Bool
+	running  atomic.Bool // Run opened the access log and has not closed it yet
 
 	proxyAddr, adminAddr atomic.Pointer[string] // bound addresses, once Run listens
 }
@@ -77,7 +80,8 @@ func New(cfg *config.Config, o Options) (*App, error) {
 	}
 	a := &App{opts: o, clock: breaker.SystemClock(), replica: ReplicaID(cfg.Store.ReplicaID)}
 	a.log = o.Logger.With(zap.String("replica", a.replica))
-	a.metrics = telemetry.New(telemetry.Options{Version: o.Version, Circuits: a.Breakers})
+	a.access = accesslog.New(accesslog.Options{Logger: a.log})
+	a.metrics = telemetry.New(telemetry.Options{Version: o.Version, Circuits: a.Breakers, AccessLogDropped: a.access.Dropped})
 	a.events = events.New(cfg.Events, events.Options{
 		Logger: o.Logger, Replica: a.replica, Version: o.Version, Metrics: a.metrics,
 	})
@@ -93,7 +97,7 @@ func New(cfg *config.Config, o Options) (*App, error) {
 	}})
 	a.setHealthTargets(checkedTargets(cfg, a.breakers))
 	a.metrics.SetUpstreams(upstreamNames(cfg))
-	a.proxy, err = proxy.New(cfg, a.breakers, proxy.Options{Logger: a.log, Recorder: a.metrics})
+	a.proxy, err = proxy.New(cfg, a.breakers, proxy.Options{Logger: a.log, Recorder: a.metrics, AccessLog: a.access})
 	if err != nil {
 		return nil, err
 	}
@@ -221,6 +225,16 @@ func (a *App) Reload(cfg *config.Config) (err error) {
 	a.mu.RLock()
 	old, oldCfg := a.breakers, a.cfg
 	a.mu.RUnlock()
+	if a.running.Load() {
+		if err := a.access.Configure(cfg.AccessLog); err != nil {
+			return err
+		}
+		defer func() {
+			if err != nil {
+				_ = a.access.Configure(oldCfg.AccessLog) // best effort: the old sink back
+			}
+		}()
+	}
 	bs := a.buildBreakers(cfg, old)
 	// Requests routed by either table are counted while the proxy switches over.
 	both := upstreamNames(oldCfg)

@@ -22,6 +22,10 @@ import (
 // after it, so /readyz reports the shutdown while requests drain.
 func (a *App) Run(ctx context.Context) error {
 	cfg := a.Config()
+	if err := a.startAccessLog(cfg); err != nil {
+		return err
+	}
+	defer a.stopAccessLog()
 	proxyLn, adminLn, err := a.listen(cfg)
 	if err != nil {
 		return err
@@ -35,6 +39,29 @@ func (a *App) Run(ctx context.Context) error {
 	a.drain(cfg, prx, ups)
 	bg.stop() // the store loop flushes the last counts as it stops
 	return a.shutdown(err, adm)
+}
+
+// startAccessLog opens the access log of the config in effect (a file is created if
+// missing); Reload reconfigures it from then on.
+func (a *App) startAccessLog(cfg *config.Config) error {
+	a.reloadMu.Lock()
+	defer a.reloadMu.Unlock()
+	if err := a.access.Configure(cfg.AccessLog); err != nil {
+		return err
+	}
+	a.running.Store(true)
+	return nil
+}
+
+// stopAccessLog writes what the access log has queued and closes its file, once the
+// proxy has drained.
+func (a *App) stopAccessLog() {
+	a.reloadMu.Lock()
+	defer a.reloadMu.Unlock()
+	a.running.Store(false)
+	if err := a.access.Close(); err != nil {
+		a.log.Warn("closing the access log", zap.Error(err))
+	}
 }
 
 // listen binds the admin API's address, then the proxy's, and records both for Addrs.

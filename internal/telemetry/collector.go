@@ -14,6 +14,7 @@ type circuitCollector struct {
 	state    *prometheus.Desc
 	mode     *prometheus.Desc
 	trials   *prometheus.Desc
+	rate     *prometheus.Desc
 }
 
 func newCircuitCollector(circuits func() map[string]*breaker.Breaker) *circuitCollector {
@@ -25,6 +26,9 @@ func newCircuitCollector(circuits func() map[string]*breaker.Breaker) *circuitCo
 			"1 for the circuit's current operator mode, 0 for the others.", []string{"upstream", "mode"}, nil),
 		trials: prometheus.NewDesc(Namespace+"_circuit_half_open_trials",
 			"Half-open trial requests in flight on this replica.", []string{"upstream"}, nil),
+		rate: prometheus.NewDesc(Namespace+"_circuit_failure_rate",
+			"Failures over requests (0 to 1) in the circuit's current window, as counted by this replica's breaker (0 with no requests).",
+			[]string{"upstream"}, nil),
 	}
 }
 
@@ -33,6 +37,7 @@ func (c *circuitCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.state
 	ch <- c.mode
 	ch <- c.trials
+	ch <- c.rate
 }
 
 // Collect implements prometheus.Collector.
@@ -49,6 +54,7 @@ func (c *circuitCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(c.mode, prometheus.GaugeValue, one(s.Mode == m), name, m.String())
 		}
 		ch <- prometheus.MustNewConstMetric(c.trials, prometheus.GaugeValue, float64(s.TrialsInFlight), name)
+		ch <- prometheus.MustNewConstMetric(c.rate, prometheus.GaugeValue, s.Counts.FailureRate()/100, name)
 	}
 }
 

@@ -43,6 +43,9 @@ type Options struct {
 	Circuits func() map[string]*breaker.Breaker
 	// NoRuntimeCollectors leaves out the Go and process collectors (benchmarks).
 	NoRuntimeCollectors bool
+	// AccessLogDropped returns the access log lines dropped because its queue was full,
+	// for fuseproxy_access_log_dropped_total; nil means no such series.
+	AccessLogDropped func() uint64
 }
 
 // Metrics is one replica's instrumentation. It implements proxy.Recorder. All methods
@@ -75,10 +78,7 @@ type Metrics struct {
 	targetMu        sync.Mutex
 }
 
-const (
-	numResults = 9 // len(proxy.Results())
-	numStates  = 3 // closed, open, half_open
-)
+const numStates = 3 // closed, open, half_open
 
 // Webhook delivery results, the values of fuseproxy_webhook_deliveries_total's label.
 const (
@@ -151,6 +151,12 @@ func New(o Options) *Metrics {
 	if o.Circuits != nil {
 		m.reg.MustRegister(newCircuitCollector(o.Circuits), newTargetCollector(o.Circuits, m))
 	}
+	if f := o.AccessLogDropped; f != nil {
+		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "access_log_dropped_total",
+			Help: "Access log lines dropped because the writer's queue (access_log.buffer_size) was full.",
+		}, func() float64 { return float64(f()) }))
+	}
 	if !o.NoRuntimeCollectors {
 		m.reg.MustRegister(collectors.NewGoCollector(),
 			collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -203,17 +209,37 @@ func (m *Metrics) Upstreams() []string {
 	return names
 }
 
-// Request implements proxy.Recorder. Requests for an upstream SetUpstreams did not list
+// Request implements proxy.Recorder: it counts the request under its outcome and the
+// status class of its answer (a status outside 100-599, a request that got no answer,
+// has no class), and observes the latency of those that reached the upstream and
+// counted as success or failure. Requests for an upstream SetUpstreams did not list
 // (one removed by a reload while the request was in flight) are not counted.
-func (m *Metrics) Request(upstream string, r proxy.Result, elapsed time.Duration) {
+func (m *Metrics) Request(upstream string, r proxy.Result, status int, elapsed time.Duration) {
 	um := (*m.upstreams.Load())[upstream]
-	if um == nil || int(r) >= numResults {
+	if um == nil || int(r) >= proxy.NumOutcomes {
 		return
 	}
 	um.requests[r].Add(1)
+	if class := status/100 - 1; class >= 0 && class < len(statusClasses) {
+		um.responses[class].Add(1)
+	}
 	switch r {
 	case proxy.Success, proxy.FailureStatus, proxy.FailureTransport, proxy.FailureTimeout:
 		um.observe(elapsed)
+	}
+}
+
+// WouldReject implements proxy.Recorder.
+func (m *Metrics) WouldReject(upstream string) {
+	if um := (*m.upstreams.Load())[upstream]; um != nil {
+		um.wouldReject.Add(1)
+	}
+}
+
+// BodyBroken implements proxy.Recorder.
+func (m *Metrics) BodyBroken(upstream string, _ time.Duration) {
+	if um := (*m.upstreams.Load())[upstream]; um != nil {
+		um.bodyBroken.Add(1)
 	}
 }
 

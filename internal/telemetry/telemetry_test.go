@@ -3,8 +3,10 @@ package telemetry
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -26,13 +28,13 @@ type clock struct {
 func (c *clock) Now() time.Duration  { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
 func (c *clock) Add(d time.Duration) { c.mu.Lock(); c.now += d; c.mu.Unlock() }
 
-func TestResultsMatchArray(t *testing.T) {
-	if n := len(proxy.Results()); n != numResults {
-		t.Fatalf("proxy.Results() has %d values, numResults is %d", n, numResults)
+func TestOutcomesMatchArray(t *testing.T) {
+	if n := len(proxy.Outcomes()); n != proxy.NumOutcomes {
+		t.Fatalf("proxy.Outcomes() has %d values, NumOutcomes is %d", n, proxy.NumOutcomes)
 	}
-	for _, r := range proxy.Results() {
-		if int(r) >= numResults {
-			t.Fatalf("result %v = %d does not fit the handle array", r, r)
+	for _, r := range proxy.Outcomes() {
+		if int(r) >= proxy.NumOutcomes {
+			t.Fatalf("outcome %v = %d does not fit the counters' array", r, r)
 		}
 	}
 }
@@ -76,8 +78,10 @@ func TestExpositionPassesPromtool(t *testing.T) {
 	b := breaker.New("api", breaker.Settings{ConsecutiveFailures: 1}, breaker.Options{Clock: &clock{}})
 	m := newTestMetrics(map[string]*breaker.Breaker{"api": b})
 	m.SetUpstreams(map[string]bool{"api": true, "legacy": false})
-	m.Request("api", proxy.Success, 12*time.Millisecond)
-	m.Request("api", proxy.FailureStatus, 30*time.Millisecond)
+	m.Request("api", proxy.Success, 200, 12*time.Millisecond)
+	m.Request("api", proxy.FailureStatus, 503, 30*time.Millisecond)
+	m.WouldReject("api")
+	m.BodyBroken("api", 40*time.Millisecond)
 	m.Transition(breaker.Transition{Upstream: "api", From: breaker.Closed, To: breaker.Open})
 	h := m.StoreHooks()
 	h.Flush(time.Millisecond, nil)
@@ -92,7 +96,13 @@ func TestExpositionPassesPromtool(t *testing.T) {
 	for _, want := range []string{
 		`fuseproxy_build_info{goversion="go`,
 		`fuseproxy_requests_total{outcome="success",upstream="api"} 1`,
-		`fuseproxy_requests_total{outcome="would_reject",upstream="legacy"} 0`,
+		`fuseproxy_requests_total{outcome="rejected_concurrency",upstream="legacy"} 0`,
+		`fuseproxy_requests_would_reject_total{upstream="api"} 1`,
+		`fuseproxy_response_body_failures_total{upstream="api"} 1`,
+		`fuseproxy_responses_total{code="2xx",upstream="api"} 1`,
+		`fuseproxy_responses_total{code="5xx",upstream="api"} 1`,
+		`fuseproxy_responses_total{code="4xx",upstream="legacy"} 0`,
+		`fuseproxy_circuit_failure_rate{upstream="api"} 0`,
 		`fuseproxy_upstream_request_duration_seconds_count{upstream="api"} 2`,
 		`fuseproxy_circuit_transitions_total{from="closed",to="open",upstream="api"} 1`,
 		`fuseproxy_circuit_state{state="closed",upstream="api"} 1`,
@@ -126,12 +136,13 @@ func TestExpositionPassesPromtool(t *testing.T) {
 func TestRequestCountsAndDuration(t *testing.T) {
 	m := newTestMetrics(nil)
 	m.SetUpstreams(map[string]bool{"api": true})
-	for _, r := range proxy.Results() {
-		m.Request("api", r, time.Second)
+	for _, r := range proxy.Outcomes() {
+		m.Request("api", r, 200, time.Second)
 	}
-	m.Request("unknown", proxy.Success, time.Second) // not counted, no new series
+	m.Request("api", proxy.FailureBody, 200, time.Second) // not an outcome: not counted
+	m.Request("unknown", proxy.Success, 200, time.Second) // not counted, no new series
 	text := scrape(t, m)
-	for _, r := range proxy.Results() {
+	for _, r := range proxy.Outcomes() {
 		if want := `fuseproxy_requests_total{outcome="` + r.String() + `",upstream="api"} 1`; !strings.Contains(text, want) {
 			t.Errorf("exposition lacks %s", want)
 		}
@@ -139,6 +150,12 @@ func TestRequestCountsAndDuration(t *testing.T) {
 	// Only the four results that reached the upstream and counted are timed.
 	if !strings.Contains(text, `fuseproxy_upstream_request_duration_seconds_count{upstream="api"} 4`) {
 		t.Errorf("want 4 timed requests:\n%s", text)
+	}
+	if want := `fuseproxy_responses_total{code="2xx",upstream="api"} 7`; !strings.Contains(text, want) {
+		t.Errorf("exposition lacks %s", want)
+	}
+	if strings.Contains(text, `outcome="failure_body"`) || strings.Contains(text, `outcome="would_reject"`) {
+		t.Errorf("facts besides the outcome are labelled as outcomes:\n%s", text)
 	}
 	if strings.Contains(text, `upstream="unknown"`) {
 		t.Errorf("an unknown upstream got a series")
@@ -148,12 +165,12 @@ func TestRequestCountsAndDuration(t *testing.T) {
 func TestSetUpstreamsDeletesRemovedSeries(t *testing.T) {
 	m := newTestMetrics(nil)
 	m.SetUpstreams(map[string]bool{"api": true, "old": true})
-	m.Request("old", proxy.Success, time.Millisecond)
+	m.Request("old", proxy.Success, 200, time.Millisecond)
 	m.Transition(breaker.Transition{Upstream: "old", From: breaker.Closed, To: breaker.Open})
 	m.SetUpstreams(map[string]bool{"api": true, "new": false})
 	// Late reports for the removed upstream (requests in flight during the reload) must
 	// not bring its series back.
-	m.Request("old", proxy.Success, time.Millisecond)
+	m.Request("old", proxy.Success, 200, time.Millisecond)
 	m.Transition(breaker.Transition{Upstream: "old", From: breaker.Open, To: breaker.HalfOpen})
 	text := scrape(t, m)
 	if strings.Contains(text, `upstream="old"`) {
@@ -219,8 +236,8 @@ func TestRequestDoesNotAllocate(t *testing.T) {
 	m := New(Options{NoRuntimeCollectors: true})
 	m.SetUpstreams(map[string]bool{"api": true})
 	allocs := testing.AllocsPerRun(1000, func() {
-		m.Request("api", proxy.Success, time.Millisecond)
-		m.Request("api", proxy.Rejected, 0)
+		m.Request("api", proxy.Success, 200, time.Millisecond)
+		m.Request("api", proxy.Rejected, 503, 0)
 	})
 	if allocs != 0 {
 		t.Errorf("Request allocates %v times per call", allocs)
@@ -237,9 +254,71 @@ func BenchmarkRequest(b *testing.B) {
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			m.Request("api", proxy.Success, time.Millisecond)
+			m.Request("api", proxy.Success, 200, time.Millisecond)
 		}
 	})
+}
+
+// The failure-rate gauge is the breaker's window read at scrape time: 1 failure in 4
+// requests is 0.25.
+func TestCircuitFailureRate(t *testing.T) {
+	b := breaker.New("api", breaker.Settings{FailureRate: 90, MinimumRequests: 100}, breaker.Options{Clock: &clock{}})
+	m := newTestMetrics(map[string]*breaker.Breaker{"api": b})
+	m.SetUpstreams(map[string]bool{"api": true})
+	for i := range 4 {
+		tk, err := b.Allow()
+		if err != nil {
+			t.Fatal(err)
+		}
+		o := breaker.Success
+		if i == 0 {
+			o = breaker.Failure
+		}
+		b.Done(tk, o, time.Millisecond)
+	}
+	if want := `fuseproxy_circuit_failure_rate{upstream="api"} 0.25`; !strings.Contains(scrape(t, m), want) {
+		t.Errorf("exposition lacks %s:\n%s", want, scrape(t, m))
+	}
+}
+
+// SeriesPerUpstream is the number of series one upstream adds to /metrics, with and
+// without a breaker; README's metrics section quotes them (TestSeriesPerUpstream
+// counts them).
+const (
+	SeriesPerUpstreamWithBreaker    = 46
+	SeriesPerUpstreamWithoutBreaker = 31
+)
+
+// TestSeriesPerUpstream counts the series one upstream adds: the exposition with one
+// upstream minus the exposition with none.
+func TestSeriesPerUpstream(t *testing.T) {
+	count := func(ups map[string]bool, circuits map[string]*breaker.Breaker) int {
+		m := New(Options{NoRuntimeCollectors: true, Circuits: func() map[string]*breaker.Breaker { return circuits }})
+		m.SetUpstreams(ups)
+		n := 0
+		for line := range strings.Lines(scrape(t, m)) {
+			if !strings.HasPrefix(line, "#") && strings.TrimSpace(line) != "" {
+				n++
+			}
+		}
+		return n
+	}
+	base := count(nil, nil)
+	b := breaker.New("api", breaker.Settings{ConsecutiveFailures: 1}, breaker.Options{Clock: &clock{}})
+	with := count(map[string]bool{"api": true}, map[string]*breaker.Breaker{"api": b}) - base
+	without := count(map[string]bool{"api": false}, nil) - base
+	if with != SeriesPerUpstreamWithBreaker || without != SeriesPerUpstreamWithoutBreaker {
+		t.Errorf("series per upstream: %d with a breaker, %d without; the constants say %d and %d",
+			with, without, SeriesPerUpstreamWithBreaker, SeriesPerUpstreamWithoutBreaker)
+	}
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("Each upstream adds **%d series** with a breaker and **%d** without one", with, without)
+	if !strings.Contains(strings.Join(strings.Fields(string(readme)), " "), want) {
+		t.Errorf("README.md does not say %q", want)
+	}
 }
 
 // A target's circuit (UPSTREAM@HOST:PORT) is reported as the target's ejection, not as a

@@ -15,13 +15,14 @@ import (
 	"github.com/fuseproxy/fuseproxy/proxy"
 )
 
-func TestDurationBoundsAreDefBuckets(t *testing.T) {
-	if len(durationBounds) != len(prometheus.DefBuckets) {
-		t.Fatalf("%d bounds, DefBuckets has %d", len(durationBounds), len(prometheus.DefBuckets))
+func TestDurationBoundsAreDefBucketsFromHalfAMillisecond(t *testing.T) {
+	want := append([]float64{.0005, .001, .0025}, prometheus.DefBuckets...)
+	if len(durationBounds) != len(want) {
+		t.Fatalf("%d bounds, want %d", len(durationBounds), len(want))
 	}
 	for i, b := range durationBounds {
-		if b.Seconds() != prometheus.DefBuckets[i] {
-			t.Errorf("bound %d: %v, DefBuckets has %v", i, b, prometheus.DefBuckets[i])
+		if b.Seconds() != want[i] {
+			t.Errorf("bound %d: %v, want %v", i, b, want[i])
 		}
 	}
 }
@@ -32,10 +33,12 @@ func TestHistogramBuckets(t *testing.T) {
 	m := New(Options{NoRuntimeCollectors: true})
 	m.SetUpstreams(map[string]bool{"api": false})
 	for _, d := range []time.Duration{0, 5 * time.Millisecond, 5*time.Millisecond + 1, 10 * time.Second, 10*time.Second + 1} {
-		m.Request("api", proxy.Success, d)
+		m.Request("api", proxy.Success, 200, d)
 	}
 	text := scrape(t, m)
 	for _, want := range []string{
+		`fuseproxy_upstream_request_duration_seconds_bucket{upstream="api",le="0.0005"} 1`,
+		`fuseproxy_upstream_request_duration_seconds_bucket{upstream="api",le="0.0025"} 1`,
 		`fuseproxy_upstream_request_duration_seconds_bucket{upstream="api",le="0.005"} 2`,
 		`fuseproxy_upstream_request_duration_seconds_bucket{upstream="api",le="0.01"} 3`,
 		`fuseproxy_upstream_request_duration_seconds_bucket{upstream="api",le="5"} 3`,
@@ -55,7 +58,7 @@ func TestHistogramBuckets(t *testing.T) {
 func TestBreakerToggleKeepsRequestCounts(t *testing.T) {
 	m := New(Options{NoRuntimeCollectors: true})
 	m.SetUpstreams(map[string]bool{"api": true})
-	m.Request("api", proxy.Success, time.Millisecond)
+	m.Request("api", proxy.Success, 200, time.Millisecond)
 	m.Transition(breaker.Transition{Upstream: "api", From: breaker.Closed, To: breaker.Open})
 	m.SetUpstreams(map[string]bool{"api": false})
 	m.Transition(breaker.Transition{Upstream: "api", From: breaker.Open, To: breaker.Closed}) // not counted
@@ -91,7 +94,7 @@ func TestScrapeWhileCounting(t *testing.T) {
 					return
 				default:
 				}
-				m.Request(name, proxy.Success, time.Millisecond)
+				m.Request(name, proxy.Success, 200, time.Millisecond)
 				m.Transition(breaker.Transition{Upstream: name, From: breaker.Closed, To: breaker.Open})
 				sent[i]++
 			}
@@ -171,7 +174,7 @@ func BenchmarkScrape(b *testing.B) {
 	m := New(Options{NoRuntimeCollectors: true})
 	m.SetUpstreams(names)
 	for name := range names {
-		m.Request(name, proxy.Success, 30*time.Millisecond)
+		m.Request(name, proxy.Success, 200, 30*time.Millisecond)
 	}
 	b.ReportAllocs()
 	for b.Loop() {
