@@ -103,6 +103,7 @@ func DefaultUpstream() *Upstream {
 		// WebSocket only: h2c would tunnel past routing and the breaker.
 		UpgradeProtocols: []string{"websocket"},
 		LoadBalancing:    "round_robin",
+		TLS:              UpstreamTLS{MinVersion: "1.2"},
 		Outlier: Outlier{
 			Enabled:                  false,
 			ConsecutiveGatewayErrors: 3,

@@ -57,6 +57,7 @@ func TestDefaults(t *testing.T) {
 	}
 	wantUp.UpgradeProtocols = []string{"websocket"} // never h2c by default (issue #12)
 	wantUp.LoadBalancing = "round_robin"
+	wantUp.TLS = UpstreamTLS{MinVersion: "1.2"}
 	wantUp.Outlier = Outlier{ // off by default; Envoy-like detectors once enabled (issue #14)
 		ConsecutiveGatewayErrors: 3, Consecutive5xx: 5, FailurePercentage: 50, MinimumRequests: 10,
 		SlowCallDuration: time.Second, Interval: 10 * time.Second, BaseEjectionTime: 30 * time.Second,

@@ -141,6 +141,13 @@ var Reference = []FieldDoc{
 	{"upstreams.<name>.health_check.healthy_threshold", "2", "", "Good probes in a row that bring an ejected target back."},
 	{"upstreams.<name>.health_check.unhealthy_threshold", "3", "", "Failed probes in a row that eject a target."},
 	{"upstreams.<name>.health_check.expected_statuses", `["2xx"]`, "", "Statuses of a good probe: codes (`204`) or classes (`\"2xx\"`)."},
+	{"upstreams.<name>.tls", "", "", "TLS to the upstream's `https://` targets (other targets ignore it). The files are read again when they change (checked at most once a second, at a new connection's handshake), so a certificate or CA bundle rotates without a restart; a file that fails to load keeps the last good one, and says so at warn. A failed handshake is a transport failure for the breaker and the target's circuit (502), logged at warn with the reason."},
+	{"upstreams.<name>.tls.ca_file", `""`, "", "PEM CA bundle to verify the targets' certificates with; empty means the system roots."},
+	{"upstreams.<name>.tls.cert_file", `""`, "", "PEM client certificate for mutual TLS; set together with key_file."},
+	{"upstreams.<name>.tls.key_file", `""`, "", "PEM private key of cert_file."},
+	{"upstreams.<name>.tls.server_name", `""`, "", "Name sent (SNI) and verified in the targets' certificates; empty means each target's host."},
+	{"upstreams.<name>.tls.min_version", "1.2", "", "Lowest TLS version accepted: `1.2` or `1.3`."},
+	{"upstreams.<name>.tls.insecure_skip_verify", "false", "", "Do not verify the targets' certificates (testing only)."},
 
 	{"routes", "[]", "", "Which requests go to which upstream. Routes are tried in order and the first match wins. At least one."},
 	{"routes[].host", `""`, "", "Exact host name, or `*.example.com` for its subdomains at any depth (not example.com itself); empty matches any host. Compared case-insensitively, port ignored."},

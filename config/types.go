@@ -152,6 +152,8 @@ type Upstream struct {
 	Outlier Outlier `yaml:"outlier_detection"`
 	// HealthCheck is the optional active health check of each target.
 	HealthCheck HealthCheck `yaml:"health_check"`
+	// TLS is how the proxy speaks TLS to the upstream's https targets.
+	TLS UpstreamTLS `yaml:"tls"`
 
 	// TargetURLs are Targets parsed (not a YAML key; filled by Load).
 	TargetURLs []*url.URL `yaml:"-"`
@@ -174,6 +176,18 @@ type Outlier struct {
 	Jitter                   float64       `yaml:"jitter"`
 	MaxEjectionPercent       int           `yaml:"max_ejection_percent"`
 	MinReplicasReporting     int           `yaml:"min_replicas_reporting"`
+}
+
+// UpstreamTLS is how the proxy speaks TLS to an upstream's https targets. The files are
+// read again when they change (see proxy's tlsFiles), so certificates rotate without a
+// restart.
+type UpstreamTLS struct {
+	CAFile             string `yaml:"ca_file"`
+	CertFile           string `yaml:"cert_file"`
+	KeyFile            string `yaml:"key_file"`
+	ServerName         string `yaml:"server_name"`
+	MinVersion         string `yaml:"min_version"` // "1.2" or "1.3"
+	InsecureSkipVerify bool   `yaml:"insecure_skip_verify"`
 }
 
 // HealthCheck is an upstream's active health check; Path "" turns it off.

@@ -322,6 +322,7 @@ func (v *validator) upstream(p string, u *Upstream) {
 	v.intBetween(p+".fallback.status", u.Fallback.Status, 100, 599)
 	v.headers(p+".fallback.headers", u.Fallback.Headers)
 	v.oneOf(p+".load_balancing", u.LoadBalancing, "round_robin", "least_requests")
+	v.upstreamTLS(p+".tls", &u.TLS)
 	v.outlier(p, u)
 	for i, proto := range u.UpgradeProtocols {
 		u.UpgradeProtocols[i] = strings.ToLower(proto)
@@ -362,6 +363,28 @@ func (v *validator) breaker(p string, b *Breaker) {
 	v.atLeast(p+".half_open_max_requests", b.HalfOpenMaxRequests, 1)
 	v.atLeast(p+".success_threshold", b.SuccessThreshold, 1)
 	v.atLeast(p+".min_replicas_reporting", b.MinReplicasReporting, 1)
+}
+
+// upstreamTLS checks an upstream's tls section and loads its files once, so that
+// validate refuses what serve could not use.
+func (v *validator) upstreamTLS(p string, t *UpstreamTLS) {
+	v.oneOf(p+".min_version", t.MinVersion, "1.2", "1.3")
+	if t.CAFile != "" {
+		if _, err := LoadCAFile(t.CAFile); err != nil {
+			v.errorf(p+".ca_file", "%v", err)
+		}
+	}
+	switch {
+	case (t.CertFile == "") != (t.KeyFile == ""):
+		v.errorf(p+".cert_file", "cert_file and key_file go together (both set for mutual TLS, or neither)")
+	case t.CertFile != "":
+		if _, err := LoadKeyPair(t.CertFile, t.KeyFile); err != nil {
+			v.errorf(p+".cert_file", "%v", err)
+		}
+	}
+	if t.ServerName != "" && !isHostname(strings.TrimSuffix(t.ServerName, ".")) {
+		v.errorf(p+".server_name", "must be a host name, got %s", quote(t.ServerName))
+	}
 }
 
 // outlier checks outlier_detection and health_check.

@@ -65,7 +65,10 @@ func BenchmarkHandler(b *testing.B) {
 	}
 	defer fuse.Close()
 
-	bareTransport := newTransport(newTransportKey(u, []*url.URL{target}), []*url.URL{target})
+	bareTransport, err := newTransport(newTransportKey(u, []*url.URL{target}), []*url.URL{target}, "api", nil)
+	if err != nil {
+		b.Fatal(err)
+	}
 	defer bareTransport.CloseIdleConnections()
 	bareRewrite := func(pr *httputil.ProxyRequest) {
 		pr.SetURL(target)

@@ -172,7 +172,9 @@ func (p *Proxy) build(cfg *config.Config, breakers map[string]*breaker.Breaker, 
 		}
 		up.transport = transports[up.tkey]
 		if up.transport == nil {
-			up.transport = newTransport(up.tkey, up.targetURLs())
+			if up.transport, err = newTransport(up.tkey, up.targetURLs(), name, p.log); err != nil {
+				return nil, fmt.Errorf("proxy: upstream %q: tls: %w", name, err)
+			}
 			transports[up.tkey] = up.transport
 		}
 		t.upstreams[name] = up

@@ -1,12 +1,15 @@
 package proxy
 
 import (
+	"crypto/tls"
 	"net"
 	"net/http"
 	"net/url"
 	"strings"
 	"sync"
 	"time"
+
+	"go.uber.org/zap"
 
 	"github.com/fuseproxy/fuseproxy/config"
 )
@@ -29,6 +32,7 @@ type transportKey struct {
 	responseHeaderTimeout time.Duration
 	maxIdlePerHost        int
 	targets               string // the targets' URLs joined by spaces
+	tls                   config.UpstreamTLS
 }
 
 func newTransportKey(u *config.Upstream, targets []*url.URL) transportKey {
@@ -45,6 +49,7 @@ func newTransportKey(u *config.Upstream, targets []*url.URL) transportKey {
 		responseHeaderTimeout: u.ResponseHeaderTimeout,
 		maxIdlePerHost:        idle,
 		targets:               sb.String(),
+		tls:                   u.TLS,
 	}
 }
 
@@ -53,13 +58,24 @@ func newTransportKey(u *config.Upstream, targets []*url.URL) transportKey {
 // Environment proxies (HTTP_PROXY) are not used: targets are dialled directly.
 // Compression is disabled so that bodies pass through as the upstream encoded them.
 // HTTP/2 is attempted only for https targets (there is no h2c to plain-http targets).
-func newTransport(k transportKey, targets []*url.URL) *http.Transport {
+//
+// The TLS settings are the upstream's tls section (tlsConfig): an error loading its files
+// is returned.
+func newTransport(k transportKey, targets []*url.URL, upstream string, log *zap.Logger) (*http.Transport, error) {
 	h2 := false
 	for _, t := range targets {
 		h2 = h2 || t.Scheme == "https"
 	}
+	var tc *tls.Config
+	if h2 {
+		var err error
+		if tc, err = tlsConfig(upstream, k.tls, log); err != nil {
+			return nil, err
+		}
+	}
 	d := &net.Dialer{Timeout: k.dialTimeout, KeepAlive: dialKeepAlive}
 	return &http.Transport{
+		TLSClientConfig:       tc,
 		Proxy:                 nil,
 		DialContext:           d.DialContext,
 		ForceAttemptHTTP2:     h2,
@@ -70,7 +86,7 @@ func newTransport(k transportKey, targets []*url.URL) *http.Transport {
 		ResponseHeaderTimeout: k.responseHeaderTimeout,
 		ExpectContinueTimeout: expectContinueTimeout,
 		DisableCompression:    true,
-	}
+	}, nil
 }
 
 // bufferPool lends the 32 KiB buffers ReverseProxy copies bodies through.
