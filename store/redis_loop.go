@@ -130,6 +130,17 @@ func (r *Redis) record(err error) {
 }
 
 func (r *Redis) setDegraded(d bool, err error) {
+	if d {
+		// The breakers decide locally before the status says so: /readyz answering
+		// "degraded, protection local" promises that a failure from then on counts
+		// towards a local decision, and one counted into a shared delta in between
+		// would be dropped by SetShared.
+		for _, c := range r.list() {
+			c.Breaker.SetShared(false)
+			c.leases = c.leases[:0]
+			c.held, c.heldSince = breaker.Delta{}, time.Time{}
+		}
+	}
 	r.degraded.Store(d)
 	st := Status{Driver: "redis", ReplicaID: r.o.ReplicaID, Degraded: d, Since: time.Now()}
 	if err != nil {
@@ -137,11 +148,6 @@ func (r *Redis) setDegraded(d bool, err error) {
 	}
 	r.status.Store(&st)
 	if d {
-		for _, c := range r.list() {
-			c.Breaker.SetShared(false)
-			c.leases = c.leases[:0]
-			c.held, c.heldSince = breaker.Delta{}, time.Time{}
-		}
 		r.log.Warn("redis store degraded: breakers decide locally from the last shared state",
 			zap.Error(err))
 	} else {
