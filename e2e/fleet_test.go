@@ -320,6 +320,15 @@ func TestFleetHalfOpenTrialsBounded(t *testing.T) {
 		ConsecutiveFailures: threshold, OpenDuration: openDuration,
 		HalfOpenMaxRequests: halfOpenMax, SuccessThreshold: successes,
 	}})
+	// Rejections while trials are in flight say half_open; in one cycle the trials may
+	// finish before any other replica has adopted the half-open state (it then rejects
+	// as open while it waits for a permit), so the label is checked over all cycles.
+	halfOpenRejections := 0
+	defer func() {
+		if halfOpenRejections == 0 && !t.Failed() {
+			t.Errorf("in %d cycles no request was rejected with X-Fuse-Circuit: half_open", cycles)
+		}
+	}()
 	for cycle := 1; cycle <= cycles; cycle++ {
 		f.Backend.Set(t, "fail=on")
 		f.sendFailures(t, threshold)
@@ -337,9 +346,7 @@ func TestFleetHalfOpenTrialsBounded(t *testing.T) {
 		if most := int64(successes + halfOpenMax - 1); tp.Requests < successes || tp.Requests > most {
 			t.Errorf("cycle %d: the backend received %d trial requests, want %d to %d", cycle, tp.Requests, successes, most)
 		}
-		if tp.Tally.RejectedHalfOpen == 0 {
-			t.Errorf("cycle %d: no request was rejected with X-Fuse-Circuit: half_open (%v)", cycle, tp.Tally)
-		}
+		halfOpenRejections += tp.Tally.RejectedHalfOpen
 
 		f.Backend.Set(t, "latency=0")
 		for _, p := range f.Replicas {
