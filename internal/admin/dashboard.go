@@ -433,12 +433,13 @@ func (h *Handler) events(w http.ResponseWriter, r *http.Request) {
 
 // names are the circuits' names, sorted: every configured upstream and every breaker.
 func (h *Handler) names() []string {
-	names := make([]string, 0, len(h.b.Config().Upstreams))
-	for name := range h.b.Config().Upstreams {
+	upstreams, breakers := h.b.Config().Upstreams, h.b.Breakers()
+	names := make([]string, 0, len(breakers)+len(upstreams))
+	for name := range upstreams {
 		names = append(names, name)
 	}
-	for name := range h.b.Breakers() {
-		if !slices.Contains(names, name) {
+	for name := range breakers {
+		if _, ok := upstreams[name]; !ok {
 			names = append(names, name)
 		}
 	}
