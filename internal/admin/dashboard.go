@@ -135,8 +135,9 @@ func (r *ring) list() []Sample {
 	return append(slices.Clone(r.buf[r.next:]), r.buf[:r.next]...)
 }
 
-// Run takes the dashboard's samples (one per circuit every Options.SampleInterval) and
-// compares each circuit with the store every second, until ctx ends. Without Run the
+// Run takes the dashboard's samples (one per circuit every Options.SampleInterval) and,
+// while an event stream is open, compares each circuit with the store every second,
+// until ctx ends. Without Run the
 // dashboard still streams every circuit, without history or agreement.
 func (h *Handler) Run(ctx context.Context) {
 	sample := time.NewTicker(h.o.SampleInterval)
@@ -195,10 +196,22 @@ func (h *Handler) takeSamples() {
 	}
 }
 
-// checkAgreement compares every circuit with what the store holds. One pass takes at
-// most 2 s (a store that does not answer): the circuits it did not reach keep their
-// last agreement.
+// checkAgreement compares every circuit with what the store holds, while an event
+// stream is open: it costs one store exchange per circuit (a Redis round trip), which
+// nobody needs while nobody watches. One pass takes at most 2 s (a store that does not
+// answer): the circuits it did not reach keep their last agreement. Unwatched, the
+// agreements are dropped (the samples of a shared circuit then hold this replica's own
+// counts, not a fleet window that would go stale).
 func (h *Handler) checkAgreement(ctx context.Context) {
+	h.dash.mu.Lock()
+	watched := h.dash.streams > 0
+	if !watched {
+		clear(h.dash.agree)
+	}
+	h.dash.mu.Unlock()
+	if !watched {
+		return
+	}
 	breakers := h.b.Breakers()
 	st := h.b.Store()
 	pass, cancel := context.WithTimeout(ctx, min(h.o.StoreTimeout, 2*agreementInterval))

@@ -11,10 +11,13 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/fuseproxy/fuseproxy/breaker"
 	"github.com/fuseproxy/fuseproxy/internal/admin"
+	"github.com/fuseproxy/fuseproxy/store"
 )
 
 // eventStream is an open GET /events/circuits.
@@ -282,5 +285,57 @@ func TestDashboardHistory(t *testing.T) {
 	}
 	if legacy, _ := frameCircuit(fr, "legacy"); len(legacy.History) != 0 || legacy.Agreement != nil {
 		t.Errorf("disabled legacy: %+v, want no history or agreement", legacy)
+	}
+}
+
+// inspectCounter counts the store reads (Inspect) the dashboard makes.
+type inspectCounter struct {
+	store.Store
+	n atomic.Int32
+}
+
+func (s *inspectCounter) Inspect(ctx context.Context, name string) (map[string]string, error) {
+	s.n.Add(1)
+	return s.Store.Inspect(ctx, name)
+}
+
+// countingBackend counts the dashboard's reads of the circuits (one per sample).
+type countingBackend struct {
+	*fakeBackend
+	reads atomic.Int32
+}
+
+func (b *countingBackend) Breakers() map[string]*breaker.Breaker {
+	b.reads.Add(1)
+	return b.fakeBackend.Breakers()
+}
+
+// TestAgreementOnlyWhileWatched: Run compares the circuits with the store (one store
+// exchange per circuit, every second: with Redis, 10,000 upstreams made 10,000 round
+// trips a second per replica) only while a dashboard stream is open; its samples,
+// which read nothing from the store, go on.
+func TestAgreementOnlyWhileWatched(t *testing.T) {
+	f := newBackend(t)
+	st := &inspectCounter{Store: f.store}
+	f.store = st
+	b := &countingBackend{fakeBackend: f}
+	h := admin.NewHandler(b, admin.Options{SampleInterval: 5 * time.Millisecond, StreamInterval: 20 * time.Millisecond})
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { h.Run(ctx) })
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	waitFor(t, 10*time.Second, "samples taken", func() bool { return b.reads.Load() >= 5 })
+	if n := st.n.Load(); n != 0 {
+		t.Errorf("no stream open: the store was read %d times", n)
+	}
+	s := openStream(t, srv.URL, "")
+	s.next(t, 10*time.Second, "an agreement", func(fr admin.DashboardFrame) bool {
+		c, _ := frameCircuit(fr, "api")
+		return c.Agreement != nil
+	})
+	if st.n.Load() == 0 {
+		t.Error("a stream shows an agreement the store was never asked for")
 	}
 }
