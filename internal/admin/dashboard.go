@@ -52,8 +52,12 @@ type DashboardFrame struct {
 	// WithHistory is true when the circuits carry their History: in a stream's first
 	// frame and after each new sample; other frames leave it out (the page keeps the
 	// last one), so that a frame stays small.
-	WithHistory bool               `json:"with_history"`
-	Circuits    []DashboardCircuit `json:"circuits"`
+	WithHistory bool `json:"with_history"`
+	// HistoryAppended is true when History holds only the samples taken since the
+	// stream's previous frame, to append to those sent before: in every frame
+	// WithHistory but the first, which holds all of them.
+	HistoryAppended bool               `json:"history_appended"`
+	Circuits        []DashboardCircuit `json:"circuits"`
 }
 
 // DashboardCircuit is one circuit in a DashboardFrame.
@@ -63,7 +67,8 @@ type DashboardCircuit struct {
 	// breaker is disabled.
 	TrialSlots int `json:"trial_slots"`
 	// History holds the samples Run took, oldest first (at most Options.Samples), when
-	// the frame is WithHistory.
+	// the frame is WithHistory: all of them, or when HistoryAppended those taken since
+	// the previous frame.
 	History []Sample `json:"history,omitempty"`
 	// Agreement is the last comparison with the store; nil before the first.
 	Agreement *Agreement `json:"agreement,omitempty"`
@@ -133,6 +138,15 @@ func (r *ring) list() []Sample {
 		return slices.Clone(r.buf[:r.next])
 	}
 	return append(slices.Clone(r.buf[r.next:]), r.buf[:r.next]...)
+}
+
+// tail returns the last n samples (all of them when there are fewer), oldest first.
+func (r *ring) tail(n uint64) []Sample {
+	all := r.list()
+	if n < uint64(len(all)) {
+		return all[uint64(len(all))-n:]
+	}
+	return all
 }
 
 // Run takes the dashboard's samples (one per circuit every Options.SampleInterval) and,
@@ -323,6 +337,9 @@ func (h *Handler) frame(version uint64, first bool) (DashboardFrame, uint64) {
 	h.dash.mu.Lock()
 	defer h.dash.mu.Unlock()
 	f.WithHistory = first || h.dash.version != version
+	// Each sample since the previous frame added one to every ring that existed then;
+	// a ring made since holds no more than that.
+	f.HistoryAppended = f.WithHistory && !first
 	for _, name := range names {
 		c, _, ok := h.circuit(name, st)
 		if !ok {
@@ -332,7 +349,9 @@ func (h *Handler) frame(version uint64, first bool) (DashboardFrame, uint64) {
 		if b := breakers[name]; b != nil {
 			dc.TrialSlots = b.Settings().HalfOpenMaxRequests
 		}
-		if r := h.dash.samples[name]; r != nil && f.WithHistory {
+		if r := h.dash.samples[name]; r != nil && f.HistoryAppended {
+			dc.History = r.tail(h.dash.version - version)
+		} else if r != nil && f.WithHistory {
 			dc.History = r.list()
 		}
 		if a, ok := h.dash.agree[name]; ok {
