@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -331,4 +332,30 @@ func TestDashboardFleet(t *testing.T) {
 	}
 	t.Logf("wrote docs/dashboard.png (%d bytes)", len(png))
 	page.noProblems("after the traffic", "status of 401")
+}
+
+// TestDashboardSparklineGrows: after the first frame the stream sends only the samples
+// taken since the previous frame (one every 5 s), and the page appends them: the
+// sparkline gains a bar per sample instead of being replaced by the last one.
+func TestDashboardSparklineGrows(t *testing.T) {
+	chromiumOrSkip(t)
+	backend := startBackend(t)
+	cfg := newFaultConfig(t, backend.URL())
+	startProxy(t, cfg.YAML(t))
+	page := startPage(t, 1500, 600)
+	page.Navigate("http://" + cfg.AdminListen + "/ui/")
+	samples := func() int {
+		var label string
+		page.Eval(`(document.querySelector('tr[data-circuit="`+upstream+`"] svg.spark') || {getAttribute: () => ''}).getAttribute('aria-label') || ''`, &label)
+		n, _ := strconv.Atoi(strings.Fields(label + " -1")[0])
+		return n
+	}
+	if !waitFor(10*time.Second, 20*time.Millisecond, func() bool { return samples() >= 1 }) {
+		t.Fatalf("no sample shown within 10 s: %d", samples())
+	}
+	first := samples()
+	if !waitFor(20*time.Second, 100*time.Millisecond, func() bool { return samples() >= first+2 }) {
+		t.Fatalf("the sparkline shows %d samples 20 s after it showed %d: want the new samples appended", samples(), first)
+	}
+	page.noProblems("after two new samples")
 }

@@ -51,3 +51,15 @@ func (l *upstreamErrLog) log(log *zap.Logger, now time.Time, upstream string, st
 		ce.Write(zap.String("upstream", upstream), zap.Int("status", status), zap.Error(err))
 	}
 }
+
+// forget drops the state of the upstreams not in keep (Update calls it with the new
+// table's), so that its memory stays one entry per configured upstream.
+func (l *upstreamErrLog) forget(keep map[string]*upstream) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for name := range l.last {
+		if keep[name] == nil {
+			delete(l.last, name)
+		}
+	}
+}

@@ -10,6 +10,8 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/fuseproxy/fuseproxy/config"
 )
 
 // A failed connection to an upstream is logged at warn level (what a newcomer's
@@ -67,5 +69,32 @@ func TestUpstreamErrorsLoggedAtWarnRateLimited(t *testing.T) {
 	}
 	if n := logs.Len(); n != 2 {
 		t.Errorf("%d lines at info level and above, want the 2 warn lines", n)
+	}
+}
+
+// The rate limit's memory is one entry per configured upstream that failed: an update
+// forgets the upstreams it removes (a config that renames its upstreams at every
+// reload kept an entry per name ever used), and keeps the others' limits.
+func TestUpstreamErrorLogForgetsRemovedUpstreams(t *testing.T) {
+	cfg := func() *config.Config {
+		u := upstreamCfg(t, refusedURL(t))
+		u.Breaker.Enabled = false
+		return single(u)
+	}
+	p, err := New(cfg(), nil, Options{Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	now := time.Unix(1_000_000, 0)
+	p.upErrs.log(p.log, now, "svc", 502, nil)
+	p.upErrs.log(p.log, now, "gone", 502, nil)
+	if err := p.Update(cfg(), nil); err != nil {
+		t.Fatal(err)
+	}
+	p.upErrs.mu.Lock()
+	defer p.upErrs.mu.Unlock()
+	if _, ok := p.upErrs.last["gone"]; ok || len(p.upErrs.last) != 1 {
+		t.Errorf("after an update without upstream gone: %v, want only svc's entry", p.upErrs.last)
 	}
 }

@@ -113,6 +113,7 @@ func (p *Proxy) Update(cfg *config.Config, breakers map[string]*breaker.Breaker)
 	}
 	p.table.Store(t)
 	t.setLimits()
+	p.upErrs.forget(t.upstreams)
 	kept := t.transports()
 	reused := 0
 	for tr := range old.transports() {

@@ -2,11 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -30,6 +33,9 @@ func demo(args []string, stderr io.Writer) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	if err := checkDemoUpstream(*upstream); err != nil {
+		return err
+	}
 	if _, err := os.Stat(*path); err != nil {
 		return fmt.Errorf("demo: %w (run it from the repository's root, where config.example.yaml is, or pass -config FILE)", err)
 	}
@@ -46,7 +52,10 @@ func demo(args []string, stderr io.Writer) error {
 	if *runFlaky {
 		f, err := app.StartFlaky(*upstream)
 		if err != nil {
-			return fmt.Errorf("flaky upstream: %w (another demo running? stop it, or pass -flaky=false to share its upstream)", err)
+			if errors.Is(err, syscall.EADDRINUSE) {
+				return fmt.Errorf("flaky upstream: %w (another demo running? stop it, or pass -flaky=false to share its upstream)", err)
+			}
+			return fmt.Errorf("flaky upstream: %w", err)
 		}
 		defer func() { _ = f.Close() }()
 		fmt.Fprintf(stderr, "flaky demo upstream on http://%s (control: /_flaky/set?fail=on|off)\n", *upstream)
@@ -55,6 +64,23 @@ func demo(args []string, stderr io.Writer) error {
 	o := app.DemoOverrides{Listen: *listen, Admin: *adminAddr, Upstream: *upstream}
 	return serveUntil(ctx, app.ServeOptions{ConfigPath: *path, LogFormat: *logFormat, LogOutput: stderr,
 		WatchInterval: time.Second, Adjust: o.Apply})
+}
+
+// checkDemoUpstream checks -upstream before anything listens: the flaky upstream
+// listens there and the config's targets move there, so it needs a host and a port
+// number other than 0.
+func checkDemoUpstream(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err == nil && host == "" {
+		err = errors.New("no host")
+	}
+	if n, perr := strconv.Atoi(port); err == nil && (perr != nil || n < 1 || n > 65535) {
+		err = fmt.Errorf("port %q is not a number from 1 to 65535", port)
+	}
+	if err != nil {
+		return fmt.Errorf("demo -upstream %q: %v: want host:port, as %s", addr, err, app.DemoUpstream)
+	}
+	return nil
 }
 
 // stopWithParent calls stop when this process's parent (ppid) is gone, checking every

@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -100,5 +101,19 @@ func TestReadmeQuotesTheMissingConfigError(t *testing.T) {
 	flat := strings.Join(strings.Fields(string(readme)), " ")
 	if want := "`" + strings.TrimSpace(errs) + "`"; !strings.Contains(flat, want) {
 		t.Errorf("README does not quote the error as the binary prints it:\n%s", want)
+	}
+}
+
+// demo -upstream takes host:port, a host and a port number, checked before anything
+// listens: an empty host would have the flaky upstream listen on every interface and the
+// config then refused as if its own target were wrong; a bad port was reported as
+// "another demo running?"; port 0 served a demo whose every request failed.
+func TestDemoUpstreamAddressChecked(t *testing.T) {
+	for _, up := range []string{":0", "127.0.0.1:notaport", "127.0.0.1:8081/x", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:70000"} {
+		// (-listen and -admin are bad too: a demo that got past -upstream ends at once.)
+		code, _, errs := runCLI("demo", "-config", "../../config.example.yaml", "-upstream", up, "-listen", "nowhere", "-admin", "nowhere")
+		if code != 1 || !strings.Contains(errs, "demo -upstream "+strconv.Quote(up)) || strings.Contains(errs, "another demo") {
+			t.Errorf("demo -upstream %q: exit %d, stderr %q; want 1 and an error naming -upstream", up, code, head(errs))
+		}
 	}
 }

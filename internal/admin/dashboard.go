@@ -52,8 +52,12 @@ type DashboardFrame struct {
 	// WithHistory is true when the circuits carry their History: in a stream's first
 	// frame and after each new sample; other frames leave it out (the page keeps the
 	// last one), so that a frame stays small.
-	WithHistory bool               `json:"with_history"`
-	Circuits    []DashboardCircuit `json:"circuits"`
+	WithHistory bool `json:"with_history"`
+	// HistoryAppended is true when History holds only the samples taken since the
+	// stream's previous frame, to append to those sent before: in every frame
+	// WithHistory but the first, which holds all of them.
+	HistoryAppended bool               `json:"history_appended"`
+	Circuits        []DashboardCircuit `json:"circuits"`
 }
 
 // DashboardCircuit is one circuit in a DashboardFrame.
@@ -63,7 +67,8 @@ type DashboardCircuit struct {
 	// breaker is disabled.
 	TrialSlots int `json:"trial_slots"`
 	// History holds the samples Run took, oldest first (at most Options.Samples), when
-	// the frame is WithHistory.
+	// the frame is WithHistory: all of them, or when HistoryAppended those taken since
+	// the previous frame.
 	History []Sample `json:"history,omitempty"`
 	// Agreement is the last comparison with the store; nil before the first.
 	Agreement *Agreement `json:"agreement,omitempty"`
@@ -135,8 +140,18 @@ func (r *ring) list() []Sample {
 	return append(slices.Clone(r.buf[r.next:]), r.buf[:r.next]...)
 }
 
-// Run takes the dashboard's samples (one per circuit every Options.SampleInterval) and
-// compares each circuit with the store every second, until ctx ends. Without Run the
+// tail returns the last n samples (all of them when there are fewer), oldest first.
+func (r *ring) tail(n uint64) []Sample {
+	all := r.list()
+	if n < uint64(len(all)) {
+		return all[uint64(len(all))-n:]
+	}
+	return all
+}
+
+// Run takes the dashboard's samples (one per circuit every Options.SampleInterval) and,
+// while an event stream is open, compares each circuit with the store every second,
+// until ctx ends. Without Run the
 // dashboard still streams every circuit, without history or agreement.
 func (h *Handler) Run(ctx context.Context) {
 	sample := time.NewTicker(h.o.SampleInterval)
@@ -195,10 +210,22 @@ func (h *Handler) takeSamples() {
 	}
 }
 
-// checkAgreement compares every circuit with what the store holds. One pass takes at
-// most 2 s (a store that does not answer): the circuits it did not reach keep their
-// last agreement.
+// checkAgreement compares every circuit with what the store holds, while an event
+// stream is open: it costs one store exchange per circuit (a Redis round trip), which
+// nobody needs while nobody watches. One pass takes at most 2 s (a store that does not
+// answer): the circuits it did not reach keep their last agreement. Unwatched, the
+// agreements are dropped (the samples of a shared circuit then hold this replica's own
+// counts, not a fleet window that would go stale).
 func (h *Handler) checkAgreement(ctx context.Context) {
+	h.dash.mu.Lock()
+	watched := h.dash.streams > 0
+	if !watched {
+		clear(h.dash.agree)
+	}
+	h.dash.mu.Unlock()
+	if !watched {
+		return
+	}
 	breakers := h.b.Breakers()
 	st := h.b.Store()
 	pass, cancel := context.WithTimeout(ctx, min(h.o.StoreTimeout, 2*agreementInterval))
@@ -310,6 +337,9 @@ func (h *Handler) frame(version uint64, first bool) (DashboardFrame, uint64) {
 	h.dash.mu.Lock()
 	defer h.dash.mu.Unlock()
 	f.WithHistory = first || h.dash.version != version
+	// Each sample since the previous frame added one to every ring that existed then;
+	// a ring made since holds no more than that.
+	f.HistoryAppended = f.WithHistory && !first
 	for _, name := range names {
 		c, _, ok := h.circuit(name, st)
 		if !ok {
@@ -319,7 +349,9 @@ func (h *Handler) frame(version uint64, first bool) (DashboardFrame, uint64) {
 		if b := breakers[name]; b != nil {
 			dc.TrialSlots = b.Settings().HalfOpenMaxRequests
 		}
-		if r := h.dash.samples[name]; r != nil && f.WithHistory {
+		if r := h.dash.samples[name]; r != nil && f.HistoryAppended {
+			dc.History = r.tail(h.dash.version - version)
+		} else if r != nil && f.WithHistory {
 			dc.History = r.list()
 		}
 		if a, ok := h.dash.agree[name]; ok {
@@ -433,12 +465,13 @@ func (h *Handler) events(w http.ResponseWriter, r *http.Request) {
 
 // names are the circuits' names, sorted: every configured upstream and every breaker.
 func (h *Handler) names() []string {
-	names := make([]string, 0, len(h.b.Config().Upstreams))
-	for name := range h.b.Config().Upstreams {
+	upstreams, breakers := h.b.Config().Upstreams, h.b.Breakers()
+	names := make([]string, 0, len(breakers)+len(upstreams))
+	for name := range upstreams {
 		names = append(names, name)
 	}
-	for name := range h.b.Breakers() {
-		if !slices.Contains(names, name) {
+	for name := range breakers {
+		if _, ok := upstreams[name]; !ok {
 			names = append(names, name)
 		}
 	}

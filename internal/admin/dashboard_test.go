@@ -11,10 +11,13 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/fuseproxy/fuseproxy/breaker"
 	"github.com/fuseproxy/fuseproxy/internal/admin"
+	"github.com/fuseproxy/fuseproxy/store"
 )
 
 // eventStream is an open GET /events/circuits.
@@ -259,17 +262,19 @@ func TestDashboardHistory(t *testing.T) {
 	wg.Go(func() { h.Run(ctx) })
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	s := openStream(t, srv.URL, "")
-	fr, _ := s.next(t, 10*time.Second, "3 samples and an agreement", func(fr admin.DashboardFrame) bool {
+	s.next(t, 10*time.Second, "an agreement", func(fr admin.DashboardFrame) bool {
 		c, _ := frameCircuit(fr, "api")
-		return len(c.History) == 3 && c.Agreement != nil
+		return c.Agreement != nil
 	})
 	f.breakers["api"].Trip()
-	fr, _ = s.next(t, 10*time.Second, "an open sample", func(fr admin.DashboardFrame) bool {
+	s.next(t, 10*time.Second, "an open sample", func(fr admin.DashboardFrame) bool {
 		c, _ := frameCircuit(fr, "api")
 		return len(c.History) > 0 && c.History[len(c.History)-1].State == "open"
 	})
+	// A new stream's first frame holds the whole history.
+	fr, _ := openStream(t, srv.URL, "").next(t, 10*time.Second, "the first frame", func(admin.DashboardFrame) bool { return true })
 	c, _ := frameCircuit(fr, "api")
-	if len(c.History) != 3 {
+	if len(c.History) != 3 || c.History[2].State != "open" {
 		t.Errorf("history of %d samples with Samples 3: %+v", len(c.History), c.History)
 	}
 	for i := 1; i < len(c.History); i++ {
@@ -282,5 +287,97 @@ func TestDashboardHistory(t *testing.T) {
 	}
 	if legacy, _ := frameCircuit(fr, "legacy"); len(legacy.History) != 0 || legacy.Agreement != nil {
 		t.Errorf("disabled legacy: %+v, want no history or agreement", legacy)
+	}
+}
+
+// inspectCounter counts the store reads (Inspect) the dashboard makes.
+type inspectCounter struct {
+	store.Store
+	n atomic.Int32
+}
+
+func (s *inspectCounter) Inspect(ctx context.Context, name string) (map[string]string, error) {
+	s.n.Add(1)
+	return s.Store.Inspect(ctx, name)
+}
+
+// countingBackend counts the dashboard's reads of the circuits (one per sample).
+type countingBackend struct {
+	*fakeBackend
+	reads atomic.Int32
+}
+
+func (b *countingBackend) Breakers() map[string]*breaker.Breaker {
+	b.reads.Add(1)
+	return b.fakeBackend.Breakers()
+}
+
+// TestAgreementOnlyWhileWatched: Run compares the circuits with the store (one store
+// exchange per circuit, every second: with Redis, 10,000 upstreams made 10,000 round
+// trips a second per replica) only while a dashboard stream is open; its samples,
+// which read nothing from the store, go on.
+func TestAgreementOnlyWhileWatched(t *testing.T) {
+	f := newBackend(t)
+	st := &inspectCounter{Store: f.store}
+	f.store = st
+	b := &countingBackend{fakeBackend: f}
+	h := admin.NewHandler(b, admin.Options{SampleInterval: 5 * time.Millisecond, StreamInterval: 20 * time.Millisecond})
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { h.Run(ctx) })
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	waitFor(t, 10*time.Second, "samples taken", func() bool { return b.reads.Load() >= 5 })
+	if n := st.n.Load(); n != 0 {
+		t.Errorf("no stream open: the store was read %d times", n)
+	}
+	s := openStream(t, srv.URL, "")
+	s.next(t, 10*time.Second, "an agreement", func(fr admin.DashboardFrame) bool {
+		c, _ := frameCircuit(fr, "api")
+		return c.Agreement != nil
+	})
+	if st.n.Load() == 0 {
+		t.Error("a stream shows an agreement the store was never asked for")
+	}
+}
+
+// TestHistoryAppended: after the first frame, a frame carries only the samples taken
+// since the previous one (HistoryAppended), which the page appends: each new sample
+// resent every circuit's whole history, 8.4 MB a frame with 1,000 circuits and 120
+// samples, every 5 s per open stream.
+func TestHistoryAppended(t *testing.T) {
+	const samples = 100
+	f := newBackend(t)
+	h := admin.NewHandler(f, admin.Options{SampleInterval: 5 * time.Millisecond, Samples: samples, StreamInterval: 20 * time.Millisecond})
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { h.Run(ctx) })
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	s := openStream(t, srv.URL, "")
+	first, _ := s.next(t, 5*time.Second, "the first frame", func(admin.DashboardFrame) bool { return true })
+	c, _ := frameCircuit(first, "api")
+	hist := c.History
+	if first.HistoryAppended {
+		t.Fatal("the first frame is appended to nothing")
+	}
+	for len(hist) < samples+20 {
+		fr, _ := s.next(t, 5*time.Second, "a frame with new samples", func(fr admin.DashboardFrame) bool { return fr.WithHistory })
+		c, _ := frameCircuit(fr, "api")
+		if !fr.HistoryAppended || len(c.History) == 0 || len(c.History) >= samples {
+			t.Fatalf("a later frame: appended %v, %d samples; want only the few new ones", fr.HistoryAppended, len(c.History))
+		}
+		if len(hist) > 0 && c.History[0].At < hist[len(hist)-1].At {
+			t.Fatalf("appended samples start at %d, before the last one already sent (%d)", c.History[0].At, hist[len(hist)-1].At)
+		}
+		hist = append(hist, c.History...)
+	}
+	// A new stream's first frame holds the whole ring.
+	s2 := openStream(t, srv.URL, "")
+	fr, _ := s2.next(t, 5*time.Second, "the first frame", func(admin.DashboardFrame) bool { return true })
+	if c, _ := frameCircuit(fr, "api"); len(c.History) != samples || fr.HistoryAppended {
+		t.Errorf("a new stream's first frame: %d samples, appended %v; want all %d", len(c.History), fr.HistoryAppended, samples)
 	}
 }

@@ -140,7 +140,9 @@ function render(f) {
       rows.set(c.name, row);
     }
     prev = place(row.tr, prev);
-    if (f.with_history) row.history = c.history || [];
+    // The first frame holds every sample; later ones only those taken since.
+    if (f.history_appended) row.history = (row.history || []).concat(c.history || []).slice(-MAX_SAMPLES);
+    else if (f.with_history) row.history = c.history || [];
     update(row, c, f.store.driver);
   }
   $('empty').hidden = circuits.length > 0;
