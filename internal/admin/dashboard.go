@@ -381,6 +381,12 @@ func (h *Handler) fingerprint(buf []byte) []byte {
 // Options.StreamInterval and one as soon as a circuit changes state or mode, until the
 // client goes or the server shuts down (Close).
 func (h *Handler) events(w http.ResponseWriter, r *http.Request) {
+	// A page on another site cannot read the stream, but could hold stream slots open
+	// (no-cors GETs): only the dashboard's own origin, the CLI and scripts may open one.
+	if site := r.Header.Get("Sec-Fetch-Site"); site == "cross-site" || site == "same-site" {
+		writeJSON(w, http.StatusForbidden, Error{Error: "a stream is not opened for another site's page (Sec-Fetch-Site: " + site + ")"})
+		return
+	}
 	d := &h.dash
 	d.mu.Lock()
 	select {

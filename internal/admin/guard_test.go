@@ -159,3 +159,20 @@ func TestHostMustNameTheAPI(t *testing.T) {
 		}
 	}
 }
+
+// A page on another site cannot take the dashboard's stream slots.
+func TestEventsStreamRefusesOtherSites(t *testing.T) {
+	srv := server(t, newBackend(t), admin.Options{})
+	for _, site := range []string{"cross-site", "same-site"} {
+		if a := send(t, "GET", srv.URL+"/events/circuits", map[string]string{"Sec-Fetch-Site": site}, ""); a.status != http.StatusForbidden {
+			t.Errorf("Sec-Fetch-Site %s: status %d, want 403", site, a.status)
+		}
+	}
+	// The dashboard's own page (same-origin) and tools without the header get a stream:
+	// HEAD answers the stream's headers and returns.
+	for _, h := range []map[string]string{{"Sec-Fetch-Site": "same-origin"}, {}} {
+		if a := send(t, "HEAD", srv.URL+"/events/circuits", h, ""); a.status != http.StatusOK {
+			t.Errorf("%v: status %d, want 200", h, a.status)
+		}
+	}
+}
