@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -424,5 +425,39 @@ func TestTargetOutcome(t *testing.T) {
 		if got := targetOutcome(code); got != want {
 			t.Errorf("targetOutcome(%d) = %v, want %v", code, got, want)
 		}
+	}
+}
+
+// Every gateway error counts toward the gateway run, not only refused connections: a
+// target that accepts and resets the connection before answering, and one that answers
+// 502, are ejected by consecutive_gateway_errors alone (5xx run off).
+func TestEjectionOnEveryGatewayError(t *testing.T) {
+	for name, handler := range map[string]http.HandlerFunc{
+		"reset before the response": func(w http.ResponseWriter, r *http.Request) {
+			c, _, err := http.NewResponseController(w).Hijack()
+			if err == nil {
+				if tc, ok := c.(*net.TCPConn); ok {
+					_ = tc.SetLinger(0) // RST, not FIN
+				}
+				c.Close()
+			}
+		},
+		"502": func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusBadGateway) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			good := newSwitchBackend(t)
+			bad := httptest.NewServer(handler)
+			t.Cleanup(bad.Close)
+			u := ejecting(t, good.URL, bad.URL)
+			u.Outlier.Consecutive5xx = 0
+			f := newFixture(t, single(u))
+			got := f.statuses(t, 20)
+			if s := f.target(t, u, 1).State(); s != breaker.Open {
+				t.Fatalf("target %v after %v, want ejected by its gateway errors", s, got)
+			}
+			if got[200] < 17 {
+				t.Errorf("answers %v: want the 3 failures that eject it, then 200s", got)
+			}
+		})
 	}
 }
