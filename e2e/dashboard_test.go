@@ -116,7 +116,7 @@ func adminCircuit(t testing.TB, addr, token, name string) (c struct{ State, Mode
 // needed); and circuit names reach the page as text, target circuits
 // (UPSTREAM@HOST:PORT) grouped under their upstream.
 func TestDashboard(t *testing.T) {
-	chromiumOrSkip(t)
+	chromium(t)
 	backend := startBackend(t)
 	cfg := newFaultConfig(t, backend.URL())
 	cfg.Upstreams[0].ConsecutiveFailures, cfg.Upstreams[0].OpenDuration = 3, time.Minute
@@ -227,7 +227,7 @@ func TestDashboard(t *testing.T) {
 // fleet-wide. With FUSE_UPDATE_SCREENSHOT=1 it also runs a minute of mixed traffic and
 // writes docs/dashboard.png.
 func TestDashboardFleet(t *testing.T) {
-	chromiumOrSkip(t)
+	chromium(t)
 	const token = "s3cret-dashboard"
 	redis := redistest.Start(t)
 	healthy, flaky := startBackend(t), startBackend(t)
@@ -338,7 +338,7 @@ func TestDashboardFleet(t *testing.T) {
 // taken since the previous frame (one every 5 s), and the page appends them: the
 // sparkline gains a bar per sample instead of being replaced by the last one.
 func TestDashboardSparklineGrows(t *testing.T) {
-	chromiumOrSkip(t)
+	chromium(t)
 	backend := startBackend(t)
 	cfg := newFaultConfig(t, backend.URL())
 	startProxy(t, cfg.YAML(t))

@@ -13,7 +13,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -25,19 +24,6 @@ import (
 // A headless chromium driven through the DevTools protocol, with the standard library
 // only: the protocol's JSON messages over a minimal WebSocket client.
 
-// chromiumOrSkip returns the path of chromium. Without it the test is skipped, except
-// under CI (CI set), where it fails: .ci/run installs chromium.
-func chromiumOrSkip(t testing.TB) string {
-	t.Helper()
-	path, err := exec.LookPath("chromium")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("chromium not found and CI is set: apt-get install -y chromium")
-		}
-		t.Skip("chromium not found (apt-get install -y chromium); the test fails instead under CI")
-	}
-	return path
-}
 
 // browserPage is one page of a headless chromium, driven through the DevTools protocol.
 type browserPage struct {
@@ -64,7 +50,7 @@ type cdpReply struct {
 // ends), connects to its first page and enables the Runtime, Log and Page domains.
 func startPage(t testing.TB, width, height int) *browserPage {
 	t.Helper()
-	bin := chromiumOrSkip(t)
+	bin := chromium(t)
 	cmd := exec.Command(bin, "--headless=new", "--no-sandbox", "--disable-gpu",
 		"--disable-background-networking", "--disable-component-update", "--disable-sync",
 		"--no-first-run", "--disable-dev-shm-usage", "--disable-breakpad", "--disable-crash-reporter",
