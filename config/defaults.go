@@ -104,6 +104,17 @@ func DefaultUpstream() *Upstream {
 		UpgradeProtocols: []string{"websocket"},
 		LoadBalancing:    "round_robin",
 		TLS:              UpstreamTLS{MinVersion: "1.2"},
+		Retries: Retries{
+			Attempts:      1, // no retries
+			Methods:       []string{"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"},
+			On:            []string{"connect_failure", "reset"},
+			Statuses:      []int{502, 503, 504},
+			PerTryTimeout: 0, // the upstream's response_header_timeout
+			BackoffBase:   25 * time.Millisecond,
+			BackoffMax:    250 * time.Millisecond,
+			BufferBody:    0, // a request with a body is sent once
+			Budget:        RetryBudget{Percent: 20, MinPerSecond: 3, Window: 10 * time.Second},
+		},
 		Outlier: Outlier{
 			Enabled:                  false,
 			ConsecutiveGatewayErrors: 3,

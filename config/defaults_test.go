@@ -58,6 +58,12 @@ func TestDefaults(t *testing.T) {
 	wantUp.UpgradeProtocols = []string{"websocket"} // never h2c by default (issue #12)
 	wantUp.LoadBalancing = "round_robin"
 	wantUp.TLS = UpstreamTLS{MinVersion: "1.2"}
+	wantUp.Retries = Retries{ // off (1 attempt); Envoy-like policy and budget once on (issue #15)
+		Attempts: 1, Methods: []string{"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"},
+		On: []string{"connect_failure", "reset"}, Statuses: []int{502, 503, 504},
+		BackoffBase: 25 * time.Millisecond, BackoffMax: 250 * time.Millisecond,
+		Budget: RetryBudget{Percent: 20, MinPerSecond: 3, Window: 10 * time.Second},
+	}
 	wantUp.Outlier = Outlier{ // off by default; Envoy-like detectors once enabled (issue #14)
 		ConsecutiveGatewayErrors: 3, Consecutive5xx: 5, FailurePercentage: 50, MinimumRequests: 10,
 		SlowCallDuration: time.Second, Interval: 10 * time.Second, BaseEjectionTime: 30 * time.Second,

@@ -154,6 +154,8 @@ type Upstream struct {
 	HealthCheck HealthCheck `yaml:"health_check"`
 	// TLS is how the proxy speaks TLS to the upstream's https targets.
 	TLS UpstreamTLS `yaml:"tls"`
+	// Retries is how a failed attempt is tried again, on a fleet-wide budget.
+	Retries Retries `yaml:"retries"`
 
 	// TargetURLs are Targets parsed (not a YAML key; filled by Load).
 	TargetURLs []*url.URL `yaml:"-"`
@@ -176,6 +178,40 @@ type Outlier struct {
 	Jitter                   float64       `yaml:"jitter"`
 	MaxEjectionPercent       int           `yaml:"max_ejection_percent"`
 	MinReplicasReporting     int           `yaml:"min_replicas_reporting"`
+}
+
+// Retries is an upstream's retry policy: off while Attempts is 1.
+type Retries struct {
+	// Attempts is how many times a request may be sent in all, the first included.
+	Attempts int `yaml:"attempts"`
+	// Methods are the methods retried (upper-cased by Validate); default the idempotent ones.
+	Methods []string `yaml:"methods"`
+	// On are the failures retried: connect_failure, reset, timeout.
+	On []string `yaml:"on"`
+	// Statuses are the response statuses retried.
+	Statuses []int `yaml:"statuses"`
+	// PerTryTimeout bounds each attempt's wait for its response headers (0: the
+	// upstream's response_header_timeout).
+	PerTryTimeout time.Duration `yaml:"per_try_timeout"`
+	// BackoffBase and BackoffMax: attempt n waits a random time in [0, min(max, base·2ⁿ⁻¹)].
+	BackoffBase time.Duration `yaml:"backoff_base"`
+	BackoffMax  time.Duration `yaml:"backoff_max"`
+	// BufferBody is the largest request body, in bytes, kept for a retry; a request with a
+	// larger body (or any body, at 0) is sent once.
+	BufferBody int `yaml:"buffer_body"`
+	// Budget caps the retries of the upstream, fleet-wide with a shared store.
+	Budget RetryBudget `yaml:"budget"`
+}
+
+// Enabled reports whether the upstream retries at all.
+func (r *Retries) Enabled() bool { return r.Attempts > 1 }
+
+// RetryBudget is a retry budget (Envoy's and Finagle's): retries may add at most Percent
+// of the requests of the last Window, plus MinPerSecond.
+type RetryBudget struct {
+	Percent      float64       `yaml:"percent"`
+	MinPerSecond float64       `yaml:"min_per_second"`
+	Window       time.Duration `yaml:"window"`
 }
 
 // UpstreamTLS is how the proxy speaks TLS to an upstream's https targets. The files are

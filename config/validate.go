@@ -324,6 +324,7 @@ func (v *validator) upstream(p string, u *Upstream) {
 	v.oneOf(p+".load_balancing", u.LoadBalancing, "round_robin", "least_requests")
 	v.upstreamTLS(p+".tls", &u.TLS)
 	v.outlier(p, u)
+	v.retries(p+".retries", &u.Retries)
 	for i, proto := range u.UpgradeProtocols {
 		u.UpgradeProtocols[i] = strings.ToLower(proto)
 		if !isToken(proto) {
@@ -363,6 +364,49 @@ func (v *validator) breaker(p string, b *Breaker) {
 	v.atLeast(p+".half_open_max_requests", b.HalfOpenMaxRequests, 1)
 	v.atLeast(p+".success_threshold", b.SuccessThreshold, 1)
 	v.atLeast(p+".min_replicas_reporting", b.MinReplicasReporting, 1)
+}
+
+// MaxRetryAttempts and MaxRetryBuffer bound retries.attempts and retries.buffer_body.
+const (
+	MaxRetryAttempts = 10
+	MaxRetryBuffer   = 16 << 20
+)
+
+// retries checks an upstream's retries section and fills its derived fields.
+func (v *validator) retries(p string, r *Retries) {
+	v.intBetween(p+".attempts", r.Attempts, 1, MaxRetryAttempts)
+	for i, m := range r.Methods {
+		m = strings.ToUpper(m)
+		r.Methods[i] = m
+		switch {
+		case !isToken(m):
+			v.errorf(fmt.Sprintf("%s.methods[%d]", p, i), "invalid method %s", quote(m))
+		case m == "CONNECT":
+			v.errorf(fmt.Sprintf("%s.methods[%d]", p, i), "CONNECT is never proxied, so never retried")
+		}
+	}
+	for i, o := range r.On {
+		if o != "connect_failure" && o != "reset" && o != "timeout" {
+			v.errorf(fmt.Sprintf("%s.on[%d]", p, i), "unknown failure %s: want connect_failure, reset or timeout", quote(o))
+		}
+	}
+	for i, c := range r.Statuses {
+		v.intBetween(fmt.Sprintf("%s.statuses[%d]", p, i), c, 400, 599)
+	}
+	v.nonNegative(p+".per_try_timeout", r.PerTryTimeout)
+	v.nonNegative(p+".backoff_base", r.BackoffBase)
+	if r.BackoffMax < r.BackoffBase {
+		v.errorf(p+".backoff_max", "must be >= backoff_base (%s), got %s", fmtDuration(r.BackoffBase), fmtDuration(r.BackoffMax))
+	}
+	v.intBetween(p+".buffer_body", r.BufferBody, 0, MaxRetryBuffer)
+	b, q := &r.Budget, p+".budget"
+	v.between(q+".percent", b.Percent, 0, 100)
+	if b.MinPerSecond < 0 || b.MinPerSecond > 1e6 {
+		v.errorf(q+".min_per_second", "must be between 0 and 1000000, got %s", fmtFloat(b.MinPerSecond))
+	}
+	if b.Window < time.Second || b.Window > time.Hour {
+		v.errorf(q+".window", "must be between 1s and 1h, got %s", fmtDuration(b.Window))
+	}
 }
 
 // upstreamTLS checks an upstream's tls section and loads its files once, so that

@@ -24,7 +24,6 @@ import (
 // A headless chromium driven through the DevTools protocol, with the standard library
 // only: the protocol's JSON messages over a minimal WebSocket client.
 
-
 // browserPage is one page of a headless chromium, driven through the DevTools protocol.
 type browserPage struct {
 	t    testing.TB

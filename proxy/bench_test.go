@@ -35,6 +35,9 @@ type nopRecorder struct{}
 func (nopRecorder) Request(string, Result, int, time.Duration) {}
 func (nopRecorder) WouldReject(string)                         {}
 func (nopRecorder) BodyBroken(string, time.Duration)           {}
+func (nopRecorder) Retry(string, RetryReason)                  {}
+func (nopRecorder) RetryDenied(string)                         {}
+func (nopRecorder) FallbackServed(string, string)              {}
 
 // BenchmarkHandler compares a request through the Proxy (routing, breaker, outcome
 // classification, Recorder) with the same request through a bare httputil.ReverseProxy
@@ -256,5 +259,50 @@ func BenchmarkTargetAccounting(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// BenchmarkRetries is the cost of retries configured but not happening: the same
+// request through the same Proxy setup with retries off and on (3 attempts, the default
+// budget), every answer a 200, so no attempt is retried. The difference is the budget's
+// deposit, the policy's method check and the attempt's deferred recover.
+func BenchmarkRetries(b *testing.B) {
+	body := strings.Repeat("x", 64)
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		_, _ = w.Write([]byte(body))
+	}))
+	defer backend.Close()
+	target, _ := url.Parse(backend.URL)
+	for _, on := range []bool{false, true} {
+		name := "off"
+		u := targetUpstream(target)
+		u.Breaker.Enabled = true
+		if on {
+			name = "on"
+			u.Retries.Attempts = 3
+		}
+		cfg := &config.Config{
+			Upstreams: map[string]*config.Upstream{"api": u},
+			Routes:    []config.Route{{PathPrefix: "/", Upstream: "api"}},
+		}
+		br := breaker.New("api", breaker.Settings{ConsecutiveFailures: 5, FailureRate: 50, MinimumRequests: 20}, breaker.Options{})
+		fuse, err := New(cfg, map[string]*breaker.Breaker{"api": br}, Options{Recorder: nopRecorder{}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(name, func(b *testing.B) {
+			req := httptest.NewRequest(http.MethodGet, "http://api.example.com/v1/items/42?x=1", http.NoBody)
+			w := &discardWriter{h: make(http.Header)}
+			b.ReportAllocs()
+			for b.Loop() {
+				w.reset()
+				fuse.ServeHTTP(w, req)
+				if w.code != http.StatusOK {
+					b.Fatalf("status: got %d, want 200", w.code)
+				}
+			}
+		})
+		fuse.Close()
 	}
 }

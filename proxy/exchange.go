@@ -108,6 +108,15 @@ type Recorder interface {
 	Request(upstream string, r Result, status int, elapsed time.Duration)
 	WouldReject(upstream string)
 	BodyBroken(upstream string, elapsed time.Duration)
+	// Retry is called when a failed attempt is tried again, before the next attempt
+	// (retries: each request sent to a target is an attempt; a routed request that was
+	// not rejected made one plus its retries). RetryDenied is called when a retry was
+	// due but the upstream's retry budget had no room: the failure goes to the client.
+	Retry(upstream string, reason RetryReason)
+	RetryDenied(upstream string)
+	// FallbackServed is called when a request upstream's circuit rejected is served by
+	// its fallback upstream (fallback.upstream), before the fallback's own Request.
+	FallbackServed(upstream, fallback string)
 }
 
 // AccessLog receives one Access per sampled routed request, when the request ends.
@@ -133,7 +142,7 @@ type Access struct {
 	Bytes    int64         // response body bytes written to the client
 	Circuit  breaker.State // the circuit's state when the request ended
 	Breaker  bool          // the upstream has a breaker (else Circuit means nothing)
-	Attempts int           // requests sent to a target: 0 when rejected, else 1
+	Attempts int           // requests sent to a target: 0 when rejected, else 1 plus the retries
 	Outcome  Result        // one of the Outcomes, as Recorder.Request got it
 	// BodyBroken and WouldReject: as Recorder.BodyBroken and Recorder.WouldReject.
 	BodyBroken, WouldReject bool
@@ -271,6 +280,19 @@ type exchange struct {
 	treceipt breaker.Receipt
 	// pause is the Retry-After the upstream's answer asked for (honor_retry_after).
 	pause time.Duration
+	// Retries (retry.go). retry is the policy when the request may be retried, else nil;
+	// attempt counts the attempts sent (1 during the first); tried has a bit per target
+	// tried (by index, modulo 64); retrying is set when the current attempt failed and
+	// will be retried: its answer is discarded (discarded counts the body bytes dropped).
+	// replay is the buffered request body a retry sends again. attemptStart is when the
+	// current attempt started (the target's circuit measures attempts).
+	retry        *retryPolicy
+	attempt      int
+	tried        uint64
+	retrying     bool
+	discarded    int
+	replay       []byte
+	attemptStart time.Time
 	// via is set when up serves as another upstream's fallback (its answers are marked).
 	via    *served
 	status int   // the status the client got (once done)
@@ -343,7 +365,7 @@ func (e *exchange) report(r Result, o, to breaker.Outcome, status int) {
 		e.receipt = b.DonePause(e.ticket, o, elapsed, e.pause)
 	}
 	if e.tracked {
-		e.treceipt = e.target.gate.Done(e.tticket, to, elapsed)
+		e.treceipt = e.target.gate.Done(e.tticket, to, e.p.now().Sub(e.attemptStart))
 	}
 	if rec := e.p.rec; rec != nil {
 		rec.Request(e.up.name, r, status, elapsed)
@@ -358,7 +380,7 @@ func (e *exchange) logAccess() {
 	a := &e.acc
 	*a = Access{Route: e.route.index, Upstream: e.up.name, Target: e.target.url.Host, Method: e.method,
 		Path: e.path, Status: e.status, Duration: e.p.now().Sub(e.logStart), Bytes: e.bytes,
-		Attempts: 1, Outcome: e.result, WouldReject: e.ticket.WouldReject()}
+		Attempts: e.attempt, Outcome: e.result, WouldReject: e.ticket.WouldReject()}
 	if a.Outcome == FailureBody {
 		a.Outcome, a.BodyBroken = Success, true
 	}
@@ -434,6 +456,9 @@ func (e *exchange) WriteHeader(code int) {
 		return
 	}
 	if !e.done {
+		if e.retry != nil && e.retry.codes[code] && !e.pauses(code) && e.again(RetryStatus, targetOutcome(code)) {
+			return // this answer is dropped; the next attempt answers
+		}
 		e.reportStatus(code)
 	}
 	// Only rejections (and a fallback upstream's answers) carry HeaderCircuit,
@@ -450,6 +475,9 @@ func (e *exchange) WriteHeader(code int) {
 }
 
 func (e *exchange) Write(b []byte) (int, error) {
+	if e.retrying {
+		return e.discard(b)
+	}
 	if !e.done {
 		e.reportStatus(http.StatusOK)
 	}
@@ -473,6 +501,9 @@ func (e *exchange) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 
 // FlushError flushes the underlying writer (http.ResponseController looks for it).
 func (e *exchange) FlushError() error {
+	if e.retrying {
+		return nil
+	}
 	if !e.done {
 		e.reportStatus(http.StatusOK)
 	}
@@ -499,6 +530,13 @@ func (p *Proxy) handleError(rw http.ResponseWriter, _ *http.Request, err error) 
 		return
 	}
 	up := e.up
+	if e.retrying {
+		// The discarded answer of an attempt being retried broke off: nothing to add.
+		return
+	}
+	if e.retry != nil && !(e.body != nil && e.body.failed()) && e.again(failureReason(err), breaker.GatewayFailure) {
+		return
+	}
 	e.closeAfter()
 	if e.via != nil {
 		e.via.mark(e.w.Header())

@@ -61,6 +61,11 @@ func (c *fakeClock) Add(d time.Duration) { c.now.Add(int64(d)) }
 type recorder struct {
 	mu    sync.Mutex
 	calls []call
+	// retries, denied and fallbacks: the Retry, RetryDenied and FallbackServed calls
+	// (kept apart from calls, which partition the requests).
+	retries   []RetryReason
+	denied    int
+	fallbacks []string
 }
 
 // call is one Recorder call: Request's result and status, or FailureBody for
@@ -79,6 +84,24 @@ func (r *recorder) WouldReject(upstream string) { r.add(call{upstream, WouldReje
 
 func (r *recorder) BodyBroken(upstream string, _ time.Duration) {
 	r.add(call{upstream, FailureBody, 0})
+}
+
+func (r *recorder) Retry(_ string, reason RetryReason) {
+	r.mu.Lock()
+	r.retries = append(r.retries, reason)
+	r.mu.Unlock()
+}
+
+func (r *recorder) RetryDenied(string) {
+	r.mu.Lock()
+	r.denied++
+	r.mu.Unlock()
+}
+
+func (r *recorder) FallbackServed(upstream, fallback string) {
+	r.mu.Lock()
+	r.fallbacks = append(r.fallbacks, upstream+">"+fallback)
+	r.mu.Unlock()
 }
 
 func (r *recorder) add(c call) {

@@ -31,6 +31,10 @@ type Options struct {
 	AccessLog AccessLog
 	// Clock measures latency; nil means time.Now.
 	Clock func() time.Time
+	// SharedStore says that a shared store will tell each retry budget this replica's
+	// share of the fleet (RetryBudget.Fleet); until it does, a replica spends no part of
+	// the budget's floor. Without one, the replica is the fleet.
+	SharedStore bool
 }
 
 // Proxy is the HTTP data plane: it routes each request to an upstream, asks the
@@ -38,6 +42,7 @@ type Options struct {
 // httputil.ReverseProxy and reports the outcome back to the breaker. It is safe for
 // concurrent use, including Update while requests are served.
 type Proxy struct {
+	shared  bool // Options.SharedStore
 	log     *zap.Logger
 	rec     Recorder
 	access  AccessLog
@@ -74,7 +79,7 @@ func (t *table) transports() map[*http.Transport]bool {
 // may be missing, and is then proxied without one. cfg must have been validated: New
 // uses the derived fields Upstream.TargetURLs and Failure.FailureStatus.
 func New(cfg *config.Config, breakers map[string]*breaker.Breaker, opts Options) (*Proxy, error) {
-	p := &Proxy{log: opts.Logger, rec: opts.Recorder, access: opts.AccessLog, now: opts.Clock}
+	p := &Proxy{log: opts.Logger, rec: opts.Recorder, access: opts.AccessLog, now: opts.Clock, shared: opts.SharedStore}
 	if p.log == nil {
 		p.log = zap.NewNop()
 	}
@@ -160,6 +165,15 @@ func (p *Proxy) build(cfg *config.Config, breakers map[string]*breaker.Breaker, 
 			bulkheads[name] = up.bulkhead
 		}
 	}
+	// And its retry budget, while the budget's settings stay the same.
+	budgets := map[string]*RetryBudget{}
+	if old != nil {
+		for name, up := range old.upstreams {
+			if up.retry != nil {
+				budgets[name] = up.retry.budget
+			}
+		}
+	}
 	for name, cu := range cfg.Upstreams {
 		if cu == nil {
 			return nil, fmt.Errorf("proxy: upstream %q has no settings", name)
@@ -170,6 +184,13 @@ func (p *Proxy) build(cfg *config.Config, breakers map[string]*breaker.Breaker, 
 		}
 		if bh := bulkheads[name]; bh != nil {
 			up.bulkhead = bh
+		}
+		if cu.Retries.Enabled() {
+			b := budgets[name]
+			if b == nil || b.cfg != cu.Retries.Budget {
+				b = NewRetryBudget(cu.Retries.Budget, p.shared)
+			}
+			up.retry = newRetryPolicy(&cu.Retries, b)
 		}
 		up.transport = transports[up.tkey]
 		if up.transport == nil {
@@ -254,6 +275,18 @@ func (p *Proxy) reverseProxies(rt *route, up *upstream) []*httputil.ReverseProxy
 		}
 	}
 	return rps
+}
+
+// Budgets returns the retry budget of each upstream that retries, by upstream name, as
+// the routing table in effect holds them (a store shares them; the admin API shows them).
+func (p *Proxy) Budgets() map[string]*RetryBudget {
+	bs := map[string]*RetryBudget{}
+	for name, up := range p.table.Load().upstreams {
+		if up.retry != nil {
+			bs[name] = up.retry.budget
+		}
+	}
+	return bs
 }
 
 // ServeHTTP routes and proxies one request.
@@ -360,6 +393,9 @@ func (p *Proxy) serveFallback(w http.ResponseWriter, r *http.Request, rt *route,
 	if errors.Is(err, breaker.ErrTooManyTrials) {
 		via = &rt.up.viaHalfOpen
 	}
+	if p.rec != nil {
+		p.rec.FallbackServed(rt.up.name, fb.name)
+	}
 	p.forward(w, r, rt, fb, rt.fallbackRPs, ticket, chunked, via, logged, start)
 	return true
 }
@@ -371,8 +407,9 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, rt *route, up *u
 	ticket breaker.Ticket, chunked bool, via *served, logged bool, start time.Time) {
 	tg, tticket, tracked := up.pick()
 	e := p.exchanges.Get().(*exchange)
-	*e = exchange{w: w, p: p, up: up, client: r.Context(), ticket: ticket, start: p.now(), closeConn: chunked,
-		target: tg, tticket: tticket, tracked: tracked, via: via}
+	now := p.now()
+	*e = exchange{w: w, p: p, up: up, client: r.Context(), ticket: ticket, start: now, closeConn: chunked,
+		target: tg, tticket: tticket, tracked: tracked, via: via, attempt: 1, attemptStart: now}
 	if up.leastRequests {
 		tg.inflight.Add(1)
 	}
@@ -381,15 +418,34 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, rt *route, up *u
 		e.logged, e.route, e.method, e.path, e.logStart = true, rt, r.Method, r.URL.Path, start
 	}
 
+	if up.retry != nil {
+		up.retry.budget.deposit(now)
+		e.retry = up.retryFor(r)
+	}
 	if r.Body != nil && r.Body != http.NoBody {
 		e.body = &clientBody{rc: r.Body}
 		r.Body = e.body
+		if e.retry != nil && !p.bufferBody(e, r) {
+			e.returned = true
+			return
+		}
 	}
 	if up.timeout > 0 {
 		ctx, cancel := context.WithTimeout(r.Context(), up.timeout)
 		defer cancel()
 		r, e.upstream = r.WithContext(ctx), ctx
 	}
-	rps[tg.index].ServeHTTP(e, r)
+	if e.retry == nil {
+		rps[tg.index].ServeHTTP(e, r)
+		e.returned = true
+		return
+	}
+	for {
+		p.attempt(rps[e.target.index], e, r)
+		if !e.retrying {
+			break
+		}
+		p.next(e, r)
+	}
 	e.returned = true
 }

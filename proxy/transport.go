@@ -44,9 +44,15 @@ func newTransportKey(u *config.Upstream, targets []*url.URL) transportKey {
 		sb.WriteString(t.String())
 	}
 	idle := u.MaxIdleConnsPerHost // config.DefaultUpstream holds the default
+	// retries.per_try_timeout bounds every attempt's wait for its response headers: the
+	// transport's own timer does it, with no per-request cost.
+	header := u.ResponseHeaderTimeout
+	if pt := u.Retries.PerTryTimeout; u.Retries.Enabled() && pt > 0 && (header == 0 || pt < header) {
+		header = pt
+	}
 	return transportKey{
 		dialTimeout:           u.DialTimeout,
-		responseHeaderTimeout: u.ResponseHeaderTimeout,
+		responseHeaderTimeout: header,
 		maxIdlePerHost:        idle,
 		targets:               sb.String(),
 		tls:                   u.TLS,

@@ -33,7 +33,9 @@ type upstream struct {
 	countTimeouts  bool
 	// honorRetryAfter: breaker.honor_retry_after (see retryAfter).
 	honorRetryAfter bool
-	fallback        fallback
+	// retry is the retries policy, nil when the upstream does not retry (retry.go).
+	retry    *retryPolicy
+	fallback fallback
 	// fallbackUp is the upstream that serves while this one's circuit rejects
 	// (fallback.upstream), nil for none; viaOpen and viaHalfOpen mark its answers.
 	fallbackUp           *upstream

@@ -96,4 +96,7 @@ func (m *Memory) Inspect(_ context.Context, name string) (map[string]string, err
 func (m *Memory) Close() error { return nil }
 
 // Claim implements Store: a replica alone holds every lease.
+// Share implements Store: a replica alone is its own fleet, so there is nothing to share.
+func (m *Memory) Share(map[string]Tally) {}
+
 func (m *Memory) Claim(context.Context, string, time.Duration) (bool, error) { return true, nil }

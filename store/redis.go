@@ -70,6 +70,8 @@ type Redis struct {
 	circuits map[string]*circuit
 	all      []*circuit // the circuits' values, rebuilt by Attach (list)
 
+	tallies tallies // shared tallies (tally.go)
+
 	wake   chan struct{} // a breaker needs the loop now
 	resync chan struct{} // the subscription reconnected: re-read everything
 

@@ -18,6 +18,8 @@ import (
 // call is one script call of an exchange.
 type call struct {
 	c      *circuit
+	tally  *tallyEntry // a tally's report (c is nil), with own: the count it sends
+	own    int64
 	script *redis.Script
 	keys   []string
 	args   []any
@@ -33,6 +35,9 @@ func (r *Redis) exchange(ctx context.Context, cs []*circuit, resync bool) error 
 	var calls []*call
 	for _, c := range cs {
 		calls = r.plan(calls, c, now, resync)
+	}
+	if !resync && !r.stopping {
+		calls = r.planTallies(calls, now)
 	}
 	if len(calls) == 0 {
 		return errIdle
@@ -100,6 +105,12 @@ func (r *Redis) send(ctx context.Context, calls []*call, resync bool) error {
 			cerr = err
 		}
 		switch {
+		case cl.tally != nil:
+			if cerr == nil {
+				cerr = applyTally(cl, sent)
+			}
+			failed = cmp.Or(failed, cerr)
+			continue
 		case cl.c == nil: // the heartbeat: nothing to apply
 			failed = cmp.Or(failed, cerr)
 			continue

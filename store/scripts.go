@@ -34,7 +34,7 @@ var (
 	// heartbeatScript checks that Redis runs this replica's scripts and takes their
 	// writes: it sets KEYS[1] (the replica's heartbeat key) for ARGV[1] ms.
 	heartbeatScript = redis.NewScript("redis.call('SET', KEYS[1], '1', 'PX', ARGV[1]) return 1")
-	allScripts      = []*redis.Script{flushScript, acquireScript, trialScript, controlScript, heartbeatScript}
+	allScripts      = []*redis.Script{flushScript, acquireScript, trialScript, controlScript, heartbeatScript, tallyScript}
 )
 
 // settingsArg encodes a circuit's settings as the scripts' settings argument (the order

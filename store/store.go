@@ -86,6 +86,11 @@ type Store interface {
 	Inspect(ctx context.Context, name string) (map[string]string, error)
 	// Close releases connections. Call it after Run has returned.
 	Close() error
+	// Share hands the store the whole set of tallies to share with the fleet (a retry
+	// budget's counts), by name, at start and on every reload. A shared store sends the
+	// active ones with its exchanges and hands each the fleet's sums; the memory store
+	// keeps nothing (each replica is its own fleet).
+	Share(tallies map[string]Tally)
 	// Claim takes or renews this replica's lease on key for ttl, and reports whether it
 	// holds it: background work that one replica of a fleet should do at a time (active
 	// health checks) calls it before each turn. The holder keeps the lease by claiming

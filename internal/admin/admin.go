@@ -63,6 +63,7 @@ import (
 
 	"github.com/fuseproxy/fuseproxy/breaker"
 	"github.com/fuseproxy/fuseproxy/config"
+	"github.com/fuseproxy/fuseproxy/proxy"
 	"github.com/fuseproxy/fuseproxy/store"
 )
 
@@ -254,12 +255,33 @@ func (h *Handler) circuit(name string, st store.Status) (c Circuit, b breaker.Co
 		s := br.Snapshot()
 		c := NewCircuit(s, h.o.Now(), source(st, s))
 		h.capped(&c)
+		c.RetryBudget = h.budget(name)
 		return c, br, true
 	}
 	if _, ok := h.b.Config().Upstreams[name]; ok {
-		return Circuit{Name: name, State: StateDisabled}, nil, true
+		return Circuit{Name: name, State: StateDisabled, RetryBudget: h.budget(name)}, nil, true
 	}
 	return Circuit{}, nil, false
+}
+
+// BudgetBackend is a Backend that also shows the upstreams' retry budgets (the app is
+// one); with another Backend, circuits show none.
+type BudgetBackend interface {
+	Budgets() map[string]*proxy.RetryBudget
+}
+
+// budget returns the upstream's retry budget in use, nil when it does not retry.
+func (h *Handler) budget(upstream string) *proxy.BudgetView {
+	bb, ok := h.b.(BudgetBackend)
+	if !ok {
+		return nil
+	}
+	b := bb.Budgets()[upstream]
+	if b == nil {
+		return nil
+	}
+	v := b.View(h.o.Now())
+	return &v
 }
 
 // capped applies max_ejection_percent to a target's Ejected, as the proxy picks

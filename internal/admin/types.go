@@ -7,6 +7,7 @@ import (
 
 	"github.com/fuseproxy/fuseproxy/breaker"
 	"github.com/fuseproxy/fuseproxy/config"
+	"github.com/fuseproxy/fuseproxy/proxy"
 	"github.com/fuseproxy/fuseproxy/store"
 )
 
@@ -50,6 +51,9 @@ type Circuit struct {
 	// synced), "shared" (the shared store decides for the fleet) or "degraded" (the
 	// shared store is unreachable: this replica decides from the last shared state).
 	Source string `json:"source,omitempty"`
+	// RetryBudget is an upstream's retry budget in use (retries), this replica's part and,
+	// with the Redis store, the fleet's as last shared; absent when it does not retry.
+	RetryBudget *proxy.BudgetView `json:"retry_budget,omitempty"`
 }
 
 // Rates are a window's failure and slow-call rates in percent.

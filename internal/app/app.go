@@ -97,11 +97,23 @@ func New(cfg *config.Config, o Options) (*App, error) {
 	}})
 	a.setHealthTargets(checkedTargets(cfg, a.breakers))
 	a.metrics.SetUpstreams(upstreamNames(cfg))
-	a.proxy, err = proxy.New(cfg, a.breakers, proxy.Options{Logger: a.log, Recorder: a.metrics, AccessLog: a.access})
+	a.proxy, err = proxy.New(cfg, a.breakers, proxy.Options{Logger: a.log, Recorder: a.metrics, AccessLog: a.access,
+		SharedStore: cfg.Store.Driver == "redis"})
 	if err != nil {
 		return nil, err
 	}
+	a.shareBudgets()
 	return a, nil
+}
+
+// shareBudgets hands the retry budgets of the routing table in effect to the store, which
+// tells each its replica's share of the fleet (see proxy.RetryBudget).
+func (a *App) shareBudgets() {
+	ts := map[string]store.Tally{}
+	for name, b := range a.proxy.Budgets() {
+		ts["retry:"+name] = b
+	}
+	a.store.Share(ts)
 }
 
 // ReplicaID returns the configured id, or host-pid.
@@ -246,6 +258,7 @@ func (a *App) Reload(cfg *config.Config) (err error) {
 	}
 	a.metrics.SetUpstreams(upstreamNames(cfg))
 	a.store.Attach(a.circuits(cfg, bs))
+	a.shareBudgets()
 	a.setHealthTargets(checkedTargets(cfg, bs))
 	var gone []string
 	for name := range old {

@@ -220,6 +220,9 @@ func (m *Metrics) Request(upstream string, r proxy.Result, status int, elapsed t
 		return
 	}
 	um.requests[r].Add(1)
+	if r != proxy.Rejected && r != proxy.RejectedConcurrency {
+		um.attempts.Add(1)
+	}
 	if class := status/100 - 1; class >= 0 && class < len(statusClasses) {
 		um.responses[class].Add(1)
 	}
@@ -240,6 +243,28 @@ func (m *Metrics) WouldReject(upstream string) {
 func (m *Metrics) BodyBroken(upstream string, _ time.Duration) {
 	if um := (*m.upstreams.Load())[upstream]; um != nil {
 		um.bodyBroken.Add(1)
+	}
+}
+
+// Retry implements proxy.Recorder.
+func (m *Metrics) Retry(upstream string, reason proxy.RetryReason) {
+	if um := (*m.upstreams.Load())[upstream]; um != nil && int(reason) < numRetryReasons {
+		um.retries[reason].Add(1)
+		um.attempts.Add(1)
+	}
+}
+
+// RetryDenied implements proxy.Recorder.
+func (m *Metrics) RetryDenied(upstream string) {
+	if um := (*m.upstreams.Load())[upstream]; um != nil {
+		um.retryDenied.Add(1)
+	}
+}
+
+// FallbackServed implements proxy.Recorder.
+func (m *Metrics) FallbackServed(upstream, _ string) {
+	if um := (*m.upstreams.Load())[upstream]; um != nil {
+		um.fallbackServed.Add(1)
 	}
 }
 

@@ -285,8 +285,8 @@ func TestCircuitFailureRate(t *testing.T) {
 // without a breaker; README's metrics section quotes them (TestSeriesPerUpstream
 // counts them).
 const (
-	SeriesPerUpstreamWithBreaker    = 46
-	SeriesPerUpstreamWithoutBreaker = 31
+	SeriesPerUpstreamWithBreaker    = 53
+	SeriesPerUpstreamWithoutBreaker = 38
 )
 
 // TestSeriesPerUpstream counts the series one upstream adds: the exposition with one

@@ -33,13 +33,23 @@ var statusClasses = [...]string{"1xx", "2xx", "3xx", "4xx", "5xx"}
 
 const numBuckets = len(durationBounds)
 
+// numRetryReasons is len(proxy.RetryReasons()) (a test keeps them equal).
+const numRetryReasons = 4
+
 // upstreamMetrics are one upstream's counts. Every field is updated atomically, so the
 // request path neither locks nor allocates.
 type upstreamMetrics struct {
 	requests    [proxy.NumOutcomes]atomic.Uint64
 	wouldReject atomic.Uint64
 	bodyBroken  atomic.Uint64
-	responses   [len(statusClasses)]atomic.Uint64 // by status class, 1xx first
+	// attempts: requests sent to a target, retries included; retries by reason;
+	// retryDenied: retries the budget refused; fallbackServed: rejected requests the
+	// fallback upstream served.
+	attempts       atomic.Uint64
+	retries        [numRetryReasons]atomic.Uint64
+	retryDenied    atomic.Uint64
+	fallbackServed atomic.Uint64
+	responses      [len(statusClasses)]atomic.Uint64 // by status class, 1xx first
 	// buckets[i] counts the observations in (durationBounds[i-1], durationBounds[i]];
 	// buckets[numBuckets] those above the last bound. Not cumulative: the collector
 	// adds them up, and the count is their total, so a scrape always sees a count equal
@@ -70,6 +80,10 @@ type upstreamCollector struct {
 	responses   *prometheus.Desc
 	duration    *prometheus.Desc
 	transitions *prometheus.Desc
+	attempts    *prometheus.Desc
+	retries     *prometheus.Desc
+	retryDenied *prometheus.Desc
+	fallback    *prometheus.Desc
 	outcomes    [proxy.NumOutcomes]string
 	upperBounds [numBuckets]float64
 }
@@ -94,6 +108,18 @@ func newUpstreamCollector(m *Metrics) *upstreamCollector {
 			[]string{"upstream"}, nil),
 		transitions: prometheus.NewDesc(Namespace+"_circuit_transitions_total",
 			"Circuit state transitions seen by this replica.", []string{"upstream", "from", "to"}, nil),
+		attempts: prometheus.NewDesc(Namespace+"_upstream_attempts_total",
+			"Requests sent to the upstream's targets, retries included: the requests routed that were not rejected, plus fuseproxy_retries_total.",
+			[]string{"upstream"}, nil),
+		retries: prometheus.NewDesc(Namespace+"_retries_total",
+			"Failed attempts tried again (retries), by the failure: connect_failure, reset, timeout, status.",
+			[]string{"upstream", "reason"}, nil),
+		retryDenied: prometheus.NewDesc(Namespace+"_retry_budget_exhausted_total",
+			"Retries that were due but the retry budget had no room for: the failure went to the client.",
+			[]string{"upstream"}, nil),
+		fallback: prometheus.NewDesc(Namespace+"_fallback_upstream_served_total",
+			"Requests the upstream's circuit rejected that its fallback upstream (fallback.upstream) served; they are counted again under the fallback upstream's name.",
+			[]string{"upstream"}, nil),
 	}
 	for _, r := range proxy.Outcomes() {
 		c.outcomes[r] = r.String()
@@ -112,6 +138,10 @@ func (c *upstreamCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.responses
 	ch <- c.duration
 	ch <- c.transitions
+	ch <- c.attempts
+	ch <- c.retries
+	ch <- c.retryDenied
+	ch <- c.fallback
 }
 
 // Collect implements prometheus.Collector.
@@ -123,6 +153,12 @@ func (c *upstreamCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(c.wouldReject, prometheus.CounterValue, float64(um.wouldReject.Load()), name)
 		ch <- prometheus.MustNewConstMetric(c.bodyBroken, prometheus.CounterValue, float64(um.bodyBroken.Load()), name)
+		ch <- prometheus.MustNewConstMetric(c.attempts, prometheus.CounterValue, float64(um.attempts.Load()), name)
+		for _, rr := range proxy.RetryReasons() {
+			ch <- prometheus.MustNewConstMetric(c.retries, prometheus.CounterValue, float64(um.retries[rr].Load()), name, rr.String())
+		}
+		ch <- prometheus.MustNewConstMetric(c.retryDenied, prometheus.CounterValue, float64(um.retryDenied.Load()), name)
+		ch <- prometheus.MustNewConstMetric(c.fallback, prometheus.CounterValue, float64(um.fallbackServed.Load()), name)
 		for i, class := range statusClasses {
 			ch <- prometheus.MustNewConstMetric(c.responses, prometheus.CounterValue, float64(um.responses[i].Load()), name, class)
 		}
