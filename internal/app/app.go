@@ -329,6 +329,9 @@ func (a *App) Breakers() map[string]*breaker.Breaker {
 	return a.breakers
 }
 
+// Budgets returns the retry budgets of the upstreams that retry (admin.BudgetBackend).
+func (a *App) Budgets() map[string]*proxy.RetryBudget { return a.proxy.Budgets() }
+
 // Store returns the store.
 func (a *App) Store() store.Store { return a.store }
 
