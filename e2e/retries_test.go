@@ -50,7 +50,9 @@ routes:
 `, listen, admin, store, id, strings.Join(targets, ", "), fmtFloat(floor))
 }
 
-func fmtFloat(f float64) string { return strings.TrimRight(strings.TrimRight(fmt.Sprintf("%.3f", f), "0"), ".") }
+func fmtFloat(f float64) string {
+	return strings.TrimRight(strings.TrimRight(fmt.Sprintf("%.3f", f), "0"), ".")
+}
 
 // budgetView is the part of an upstream circuit's retry_budget the test reads.
 type budgetView struct {
