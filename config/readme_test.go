@@ -3,6 +3,7 @@ package config
 import (
 	"os"
 	"strings"
+	"time"
 	"testing"
 )
 
@@ -76,5 +77,28 @@ func TestReadmeFallbackExample(t *testing.T) {
 	}
 	if cfg.Upstreams["search"].Fallback.Upstream != "search-cache" {
 		t.Error("README's fallback example does not set a fallback upstream")
+	}
+}
+
+// TestReadmeRetriesExample: README's retries example is a valid config that turns on
+// what it shows.
+func TestReadmeRetriesExample(t *testing.T) {
+	b, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	const start, end = "<!-- retries-example:start -->\n```yaml\n", "```\n<!-- retries-example:end -->"
+	i, j := strings.Index(s, start), strings.Index(s, end)
+	if i < 0 || j < i {
+		t.Fatal("README.md lacks the retries-example markers")
+	}
+	cfg, err := Parse("README.md", []byte(s[i+len(start):j]))
+	if err != nil {
+		t.Fatalf("README's retries example: %v", err)
+	}
+	r := cfg.Upstreams["catalog"].Retries
+	if !r.Enabled() || r.BufferBody != 65536 || r.PerTryTimeout != time.Second || r.Budget.Percent != 20 {
+		t.Errorf("README's retries example does not turn on what it shows: %+v", r)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -185,6 +186,7 @@ func TestRetriesFleetBudget(t *testing.T) {
 						t.Errorf("r%d: the budget's fleet has %d replicas, want 3", i+1, c.Budget.Fleet.Replicas)
 					}
 				}
+				checkReadmeBudget(t, admins[0].Get("/circuits/api").Body)
 				if math.Abs(share-1) > 0.25 {
 					t.Errorf("the replicas' shares of the floor sum to %.2f, want about 1", share)
 				}
@@ -217,4 +219,57 @@ func TestRetriesFleetBudget(t *testing.T) {
 			}
 		})
 	}
+}
+
+// checkReadmeBudget checks README's retry_budget sample against a real answer of GET
+// /circuits/NAME: the same keys, nested alike, with values of the same types.
+func checkReadmeBudget(t *testing.T, body string) {
+	t.Helper()
+	var real struct {
+		Budget json.RawMessage `json:"retry_budget"`
+	}
+	if err := json.Unmarshal([]byte(body), &real); err != nil || real.Budget == nil {
+		t.Fatalf("no retry_budget in %s", body)
+	}
+	t.Logf("retry_budget: %s", real.Budget)
+	block := readmeBlock(t, "retry-budget")
+	block = strings.TrimSuffix(strings.TrimPrefix(block, "```json\n"), "```\n")
+	var doc map[string]any
+	if err := json.Unmarshal([]byte("{"+block+"}"), &doc); err != nil {
+		t.Fatalf("README's retry_budget sample is not JSON: %v", err)
+	}
+	var got any
+	if err := json.Unmarshal(real.Budget, &got); err != nil {
+		t.Fatal(err)
+	}
+	if want, have := shape(doc["retry_budget"]), shape(got); want != have {
+		t.Errorf("README's retry_budget sample has the shape\n%s\nthe API answers\n%s", want, have)
+	}
+}
+
+// shape is a JSON value's keys and value types, recursively, as a string.
+func shape(v any) string {
+	switch x := v.(type) {
+	case map[string]any:
+		keys := make([]string, 0, len(x))
+		for k := range x {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		var b strings.Builder
+		b.WriteString("{")
+		for _, k := range keys {
+			b.WriteString(k + ":" + shape(x[k]) + " ")
+		}
+		return b.String() + "}"
+	case float64:
+		return "number"
+	case string:
+		return "string"
+	case bool:
+		return "bool"
+	case nil:
+		return "null"
+	}
+	return fmt.Sprintf("%T", v)
 }
