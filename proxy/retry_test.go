@@ -418,3 +418,31 @@ func TestRetryDoesNotReuseABrokenReplay(t *testing.T) {
 		t.Errorf("backends received %q: want the buffered body twice, the longer one once", got)
 	}
 }
+
+// A streamed body is sent exactly once even when the method is listed and the failure
+// is one that retries: the target reset the connection after reading it.
+func TestRetryStreamedPostSentOnce(t *testing.T) {
+	a, b := newScriptBackend(t, 0), newScriptBackend(t, 0)
+	u := retrying(t, a.URL, b.URL)
+	u.Retries.Methods = append(u.Retries.Methods, "POST")
+	f := newFixture(t, single(u))
+	resp := f.send(t, http.MethodPost, "/x", strings.Repeat("z", 4096))
+	wantStatus(t, resp, 502)
+	readBody(t, resp)
+	if got := append(a.received(), b.received()...); len(got) != 1 || len(got[0]) != 4096 {
+		t.Errorf("the streamed POST reached the backends %d times, want exactly once", len(got))
+	}
+	if r, _ := f.rec.retryCount(); r != 0 {
+		t.Errorf("%d retries of a streamed body", r)
+	}
+	// The same with buffer_body: now it may be sent again, and is.
+	u2 := retrying(t, a.URL, b.URL)
+	u2.Retries.Methods = append(u2.Retries.Methods, "POST")
+	u2.Retries.BufferBody = 8192
+	f2 := newFixture(t, single(u2))
+	resp = f2.send(t, http.MethodPost, "/x", strings.Repeat("z", 4096))
+	readBody(t, resp)
+	if r, _ := f2.rec.retryCount(); r != 2 {
+		t.Errorf("%d retries of a buffered body, want 2 (3 attempts)", r)
+	}
+}
