@@ -81,6 +81,13 @@ func TestFallbackUpstreamServesWhileOpen(t *testing.T) {
 	if cache.hits.Load() != before {
 		t.Errorf("the cache got requests after svc closed")
 	}
+	// Each request the cache served was reported as served by the fallback upstream.
+	f.rec.mu.Lock()
+	served := append([]string(nil), f.rec.fallbacks...)
+	f.rec.mu.Unlock()
+	if len(served) != 4 || served[0] != "svc>cache" {
+		t.Errorf("FallbackServed calls %q, want 4 × svc>cache", served)
+	}
 }
 
 // The fallback upstream gets the request as the route forwards it (strip_prefix here),

@@ -366,3 +366,40 @@ func TestForgetTargets(t *testing.T) {
 		t.Error("the forgotten target's ejection count is still kept")
 	}
 }
+
+// Retries: attempts are the requests forwarded plus the retries; each retry is counted
+// by reason, a refused one as budget exhausted; a fallback upstream's service under the
+// rejecting upstream. The reasons are proxy.RetryReasons, in order.
+func TestRetryMetrics(t *testing.T) {
+	if n := len(proxy.RetryReasons()); n != numRetryReasons {
+		t.Fatalf("numRetryReasons is %d, proxy has %d reasons", numRetryReasons, n)
+	}
+	for i, r := range proxy.RetryReasons() {
+		if int(r) != i {
+			t.Fatalf("RetryReasons()[%d] = %d: not in order", i, r)
+		}
+	}
+	m := New(Options{NoRuntimeCollectors: true})
+	m.SetUpstreams(map[string]bool{"api": true})
+	m.Request("api", proxy.Success, 200, time.Millisecond)
+	m.Retry("api", proxy.RetryConnect)
+	m.Retry("api", proxy.RetryStatus)
+	m.Request("api", proxy.FailureStatus, 503, time.Millisecond)
+	m.RetryDenied("api")
+	m.Request("api", proxy.Rejected, 0, 0) // served by the fallback upstream: no attempt here
+	m.FallbackServed("api", "cache")
+	text := scrape(t, m)
+	PromtoolCheck(t, text)
+	for _, want := range []string{
+		`fuseproxy_upstream_attempts_total{upstream="api"} 4`,
+		`fuseproxy_retries_total{reason="connect_failure",upstream="api"} 1`,
+		`fuseproxy_retries_total{reason="status",upstream="api"} 1`,
+		`fuseproxy_retries_total{reason="timeout",upstream="api"} 0`,
+		`fuseproxy_retry_budget_exhausted_total{upstream="api"} 1`,
+		`fuseproxy_fallback_upstream_served_total{upstream="api"} 1`,
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("exposition lacks %q", want)
+		}
+	}
+}
