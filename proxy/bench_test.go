@@ -306,3 +306,23 @@ func BenchmarkRetries(b *testing.B) {
 		fuse.Close()
 	}
 }
+
+// BenchmarkRetryBookkeeping isolates what retries configured but not happening add to a
+// request: the budget's deposit and the policy's method check (the attempt's deferred
+// recover is an open-coded defer).
+func BenchmarkRetryBookkeeping(b *testing.B) {
+	u := targetUpstream(&url.URL{Scheme: "http", Host: "127.0.0.1:1"})
+	u.Retries.Attempts = 3
+	up := &upstream{retry: newRetryPolicy(&u.Retries, NewRetryBudget(u.Retries.Budget, false))}
+	req := httptest.NewRequest(http.MethodGet, "http://api.example.com/v1/items/42", http.NoBody)
+	now := time.Now()
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			up.retry.budget.deposit(now)
+			if up.retryFor(req) == nil {
+				b.Fatal("GET not retried")
+			}
+		}
+	})
+}
