@@ -360,12 +360,16 @@ func (e *exchange) report(r Result, o, to breaker.Outcome, status int) {
 		return
 	}
 	e.done, e.result, e.status = true, r, status
-	elapsed := e.p.now().Sub(e.start)
+	// The breakers judge the upstream by the last attempt (its latency for the slow-call
+	// rule: not the failed attempts and backoffs before it); the metrics see what the
+	// client waited, from admission. Without retries the two are the same.
+	now := e.p.now()
+	elapsed, attempt := now.Sub(e.start), now.Sub(e.attemptStart)
 	if b := e.up.breaker; b != nil {
-		e.receipt = b.DonePause(e.ticket, o, elapsed, e.pause)
+		e.receipt = b.DonePause(e.ticket, o, attempt, e.pause)
 	}
 	if e.tracked {
-		e.treceipt = e.target.gate.Done(e.tticket, to, e.p.now().Sub(e.attemptStart))
+		e.treceipt = e.target.gate.Done(e.tticket, to, attempt)
 	}
 	if rec := e.p.rec; rec != nil {
 		rec.Request(e.up.name, r, status, elapsed)
