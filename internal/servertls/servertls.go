@@ -33,10 +33,12 @@ type Certs struct {
 	log   *zap.Logger
 	now   func() time.Time
 
-	current atomic.Pointer[[]*tls.Certificate] // by position in files
-	checked atomic.Int64                       // unix nanoseconds of the last look
-	mu      sync.Mutex                         // one look at a time; guards stamps
-	stamps  []stamp                            // of cert and key file, by position
+	current   atomic.Pointer[[]*tls.Certificate] // by position in files
+	checked   atomic.Int64                       // unix nanoseconds of the last look
+	mu        sync.Mutex                         // one look at a time; guards stamps
+	stamps    []stamp                            // of cert and key file, by position
+	failed    []stamp                            // of the files as they last failed to load
+	hasFailed []bool                             // failed is set
 }
 
 type stamp struct {
@@ -64,7 +66,8 @@ func New(key string, c config.ListenerTLS, log *zap.Logger) (*Certs, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	s := &Certs{key: key, files: c.Certificates, log: log, now: time.Now, stamps: make([]stamp, len(c.Certificates))}
+	s := &Certs{key: key, files: c.Certificates, log: log, now: time.Now, stamps: make([]stamp, len(c.Certificates)),
+		failed: make([]stamp, len(c.Certificates)), hasFailed: make([]bool, len(c.Certificates))}
 	certs := make([]*tls.Certificate, len(c.Certificates))
 	for i, f := range c.Certificates {
 		st, _ := stampOf(f)
@@ -94,27 +97,25 @@ func (s *Certs) refresh() {
 	var next []*tls.Certificate
 	for i, f := range s.files {
 		st, err := stampOf(f)
-		if err != nil {
-			if st != s.stamps[i] { // say it once per change, not at every look
-				s.warn(i, f, err)
-				s.stamps[i] = st
+		if st == s.stamps[i] || s.hasFailed[i] && st == s.failed[i] {
+			continue
+		}
+		if err == nil {
+			var cert tls.Certificate
+			if cert, err = config.LoadKeyPair(f.CertFile, f.KeyFile); err == nil {
+				if next == nil {
+					next = append([]*tls.Certificate(nil), cur...)
+				}
+				next[i], s.stamps[i], s.hasFailed[i] = &cert, st, false
+				s.log.Info("listener TLS certificate reloaded", zap.String("key", s.key), zap.Int("certificate", i),
+					zap.String("cert_file", f.CertFile))
+				continue
 			}
-			continue
 		}
-		if st == s.stamps[i] {
-			continue
-		}
-		cert, err := config.LoadKeyPair(f.CertFile, f.KeyFile)
-		if err != nil {
-			s.warn(i, f, err) // tried again at the next look: the stamp is kept
-			continue
-		}
-		if next == nil {
-			next = append([]*tls.Certificate(nil), cur...)
-		}
-		next[i], s.stamps[i] = &cert, st
-		s.log.Info("listener TLS certificate reloaded", zap.String("key", s.key), zap.Int("certificate", i),
-			zap.String("cert_file", f.CertFile))
+		// Said once per change of the files, not at every look; loaded again when
+		// they change again (the second half of a rotation).
+		s.failed[i], s.hasFailed[i] = st, true
+		s.warn(i, f, err)
 	}
 	if next != nil {
 		s.current.Store(&next)
