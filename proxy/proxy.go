@@ -385,8 +385,8 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, rt *route, up *u
 		e.body = &clientBody{rc: r.Body}
 		r.Body = e.body
 	}
-	if up.timeout > 0 {
-		ctx, cancel := context.WithTimeout(r.Context(), up.timeout)
+	if timeout := grpcTimeout(r, up.timeout); timeout > 0 { // gRPC hook (grpc.go): grpc-timeout
+		ctx, cancel := context.WithTimeout(r.Context(), timeout)
 		defer cancel()
 		r, e.upstream = r.WithContext(ctx), ctx
 	}

@@ -33,7 +33,9 @@ type upstream struct {
 	countTimeouts  bool
 	// honorRetryAfter: breaker.honor_retry_after (see retryAfter).
 	honorRetryAfter bool
-	fallback        fallback
+	// grpcFailure has bit c set when grpc-status c is a failure (failure.grpc_codes).
+	grpcFailure uint32
+	fallback    fallback
 	// fallbackUp is the upstream that serves while this one's circuit rejects
 	// (fallback.upstream), nil for none; viaOpen and viaHalfOpen mark its answers.
 	fallbackUp           *upstream
@@ -74,6 +76,7 @@ func newUpstream(name string, cu *config.Upstream, breakers map[string]*breaker.
 		timeout:           cu.Timeout,
 		failureStatus:     cu.Failure.FailureStatus,
 		countTransport:    cu.Failure.TransportErrors,
+		grpcFailure:       cu.Failure.GRPCFailure,
 		countTimeouts:     cu.Failure.Timeouts,
 		honorRetryAfter:   cu.Breaker.HonorRetryAfter && b != nil,
 		fallback:          newFallback(name, cu.Fallback),
