@@ -356,3 +356,35 @@ func TestGRPCHeaderParsing(t *testing.T) {
 		t.Errorf("grpcPercentEncode = %q", got)
 	}
 }
+
+// A half-open trial that is a long stream does not hold the trial slot for the length
+// of the stream: its headers decide it (here: a success, which closes the circuit), so
+// calls go through while the stream is still open.
+func TestGRPCHalfOpenTrialStreamReleasesItsSlotAtTheHeaders(t *testing.T) {
+	b := newGRPCBackend(t)
+	f := newGRPCFixture(t, h2cUpstream(t, "http://"+b.ln.Addr().String()))
+	for range 3 {
+		_ = f.check("unavailable")
+	}
+	if s := f.breakers["svc"].State(); s != breaker.Open {
+		t.Fatalf("circuit %s, want open", s)
+	}
+	f.clock.Add(31 * time.Second) // past open_duration: the next call is the trial
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	stream, err := healthpb.NewHealthClient(f.conn).Watch(ctx, &healthpb.HealthCheckRequest{Service: "cut"}) // streams until cancelled
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatalf("trial stream: %v", err)
+	}
+	recv(t, "the trial stream's first message", b.sent)
+	if s := f.breakers["svc"].State(); s != breaker.Closed {
+		t.Errorf("circuit %s while the trial streams, want closed", s)
+	}
+	if err := f.check(""); err != nil {
+		t.Errorf("a call while the trial streams: %v", err)
+	}
+	cancel()
+}
