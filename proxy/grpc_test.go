@@ -10,6 +10,9 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -129,7 +132,11 @@ type grpcFixture struct {
 
 func newGRPCFixture(t *testing.T, up *config.Upstream) *grpcFixture {
 	t.Helper()
-	cfg := single(up)
+	return newGRPCFixtureCfg(t, single(up))
+}
+
+func newGRPCFixtureCfg(t *testing.T, cfg *config.Config) *grpcFixture {
+	t.Helper()
 	f := &fixture{cfg: cfg, clock: &fakeClock{}, rec: &recorder{}}
 	f.breakers = f.makeBreakers(t, cfg)
 	p, err := New(cfg, f.breakers, Options{Recorder: f.rec})
@@ -387,4 +394,51 @@ func TestGRPCHalfOpenTrialStreamReleasesItsSlotAtTheHeaders(t *testing.T) {
 		t.Errorf("a call while the trial streams: %v", err)
 	}
 	cancel()
+}
+
+// README's sample of what an open circuit answers a gRPC client is this answer's
+// headers, as the client receives them (HTTP/2, lower-case names).
+func TestReadmeGRPCRejection(t *testing.T) {
+	b := newGRPCBackend(t)
+	up := h2cUpstream(t, "http://"+b.ln.Addr().String())
+	f := newGRPCFixtureCfg(t, &config.Config{Upstreams: map[string]*config.Upstream{"inventory": up}, Routes: oneRoute("inventory")})
+	for range 3 {
+		_ = f.check("unavailable")
+	}
+	p := new(http.Protocols)
+	p.SetUnencryptedHTTP2(true)
+	tr := &http.Transport{Protocols: p}
+	defer tr.CloseIdleConnections()
+	req, _ := http.NewRequest(http.MethodPost, f.srv.URL+"/inventory.v1.Inventory/Get", bytes.NewReader(make([]byte, 5)))
+	req.Header.Set("Content-Type", "application/grpc")
+	req.Header.Set("Te", "trailers")
+	resp, err := (&http.Client{Transport: tr, Timeout: waitTimeout}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	lines := []string{":status: " + strconv.Itoa(resp.StatusCode)}
+	for k, vs := range resp.Header {
+		if k == "Date" || k == "Content-Length" {
+			continue
+		}
+		for _, v := range vs {
+			lines = append(lines, strings.ToLower(k)+": "+v)
+		}
+	}
+	slices.Sort(lines[1:])
+	got := strings.Join(lines, "\n") + "\n"
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const start, end = "<!-- grpc-reject:start -->\n```\n", "```\n<!-- grpc-reject:end -->"
+	i, j := bytes.Index(readme, []byte(start)), bytes.Index(readme, []byte(end))
+	if i < 0 || j < i {
+		t.Fatal("README.md lacks the grpc-reject markers")
+	}
+	if want := string(readme[i+len(start) : j]); got != want {
+		t.Errorf("README's gRPC rejection:\n%s\nthe proxy's:\n%s", want, got)
+	}
 }

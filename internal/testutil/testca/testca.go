@@ -59,13 +59,20 @@ func (ca *CA) Pool() *x509.CertPool {
 // IPs given, for servers and clients alike.
 func (ca *CA) Issue(t testing.TB, cn string, dns []string, ips ...net.IP) (certPEM, keyPEM []byte) {
 	t.Helper()
+	return ca.IssueValid(t, time.Now().Add(-time.Hour), time.Now().Add(time.Hour), cn, dns, ips...)
+}
+
+// IssueValid is Issue for a certificate valid from notBefore to notAfter (an expired
+// one, say).
+func (ca *CA) IssueValid(t testing.TB, notBefore, notAfter time.Time, cn string, dns []string, ips ...net.IP) (certPEM, keyPEM []byte) {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(serial.Add(1)), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		NotBefore: notBefore, NotAfter: notAfter,
 		DNSNames: dns, IPAddresses: ips, KeyUsage: x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 	}
