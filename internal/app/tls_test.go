@@ -242,3 +242,53 @@ routes:
 `, adminYAML, backend)
 	return runYAML(t, filepath.Join(t.TempDir(), "admin.yaml"), yaml)
 }
+
+// A gRPC call's request body is a stream the client may leave idle (a bidirectional
+// stream waiting for events): body_read_timeout does not cut it, while it still cuts a
+// stalled HTTP/2 upload that is not gRPC.
+func TestGRPCStreamIdleBeyondBodyReadTimeout(t *testing.T) {
+	backend := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, err := io.Copy(io.Discard, r.Body)
+		if err != nil {
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Content-Type", r.Header.Get("Content-Type"))
+		w.Header().Set("Grpc-Status", "0")
+		_, _ = fmt.Fprintf(w, "%d", n)
+	}))
+	backend.Config.Protocols = new(http.Protocols)
+	backend.Config.Protocols.SetUnencryptedHTTP2(true)
+	backend.Start()
+	defer backend.Close()
+	_, addr := startLimitsApp(t, "  h2c: true\n  body_read_timeout: 200ms", "    h2c: true", backend.URL)
+
+	p := new(http.Protocols)
+	p.SetUnencryptedHTTP2(true)
+	tr := &http.Transport{Protocols: p}
+	defer tr.CloseIdleConnections()
+	send := func(ct string) (int, string, error) {
+		pr, pw := io.Pipe()
+		go func() {
+			_, _ = pw.Write([]byte{0, 0, 0, 0, 1})
+			time.Sleep(700 * time.Millisecond) // idle well past body_read_timeout
+			_, _ = pw.Write([]byte{7})
+			_ = pw.Close()
+		}()
+		req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/svc/Method", pr)
+		req.Header.Set("Content-Type", ct)
+		resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Do(req)
+		if err != nil {
+			return 0, "", err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), nil
+	}
+	if code, body, err := send("application/grpc"); err != nil || code != http.StatusOK || body != "6" {
+		t.Errorf("gRPC stream idle 700ms: %d %q %v; want 200 and all 6 bytes through", code, body, err)
+	}
+	if code, _, err := send("application/octet-stream"); err == nil && code == http.StatusOK {
+		t.Errorf("a stalled non-gRPC upload was not cut: %d", code)
+	}
+}
