@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -118,6 +119,16 @@ routes:
 			t.Errorf("%s (SNI %s): %d over %s with certificate %s", tt.url, tt.sni, resp.StatusCode, resp.Proto,
 				resp.TLS.PeerCertificates[0].Subject.CommonName)
 		}
+	}
+
+	// The CLI reaches the https admin API with --ca (a private CA), not without it.
+	caFile := filepath.Join(dir, "ca.pem")
+	testca.WriteFile(t, caFile, ca.PEM)
+	if code, out, errOut := runProcess(t, dir, 20*time.Second, "health", "--admin", "https://"+admin, "--ca", caFile); code != 0 {
+		t.Errorf("fuseproxy health --ca over TLS: exit %d\n%s%s", code, out, errOut)
+	}
+	if code, _, errOut := runProcess(t, dir, 20*time.Second, "health", "--admin", "https://"+admin); code != 1 || !strings.Contains(errOut, "certificate") {
+		t.Errorf("fuseproxy health without --ca: exit %d, %s; want 1 and a certificate error", code, errOut)
 	}
 
 	conn, err := grpc.NewClient("passthrough:///"+listen,
