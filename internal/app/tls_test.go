@@ -16,6 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
 	"github.com/fuseproxy/fuseproxy/internal/testutil/testca"
 )
 
@@ -149,7 +152,22 @@ func TestInboundTLSRotationUnderLoad(t *testing.T) {
 	dir := t.TempDir()
 	crt, key := oldCA.IssueFiles(t, dir, "site", "a.test", []string{"a.test"})
 	backend := tlsBackend(t)
-	_, addr := startLimitsApp(t, fmt.Sprintf("  tls:\n    certificates: [{cert_file: %q, key_file: %q}]", crt, key), "", backend.URL)
+	core, logs := observer.New(zap.InfoLevel)
+	_, addr := runYAMLWith(t, "rotation.yaml", fmt.Sprintf(`listen: "127.0.0.1:0"
+admin: {listen: "127.0.0.1:0"}
+server:
+  shutdown_timeout: 2s
+  tls:
+    certificates: [{cert_file: %q, key_file: %q}]
+upstreams:
+  api:
+    targets: [%q]
+routes:
+  - {path_prefix: /, upstream: api}
+`, crt, key, backend.URL), Options{Logger: zap.New(core)})
+	logged := func(msg string) func() bool {
+		return func() bool { return logs.FilterMessage(msg).Len() > 0 }
+	}
 
 	pool := oldCA.Pool()
 	pool.AddCert(newCA.Cert)
@@ -185,8 +203,9 @@ func TestInboundTLSRotationUnderLoad(t *testing.T) {
 	waitUntil(t, "requests with the old certificate", func() bool { return ok.Load() > 20 })
 	newCrt, newKey := newCA.Issue(t, "a.test", []string{"a.test"})
 	testca.WriteFile(t, key, newKey) // the pair no longer matches until the certificate follows
-	time.Sleep(1500 * time.Millisecond) // at least one look (every second) sees the half-done rotation
+	waitUntil(t, "a look at the half-done rotation", logged("listener TLS certificate not reloaded; the last good one stays in use"))
 	testca.WriteFile(t, crt, newCrt)
+	waitUntil(t, "the reload", logged("listener TLS certificate reloaded"))
 	waitUntil(t, "the new certificate served", func() bool { _, seen := issuers.Load("new CA"); return seen })
 	before := ok.Load()
 	waitUntil(t, "more requests after the rotation", func() bool { return ok.Load() > before+20 })
