@@ -6,11 +6,13 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -20,6 +22,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
@@ -27,6 +30,7 @@ import (
 
 	"github.com/fuseproxy/fuseproxy/breaker"
 	"github.com/fuseproxy/fuseproxy/config"
+	"github.com/fuseproxy/fuseproxy/internal/testutil/testca"
 )
 
 // grpcBackend is a gRPC health service whose answer the request's service name picks:
@@ -103,13 +107,13 @@ func (l *trackingListener) cut() {
 	l.conns = nil
 }
 
-func newGRPCBackend(t *testing.T) *grpcBackend {
+func newGRPCBackend(t *testing.T, opts ...grpc.ServerOption) *grpcBackend {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := &grpcBackend{srv: grpc.NewServer(), ln: &trackingListener{Listener: ln}, sent: make(chan struct{}, 1)}
+	b := &grpcBackend{srv: grpc.NewServer(opts...), ln: &trackingListener{Listener: ln}, sent: make(chan struct{}, 1)}
 	healthpb.RegisterHealthServer(b.srv, b)
 	done := make(chan struct{})
 	go func() {
@@ -441,4 +445,28 @@ func TestReadmeGRPCRejection(t *testing.T) {
 	if want := string(readme[i+len(start) : j]); got != want {
 		t.Errorf("README's gRPC rejection:\n%s\nthe proxy's:\n%s", want, got)
 	}
+}
+
+// An https target speaks HTTP/2 by ALPN without h2c: gRPC passes through to a gRPC
+// server with TLS (a private CA), and its statuses are classified as over h2c.
+func TestGRPCOverTLSUpstream(t *testing.T) {
+	ca := testca.New(t, "grpc CA")
+	certPEM, keyPEM := ca.Issue(t, "grpc.internal", []string{"grpc.internal"}, net.ParseIP("127.0.0.1"))
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := newGRPCBackend(t, grpc.Creds(credentials.NewServerTLSFromCert(&cert)))
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	testca.WriteFile(t, caFile, ca.PEM)
+	up := tlsUpstream(t, "https://"+b.ln.Addr().String(), config.UpstreamTLS{CAFile: caFile})
+	up.Failure.GRPCFailure = 1 << 14
+	f := newGRPCFixture(t, up)
+	if err := f.check(""); err != nil {
+		t.Fatalf("unary over TLS to the upstream: %v", err)
+	}
+	if err := f.check("unavailable"); status.Code(err) != codes.Unavailable {
+		t.Fatalf("UNAVAILABLE over TLS: %v", err)
+	}
+	wantResults(t, f.rec.wait(t, 2), Success, FailureStatus)
 }
