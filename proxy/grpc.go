@@ -212,16 +212,17 @@ func grpcPercentEncode(s string) string {
 	return string(b)
 }
 
-// grpcTimeout returns the deadline the request's grpc-timeout asks for (at most 8
+// grpcTimeout returns the deadline a gRPC request's grpc-timeout asks for (at most 8
 // digits and a unit: H, M, S, m, u or n), or the upstream's timeout when that is
-// shorter or the header is missing or malformed (then 0 means none). Only HTTP/2
-// requests are looked at: gRPC needs HTTP/2, and HTTP/1.1 requests pay nothing.
+// shorter or the header is missing or malformed, or the request is not gRPC (then 0
+// means none). Only HTTP/2 requests are looked at: gRPC needs HTTP/2, and HTTP/1.1
+// requests pay one comparison.
 func grpcTimeout(r *http.Request, timeout time.Duration) time.Duration {
 	if r.ProtoMajor != 2 {
 		return timeout
 	}
 	v := r.Header[headerGRPCTimeout]
-	if len(v) != 1 || len(v[0]) < 2 || len(v[0]) > 9 {
+	if len(v) != 1 || len(v[0]) < 2 || len(v[0]) > 9 || !isGRPC(r.Header) {
 		return timeout
 	}
 	s := v[0]

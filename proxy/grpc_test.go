@@ -332,7 +332,7 @@ func TestGRPCHeaderParsing(t *testing.T) {
 		}
 	}
 	h2 := func(v string) *http.Request {
-		return &http.Request{ProtoMajor: 2, Header: http.Header{"Grpc-Timeout": {v}}}
+		return &http.Request{ProtoMajor: 2, Header: http.Header{"Grpc-Timeout": {v}, "Content-Type": {"application/grpc"}}}
 	}
 	for _, tt := range []struct {
 		v       string
@@ -353,7 +353,8 @@ func TestGRPCHeaderParsing(t *testing.T) {
 		{"-1S", 0, 0, nil},                            // not digits
 		{"S", 0, 0, nil},                              // no digits
 		{"99999999H", 0, 0, nil},                      // overflows time.Duration
-		{"1S", 0, 0, &http.Request{ProtoMajor: 1, Header: http.Header{"Grpc-Timeout": {"1S"}}}}, // HTTP/1.1
+		{"1S", 0, 0, &http.Request{ProtoMajor: 1, Header: http.Header{"Grpc-Timeout": {"1S"}, "Content-Type": {"application/grpc"}}}}, // HTTP/1.1
+		{"1S", 0, 0, &http.Request{ProtoMajor: 2, Header: http.Header{"Grpc-Timeout": {"1S"}}}},                                       // not gRPC
 	} {
 		r := tt.request
 		if r == nil {
