@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
@@ -177,5 +178,43 @@ routes:
 		t.Errorf("web after health opened: %v %v", resp, err)
 	} else {
 		resp.Body.Close()
+	}
+}
+
+// h2c through the binary: with server.h2c a gRPC client without TLS reaches an h2c
+// backend; without it, the same client is refused.
+func TestProtocolsH2CGRPC(t *testing.T) {
+	grpcAddr := startGRPCBackend(t)
+	cfg := func(listen, h2c string) string {
+		return fmt.Sprintf(`listen: %q
+admin: {listen: %q}
+server: {h2c: %s}
+upstreams:
+  health:
+    targets: ["http://%s"]
+    h2c: true
+routes:
+  - {upstream: health}
+`, listen, freeAddr(t), h2c, grpcAddr)
+	}
+	on, off := freeAddr(t), freeAddr(t)
+	startProxy(t, cfg(on, "true"))
+	startProxy(t, cfg(off, "false"))
+	call := func(addr string) error {
+		conn, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err = healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+		return err
+	}
+	if err := call(on); err != nil {
+		t.Errorf("h2c on: %v", err)
+	}
+	if err := call(off); status.Code(err) != codes.Unavailable {
+		t.Errorf("h2c off: %v; want the connection refused (UNAVAILABLE)", err)
 	}
 }
