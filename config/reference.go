@@ -34,7 +34,7 @@ var Reference = []FieldDoc{
 	{"server.tls.certificates[].key_file", `""`, "", "PEM private key of cert_file."},
 	{"server.tls.min_version", "1.2", "", "Lowest TLS version accepted from clients: `1.2` or `1.3`."},
 	{"server.http2", "true", "", "Offer HTTP/2 to TLS clients (ALPN `h2`); false serves HTTP/1.1 only. gRPC clients need it."},
-	{"server.h2c", "false", "", "Accept cleartext HTTP/2 with prior knowledge (h2c, as gRPC clients without TLS speak it) on a listener without TLS. Off by default: such a connection is refused. The `Upgrade: h2c` tunnel is never accepted."},
+	{"server.h2c", "false", "", "Accept cleartext HTTP/2 with prior knowledge (h2c, as gRPC clients without TLS speak it) on a listener without TLS. Off by default: such a connection is refused. An HTTP/1.1 `Upgrade: h2c` request is not this: it is tunnelled only to an upstream whose upgrade_protocols lists h2c (none by default)."},
 
 	{"admin", "", "", "The admin API and metrics listener."},
 	{"admin.listen", "127.0.0.1:8084", "", "Address of the admin API and /metrics, host:port. A non-loopback address requires a token."},
