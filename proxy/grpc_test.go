@@ -471,3 +471,30 @@ func TestGRPCOverTLSUpstream(t *testing.T) {
 	}
 	wantResults(t, f.rec.wait(t, 2), Success, FailureStatus)
 }
+
+// A full bulkhead answers a gRPC client in gRPC's terms too: UNAVAILABLE naming the limit.
+func TestGRPCBulkheadFullAnswersUnavailable(t *testing.T) {
+	b := newGRPCBackend(t)
+	up := h2cUpstream(t, "http://"+b.ln.Addr().String())
+	up.MaxConcurrentRequests = 1
+	f := newGRPCFixture(t, up)
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	stream, err := healthpb.NewHealthClient(f.conn).Watch(ctx, &healthpb.HealthCheckRequest{Service: "cut"}) // holds the one slot
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	recv(t, "the stream's first message", b.sent)
+	var md metadata.MD
+	err = f.check("", grpc.Trailer(&md))
+	if st := status.Convert(err); st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "at its concurrency limit") {
+		t.Errorf("bulkhead full: %v; want UNAVAILABLE naming the limit", err)
+	}
+	if got := md.Get("x-fuse-limit"); len(got) != 1 || got[0] != "concurrency" {
+		t.Errorf("X-Fuse-Limit = %v", got)
+	}
+	cancel()
+}
