@@ -7,6 +7,9 @@
 #   bench/run.sh scale      fuseproxy with 10,000 upstreams: RSS idle and under load
 #   bench/run.sh shared     ../shared/bench/run.sh (nginx, HAProxy, Caddy, bare httputil)
 #                           with fuseproxy added as extra targets
+#   bench/run.sh tls        HTTP/2 over TLS: fuseproxy, nginx and Caddy, each terminating TLS
+#                           (h2 by ALPN, one self-signed certificate) in front of the same
+#                           HTTP/1.1 backend, loaded by h2load in interleaved rounds
 #   bench/run.sh go         the Go benchmarks (breaker, handler, lookup+admit, metrics, heap per upstream,
 #                           the redis store's flush loop)
 #
@@ -42,6 +45,15 @@
 #   SCALE_TARGETS="memory redis memory@GOGC=400"             (scale mode replicas)
 #   BENCH_WORK=/tmp/fuseproxy-bench-local   output: $BENCH_WORK/results/<mode>-<stamp>/
 #   PORT_BASE=19080     backend PORT_BASE, goproxy +1, fuseproxy +10.., admin +20.., redis +299
+#
+# tls: needs nginx, caddy, h2load (nghttp2-client) and openssl. Each target gets
+#   h2load -c CONNS -m STREAMS -t THREADS -D DURATION (after WARMUP of the same) over
+#   HTTP/2, TLS 1.3. Per run: req/s, mean latency, the proxy's own CPU µs per request
+#   (utime+stime of its processes: nginx's master and workers), the backend's, and the
+#   whole machine's. TLS_TARGETS="fuseproxy nginx caddy caddy-ka" (fuseproxy: memory
+#   store, one upstream, breaker on); STREAMS=10. nginx runs worker_processes auto (2
+#   here), like GOMAXPROCS, with 256 idle backend connections per worker; Caddy with its
+#   defaults, and caddy-ka with 1024 idle backend connections (as ../shared/bench).
 #
 # shared: runs ../shared/bench/run.sh with CONNS=32 and its built-in targets plus
 #   fp-memory=http://127.0.0.1:18090/  fp-redis=http://127.0.0.1:18091/  fp-nobreaker=http://127.0.0.1:18092/
@@ -512,6 +524,172 @@ run_shared() {
     EXTRA_START="$ROOT/bench/run.sh _extra $WORK/bin/fuseproxy ${cfgs[*]}" BENCH_WORK=$WORK/shared "$SHARED/run.sh" "${args[@]}"
 }
 
+# ---- tls mode: HTTP/2 over TLS, fuseproxy against nginx and Caddy ------------------------
+run_tls() {
+  local t cmd
+  for cmd in nginx caddy h2load openssl; do
+    command -v $cmd >/dev/null || { echo "missing $cmd (apt-get install -y nginx caddy nghttp2-client openssl)" >&2; exit 1; }
+  done
+  declare -gA PID=() URL=()
+  setup_out tls
+  build
+  start_backend
+  local streams=${STREAMS:-10} tdir=$OUT/tls names=()
+  mkdir -p "$tdir/nginx" "$tdir/caddy"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=bench.test \
+    -addext 'subjectAltName=DNS:bench.test,IP:127.0.0.1' -keyout "$tdir/key.pem" -out "$tdir/cert.pem" 2>/dev/null
+  local port=$((PORT_BASE + 60))
+  for t in ${TLS_TARGETS:-fuseproxy nginx caddy caddy-ka}; do
+    port_free "$port" || { echo "port $port in use (set PORT_BASE)" >&2; exit 1; }
+    case $t in
+      fuseproxy)
+        cat >"$OUT/cfg/tls-fuseproxy.yaml" <<EOF
+listen: "127.0.0.1:$port"
+admin: {listen: "127.0.0.1:$((port + 50))"}
+log: {level: warn}
+server:
+  tls:
+    certificates: [{cert_file: "$tdir/cert.pem", key_file: "$tdir/key.pem"}]
+upstreams:
+  u0:
+    targets: ["http://127.0.0.1:$BACKEND_PORT"]
+routes:
+  - {path_prefix: /, upstream: u0}
+EOF
+        # shellcheck disable=SC2086 # FP_ENV is a list of VAR=value words
+        start tls-fuseproxy env $FP_ENV "$WORK/bin/fuseproxy" serve -config "$OUT/cfg/tls-fuseproxy.yaml"
+        PID[$t]=$LAST_PID
+        ;;
+      nginx)
+        cat >"$tdir/nginx/nginx.conf" <<EOF
+worker_processes auto;
+pid nginx.pid;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path client_body;
+    proxy_temp_path proxy;
+    fastcgi_temp_path fastcgi;
+    uwsgi_temp_path uwsgi;
+    scgi_temp_path scgi;
+    keepalive_requests 1000000;
+    http2_max_requests 1000000;
+    upstream backend {
+        server 127.0.0.1:$BACKEND_PORT;
+        keepalive 256;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:$port ssl http2 backlog=4096;
+        ssl_certificate $tdir/cert.pem;
+        ssl_certificate_key $tdir/key.pem;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+        }
+    }
+}
+EOF
+        start tls-nginx nginx -p "$tdir/nginx/" -c "$tdir/nginx/nginx.conf" -e "$tdir/nginx/error.log" -g 'daemon off;'
+        PID[$t]=$LAST_PID
+        ;;
+      caddy | caddy-ka)
+        # caddy-ka: a larger idle pool to the backend (Caddy keeps 32 idle connections per
+        # host by default; more streams than that in flight reconnect to the backend).
+        local transport=""
+        [[ $t == caddy-ka ]] && transport="{
+        transport http {
+            keepalive_idle_conns_per_host 1024
+        }
+    }"
+        mkdir -p "$tdir/$t"
+        cat >"$tdir/$t/Caddyfile" <<EOF
+{
+    admin off
+    auto_https off
+}
+https://127.0.0.1:$port {
+    bind 127.0.0.1
+    tls $tdir/cert.pem $tdir/key.pem
+    reverse_proxy 127.0.0.1:$BACKEND_PORT $transport
+}
+EOF
+        start "tls-$t" env XDG_CONFIG_HOME="$tdir/$t" XDG_DATA_HOME="$tdir/$t" caddy run --adapter caddyfile --config "$tdir/$t/Caddyfile"
+        PID[$t]=$LAST_PID
+        ;;
+      *) echo "unknown TLS_TARGETS entry $t (fuseproxy nginx caddy caddy-ka)" >&2; exit 2 ;;
+    esac
+    URL[$t]=https://127.0.0.1:$port/
+    names+=("$t")
+    local ok=0
+    for _ in $(seq 100); do
+      [[ $(curl -sk -o /dev/null -w '%{http_code}' --http2 "${URL[$t]}" 2>/dev/null) == 200 ]] && { ok=1; break; }
+      sleep 0.1
+    done
+    ((ok)) || { echo "$t: no 200 from ${URL[$t]}" >&2; exit 1; }
+    port=$((port + 1))
+  done
+  env_info >"$OUT/env.txt"
+  { echo "nginx: $(nginx -v 2>&1 | cut -d/ -f2)"; echo "caddy: $(caddy version | cut -d' ' -f1)"; echo "h2load: $(h2load --version | head -1)"; } >>"$OUT/env.txt"
+  echo "target,round,rps,mean_ms,failed,requests,proc_us_req,backend_us_req,machine_us_req,steal_pct,proto" >"$OUT/raw.csv"
+  local r f c0 c1 p0 p1 b0 b1 w proto
+  for ((r = 1; r <= ROUNDS; r++)); do
+    for t in "${names[@]}"; do
+      f=$OUT/wrk/$t-$r.txt
+      h2load -c"$CONNS" -m"$streams" -t"$THREADS" -D"${WARMUP%s}" "${URL[$t]}" >/dev/null 2>&1
+      c0=$(cpu_snap) p0=$(tree_ticks "${PID[$t]}") b0=$(proc_ticks "$BACKEND_PID")
+      h2load -c"$CONNS" -m"$streams" -t"$THREADS" -D"${DURATION%s}" "${URL[$t]}" >"$f" 2>&1
+      c1=$(cpu_snap) p1=$(tree_ticks "${PID[$t]}") b1=$(proc_ticks "$BACKEND_PID")
+      proto=$(awk '/^Application protocol:/ { print $3 }' "$f")
+      w=$(awk '/^finished in/ { gsub(",", ""); rps = $4 } /^requests:/ { reqs = $2; failed = $10 + $12 }
+               /^time for request:/ { v = $6; u = v; sub(/[0-9.]+/, "", u); mean = v + 0; if (u == "us") mean /= 1000; if (u == "s") mean *= 1000 }
+               END { printf "%.2f,%.3f,%d,%d", rps, mean, failed, reqs }' "$f")
+      awk -v t="$t" -v r="$r" -v w="$w" -v c0="$c0" -v c1="$c1" -v p="$((p1 - p0))" -v bt="$((b1 - b0))" -v hz="$HZ" -v proto="$proto" 'BEGIN {
+        split(w, x, ","); reqs = x[4]; if (reqs < 1) reqs = 1
+        split(c0, a, " "); split(c1, e, " "); d = e[1] - a[1]; if (d < 1) d = 1; st = e[3] - a[3]; busy = d - (e[2] - a[2]) - st
+        printf "%s,%d,%s,%.1f,%.1f,%.1f,%.1f,%s\n", t, r, w, p / hz * 1e6 / reqs, bt / hz * 1e6 / reqs, busy / hz * 1e6 / reqs, 100 * st / d, proto }' >>"$OUT/raw.csv"
+      tail -1 "$OUT/raw.csv"
+    done
+  done
+  {
+    echo "## HTTP/2 over TLS: fuseproxy, nginx and Caddy, $STAMP"
+    echo
+    echo '```'
+    cat "$OUT/env.txt"
+    echo '```'
+    echo
+    echo "Load: \`h2load -c$CONNS -m$streams -t$THREADS -D${DURATION%s}\` per target and round (after a ${WARMUP} warm-up), $ROUNDS interleaved rounds; medians."
+    echo
+    echo "| target | protocol | req/s (median) | req/s min..max | mean latency ms | proxy CPU µs/req | backend CPU µs/req | machine CPU µs/req | proxy CPU ÷ nginx | steal % (max) | failed |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    awk -F, 'function sortn(a, n,   i, j, t) { for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t } }
+      function med(c, k,   a, i, n) { n = cnt[k]; for (i = 1; i <= n; i++) a[i] = v[c, k, i] + 0; sortn(a, n); return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
+      function lo(c, k,   i, m) { m = v[c, k, 1] + 0; for (i = 2; i <= cnt[k]; i++) if (v[c, k, i] + 0 < m) m = v[c, k, i] + 0; return m }
+      function hi(c, k,   i, m) { m = v[c, k, 1] + 0; for (i = 2; i <= cnt[k]; i++) if (v[c, k, i] + 0 > m) m = v[c, k, i] + 0; return m }
+      NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
+      { k = $1; if (!(k in cnt)) tl[++nt] = k; i = ++cnt[k]; for (c in col) v[c, k, i] = $col[c]; failed[k] += $col["failed"]; proto[k] = $col["proto"] }
+      END { for (t = 1; t <= nt; t++) { k = tl[t]
+        ratio = ("nginx" in cnt) ? sprintf("%.2f", med("proc_us_req", k) / med("proc_us_req", "nginx")) : "-"
+        printf "| %s | %s | %.0f | %.0f..%.0f | %.3f | %.1f | %.1f | %.1f | %s | %.1f | %d |\n", k, proto[k], med("rps", k), lo("rps", k), hi("rps", k),
+          med("mean_ms", k), med("proc_us_req", k), med("backend_us_req", k), med("machine_us_req", k), ratio, hi("steal_pct", k), failed[k] } }' "$OUT/raw.csv"
+  } >"$OUT/summary.md"
+  echo
+  cat "$OUT/summary.md"
+  echo "saved in $OUT/"
+}
+
+# utime+stime ticks of a process and its children (nginx's workers).
+tree_ticks() {
+  local sum=0 pid
+  for pid in $1 $(pgrep -P "$1"); do
+    [[ -r /proc/$pid/stat ]] && sum=$((sum + $(proc_ticks "$pid")))
+  done
+  echo "$sum"
+}
+
 # ---- go mode: the Go benchmarks ---------------------------------------------------------
 run_go() {
   setup_out go
@@ -530,6 +708,7 @@ case $MODE in
   load) run_load ;;
   scale) run_scale ;;
   shared) run_shared ;;
+  tls) run_tls ;;
   go) run_go ;;
-  *) echo "unknown mode $MODE (load, scale, shared, go; --help)" >&2; exit 2 ;;
+  *) echo "unknown mode $MODE (load, scale, shared, tls, go; --help)" >&2; exit 2 ;;
 esac

@@ -23,9 +23,13 @@ func Default() *Config {
 			MaxConnections:    4096,
 			BodyReadTimeout:   30 * time.Second,
 			BodyMinRate:       500,
+			TLS:               ListenerTLS{MinVersion: "1.2"},
+			HTTP2:             true,
+			H2C:               false,
 		},
 		Admin: Admin{
 			Listen: "127.0.0.1:8084",
+			TLS:    ListenerTLS{MinVersion: "1.2"},
 		},
 		Log: Log{
 			Format: "json",
@@ -93,6 +97,7 @@ func DefaultUpstream() *Upstream {
 			SuccessStatuses: []int{},
 			TransportErrors: true,
 			Timeouts:        true,
+			GRPCCodes:       []string{"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "INTERNAL", "UNKNOWN"},
 		},
 		Fallback: Fallback{
 			Upstream: "", // none
@@ -115,6 +120,7 @@ func DefaultUpstream() *Upstream {
 			BufferBody:    0, // a request with a body is sent once
 			Budget:        RetryBudget{Percent: 20, MinPerSecond: 3, Window: 10 * time.Second},
 		},
+		H2C: false,
 		Outlier: Outlier{
 			Enabled:                  false,
 			ConsecutiveGatewayErrors: 3,

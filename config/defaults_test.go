@@ -19,8 +19,10 @@ func TestDefaults(t *testing.T) {
 			MaxConnections:  4096,
 			BodyReadTimeout: 30 * time.Second,
 			BodyMinRate:     500,
+			TLS:             ListenerTLS{MinVersion: "1.2"},
+			HTTP2:           true, // HTTP/2 over TLS by ALPN; h2c off (issue #20)
 		},
-		Admin: Admin{Listen: "127.0.0.1:8084"},
+		Admin: Admin{Listen: "127.0.0.1:8084", TLS: ListenerTLS{MinVersion: "1.2"}},
 		Log:   Log{Format: "json", Level: "info"},
 		Store: Store{
 			Driver:        "memory",
@@ -52,7 +54,8 @@ func TestDefaults(t *testing.T) {
 			MaxOpenDuration: 5 * time.Minute, Jitter: 0.1, HalfOpenMaxRequests: 1,
 			SuccessThreshold: 1, MinReplicasReporting: 1,
 		},
-		Failure:  Failure{Statuses: []string{"5xx"}, SuccessStatuses: []int{}, TransportErrors: true, Timeouts: true},
+		Failure: Failure{Statuses: []string{"5xx"}, SuccessStatuses: []int{}, TransportErrors: true, Timeouts: true,
+			GRPCCodes: []string{"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "INTERNAL", "UNKNOWN"}},
 		Fallback: Fallback{Status: 503, Headers: map[string]string{}},
 	}
 	wantUp.UpgradeProtocols = []string{"websocket"} // never h2c by default (issue #12)

@@ -513,6 +513,7 @@ func TestParseMinimal(t *testing.T) {
 	want.Targets = up.Targets
 	want.TargetURLs = up.TargetURLs
 	want.Failure.FailureStatus = up.Failure.FailureStatus
+	want.Failure.GRPCFailure = 1<<2 | 1<<4 | 1<<8 | 1<<13 | 1<<14 // the default grpc_codes
 	if !reflect.DeepEqual(up, want) {
 		t.Errorf("upstream = %+v\nwant %+v", up, want)
 	}

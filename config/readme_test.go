@@ -2,9 +2,12 @@ package config
 
 import (
 	"os"
+	"path/filepath"
 	"strings"
-	"time"
 	"testing"
+	"time"
+
+	"github.com/fuseproxy/fuseproxy/internal/testutil/testca"
 )
 
 // TestReadmeReference keeps README's configuration reference identical to Reference.
@@ -80,20 +83,61 @@ func TestReadmeFallbackExample(t *testing.T) {
 	}
 }
 
-// TestReadmeRetriesExample: README's retries example is a valid config that turns on
-// what it shows.
-func TestReadmeRetriesExample(t *testing.T) {
+// readmeBlock returns the YAML between README's <!-- name:start --> and <!-- name:end -->.
+func readmeBlock(t *testing.T, name string) string {
+	t.Helper()
 	b, err := os.ReadFile("../README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := string(b)
-	const start, end = "<!-- retries-example:start -->\n```yaml\n", "```\n<!-- retries-example:end -->"
+	start, end := "<!-- "+name+":start -->\n```yaml\n", "```\n<!-- "+name+":end -->"
 	i, j := strings.Index(s, start), strings.Index(s, end)
 	if i < 0 || j < i {
-		t.Fatal("README.md lacks the retries-example markers")
+		t.Fatalf("README.md lacks the %s markers", name)
 	}
-	cfg, err := Parse("README.md", []byte(s[i+len(start):j]))
+	return s[i+len(start) : j]
+}
+
+// README's TLS, h2c and gRPC examples are valid configs that turn on what they show.
+// The TLS example's files are made for the test (validate loads them).
+func TestReadmeProtocolExamples(t *testing.T) {
+	dir := t.TempDir()
+	ca := testca.New(t, "internal CA")
+	for _, name := range []string{"api", "partners", "admin"} {
+		ca.IssueFiles(t, dir, name, name+".example.com", []string{name + ".example.com"})
+	}
+	testca.WriteFile(t, filepath.Join(dir, "internal-ca.pem"), ca.PEM)
+	src := strings.ReplaceAll(readmeBlock(t, "tls-example"), "/etc/fuseproxy/tls/", dir+"/")
+	cfg, err := Parse("README.md", []byte(src))
+	if err != nil {
+		t.Fatalf("README's TLS example: %v", err)
+	}
+	if len(cfg.Server.TLS.Certificates) != 2 || !cfg.Server.HTTP2 || !cfg.Admin.TLS.Enabled() || cfg.Upstreams["payments"].TLS.CAFile == "" {
+		t.Errorf("README's TLS example does not turn on what it shows: %+v %+v", cfg.Server, cfg.Admin)
+	}
+
+	cfg, err = Parse("README.md", []byte(readmeBlock(t, "h2c-example")))
+	if err != nil {
+		t.Fatalf("README's h2c example: %v", err)
+	}
+	if !cfg.Server.H2C || !cfg.Upstreams["inventory"].H2C {
+		t.Errorf("README's h2c example does not turn h2c on: %+v", cfg.Server)
+	}
+
+	cfg, err = Parse("README.md", []byte(readmeBlock(t, "grpc-example")))
+	if err != nil {
+		t.Fatalf("README's gRPC example: %v", err)
+	}
+	if u := cfg.Upstreams["inventory"]; !u.H2C || u.Failure.GRPCFailure != 1<<14|1<<4|1<<13 {
+		t.Errorf("README's gRPC example: h2c %v, failing codes %b", u.H2C, u.Failure.GRPCFailure)
+	}
+}
+
+// TestReadmeRetriesExample: README's retries example is a valid config that turns on
+// what it shows.
+func TestReadmeRetriesExample(t *testing.T) {
+	cfg, err := Parse("README.md", []byte(readmeBlock(t, "retries-example")))
 	if err != nil {
 		t.Fatalf("README's retries example: %v", err)
 	}

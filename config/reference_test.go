@@ -154,12 +154,17 @@ func TestReferenceMarkdown(t *testing.T) {
 func referenceAsYAML(overrides map[string]string) string {
 	var b strings.Builder
 	itemStarted := make(map[string]bool)
+	skip := "" // the children of an overridden key are left out
 	for i, f := range Reference {
+		if skip != "" && (strings.HasPrefix(f.Key, skip+".") || strings.HasPrefix(f.Key, skip+"[].")) {
+			continue
+		}
 		parts := strings.Split(f.Key, ".")
 		var indent strings.Builder
-		for _, parent := range parts[:len(parts)-1] {
+		for j, parent := range parts[:len(parts)-1] {
 			indent.WriteString("  ")
 			if strings.HasSuffix(parent, "[]") {
+				parent = strings.Join(parts[:j+1], ".") // items are started per list
 				if itemStarted[parent] {
 					indent.WriteString("  ")
 				} else {
@@ -173,6 +178,7 @@ func referenceAsYAML(overrides map[string]string) string {
 		switch value, ok := overrides[f.Key]; {
 		case ok:
 			fmt.Fprintf(&b, "%s%s: %s\n", indent.String(), name, value)
+			skip = f.Key
 		case hasChildren || f.Default == "":
 			fmt.Fprintf(&b, "%s%s:\n", indent.String(), name)
 		default:
@@ -190,6 +196,8 @@ func TestReferenceDefaultsRoundTrip(t *testing.T) {
 		"upstreams.<name>.targets": "[http://10.0.0.5:8080]",
 		"events.webhooks[].url":    "https://hooks.example.com/x",
 		"routes[].upstream":        "payments",
+		"server.tls.certificates":  "[]",
+		"admin.tls.certificates":   "[]",
 	})
 	got := mustParse(t, src, nil)
 
@@ -213,6 +221,7 @@ func TestReferenceDefaultsRoundTrip(t *testing.T) {
 	want.Routes[0].Methods = []string{}
 	want.Admin.AllowedHosts = []string{}
 	want.Server.TrustedProxies = []string{}
+	want.Server.TLS.Certificates, want.Admin.TLS.Certificates = []Certificate{}, []Certificate{}
 
 	got.origin, got.Path = nil, ""
 	if !reflect.DeepEqual(got, want) {

@@ -49,6 +49,29 @@ type Server struct {
 	// headers (X-Forwarded-*, Forwarded, X-Real-IP, ...) are kept and extended; from
 	// any other peer they are replaced. Empty: no one is trusted.
 	TrustedProxies []string `yaml:"trusted_proxies"`
+	// TLS: the listener speaks TLS when certificates are listed.
+	TLS ListenerTLS `yaml:"tls"`
+	// HTTP2 offers HTTP/2 to TLS clients (ALPN "h2").
+	HTTP2 bool `yaml:"http2"`
+	// H2C accepts cleartext HTTP/2 with prior knowledge on a listener without TLS.
+	H2C bool `yaml:"h2c"`
+}
+
+// ListenerTLS is a listener's TLS (the proxy's server.tls, the admin API's admin.tls).
+// The files are read again when they change, so certificates rotate without a restart.
+type ListenerTLS struct {
+	// Certificates are chosen by the client's SNI name; the first is the default.
+	Certificates []Certificate `yaml:"certificates"`
+	MinVersion   string        `yaml:"min_version"` // "1.2" or "1.3"
+}
+
+// Enabled reports whether the listener speaks TLS.
+func (t *ListenerTLS) Enabled() bool { return len(t.Certificates) > 0 }
+
+// Certificate is a PEM certificate (chain) and its private key.
+type Certificate struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
 }
 
 // Admin is the admin/metrics listener.
@@ -58,6 +81,8 @@ type Admin struct {
 	// AllowedHosts are the names, besides IP literals and localhost, that the admin API
 	// accepts in a request's Host header (a defence against DNS rebinding).
 	AllowedHosts []string `yaml:"allowed_hosts"`
+	// TLS: the admin listener speaks TLS when certificates are listed.
+	TLS ListenerTLS `yaml:"tls"`
 }
 
 // Log selects the zap encoder and level.
@@ -156,6 +181,8 @@ type Upstream struct {
 	TLS UpstreamTLS `yaml:"tls"`
 	// Retries is how a failed attempt is tried again, on a fleet-wide budget.
 	Retries Retries `yaml:"retries"`
+	// H2C speaks cleartext HTTP/2 (prior knowledge) to the upstream's http:// targets.
+	H2C bool `yaml:"h2c"`
 
 	// TargetURLs are Targets parsed (not a YAML key; filled by Load).
 	TargetURLs []*url.URL `yaml:"-"`
@@ -270,9 +297,15 @@ type Failure struct {
 	SuccessStatuses []int `yaml:"success_statuses"`
 	TransportErrors bool  `yaml:"transport_errors"`
 	Timeouts        bool  `yaml:"timeouts"`
+	// GRPCCodes are the grpc-status codes of a gRPC response that are failures: names
+	// ("UNAVAILABLE") or numbers (14).
+	GRPCCodes []string `yaml:"grpc_codes"`
 
 	// FailureStatus[code] is the resolved table (not a YAML key; filled by Load).
 	FailureStatus [600]bool `yaml:"-"`
+	// GRPCFailure has bit c set when grpc-status c is a failure (not a YAML key; filled
+	// by Validate from GRPCCodes).
+	GRPCFailure uint32 `yaml:"-"`
 }
 
 // Fallback is the response sent when the circuit rejects a request.

@@ -64,6 +64,10 @@ func (v *validator) server(s *Server) {
 	v.atLeast("server.max_connections", s.MaxConnections, 0)
 	v.nonNegative("server.body_read_timeout", s.BodyReadTimeout)
 	v.atLeast("server.body_min_rate", s.BodyMinRate, 0)
+	v.listenerTLS("server.tls", &s.TLS)
+	if s.H2C && s.TLS.Enabled() {
+		v.errorf("server.h2c", "h2c is cleartext HTTP/2, for a listener without TLS: with server.tls on, clients get HTTP/2 by ALPN (server.http2)")
+	}
 	for i, cidr := range s.TrustedProxies {
 		if _, err := ParseTrustedProxy(cidr); err != nil {
 			v.errorf(fmt.Sprintf("server.trusted_proxies[%d]", i), "%v", err)
@@ -103,6 +107,7 @@ func (v *validator) admin(a *Admin) {
 	if _, err := CleanToken(a.Token); err != nil {
 		v.errorf("admin.token", "%v", err)
 	}
+	v.listenerTLS("admin.tls", &a.TLS)
 	for i, h := range a.AllowedHosts {
 		if !isHostname(strings.TrimSuffix(h, ".")) {
 			v.errorf(fmt.Sprintf("admin.allowed_hosts[%d]", i), "must be a host name (no scheme, port or wildcard), got %s", quote(h))
@@ -323,6 +328,14 @@ func (v *validator) upstream(p string, u *Upstream) {
 	v.headers(p+".fallback.headers", u.Fallback.Headers)
 	v.oneOf(p+".load_balancing", u.LoadBalancing, "round_robin", "least_requests")
 	v.upstreamTLS(p+".tls", &u.TLS)
+	if u.H2C {
+		for i, t := range u.TargetURLs {
+			if t.Scheme != "http" {
+				v.errorf(p+".h2c", "h2c is cleartext HTTP/2 to http:// targets, but targets[%d] is %s: https targets negotiate HTTP/2 by ALPN without it", i, quote(t.String()))
+				break
+			}
+		}
+	}
 	v.outlier(p, u)
 	v.retries(p+".retries", &u.Retries)
 	for i, proto := range u.UpgradeProtocols {
@@ -593,6 +606,50 @@ func (v *validator) failure(p string, f *Failure) {
 		}
 	}
 	f.FailureStatus = table
+	f.GRPCFailure = 0
+	for i, c := range f.GRPCCodes {
+		code, ok := ParseGRPCCode(c)
+		if !ok {
+			v.errorf(fmt.Sprintf("%s.grpc_codes[%d]", p, i), "must be a gRPC status code, a name such as \"UNAVAILABLE\" or a number 0-16, got %s", quote(c))
+			continue
+		}
+		f.GRPCFailure |= 1 << code
+	}
+}
+
+// GRPCCodeNames are the gRPC status codes' names, by number.
+var GRPCCodeNames = [...]string{"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+	"ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
+	"UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"}
+
+// ParseGRPCCode reads a gRPC status code: its name (any case) or its number, 0-16.
+func ParseGRPCCode(s string) (int, bool) {
+	if n, err := strconv.Atoi(s); err == nil {
+		return n, n >= 0 && n < len(GRPCCodeNames)
+	}
+	for i, name := range GRPCCodeNames {
+		if strings.EqualFold(s, name) {
+			return i, true
+		}
+	}
+	return 0, false
+}
+
+// listenerTLS checks a listener's tls section and loads its files once, so that
+// validate refuses what serve could not use.
+func (v *validator) listenerTLS(p string, t *ListenerTLS) {
+	v.oneOf(p+".min_version", t.MinVersion, "1.2", "1.3")
+	for i, c := range t.Certificates {
+		q := fmt.Sprintf("%s.certificates[%d]", p, i)
+		switch {
+		case c.CertFile == "" || c.KeyFile == "":
+			v.errorf(q, "cert_file and key_file are both required")
+		default:
+			if _, err := LoadKeyPair(c.CertFile, c.KeyFile); err != nil {
+				v.errorf(q+".cert_file", "%v", err)
+			}
+		}
+	}
 }
 
 func (v *validator) routes(routes []Route, ups map[string]*Upstream) {

@@ -28,6 +28,11 @@
 //     Result for the Recorder. A success whose body the upstream then breaks off is
 //     taken back as a failure (breaker.LateFailure, Recorder.BodyBroken). A request
 //     the access log sampled is handed to it (AccessLog.Log) when it ends.
+//  6. gRPC (grpc.go): an answer of Content-Type application/grpc is classified by its
+//     grpc-status, in the headers (trailers-only) or, taking back the headers'
+//     success, in the trailers; an open circuit answers gRPC clients with grpc-status
+//     14; grpc-timeout bounds the upstream request. HTTP/2 to the upstream is ALPN for
+//     https targets, h2c (prior knowledge) for http targets with upstreams.<n>.h2c.
 //
 // Every response the proxy writes itself (the fallback, the bulkhead's refusal, and
 // its 400, 404, 405, 413, 502 and 504 bodies) is built in responses.go.

@@ -48,7 +48,8 @@ const (
 	// the request got the fallback and never reached the breaker or the upstream.
 	RejectedConcurrency
 	// FailureBody: the upstream broke its response body off after headers counted as a
-	// Success (a reset, a truncated body, the upstream's timeout mid-body). The request
+	// Success (a reset, a truncated body, the upstream's timeout mid-body), or a gRPC
+	// answer's trailers carried a failing grpc-status (grpc.go). The request
 	// stays a Success in the partition; the breaker takes that success back as a
 	// failure (breaker.LateFailure) and the Recorder gets BodyBroken.
 	FailureBody
@@ -195,10 +196,14 @@ func (p *Proxy) reject(w http.ResponseWriter, r *http.Request, rt *route, res Re
 		w = cw
 	}
 	status := up.fallback.status
-	if res == RejectedConcurrency {
+	switch {
+	case isGRPC(r.Header): // gRPC hook (grpc.go): an answer gRPC clients can read
+		status = http.StatusOK
+		rejectGRPC(w, up, res, tk, err)
+	case res == RejectedConcurrency:
 		status = up.limited.status
 		up.limited.write(w)
-	} else {
+	default:
 		up.fallback.reject(w, tk, err)
 	}
 	if p.rec != nil {
@@ -321,6 +326,8 @@ type exchange struct {
 	// (see Proxy.ServeHTTP). ReverseProxy clears the response header map after each 1xx
 	// it relays, so the final answer sets it again (closeAfter).
 	closeConn bool
+	// grpc: a gRPC answer whose grpc-status comes in its trailers (grpc.go).
+	grpc bool
 }
 
 // closeAfter puts back the Connection: close of an answer to a chunked request before
@@ -434,6 +441,8 @@ func (e *exchange) bodyBroken() {
 func (p *Proxy) release(e *exchange) {
 	if !e.returned {
 		e.bodyBroken()
+	} else if e.grpc {
+		e.grpcTrailers() // gRPC hook (grpc.go): the grpc-status in the trailers
 	}
 	e.report(Ignored, breaker.Ignored, breaker.Ignored, 0)
 	if e.logged {
@@ -463,7 +472,9 @@ func (e *exchange) WriteHeader(code int) {
 		if e.retry != nil && e.retry.codes[code] && !e.pauses(code) && e.again(RetryStatus, targetOutcome(code)) {
 			return // this answer is dropped; the next attempt answers
 		}
-		e.reportStatus(code)
+		if !e.reportGRPC(code) { // gRPC hook (grpc.go): grpc-status in the headers
+			e.reportStatus(code)
+		}
 	}
 	// Only rejections (and a fallback upstream's answers) carry HeaderCircuit,
 	// HeaderFallback or HeaderLimit, even behind another fuseproxy.
@@ -527,7 +538,7 @@ func (e *exchange) Unwrap() http.ResponseWriter { return e.w }
 
 // handleError is every upstream ReverseProxy's ErrorHandler: the request got no response
 // from the upstream. It classifies the error, reports it and answers the client.
-func (p *Proxy) handleError(rw http.ResponseWriter, _ *http.Request, err error) {
+func (p *Proxy) handleError(rw http.ResponseWriter, req *http.Request, err error) {
 	e, ok := rw.(*exchange)
 	if !ok { // every ReverseProxy is served through an exchange; never happens
 		writeJSON(rw, http.StatusBadGateway, []byte(`{"error":"bad_gateway"}`))
@@ -578,7 +589,9 @@ func (p *Proxy) handleError(rw http.ResponseWriter, _ *http.Request, err error) 
 		}
 		body = up.errBadGateway
 	}
-	if body != nil {
+	if (status == http.StatusBadGateway || status == http.StatusGatewayTimeout) && isGRPC(req.Header) { // gRPC hook (grpc.go)
+		writeGRPCError(e.w, status, up.name)
+	} else if body != nil {
 		writeJSON(e.w, status, body)
 		e.bytes += int64(len(body))
 	}

@@ -430,8 +430,8 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, rt *route, up *u
 			return
 		}
 	}
-	if up.timeout > 0 {
-		ctx, cancel := context.WithTimeout(r.Context(), up.timeout)
+	if timeout := grpcTimeout(r, up.timeout); timeout > 0 { // gRPC hook (grpc.go): grpc-timeout
+		ctx, cancel := context.WithTimeout(r.Context(), timeout)
 		defer cancel()
 		r, e.upstream = r.WithContext(ctx), ctx
 	}

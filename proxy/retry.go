@@ -241,7 +241,7 @@ func (p *Proxy) attempt(rp *httputil.ReverseProxy, e *exchange, r *http.Request)
 // attempt put in the response headers, and picks a target, another than those tried when
 // there is one.
 func (p *Proxy) next(e *exchange, r *http.Request) {
-	e.retrying, e.discarded = false, 0
+	e.retrying, e.discarded, e.grpc = false, 0, false
 	if d := e.retry.backoff(e.attempt); d > 0 {
 		t := time.NewTimer(d)
 		select {

@@ -33,6 +33,7 @@ type transportKey struct {
 	maxIdlePerHost        int
 	targets               string // the targets' URLs joined by spaces
 	tls                   config.UpstreamTLS
+	h2c                   bool
 }
 
 func newTransportKey(u *config.Upstream, targets []*url.URL) transportKey {
@@ -56,6 +57,7 @@ func newTransportKey(u *config.Upstream, targets []*url.URL) transportKey {
 		maxIdlePerHost:        idle,
 		targets:               sb.String(),
 		tls:                   u.TLS,
+		h2c:                   u.H2C,
 	}
 }
 
@@ -63,7 +65,8 @@ func newTransportKey(u *config.Upstream, targets []*url.URL) transportKey {
 //
 // Environment proxies (HTTP_PROXY) are not used: targets are dialled directly.
 // Compression is disabled so that bodies pass through as the upstream encoded them.
-// HTTP/2 is attempted only for https targets (there is no h2c to plain-http targets).
+// HTTP/2 is attempted for https targets (by ALPN); http targets get HTTP/1.1, or
+// cleartext HTTP/2 with prior knowledge and nothing else when the upstream says h2c.
 //
 // The TLS settings are the upstream's tls section (tlsConfig): an error loading its files
 // is returned.
@@ -80,7 +83,13 @@ func newTransport(k transportKey, targets []*url.URL, upstream string, log *zap.
 		}
 	}
 	d := &net.Dialer{Timeout: k.dialTimeout, KeepAlive: dialKeepAlive}
+	var protocols *http.Protocols
+	if k.h2c {
+		protocols = new(http.Protocols)
+		protocols.SetUnencryptedHTTP2(true)
+	}
 	return &http.Transport{
+		Protocols:             protocols,
 		TLSClientConfig:       tc,
 		Proxy:                 nil,
 		DialContext:           d.DialContext,

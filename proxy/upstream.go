@@ -34,8 +34,10 @@ type upstream struct {
 	// honorRetryAfter: breaker.honor_retry_after (see retryAfter).
 	honorRetryAfter bool
 	// retry is the retries policy, nil when the upstream does not retry (retry.go).
-	retry    *retryPolicy
-	fallback fallback
+	retry *retryPolicy
+	// grpcFailure has bit c set when grpc-status c is a failure (failure.grpc_codes).
+	grpcFailure uint32
+	fallback    fallback
 	// fallbackUp is the upstream that serves while this one's circuit rejects
 	// (fallback.upstream), nil for none; viaOpen and viaHalfOpen mark its answers.
 	fallbackUp           *upstream
@@ -76,6 +78,7 @@ func newUpstream(name string, cu *config.Upstream, breakers map[string]*breaker.
 		timeout:           cu.Timeout,
 		failureStatus:     cu.Failure.FailureStatus,
 		countTransport:    cu.Failure.TransportErrors,
+		grpcFailure:       cu.Failure.GRPCFailure,
 		countTimeouts:     cu.Failure.Timeouts,
 		honorRetryAfter:   cu.Breaker.HonorRetryAfter && b != nil,
 		fallback:          newFallback(name, cu.Fallback),

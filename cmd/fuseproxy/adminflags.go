@@ -22,6 +22,7 @@ type adminFlags struct {
 	token   string
 	json    bool
 	timeout time.Duration
+	ca      string
 }
 
 // newAdminFlagSet returns a flag set with --admin, --token, --json and --timeout.
@@ -37,6 +38,7 @@ func newAdminFlagSet(name string, stderr io.Writer, timeout time.Duration) (*fla
 	fs.StringVar(&f.token, "token", os.Getenv("FUSE_ADMIN_TOKEN"), "admin bearer token (env FUSE_ADMIN_TOKEN)")
 	fs.BoolVar(&f.json, "json", false, "print the API's JSON instead of a table")
 	fs.DurationVar(&f.timeout, "timeout", timeout, "timeout of the request")
+	fs.StringVar(&f.ca, "ca", os.Getenv("FUSE_ADMIN_CA"), "PEM CA bundle to verify an https admin API with, instead of the system roots (env FUSE_ADMIN_CA)")
 	return fs, f
 }
 
@@ -74,6 +76,11 @@ func (f *adminFlags) client() (*admin.Client, error) {
 			}
 		})
 		return nil, fmt.Errorf("%s: %w", source, err)
+	}
+	if f.ca != "" {
+		if err := c.TrustCA(f.ca); err != nil {
+			return nil, fmt.Errorf("--ca: %w", err)
+		}
 	}
 	return c, nil
 }

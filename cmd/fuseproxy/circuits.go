@@ -25,6 +25,7 @@ const circuitsUsage = `Usage:
 Flags (anywhere on the line):
   --admin URL      admin API (default $FUSE_ADMIN_URL, else http://127.0.0.1:8084)
   --token TOKEN    bearer token (default $FUSE_ADMIN_TOKEN)
+  --ca FILE        PEM CA bundle for an https admin API (default $FUSE_ADMIN_CA)
   --json           print the API's JSON
   --timeout D      request timeout (default 5s)
 `

@@ -35,7 +35,8 @@ Usage:
 
 The config defaults to $FUSE_CONFIG or config.yaml. The admin commands (circuits,
 health, reload) take --admin URL (default $FUSE_ADMIN_URL, else
-http://127.0.0.1:8084), --token TOKEN (default $FUSE_ADMIN_TOKEN) and --json.
+http://127.0.0.1:8084), --token TOKEN (default $FUSE_ADMIN_TOKEN), --ca FILE (a
+PEM CA bundle for an https admin API, default $FUSE_ADMIN_CA) and --json.
 Every command takes -h for its own flags.
 `
 

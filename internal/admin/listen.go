@@ -7,6 +7,9 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/fuseproxy/fuseproxy/config"
+	"github.com/fuseproxy/fuseproxy/internal/servertls"
 )
 
 // CheckListen returns an error naming admin.listen when addr is not host:port, or is
@@ -42,6 +45,13 @@ func Listen(addr, token string) (net.Listener, error) {
 		return nil, fmt.Errorf("admin.listen %q: %w", addr, err)
 	}
 	return ln, nil
+}
+
+// ListenTLS wraps the admin listener ln in TLS with admin.tls's certificates (chosen
+// by SNI, read again when their files change), offering HTTP/2; without certificates
+// it returns ln.
+func ListenTLS(ln net.Listener, c config.ListenerTLS, log *zap.Logger) (net.Listener, error) {
+	return servertls.Listen(ln, "admin.tls", c, true, log)
 }
 
 // NewServer returns the admin listener's http.Server for h, with timeouts fit for a

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"os"
+	"reflect"
 	"slices"
 	"strconv"
 	"sync"
@@ -273,6 +274,11 @@ func (a *App) Reload(cfg *config.Config) (err error) {
 	a.mu.Unlock()
 	if na, oa := cfg.Admin, oldCfg.Admin; na.Listen != oa.Listen || na.Token != oa.Token || !slices.Equal(na.AllowedHosts, oa.AllowedHosts) {
 		a.log.Warn("admin.listen, admin.token and admin.allowed_hosts changes take effect at the next restart")
+	}
+	if ns, olds := cfg.Server, oldCfg.Server; ns.HTTP2 != olds.HTTP2 || ns.H2C != olds.H2C ||
+		!reflect.DeepEqual(ns.TLS, olds.TLS) || !reflect.DeepEqual(cfg.Admin.TLS, oldCfg.Admin.TLS) {
+		// The certificate files themselves are read again when they change (servertls).
+		a.log.Warn("server.tls, server.http2, server.h2c and admin.tls changes take effect at the next restart")
 	}
 	if cfg.Events.QueueSize != oldCfg.Events.QueueSize {
 		a.log.Warn("events.queue_size changes take effect at the next restart")

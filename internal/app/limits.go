@@ -109,7 +109,7 @@ func (bl bodyLimits) wrap(h http.Handler) http.Handler {
 		bl.now = time.Now
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Body == nil || r.Body == http.NoBody {
+		if r.Body == nil || r.Body == http.NoBody || grpcStream(r) {
 			h.ServeHTTP(w, r)
 			return
 		}
@@ -121,6 +121,23 @@ func (bl bodyLimits) wrap(h http.Handler) http.Handler {
 		defer b.finish()
 		h.ServeHTTP(b, r)
 	})
+}
+
+// grpcStream reports whether r is a gRPC call (HTTP/2, Content-Type application/grpc
+// or application/grpc+codec/;params). Its request body is a stream of messages a client
+// may leave idle for as long as the call lasts (a bidirectional stream waiting for
+// events), so the body progress deadline does not apply: it would cut every such call
+// after body_read_timeout. A stalled call holds an HTTP/2 stream, not a connection
+// (server.max_connections still caps those), and the upstream's timeout and the
+// client's grpc-timeout still bound it.
+func grpcStream(r *http.Request) bool {
+	if r.ProtoMajor != 2 {
+		return false
+	}
+	ct := r.Header.Get("Content-Type")
+	const grpc = "application/grpc"
+	return len(ct) >= len(grpc) && ct[:len(grpc)] == grpc &&
+		(len(ct) == len(grpc) || ct[len(grpc)] == '+' || ct[len(grpc)] == ';')
 }
 
 // deadlineBody is a request body whose reads move the connection's read deadline, and

@@ -75,11 +75,24 @@ upstreams:
 routes:
   - {path_prefix: /, upstream: api}
 `, server, backend, upstream)
-	cfg, err := config.ParseWithEnv("limits.yaml", []byte(yaml), nil)
+	return runYAML(t, "limits.yaml", yaml)
+}
+
+// runYAML runs an App in process from the config yaml (named name in errors) and
+// returns it with its proxy address once it is ready; the test's end stops it.
+func runYAML(t *testing.T, name, yaml string) (*App, string) {
+	t.Helper()
+	return runYAMLWith(t, name, yaml, Options{})
+}
+
+// runYAMLWith is runYAML with the App's options.
+func runYAMLWith(t *testing.T, name, yaml string, opts Options) (*App, string) {
+	t.Helper()
+	cfg, err := config.ParseWithEnv(name, []byte(yaml), nil)
 	if err != nil {
 		t.Fatalf("config:\n%s\n%v", yaml, err)
 	}
-	a, err := New(cfg, Options{})
+	a, err := New(cfg, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/fuseproxy/fuseproxy/config"
 	"github.com/fuseproxy/fuseproxy/internal/admin"
+	"github.com/fuseproxy/fuseproxy/internal/servertls"
 )
 
 // Run serves until ctx ends, then shuts down gracefully: not ready at once, stop
@@ -76,10 +77,34 @@ func (a *App) listen(cfg *config.Config) (proxyLn, adminLn net.Listener, err err
 		return nil, nil, fmt.Errorf("listen %s: %w", cfg.Listen, err)
 	}
 	proxyAddr, adminAddr := ln.Addr().String(), adminLn.Addr().String()
+	ln = newLimitListener(ln, cfg.Server.MaxConnections, a.metrics.ConnectionsOpened, a.metrics.ConnectionRejected)
+	// TLS above the connection cap: a connection past it is reset before any handshake.
+	tlsLn, err := servertls.Listen(ln, "server.tls", cfg.Server.TLS, cfg.Server.HTTP2, a.log)
+	var tlsAdmin net.Listener
+	if err == nil {
+		tlsAdmin, err = admin.ListenTLS(adminLn, cfg.Admin.TLS, a.log)
+	}
+	if err != nil {
+		_ = ln.Close()
+		_ = adminLn.Close()
+		return nil, nil, err
+	}
+	ln, adminLn = tlsLn, tlsAdmin
 	a.proxyAddr.Store(&proxyAddr)
 	a.adminAddr.Store(&adminAddr)
-	ln = newLimitListener(ln, cfg.Server.MaxConnections, a.metrics.ConnectionsOpened, a.metrics.ConnectionRejected)
 	return ln, adminLn, nil
+}
+
+// protocols is what the proxy listener serves: HTTP/1.1 always; HTTP/2 over TLS (by
+// ALPN) unless server.http2 is off; cleartext HTTP/2 with prior knowledge only with
+// server.h2c. Without it, a client's h2c preface is refused (net/http answers its
+// "PRI *" request line with an error and closes the connection).
+func protocols(s config.Server) *http.Protocols {
+	p := new(http.Protocols)
+	p.SetHTTP1(true)
+	p.SetHTTP2(s.HTTP2)
+	p.SetUnencryptedHTTP2(s.H2C)
+	return p
 }
 
 // serveAdmin starts the admin API on its listener; the caller runs the handler's Run.
@@ -156,6 +181,7 @@ func (a *App) serveProxy(cfg *config.Config, ln net.Listener) (*server, *upgrade
 		WriteTimeout:      cfg.Server.WriteTimeout,
 		IdleTimeout:       cfg.Server.IdleTimeout,
 		MaxHeaderBytes:    cfg.Server.MaxHeaderBytes,
+		Protocols:         protocols(cfg.Server),
 		ErrorLog:          zap.NewStdLog(a.log.Named("http")),
 		// "OPTIONS *" goes to the proxy like any request, which refuses the asterisk
 		// form with 400, instead of net/http's own 200.

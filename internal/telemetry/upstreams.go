@@ -98,7 +98,7 @@ func newUpstreamCollector(m *Metrics) *upstreamCollector {
 			"Requests a metrics_only breaker admitted but would have rejected (each also counted under its outcome in fuseproxy_requests_total).",
 			[]string{"upstream"}, nil),
 		bodyBroken: prometheus.NewDesc(Namespace+"_response_body_failures_total",
-			"Responses counted as outcome success whose body the upstream then broke off; the breaker counts each as a failure instead.",
+			"Responses counted as outcome success whose body the upstream then broke off, or whose gRPC trailers carried a failing grpc-status; the breaker counts each as a failure instead.",
 			[]string{"upstream"}, nil),
 		responses: prometheus.NewDesc(Namespace+"_responses_total",
 			"Requests routed to an upstream, by the status class of the answer the client got (the upstream's, the proxy's own 502/504, the fallback's, 499 for a client that went away).",
