@@ -290,6 +290,7 @@ type exchange struct {
 	attempt      int
 	tried        uint64
 	retrying     bool
+	wait         time.Duration // the backoff before the next attempt (again sets it)
 	discarded    int
 	replay       []byte
 	attemptStart time.Time

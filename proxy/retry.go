@@ -181,6 +181,15 @@ func (e *exchange) again(reason RetryReason, to breaker.Outcome) bool {
 		return false
 	}
 	now := e.p.now()
+	// A retry that could not start before the upstream's deadline is not made: the
+	// client gets this failure now rather than a 504 at the deadline, and no target is
+	// charged with an attempt that never reached it.
+	e.wait = rp.backoff(e.attempt)
+	if e.upstream != nil {
+		if d, ok := e.upstream.Deadline(); ok && !time.Now().Add(e.wait).Before(d) {
+			return false
+		}
+	}
 	if !rp.budget.take(now) {
 		if rec := e.p.rec; rec != nil {
 			rec.RetryDenied(e.up.name)
@@ -242,7 +251,7 @@ func (p *Proxy) attempt(rp *httputil.ReverseProxy, e *exchange, r *http.Request)
 // there is one.
 func (p *Proxy) next(e *exchange, r *http.Request) {
 	e.retrying, e.discarded = false, 0
-	if d := e.retry.backoff(e.attempt); d > 0 {
+	if d := e.wait; d > 0 {
 		t := time.NewTimer(d)
 		select {
 		case <-t.C:
@@ -251,6 +260,15 @@ func (p *Proxy) next(e *exchange, r *http.Request) {
 		}
 	}
 	clear(e.w.Header())
+	if r.Context().Err() != nil {
+		// The client went away (or the deadline passed) during the backoff: no attempt
+		// is sent, and no target picked. The request fails at once on the target that
+		// was tried last (its circuit already told), and is answered as such.
+		if e.replay != nil {
+			r.Body = io.NopCloser(bytes.NewReader(e.replay))
+		}
+		return
+	}
 	if e.up.leastRequests {
 		e.target.inflight.Add(-1)
 	}

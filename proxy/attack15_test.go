@@ -1,0 +1,74 @@
+package proxy
+
+import (
+	"context"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/fuseproxy/fuseproxy/breaker"
+	"github.com/fuseproxy/fuseproxy/config"
+)
+
+// TestRetryBackoffPastTheDeadline: a retry whose backoff outlasts the upstream's timeout
+// is not made: the client gets the failure it would have got (the 503, at once, not a
+// 504 at the deadline), and no other target's circuit is charged with an attempt that
+// never reached it.
+func TestRetryBackoffPastTheDeadline(t *testing.T) {
+	a, b := newScriptBackend(t, 503), newScriptBackend(t, 200)
+	u := retrying(t, a.URL, b.URL)
+	u.Timeout = 300 * time.Millisecond
+	u.Retries.BackoffBase, u.Retries.BackoffMax = time.Hour, time.Hour // a backoff under 300 ms: p < 1e-7
+	u.Outlier = config.DefaultUpstream().Outlier
+	u.Outlier.Enabled, u.Outlier.ConsecutiveGatewayErrors, u.Outlier.Consecutive5xx = true, 1, 1000
+	f := newFixture(t, single(u))
+	start := time.Now()
+	resp := f.get(t, "", "/x") // round robin: a first
+	readBody(t, resp)
+	took := time.Since(start)
+	if resp.StatusCode != 503 || resp.Header.Get("X-Attempt-Of") != a.URL {
+		t.Errorf("status %d from %q after %v; want a's 503: a retry that cannot happen before the deadline is not made",
+			resp.StatusCode, resp.Header.Get("X-Attempt-Of"), took)
+	}
+	if s := f.breakers[config.TargetName("svc", u.TargetURLs[1])].State(); s != breaker.Closed {
+		t.Errorf("b's circuit %v: charged with an attempt that never reached it (b got %d requests)", s, b.hits.Load())
+	}
+	if r, _ := f.rec.retryCount(); r != 0 {
+		t.Errorf("%d retries counted, want 0", r)
+	}
+}
+
+// TestRetryClientGoneDuringBackoff: a client that goes away during the backoff ends the
+// request at once (499, ignored): the next target is not charged, and no attempt is
+// sent.
+func TestRetryClientGoneDuringBackoff(t *testing.T) {
+	a, b := newScriptBackend(t, 503), newScriptBackend(t, 200)
+	u := retrying(t, a.URL, b.URL)
+	u.Retries.BackoffBase, u.Retries.BackoffMax = time.Hour, time.Hour
+	u.Outlier = config.DefaultUpstream().Outlier
+	u.Outlier.Enabled, u.Outlier.ConsecutiveGatewayErrors, u.Outlier.Consecutive5xx = true, 1, 1000
+	f := newFixture(t, single(u))
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, f.srv.URL+"/x", nil)
+	go func() {
+		for a.hits.Load() == 0 {
+			time.Sleep(time.Millisecond)
+		}
+		time.Sleep(50 * time.Millisecond)
+		cancel()
+	}()
+	if _, err := f.client.Do(req); err == nil {
+		t.Fatal("request succeeded, want it cancelled")
+	}
+	calls := f.rec.wait(t, 1)
+	if calls[0].result != Ignored || calls[0].status != StatusClientClosedRequest {
+		t.Errorf("recorded %+v, want ignored 499", calls)
+	}
+	bt := f.breakers[config.TargetName("svc", u.TargetURLs[1])]
+	if c := bt.Snapshot().Counts; c.Requests != 0 || bt.State() != breaker.Closed {
+		t.Errorf("b's circuit counted %+v (%v) for an attempt never sent", c, bt.State())
+	}
+	if b.hits.Load() != 0 {
+		t.Errorf("b got %d requests", b.hits.Load())
+	}
+}
