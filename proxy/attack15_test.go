@@ -3,6 +3,8 @@ package proxy
 import (
 	"context"
 	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -70,5 +72,36 @@ func TestRetryClientGoneDuringBackoff(t *testing.T) {
 	}
 	if b.hits.Load() != 0 {
 		t.Errorf("b got %d requests", b.hits.Load())
+	}
+}
+
+// TestRetryNeverAfterASwitch: once the upstream switched protocols the request was
+// answered (the circuits were told, once); a protocol switch the client's writer cannot
+// take (no Hijack: a wrapping handler, HTTP/2) is answered with the error, never sent
+// again.
+func TestRetryNeverAfterASwitch(t *testing.T) {
+	var hits atomic.Int64
+	ws := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		_, _ = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+		_ = brw.Flush()
+	}))
+	t.Cleanup(ws.Close)
+	f := newFixture(t, single(retrying(t, ws.URL)))
+	req := httptest.NewRequest(http.MethodGet, "http://h.example/ws", nil)
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", "websocket")
+	rec := httptest.NewRecorder() // no Hijack
+	f.p.ServeHTTP(rec, req)
+	if n := hits.Load(); n != 1 {
+		t.Errorf("the upgrade request reached the upstream %d times, want once", n)
+	}
+	if r, _ := f.rec.retryCount(); r != 0 {
+		t.Errorf("%d retries after a protocol switch", r)
 	}
 }

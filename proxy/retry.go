@@ -170,10 +170,11 @@ func (up *upstream) retryFor(r *http.Request) *retryPolicy {
 // still passes every request (a half-open trial, or a request the circuit would reject
 // in metrics-only mode, is never retried: the circuit is judging the upstream) and the
 // budget has room. The upstream's circuit itself counts the request once, with the
-// final attempt's outcome (see report).
+// final attempt's outcome (see report). A request whose outcome was reported (a protocol
+// switch, which the client's writer then failed to take over) is never retried.
 func (e *exchange) again(reason RetryReason, to breaker.Outcome) bool {
 	rp := e.retry
-	if rp == nil || e.attempt >= rp.attempts || !rp.on(reason) || e.client.Err() != nil ||
+	if rp == nil || e.done || e.attempt >= rp.attempts || !rp.on(reason) || e.client.Err() != nil ||
 		(e.upstream != nil && e.upstream.Err() != nil) || e.ticket.Trial() || e.ticket.WouldReject() {
 		return false
 	}
