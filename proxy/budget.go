@@ -32,6 +32,7 @@ type RetryBudget struct {
 	width   int64   // bucket width, ns
 	window  time.Duration
 	cfg     config.RetryBudget
+	shared  bool // a shared store sets share (Fleet)
 
 	// reqs counts the requests sent (first attempts), lock-free: a count lost when a
 	// bucket turns over makes the budget smaller, never larger.
@@ -73,6 +74,7 @@ func NewRetryBudget(c config.RetryBudget, shared bool) *RetryBudget {
 		width:   int64(w) / budgetBuckets,
 		window:  w,
 		cfg:     c,
+		shared:  shared,
 	}
 	if !shared {
 		b.share.Store(math.Float64bits(1))
@@ -137,13 +139,20 @@ func (b *RetryBudget) take(now time.Time) bool {
 }
 
 // Counts returns this replica's requests and retries of the window ending now, and
-// whether the budget was in use within the window (a store shares only those).
+// whether the budget was in use within the window (a store shares only those). A budget
+// not in use is not reported: the fleet stops counting the replica, and the others'
+// shares of the floor grow to cover it, so it gives up its own share (until a report
+// tells it its share again, it spends no floor, like a replica that just started).
 func (b *RetryBudget) Counts(now time.Time) (requests, retries int64, active bool) {
 	e := now.UnixNano() / b.width
 	b.mu.Lock()
 	retries = b.retriesLocked(e)
 	b.mu.Unlock()
-	return b.requests(e), retries, now.UnixNano()-b.usedAt.Load() < int64(b.window)
+	active = now.UnixNano()-b.usedAt.Load() < int64(b.window)
+	if !active && b.shared {
+		b.share.Store(0)
+	}
+	return b.requests(e), retries, active
 }
 
 // Window is the budget's window, over which a shared store keeps the replicas' reports.

@@ -1,0 +1,53 @@
+package proxy
+
+import (
+	"testing"
+	"time"
+
+	"github.com/fuseproxy/fuseproxy/config"
+)
+
+// TestRetryBudgetIdleReplicaDropsItsShare: a replica whose budget goes idle stops
+// reporting to the fleet, so the others' shares of the floor grow to cover it; it must
+// not keep its last share meanwhile, or when retries come back to it both spend the
+// same floor: two replicas together took twice the fleet's floor.
+func TestRetryBudgetIdleReplicaDropsItsShare(t *testing.T) {
+	cfg := config.RetryBudget{Percent: 0, MinPerSecond: 3, Window: 10 * time.Second} // floor: 30 a window
+	a, b := NewRetryBudget(cfg, true), NewRetryBudget(cfg, true)
+	t0 := time.Unix(3000, 0)
+	// B alone retries: the fleet is B, its share the whole floor.
+	for range 100 {
+		b.deposit(t0)
+	}
+	b.take(t0)
+	if _, _, active := b.Counts(t0); !active {
+		t.Fatal("b not active after a retry")
+	}
+	b.Fleet(100, 1, 1, 100, t0)
+	// B's retries stop; it stops reporting (inactive), and its report ages out of the
+	// fleet's sums: A, retrying now, is the fleet.
+	t1 := t0.Add(25 * time.Second)
+	if _, _, active := b.Counts(t1); active {
+		t.Fatal("b still active a window after its last retry")
+	}
+	for range 100 {
+		a.deposit(t1)
+		b.deposit(t1)
+	}
+	n := 0
+	if a.take(t1) { // no share yet: no floor
+		n++
+	}
+	a.Fleet(100, 0, 1, 100, t1)
+	// Retries come back to B before its next report: together they may spend the floor
+	// once.
+	for a.take(t1) {
+		n++
+	}
+	for b.take(t1) {
+		n++
+	}
+	if n > 30 {
+		t.Errorf("the two replicas took %d retries in one window, over the fleet's floor of 30", n)
+	}
+}
