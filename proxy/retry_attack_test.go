@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"sync/atomic"
@@ -104,4 +105,36 @@ func TestRetryNeverAfterASwitch(t *testing.T) {
 	if r, _ := f.rec.retryCount(); r != 0 {
 		t.Errorf("%d retries after a protocol switch", r)
 	}
+}
+
+// TestRetryDiscardedBodyThatStalls: an attempt answered with a retried status whose body
+// then stalls (an overloaded upstream: 503 headers, a few bytes, nothing more) must not
+// hold the request: without retries the client has the 503 headers at once (its body
+// stalls as well); with them it waits for the discarded body for as long as the upstream
+// keeps the connection open (without an upstream timeout, until the client gives up),
+// and the next target, which would answer 200, is never asked.
+func TestRetryDiscardedBodyThatStalls(t *testing.T) {
+	t.Skip("design, not fixed: the discarded attempt's body is drained (up to 64 KiB, for the connection's " +
+		"reuse) by ReverseProxy's copy, which only the attempt's context can stop, and a context per attempt " +
+		"costs allocations on every request that may be retried (issue #15 acceptance 5: none added). Fix: " +
+		"drain only what arrives within a short bound (per_try_timeout), which needs the response body or a " +
+		"per-attempt cancel; until then set the upstream's timeout when statuses are retried")
+	release := make(chan struct{})
+	stall := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(503)
+		_, _ = io.WriteString(w, "overloaded")
+		w.(http.Flusher).Flush()
+		<-release
+	}))
+	t.Cleanup(func() { close(release); stall.Close() })
+	good := newScriptBackend(t, 200)
+	f := newFixture(t, single(retrying(t, stall.URL, good.URL)))
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, f.srv.URL+"/x", nil)
+	resp, err := f.client.Do(req)
+	if err != nil {
+		t.Fatalf("no answer within 2 s: %v (the retry waits for the discarded body)", err)
+	}
+	readBody(t, resp)
 }

@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"io"
+	"sync"
 	"testing"
 	"time"
 
@@ -50,4 +52,38 @@ func TestRetryBudgetIdleReplicaDropsItsShare(t *testing.T) {
 	if n > 30 {
 		t.Errorf("the two replicas took %d retries in one window, over the fleet's floor of 30", n)
 	}
+}
+
+// TestRetryBudgetConcurrentBound: many requests failing and retrying at once stay within
+// the budget: the retries reaching the backend are at most percent of the requests.
+func TestRetryBudgetConcurrentBound(t *testing.T) {
+	bad := newScriptBackend(t, 503)
+	u := retrying(t, bad.URL)
+	u.Retries.Attempts = 5
+	u.Retries.Budget = config.RetryBudget{Percent: 10, MinPerSecond: 0, Window: time.Minute}
+	f := newFixture(t, single(u))
+	const clients, each = 20, 25
+	var wg sync.WaitGroup
+	for range clients {
+		wg.Go(func() {
+			for range each {
+				resp, err := f.client.Get(f.srv.URL + "/x")
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		})
+	}
+	wg.Wait()
+	retries, _ := f.rec.retryCount()
+	if retries > clients*each/10 {
+		t.Errorf("%d retries for %d requests at 10 %%", retries, clients*each)
+	}
+	if got := bad.hits.Load(); got != int64(clients*each+retries) {
+		t.Errorf("backend got %d requests, want %d requests + %d retries", got, clients*each, retries)
+	}
+	t.Logf("%d requests, %d retries", clients*each, retries)
 }
