@@ -164,12 +164,12 @@ func (up *upstream) retryFor(r *http.Request) *retryPolicy {
 
 // again decides, once an attempt failed (reason; to is its outcome for the target's
 // circuit), whether the request is tried again, and if so gets the attempt out of the
-// way: its target's circuit is told the outcome, the Recorder the retry, and the
-// attempt's answer is discarded (retrying). A request is retried while it has attempts
-// left, its client and its upstream deadline are still there, the upstream's circuit
-// still passes every request (a half-open trial, or a request the circuit would reject
-// in metrics-only mode, is never retried: the circuit is judging the upstream) and the
-// budget has room. The upstream's circuit itself counts the request once, with the
+// way: its target's circuit is told the outcome, and the attempt's answer is discarded
+// (retrying); next tells the Recorder the retry once it is sent. A request is retried
+// while it has attempts left, its client and its upstream deadline are still there, the
+// upstream's circuit still passes every request (a half-open trial, or a request the
+// circuit would reject in metrics-only mode, is never retried: the circuit is judging
+// the upstream) and the budget has room. The upstream's circuit itself counts the request once, with the
 // final attempt's outcome (see report). A request whose outcome was reported (a protocol
 // switch, which the client's writer then failed to take over) is never retried.
 func (e *exchange) again(reason RetryReason, to breaker.Outcome) bool {
@@ -202,10 +202,7 @@ func (e *exchange) again(reason RetryReason, to breaker.Outcome) bool {
 		e.tracked = false
 	}
 	e.tried |= 1 << (e.target.index % 64)
-	if rec := e.p.rec; rec != nil {
-		rec.Retry(e.up.name, reason)
-	}
-	e.retrying = true
+	e.retrying, e.reason = true, reason
 	return true
 }
 
@@ -269,6 +266,10 @@ func (p *Proxy) next(e *exchange, r *http.Request) {
 			r.Body = io.NopCloser(bytes.NewReader(e.replay))
 		}
 		return
+	}
+	// The Recorder counts the retries sent (each an attempt: upstream_attempts_total).
+	if rec := p.rec; rec != nil {
+		rec.Retry(e.up.name, e.reason)
 	}
 	if e.up.leastRequests {
 		e.target.inflight.Add(-1)

@@ -74,6 +74,11 @@ func TestRetryClientGoneDuringBackoff(t *testing.T) {
 	if b.hits.Load() != 0 {
 		t.Errorf("b got %d requests", b.hits.Load())
 	}
+	// Metrics: one attempt sent (the request's own), no retry: attempts = requests +
+	// retries still counts what reached the targets.
+	if r, _ := f.rec.retryCount(); r != 0 {
+		t.Errorf("%d retries recorded, none sent", r)
+	}
 }
 
 // TestRetryNeverAfterASwitch: once the upstream switched protocols the request was
