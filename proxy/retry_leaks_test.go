@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"bufio"
+	"github.com/fuseproxy/fuseproxy/breaker"
+	"github.com/fuseproxy/fuseproxy/config"
 	"io"
 	"net"
 	"net/http"
@@ -187,5 +189,83 @@ func TestRetryExpectContinueBufferedBody(t *testing.T) {
 			t.Errorf("chunked %v: upstream got %q", chunked, bodies)
 		}
 		t.Logf("chunked %v: client saw %v", chunked, codes)
+	}
+}
+
+// TestRetryUpgradeAfterAFailedAttempt: an upgrade request whose first attempt got a 503
+// is retried, and the second attempt's 101 takes the connection over: the tunnel works,
+// and the client saw nothing of the first attempt.
+func TestRetryUpgradeAfterAFailedAttempt(t *testing.T) {
+	var n atomic.Int64
+	ws := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if n.Add(1) == 1 {
+			w.Header().Set("X-Bad", "1")
+			w.WriteHeader(503)
+			return
+		}
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		_, _ = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+		_ = brw.Flush()
+		line, _ := brw.ReadString('\n')
+		_, _ = brw.WriteString("echo " + line)
+		_ = brw.Flush()
+	}))
+	t.Cleanup(ws.Close)
+	f := newFixture(t, single(retrying(t, ws.URL)))
+	conn, err := net.Dial("tcp", f.srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_, _ = io.WriteString(conn, "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 101 || resp.Header.Get("X-Bad") != "" {
+		t.Fatalf("got %d %v, want a clean 101", resp.StatusCode, resp.Header)
+	}
+	_, _ = io.WriteString(conn, "ping\n")
+	if line, _ := br.ReadString('\n'); line != "echo ping\n" {
+		t.Errorf("tunnel answered %q", line)
+	}
+	if n.Load() != 2 {
+		t.Errorf("%d attempts, want 2", n.Load())
+	}
+}
+
+// TestRetryOnTheFallbackUpstream: while svc's circuit is open its fallback upstream
+// serves, with its own retries: its failed attempt is dropped, the retry's answer goes
+// out marked as the fallback's, and svc's circuit is not asked again.
+func TestRetryOnTheFallbackUpstream(t *testing.T) {
+	primary := newScriptBackend(t, 503)
+	ca, cb := newScriptBackend(t, 503), newScriptBackend(t, 200)
+	svc := retrying(t, primary.URL)
+	svc.Breaker.ConsecutiveFailures = 1
+	svc.Fallback.Upstream = "cache"
+	c := retrying(t, ca.URL, cb.URL)
+	cfg := &config.Config{
+		Upstreams: map[string]*config.Upstream{"svc": svc, "cache": c},
+		Routes:    []config.Route{{PathPrefix: "/", Upstream: "svc"}},
+	}
+	f := newFixture(t, cfg)
+	readBody(t, f.get(t, "", "/x")) // svc: 503, retried (no other target), 503... opens
+	if s := f.breakers["svc"].State(); s != breaker.Open {
+		t.Fatalf("svc %v, want open", s)
+	}
+	hits := primary.hits.Load()
+	resp := f.get(t, "", "/x")
+	wantStatus(t, resp, 200)
+	readBody(t, resp)
+	if resp.Header.Get(HeaderFallback) != "cache" || resp.Header.Get("X-Attempt-Of") != cb.URL {
+		t.Errorf("headers %v: want the cache's second target's answer, marked", resp.Header)
+	}
+	if primary.hits.Load() != hits || ca.hits.Load() != 1 || cb.hits.Load() != 1 {
+		t.Errorf("hits primary +%d, cache a %d, cache b %d; want 0, 1, 1", primary.hits.Load()-hits, ca.hits.Load(), cb.hits.Load())
 	}
 }
