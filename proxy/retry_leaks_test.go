@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // badThenGood: the first request gets bad(w), the others 200 "good".
@@ -267,5 +268,53 @@ func TestRetryOnTheFallbackUpstream(t *testing.T) {
 	}
 	if primary.hits.Load() != hits || ca.hits.Load() != 1 || cb.hits.Load() != 1 {
 		t.Errorf("hits primary +%d, cache a %d, cache b %d; want 0, 1, 1", primary.hits.Load()-hits, ca.hits.Load(), cb.hits.Load())
+	}
+}
+
+// TestRetryReloadInFlight: a reload that turns retries off (and changes the budget)
+// while a request is in its first attempt: the request finishes on the table it started
+// with, its retry included; the next request is sent once.
+func TestRetryReloadInFlight(t *testing.T) {
+	release := make(chan struct{})
+	var n atomic.Int64
+	a := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if n.Add(1) == 1 {
+			<-release
+		}
+		w.WriteHeader(503)
+	}))
+	t.Cleanup(a.Close)
+	b := newScriptBackend(t, 200)
+	u := retrying(t, a.URL, b.URL)
+	f := newFixture(t, single(u))
+	done := make(chan int, 1)
+	go func() {
+		resp, err := f.client.Get(f.srv.URL + "/x")
+		if err != nil {
+			done <- 0
+			return
+		}
+		resp.Body.Close()
+		done <- resp.StatusCode
+	}()
+	for n.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	u2 := retrying(t, a.URL, b.URL)
+	u2.Retries.Attempts = 1
+	if err := f.p.Update(single(u2), f.breakers); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.p.Budgets()) != 0 {
+		t.Errorf("budgets %v after retries were turned off", f.p.Budgets())
+	}
+	close(release)
+	if code := <-done; code != 200 {
+		t.Errorf("in-flight request: %d, want 200 (retried under the table it started on)", code)
+	}
+	resp := f.get(t, "", "/x") // round robin: a again
+	readBody(t, resp)
+	if resp.StatusCode != 503 || b.hits.Load() != 1 {
+		t.Errorf("after the reload: %d, b hits %d; want a's 503, sent once", resp.StatusCode, b.hits.Load())
 	}
 }
