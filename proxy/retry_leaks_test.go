@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -316,5 +317,45 @@ func TestRetryReloadInFlight(t *testing.T) {
 	readBody(t, resp)
 	if resp.StatusCode != 503 || b.hits.Load() != 1 {
 		t.Errorf("after the reload: %d, b hits %d; want a's 503, sent once", resp.StatusCode, b.hits.Load())
+	}
+}
+
+type captureLog struct {
+	mu  sync.Mutex
+	got []Access
+}
+
+func (c *captureLog) Sample() bool { return true }
+func (c *captureLog) Log(a *Access) {
+	c.mu.Lock()
+	c.got = append(c.got, *a)
+	c.mu.Unlock()
+}
+
+// TestRetryAccessLogAttempts: the access log's attempts count the requests sent to a
+// target, and its target is the one that answered.
+func TestRetryAccessLogAttempts(t *testing.T) {
+	a, b := newScriptBackend(t, 503), newScriptBackend(t, 200)
+	f := newFixture(t, single(retrying(t, a.URL, b.URL)))
+	al := &captureLog{}
+	p, err := New(f.cfg, f.breakers, Options{Recorder: f.rec, AccessLog: al})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(p)
+	t.Cleanup(srv.Close)
+	for range 2 { // a (503, retried on b), then b
+		resp, err := http.Get(srv.URL + "/x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		readBody(t, resp)
+	}
+	al.mu.Lock()
+	defer al.mu.Unlock()
+	bHost := strings.TrimPrefix(b.URL, "http://")
+	if len(al.got) != 2 || al.got[0].Attempts != 2 || al.got[0].Target != bHost || al.got[0].Status != 200 ||
+		al.got[1].Attempts != 1 {
+		t.Errorf("access log %+v, want attempts 2 (target %s) then 1", al.got, bHost)
 	}
 }
