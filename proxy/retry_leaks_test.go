@@ -359,3 +359,54 @@ func TestRetryAccessLogAttempts(t *testing.T) {
 		t.Errorf("access log %+v, want attempts 2 (target %s) then 1", al.got, bHost)
 	}
 }
+
+// TestRetryClientBodyErrorsWhileBuffering: a body that breaks off (or is too large)
+// while it is read ahead for a retry is the client's problem, as when streamed: 400 or
+// 413, nothing sent, nothing counted against the circuits; a body that breaks off after
+// buffer_body bytes (streamed) likewise, sent once at most.
+func TestRetryClientBodyErrorsWhileBuffering(t *testing.T) {
+	backend := newScriptBackend(t, 503)
+	u := retrying(t, backend.URL)
+	u.Retries.BufferBody = 64
+	u.Breaker.ConsecutiveFailures = 1
+	f := newFixture(t, single(u))
+	for _, tc := range []struct {
+		name string
+		body func(w http.ResponseWriter) io.ReadCloser
+		cl   int64
+		want int
+		sent int64
+	}{
+		{"read error", func(http.ResponseWriter) io.ReadCloser {
+			return io.NopCloser(io.MultiReader(strings.NewReader("part"), errReader{io.ErrUnexpectedEOF}))
+		}, 30, http.StatusBadRequest, 0},
+		{"too large", func(w http.ResponseWriter) io.ReadCloser {
+			return http.MaxBytesReader(w, io.NopCloser(strings.NewReader(strings.Repeat("x", 100))), 10)
+		}, -1, http.StatusRequestEntityTooLarge, 0},
+		{"read error past buffer_body", func(http.ResponseWriter) io.ReadCloser {
+			return io.NopCloser(io.MultiReader(strings.NewReader(strings.Repeat("p", 100)), errReader{io.ErrUnexpectedEOF}))
+		}, -1, http.StatusBadRequest, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			hits := backend.hits.Load()
+			w := httptest.NewRecorder()
+			req := httptest.NewRequest(http.MethodPut, "/upload", nil)
+			req.Body, req.ContentLength = tc.body(w), tc.cl
+			n := len(f.rec.snapshot())
+			f.p.ServeHTTP(w, req)
+			if w.Code != tc.want {
+				t.Errorf("status: got %d, want %d (body %s)", w.Code, tc.want, w.Body)
+			}
+			wantResults(t, f.rec.snapshot()[n:], Ignored)
+			if sn := f.breakers["svc"].Snapshot(); sn.Counts.Requests != 0 || sn.State != breaker.Closed {
+				t.Errorf("breaker: got %v with %d requests, want closed with 0", sn.State, sn.Counts.Requests)
+			}
+			if got := backend.hits.Load() - hits; got > tc.sent {
+				t.Errorf("backend got %d requests, want at most %d", got, tc.sent)
+			}
+			if r, _ := f.rec.retryCount(); r != 0 {
+				t.Errorf("%d retries", r)
+			}
+		})
+	}
+}
