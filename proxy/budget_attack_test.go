@@ -3,6 +3,7 @@ package proxy
 import (
 	"io"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -86,4 +87,48 @@ func TestRetryBudgetConcurrentBound(t *testing.T) {
 		t.Errorf("backend got %d requests, want %d requests + %d retries", got, clients*each, retries)
 	}
 	t.Logf("%d requests, %d retries", clients*each, retries)
+}
+
+// TestRetryBudgetTurnoverShowsNoStaleCount: a bucket of requests turning over to a new
+// epoch must never show, under the new epoch, the count it held a window (or more)
+// before, to a take reading it at the same moment: that count is not in the window, and
+// would let a retry through the budget. The writer turns a bucket over on every round
+// (its previous count: 100 requests of long ago) while a reader checks the window.
+func TestRetryBudgetTurnoverShowsNoStaleCount(t *testing.T) {
+	b := NewRetryBudget(config.RetryBudget{Percent: 100, Window: 10 * time.Second}, false)
+	width := int64(time.Second)
+	at := func(e int64) time.Time { return time.Unix(0, e*width) }
+	var cur atomic.Int64
+	cur.Store(1_000_000)
+	var stale, reads atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			// the window of cur holds one request per epoch at most: the writer's
+			if b.requests(cur.Load()) >= 100 {
+				stale.Add(1)
+			}
+			reads.Add(1)
+		}
+	})
+	rounds := 0
+	for deadline := time.Now().Add(300 * time.Millisecond); time.Now().Before(deadline); rounds++ {
+		e := cur.Load() + 1
+		for range 100 { // the bucket of e, two windows ago: out of every window read
+			b.deposit(at(e - 20))
+		}
+		cur.Store(e)
+		b.deposit(at(e)) // turns the bucket over
+	}
+	close(stop)
+	wg.Wait()
+	if n := stale.Load(); n > 0 {
+		t.Errorf("%d of %d reads during %d turnovers counted a bucket's requests of two windows ago", n, reads.Load(), rounds)
+	}
 }
