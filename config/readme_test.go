@@ -3,8 +3,8 @@ package config
 import (
 	"os"
 	"strings"
-	"time"
 	"testing"
+	"time"
 )
 
 // TestReadmeReference keeps README's configuration reference identical to Reference.
