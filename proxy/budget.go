@@ -32,9 +32,9 @@ type RetryBudget struct {
 	width   int64   // bucket width, ns
 	window  time.Duration
 	cfg     config.RetryBudget
+	shared  bool // a shared store sets share (Fleet)
 
-	// reqs counts the requests sent (first attempts), lock-free: a count lost when a
-	// bucket turns over makes the budget smaller, never larger.
+	// reqs counts the requests sent (first attempts), lock-free.
 	reqs [budgetBuckets]budgetCounter
 
 	mu      sync.Mutex // guards retries and denied: the count that must be exact
@@ -48,9 +48,40 @@ type RetryBudget struct {
 	usedAt atomic.Int64 // unix ns of the last retry asked for: the budget is in use
 }
 
-type budgetCounter struct {
-	epoch atomic.Int64
-	n     atomic.Int64
+// budgetCounter is a bucket of requests: its epoch (the low 32 bits, enough to tell the
+// last few epochs apart) and its count, in one word, so that a bucket turning over never
+// shows its old count under its new epoch to a concurrent reader (with the two in
+// separate words, a take between the epoch's swap and the count's reset counted the
+// requests of a window ago, and let retries through that the window has no room for).
+type budgetCounter struct{ v atomic.Uint64 }
+
+const budgetCountMask = 1<<32 - 1
+
+// add counts a request at epoch e, turning the bucket over when it held another epoch.
+func (c *budgetCounter) add(e int64) {
+	ep := uint64(uint32(e)) << 32
+	for {
+		old := c.v.Load()
+		nv := ep | 1
+		if old&^budgetCountMask == ep {
+			if old&budgetCountMask == budgetCountMask {
+				return // saturated: 4 billion requests in one bucket
+			}
+			nv = old + 1
+		}
+		if c.v.CompareAndSwap(old, nv) {
+			return
+		}
+	}
+}
+
+// in returns the bucket's count if its epoch is within the window ending in epoch e.
+func (c *budgetCounter) in(e int64) int64 {
+	v := c.v.Load()
+	if d := uint32(e) - uint32(v>>32); d < budgetBuckets {
+		return int64(v & budgetCountMask)
+	}
+	return 0
 }
 
 type budgetBucket struct{ epoch, n int64 }
@@ -73,6 +104,7 @@ func NewRetryBudget(c config.RetryBudget, shared bool) *RetryBudget {
 		width:   int64(w) / budgetBuckets,
 		window:  w,
 		cfg:     c,
+		shared:  shared,
 	}
 	if !shared {
 		b.share.Store(math.Float64bits(1))
@@ -83,21 +115,14 @@ func NewRetryBudget(c config.RetryBudget, shared bool) *RetryBudget {
 // deposit counts a request sent at now.
 func (b *RetryBudget) deposit(now time.Time) {
 	e := now.UnixNano() / b.width
-	c := &b.reqs[e%budgetBuckets]
-	if c.epoch.Load() != e && c.epoch.Swap(e) != e {
-		c.n.Store(0)
-	}
-	c.n.Add(1)
+	b.reqs[e%budgetBuckets].add(e)
 }
 
 // requests returns the requests of the window ending in epoch e.
 func (b *RetryBudget) requests(e int64) int64 {
 	var n int64
 	for i := range b.reqs {
-		c := &b.reqs[i]
-		if d := e - c.epoch.Load(); d >= 0 && d < budgetBuckets {
-			n += c.n.Load()
-		}
+		n += b.reqs[i].in(e)
 	}
 	return n
 }
@@ -137,13 +162,20 @@ func (b *RetryBudget) take(now time.Time) bool {
 }
 
 // Counts returns this replica's requests and retries of the window ending now, and
-// whether the budget was in use within the window (a store shares only those).
+// whether the budget was in use within the window (a store shares only those). A budget
+// not in use is not reported: the fleet stops counting the replica, and the others'
+// shares of the floor grow to cover it, so it gives up its own share (until a report
+// tells it its share again, it spends no floor, like a replica that just started).
 func (b *RetryBudget) Counts(now time.Time) (requests, retries int64, active bool) {
 	e := now.UnixNano() / b.width
 	b.mu.Lock()
 	retries = b.retriesLocked(e)
 	b.mu.Unlock()
-	return b.requests(e), retries, now.UnixNano()-b.usedAt.Load() < int64(b.window)
+	active = now.UnixNano()-b.usedAt.Load() < int64(b.window)
+	if !active && b.shared {
+		b.share.Store(0)
+	}
+	return b.requests(e), retries, active
 }
 
 // Window is the budget's window, over which a shared store keeps the replicas' reports.

@@ -295,6 +295,8 @@ type exchange struct {
 	attempt      int
 	tried        uint64
 	retrying     bool
+	reason       RetryReason   // why the current attempt is retried (once retrying)
+	wait         time.Duration // the backoff before the next attempt (again sets it)
 	discarded    int
 	replay       []byte
 	attemptStart time.Time

@@ -164,16 +164,17 @@ func (up *upstream) retryFor(r *http.Request) *retryPolicy {
 
 // again decides, once an attempt failed (reason; to is its outcome for the target's
 // circuit), whether the request is tried again, and if so gets the attempt out of the
-// way: its target's circuit is told the outcome, the Recorder the retry, and the
-// attempt's answer is discarded (retrying). A request is retried while it has attempts
-// left, its client and its upstream deadline are still there, the upstream's circuit
-// still passes every request (a half-open trial, or a request the circuit would reject
-// in metrics-only mode, is never retried: the circuit is judging the upstream) and the
-// budget has room. The upstream's circuit itself counts the request once, with the
-// final attempt's outcome (see report).
+// way: its target's circuit is told the outcome, and the attempt's answer is discarded
+// (retrying); next tells the Recorder the retry once it is sent. A request is retried
+// while it has attempts left, its client and its upstream deadline are still there, the
+// upstream's circuit still passes every request (a half-open trial, or a request the
+// circuit would reject in metrics-only mode, is never retried: the circuit is judging
+// the upstream) and the budget has room. The upstream's circuit itself counts the request once, with the
+// final attempt's outcome (see report). A request whose outcome was reported (a protocol
+// switch, which the client's writer then failed to take over) is never retried.
 func (e *exchange) again(reason RetryReason, to breaker.Outcome) bool {
 	rp := e.retry
-	if rp == nil || e.attempt >= rp.attempts || !rp.on(reason) || e.client.Err() != nil ||
+	if rp == nil || e.done || e.attempt >= rp.attempts || !rp.on(reason) || e.client.Err() != nil ||
 		(e.upstream != nil && e.upstream.Err() != nil) || e.ticket.Trial() || e.ticket.WouldReject() {
 		return false
 	}
@@ -181,6 +182,15 @@ func (e *exchange) again(reason RetryReason, to breaker.Outcome) bool {
 		return false
 	}
 	now := e.p.now()
+	// A retry that could not start before the upstream's deadline is not made: the
+	// client gets this failure now rather than a 504 at the deadline, and no target is
+	// charged with an attempt that never reached it.
+	e.wait = rp.backoff(e.attempt)
+	if e.upstream != nil {
+		if d, ok := e.upstream.Deadline(); ok && !time.Now().Add(e.wait).Before(d) {
+			return false
+		}
+	}
 	if !rp.budget.take(now) {
 		if rec := e.p.rec; rec != nil {
 			rec.RetryDenied(e.up.name)
@@ -192,10 +202,7 @@ func (e *exchange) again(reason RetryReason, to breaker.Outcome) bool {
 		e.tracked = false
 	}
 	e.tried |= 1 << (e.target.index % 64)
-	if rec := e.p.rec; rec != nil {
-		rec.Retry(e.up.name, reason)
-	}
-	e.retrying = true
+	e.retrying, e.reason = true, reason
 	return true
 }
 
@@ -242,7 +249,7 @@ func (p *Proxy) attempt(rp *httputil.ReverseProxy, e *exchange, r *http.Request)
 // there is one.
 func (p *Proxy) next(e *exchange, r *http.Request) {
 	e.retrying, e.discarded, e.grpc = false, 0, false
-	if d := e.retry.backoff(e.attempt); d > 0 {
+	if d := e.wait; d > 0 {
 		t := time.NewTimer(d)
 		select {
 		case <-t.C:
@@ -251,6 +258,19 @@ func (p *Proxy) next(e *exchange, r *http.Request) {
 		}
 	}
 	clear(e.w.Header())
+	if r.Context().Err() != nil {
+		// The client went away (or the deadline passed) during the backoff: no attempt
+		// is sent, and no target picked. The request fails at once on the target that
+		// was tried last (its circuit already told), and is answered as such.
+		if e.replay != nil {
+			r.Body = io.NopCloser(bytes.NewReader(e.replay))
+		}
+		return
+	}
+	// The Recorder counts the retries sent (each an attempt: upstream_attempts_total).
+	if rec := p.rec; rec != nil {
+		rec.Retry(e.up.name, e.reason)
+	}
 	if e.up.leastRequests {
 		e.target.inflight.Add(-1)
 	}

@@ -26,7 +26,10 @@ type Tally interface {
 // tallyScript records one replica's report of a tally (KEYS[1], a hash of replica →
 // "a:b:ms") on Redis's clock, drops the reports older than the window and returns the
 // sums of the others and the number of replicas. A foreign value under the key is
-// replaced (like a circuit's, see load in lua/prelude.lua).
+// replaced (like a circuit's, see load in lua/prelude.lua), and so is a field no replica
+// could have written: a count of more than 15 digits (beyond a Lua number's exact
+// integers, whose sum Redis would turn into a negative reply, failing every replica's
+// exchange) or a time ahead of Redis's clock (never aging out).
 var tallyScript = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -38,7 +41,7 @@ local all = redis.call('HGETALL', KEYS[1])
 local a, b, n = 0, 0, 0
 for i = 1, #all, 2 do
   local x, y, at = string.match(all[i + 1], '^(%d+):(%d+):(%d+)$')
-  if at and now - tonumber(at) <= window then
+  if at and #x <= 15 and #y <= 15 and tonumber(at) <= now and now - tonumber(at) <= window then
     a, b, n = a + tonumber(x), b + tonumber(y), n + 1
   else
     redis.call('HDEL', KEYS[1], all[i])
