@@ -288,7 +288,7 @@ type exchange struct {
 	// Retries (retry.go). retry is the policy when the request may be retried, else nil;
 	// attempt counts the attempts sent (1 during the first); tried has a bit per target
 	// tried (by index, modulo 64); retrying is set when the current attempt failed and
-	// will be retried: its answer is discarded (discarded counts the body bytes dropped).
+	// will be retried.
 	// replay is the buffered request body a retry sends again. attemptStart is when the
 	// current attempt started (the target's circuit measures attempts).
 	retry        *retryPolicy
@@ -297,7 +297,6 @@ type exchange struct {
 	retrying     bool
 	reason       RetryReason   // why the current attempt is retried (once retrying)
 	wait         time.Duration // the backoff before the next attempt (again sets it)
-	discarded    int
 	replay       []byte
 	attemptStart time.Time
 	// via is set when up serves as another upstream's fallback (its answers are marked).
@@ -355,11 +354,38 @@ var errInvalidStatus = errors.New("upstream response status outside 100-599")
 // 100-599 (999, 600, 099: three digits, as Go's transport accepts them) is not HTTP. It
 // is neither passed on (net/http would even panic writing a status below 100) nor
 // counted as a success, but refused as the upstream's protocol error.
+//
+// A 101 switch to another protocol than the request asked for (or unasked) is refused
+// the same way, here rather than by ReverseProxy: ReverseProxy answers such a switch with
+// its error but never closes the upstream's connection, which would then leak, once per
+// such answer (and once per retry of it).
 func checkStatus(res *http.Response) error {
 	if res.StatusCode < 100 || res.StatusCode > 599 {
 		return errInvalidStatus
 	}
+	if res.StatusCode == http.StatusSwitchingProtocols && res.Request != nil {
+		asked, got := upgradeTo(res.Request.Header), upgradeTo(res.Header)
+		if asked == "" || !strings.EqualFold(asked, got) {
+			return errBadSwitch
+		}
+	}
 	return nil
+}
+
+// errBadSwitch is checkStatus's error for a switch to a protocol the request did not ask for.
+var errBadSwitch = errors.New("upstream switched to a protocol the request did not ask for")
+
+// upgradeTo is the protocol a header asks or agrees to switch to, as ReverseProxy reads it:
+// Upgrade, when Connection lists "upgrade"; else "".
+func upgradeTo(h http.Header) string {
+	for _, v := range h["Connection"] {
+		for tok := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(tok), "upgrade") {
+				return h.Get("Upgrade")
+			}
+		}
+	}
+	return ""
 }
 
 // report hands the outcome to the breaker (o), the target's circuit (to) and the
@@ -470,13 +496,8 @@ func (e *exchange) WriteHeader(code int) {
 		}
 		return
 	}
-	if !e.done {
-		if e.retry != nil && e.retry.codes[code] && !e.pauses(code) && e.again(RetryStatus, targetOutcome(code)) {
-			return // this answer is dropped; the next attempt answers
-		}
-		if !e.reportGRPC(code) { // gRPC hook (grpc.go): grpc-status in the headers
-			e.reportStatus(code)
-		}
+	if !e.done && !e.reportGRPC(code) { // gRPC hook (grpc.go): grpc-status in the headers
+		e.reportStatus(code)
 	}
 	// Only rejections (and a fallback upstream's answers) carry HeaderCircuit,
 	// HeaderFallback or HeaderLimit, even behind another fuseproxy.
@@ -492,9 +513,6 @@ func (e *exchange) WriteHeader(code int) {
 }
 
 func (e *exchange) Write(b []byte) (int, error) {
-	if e.retrying {
-		return e.discard(b)
-	}
 	if !e.done {
 		e.reportStatus(http.StatusOK)
 	}
@@ -518,9 +536,6 @@ func (e *exchange) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 
 // FlushError flushes the underlying writer (http.ResponseController looks for it).
 func (e *exchange) FlushError() error {
-	if e.retrying {
-		return nil
-	}
 	if !e.done {
 		e.reportStatus(http.StatusOK)
 	}
@@ -547,8 +562,8 @@ func (p *Proxy) handleError(rw http.ResponseWriter, req *http.Request, err error
 		return
 	}
 	up := e.up
-	if e.retrying {
-		// The discarded answer of an attempt being retried broke off: nothing to add.
+	if rs, ok := errors.AsType[*retryableStatus](err); ok {
+		p.retryStatus(e, req, rs) // retries.statuses (retry.go)
 		return
 	}
 	if e.retry != nil && !(e.body != nil && e.body.failed()) && e.again(failureReason(err), breaker.GatewayFailure) {

@@ -52,6 +52,8 @@ type Proxy struct {
 	upErrs  upstreamErrLog
 
 	exchanges sync.Pool // of *exchange
+	// answers serves an answer set aside for a retry that did not happen (retry.go).
+	answers *httputil.ReverseProxy
 
 	// table is the routing table in effect; requests load it once and finish on it.
 	table atomic.Pointer[table]
@@ -92,6 +94,13 @@ func New(cfg *config.Config, breakers map[string]*breaker.Breaker, opts Options)
 	}
 	p.errLog = errLog
 	p.exchanges.New = func() any { return new(exchange) }
+	p.answers = &httputil.ReverseProxy{
+		Rewrite:      func(*httputil.ProxyRequest) {}, // the request went out already
+		Transport:    answerTransport{},
+		BufferPool:   &p.buffers,
+		ErrorHandler: p.handleError,
+		ErrorLog:     p.errLog,
+	}
 	t, err := p.build(cfg, breakers, nil)
 	if err != nil {
 		return nil, err
@@ -267,7 +276,7 @@ func (p *Proxy) reverseProxies(rt *route, up *upstream) []*httputil.ReverseProxy
 		u := tg.url
 		rps[tg.index] = &httputil.ReverseProxy{
 			Rewrite:        func(pr *httputil.ProxyRequest) { rt.rewrite(pr, u) },
-			ModifyResponse: checkStatus,
+			ModifyResponse: up.checkResponse,
 			Transport:      up.transport,
 			BufferPool:     &p.buffers,
 			ErrorHandler:   p.handleError,
@@ -441,7 +450,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, rt *route, up *u
 		return
 	}
 	for {
-		p.attempt(rps[e.target.index], e, r)
+		rps[e.target.index].ServeHTTP(e, r)
 		if !e.retrying {
 			break
 		}

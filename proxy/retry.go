@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -9,7 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
-	"net/http/httputil"
+	"strconv"
 	"strings"
 	"time"
 
@@ -164,8 +165,8 @@ func (up *upstream) retryFor(r *http.Request) *retryPolicy {
 
 // again decides, once an attempt failed (reason; to is its outcome for the target's
 // circuit), whether the request is tried again, and if so gets the attempt out of the
-// way: its target's circuit is told the outcome, and the attempt's answer is discarded
-// (retrying); next tells the Recorder the retry once it is sent. A request is retried
+// way: its target's circuit is told the outcome, and the attempt is over (retrying: its
+// answer, if any, was set aside unread by checkResponse); next tells the Recorder the retry once it is sent. A request is retried
 // while it has attempts left, its client and its upstream deadline are still there, the
 // upstream's circuit still passes every request (a half-open trial, or a request the
 // circuit would reject in metrics-only mode, is never retried: the circuit is judging
@@ -206,40 +207,82 @@ func (e *exchange) again(reason RetryReason, to breaker.Outcome) bool {
 	return true
 }
 
-// pauses reports whether an answer with this status asks, through Retry-After, for a
-// pause the upstream's circuit honours (breaker.honor_retry_after): such an answer is
-// not retried, it opens the circuit.
-func (e *exchange) pauses(code int) bool {
+// pausesFor reports whether an answer with this status and header asks, through
+// Retry-After, for a pause the upstream's circuit honours (breaker.honor_retry_after):
+// such an answer is not retried, it opens the circuit.
+func (e *exchange) pausesFor(code int, h http.Header) bool {
 	return e.up.honorRetryAfter && (code == http.StatusTooManyRequests || code == http.StatusServiceUnavailable) &&
-		retryAfter(e.w.Header()[headerRetryAfter], e.p.now()) > 0
+		retryAfter(h[headerRetryAfter], e.p.now()) > 0
 }
 
-// maxDiscard is how much of a retried attempt's response body is read and dropped so
-// that its connection can serve again; a longer body is cut off, and its connection with it.
-const maxDiscard = 64 << 10
+// retryableStatus is the error with which an upstream's ModifyResponse (checkResponse)
+// hands an answer with a status listed in retries.statuses to the ErrorHandler before
+// ReverseProxy copies anything of it to the client: handleError then retries the request
+// (the answer is dropped unread, its connection closed) or, when no retry may follow,
+// serves the answer as it came (serveAnswer). body is the answer's body, which
+// ReverseProxy does not close (it closes the stand-in put in its place).
+type retryableStatus struct {
+	res  *http.Response
+	body io.ReadCloser
+}
 
-// errDiscarded aborts the copy of a retried attempt's long response body.
-var errDiscarded = errors.New("retried attempt's response discarded")
+func (rs *retryableStatus) Error() string {
+	return "upstream answered " + strconv.Itoa(rs.res.StatusCode) + ", a status retried"
+}
 
-// discard drops a retried attempt's response body.
-func (e *exchange) discard(b []byte) (int, error) {
-	if e.discarded += len(b); e.discarded > maxDiscard {
-		return 0, errDiscarded
+// keptBody stands in for a retryable answer's body while ReverseProxy hands the answer
+// to the ErrorHandler: ReverseProxy closes it, which leaves the real body alone.
+type keptBody struct{}
+
+func (keptBody) Read([]byte) (int, error) { return 0, io.EOF }
+func (keptBody) Close() error             { return nil }
+
+// checkResponse is an upstream's ReverseProxy ModifyResponse: checkStatus, then, when the
+// upstream retries, an answer with a status it retries (for a method it retries) goes to
+// the ErrorHandler as a retryableStatus, before anything of it reaches the client. An
+// answer a retry may follow is so never read: however slowly its body would come, the
+// next attempt does not wait for it.
+func (up *upstream) checkResponse(res *http.Response) error {
+	if err := checkStatus(res); err != nil {
+		return err
 	}
-	return len(b), nil
+	if rp := up.retry; rp != nil && rp.codes[res.StatusCode] && (res.Request == nil || rp.method(res.Request.Method)) {
+		rs := &retryableStatus{res: res, body: res.Body}
+		res.Body = keptBody{}
+		return rs
+	}
+	return nil
 }
 
-// attempt sends one attempt through rp. When the attempt is to be retried, the abort
-// with which ReverseProxy ends a discarded body copy is the expected end of the attempt.
-func (p *Proxy) attempt(rp *httputil.ReverseProxy, e *exchange, r *http.Request) {
-	defer func() {
-		if e.retrying {
-			if v := recover(); v != nil && v != http.ErrAbortHandler {
-				panic(v)
-			}
-		}
-	}()
-	rp.ServeHTTP(e, r)
+// retryStatus handles an answer checkResponse set aside: retried if it may be, else
+// served to the client as it came.
+func (p *Proxy) retryStatus(e *exchange, req *http.Request, rs *retryableStatus) {
+	res := rs.res
+	res.Body = rs.body
+	if e.retry != nil && !e.pausesFor(res.StatusCode, res.Header) && e.again(RetryStatus, targetOutcome(res.StatusCode)) {
+		res.Body.Close() // unread: the connection is closed rather than drained
+		return
+	}
+	e.retry = nil // this answer is the request's
+	ctx := context.WithValue(req.Context(), answerKey{}, res)
+	p.answers.ServeHTTP(e, req.WithContext(ctx))
+}
+
+// answerKey carries a set-aside answer to the answers ReverseProxy (answerTransport).
+type answerKey struct{}
+
+// answerTransport "sends" a request by returning the answer its context carries: the
+// answers ReverseProxy serves a set-aside answer through it, exactly as the attempt's
+// ReverseProxy would have (headers, trailers, flushing, the body copy and its failures).
+type answerTransport struct{}
+
+func (answerTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	res, ok := req.Context().Value(answerKey{}).(*http.Response)
+	if !ok {
+		return nil, errors.New("proxy: no answer to serve")
+	}
+	res.Request = req
+	return res, nil
 }
 
 // next prepares the next attempt of a request whose attempt failed and is retried: it
@@ -248,7 +291,7 @@ func (p *Proxy) attempt(rp *httputil.ReverseProxy, e *exchange, r *http.Request)
 // attempt put in the response headers, and picks a target, another than those tried when
 // there is one.
 func (p *Proxy) next(e *exchange, r *http.Request) {
-	e.retrying, e.discarded, e.grpc = false, 0, false
+	e.retrying, e.grpc = false, false
 	if d := e.wait; d > 0 {
 		t := time.NewTimer(d)
 		select {

@@ -446,3 +446,32 @@ func TestRetryStreamedPostSentOnce(t *testing.T) {
 		t.Errorf("%d retries of a buffered body, want 2 (3 attempts)", r)
 	}
 }
+
+// A switch to a protocol the request did not ask for is refused (502) and the upstream's
+// connection closed: ReverseProxy alone would leave it open, one leaked connection per
+// such answer, and per retry of it.
+func TestBadSwitchClosesTheUpstreamConnection(t *testing.T) {
+	closed := make(chan struct{}, 4)
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		conn, rw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		_, _ = rw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: other\r\n\r\n")
+		_ = rw.Flush()
+		_ = conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+		if _, err := conn.Read(make([]byte, 1)); err == io.EOF {
+			closed <- struct{}{}
+		}
+		conn.Close()
+	}))
+	t.Cleanup(backend.Close)
+	f := newFixture(t, single(upstreamCfg(t, backend.URL)))
+	req, _ := http.NewRequest(http.MethodGet, f.srv.URL+"/ws", nil)
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", "websocket")
+	resp := f.do(t, req)
+	wantStatus(t, resp, 502)
+	readBody(t, resp)
+	recv(t, "the proxy closing the upstream's connection", closed)
+}
