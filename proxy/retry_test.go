@@ -475,3 +475,37 @@ func TestBadSwitchClosesTheUpstreamConnection(t *testing.T) {
 	readBody(t, resp)
 	recv(t, "the proxy closing the upstream's connection", closed)
 }
+
+// A 503 with Retry-After, honoured, is not retried: it is served as it came (headers,
+// body) through the set-aside path, and it opens the circuit for the pause.
+func TestRetryHonouredRetryAfterServedAsItCame(t *testing.T) {
+	b := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Retry-After", "7")
+		w.Header().Set("X-Upstream", "a")
+		w.WriteHeader(503)
+		_, _ = io.WriteString(w, "come back later")
+	}))
+	t.Cleanup(b.Close)
+	other := newScriptBackend(t, 200)
+	u := retrying(t, b.URL, other.URL)
+	u.Breaker.HonorRetryAfter = true
+	f := newFixture(t, single(u))
+	resp := f.get(t, "", "/x")
+	wantStatus(t, resp, 503)
+	if resp.Header.Get("Retry-After") != "7" || resp.Header.Get("X-Upstream") != "a" {
+		t.Errorf("headers %v, want the upstream's", resp.Header)
+	}
+	if got := readBody(t, resp); got != "come back later" {
+		t.Errorf("body %q, want the upstream's", got)
+	}
+	if other.hits.Load() != 0 {
+		t.Errorf("retried on the other target despite Retry-After")
+	}
+	if s := f.breakers["svc"].State(); s != breaker.Open {
+		t.Errorf("circuit %v, want open for the pause", s)
+	}
+	calls := f.rec.snapshot()
+	if len(calls) != 1 || calls[0].status != 503 {
+		t.Errorf("recorded %+v, want one request with status 503", calls)
+	}
+}
