@@ -154,6 +154,9 @@ type Upstream struct {
 	HealthCheck HealthCheck `yaml:"health_check"`
 	// TLS is how the proxy speaks TLS to the upstream's https targets.
 	TLS UpstreamTLS `yaml:"tls"`
+	// Keyed gives each key read from the request (a tenant) a circuit of its own
+	// (keyed.go).
+	Keyed Keyed `yaml:"keyed"`
 
 	// TargetURLs are Targets parsed (not a YAML key; filled by Load).
 	TargetURLs []*url.URL `yaml:"-"`

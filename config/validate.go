@@ -324,6 +324,7 @@ func (v *validator) upstream(p string, u *Upstream) {
 	v.oneOf(p+".load_balancing", u.LoadBalancing, "round_robin", "least_requests")
 	v.upstreamTLS(p+".tls", &u.TLS)
 	v.outlier(p, u)
+	v.keyed(p+".keyed", u)
 	for i, proto := range u.UpgradeProtocols {
 		u.UpgradeProtocols[i] = strings.ToLower(proto)
 		if !isToken(proto) {
