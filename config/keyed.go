@@ -86,7 +86,9 @@ func (k Keyed) Settings(b Breaker) breaker.Settings {
 		b.OpenDuration = k.OpenDuration
 		b.MaxOpenDuration = max(b.MaxOpenDuration, k.OpenDuration)
 	}
-	b.Mode = "normal" // an operator forces a key by its name, not through the upstream's mode
+	if b.Mode != "metrics_only" { // a dry run stays one; a forced upstream does not force its keys
+		b.Mode = "normal"
+	}
 	return b.Settings()
 }
 

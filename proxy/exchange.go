@@ -271,6 +271,9 @@ type exchange struct {
 	treceipt breaker.Receipt
 	// pause is the Retry-After the upstream's answer asked for (honor_retry_after).
 	pause time.Duration
+	// key is the request's key circuit and ticket (keyed.go), kreceipt its success's.
+	key      keyAdmission
+	kreceipt breaker.Receipt
 	// via is set when up serves as another upstream's fallback (its answers are marked).
 	via    *served
 	status int   // the status the client got (once done)
@@ -342,6 +345,7 @@ func (e *exchange) report(r Result, o, to breaker.Outcome, status int) {
 	if b := e.up.breaker; b != nil {
 		e.receipt = b.DonePause(e.ticket, o, elapsed, e.pause)
 	}
+	e.reportKey(o, elapsed)
 	if e.tracked {
 		e.treceipt = e.target.gate.Done(e.tticket, to, elapsed)
 	}
@@ -395,6 +399,7 @@ func (e *exchange) bodyBroken() {
 	if b := e.up.breaker; b != nil {
 		b.LateFailure(e.receipt)
 	}
+	e.lateKey()
 	if rec := e.p.rec; rec != nil {
 		rec.BodyBroken(e.up.name, e.p.now().Sub(e.start))
 	}
