@@ -1,0 +1,217 @@
+package store
+
+import (
+	"context"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/fuseproxy/fuseproxy/breaker"
+	"github.com/fuseproxy/fuseproxy/internal/testutil/redistest"
+)
+
+// attachKey gives replica r a key's circuit of upstream api, as the proxy does.
+func (r *replica) attachKey(key string, maxKeys int, ttl time.Duration) *breaker.Breaker {
+	name := circuitName + "#" + key
+	b := breaker.New(name, baseSettings(), breaker.Options{})
+	r.st.AttachKey(name, KeyCircuit{Circuit: Circuit{Breaker: b, SettingsHash: "h", TrialLease: 10 * time.Second},
+		Upstream: circuitName, MaxKeys: maxKeys, IdleTTL: ttl})
+	return b
+}
+
+// keyedCalls counts the script calls on keys' circuits a replica sends.
+type keyedCalls struct{ n atomic.Int64 }
+
+func (h *keyedCalls) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *keyedCalls) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error { h.count(cmd); return next(ctx, cmd) }
+}
+func (h *keyedCalls) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		for _, c := range cmds {
+			h.count(c)
+		}
+		return next(ctx, cmds)
+	}
+}
+func (h *keyedCalls) count(cmd redis.Cmder) {
+	if args := cmd.Args(); len(args) > 3 {
+		if s, ok := args[3].(string); ok && len(s) > 10 && s[len(s)-6:] == ":state" && containsKey(s) {
+			h.n.Add(1)
+		}
+	}
+}
+
+func containsKey(s string) bool {
+	for i := 0; i+5 <= len(s); i++ {
+		if s[i:i+5] == ":key:" {
+			return true
+		}
+	}
+	return false
+}
+
+// A key's failures open it on every replica (its own circuit only); healthy keys send
+// Redis nothing; the key recovers through half-open with one trial fleet-wide.
+func TestRedisKeyFleetWide(t *testing.T) {
+	srv := redistest.Start(t)
+	hooks := make([]*keyedCalls, 3)
+	var reps []*replica
+	for i := range 3 {
+		hooks[i] = &keyedCalls{}
+		reps = append(reps, startReplica(t, srv, "r"+strconv.Itoa(i), replicaConfig{settings: baseSettings(), hook: hooks[i]}))
+	}
+	as := make([]*breaker.Breaker, 3)
+	bs := make([]*breaker.Breaker, 3)
+	for i, r := range reps {
+		as[i] = r.attachKey("tenant-a", 100, time.Minute)
+		bs[i] = r.attachKey("tenant-b", 100, time.Minute)
+	}
+	// Healthy keys: many successes, several flush intervals, not one script.
+	for range 200 {
+		for i := range reps {
+			succeed(t, as[i])
+			succeed(t, bs[i])
+		}
+	}
+	for range 5 {
+		for _, r := range reps {
+			r.flushNow(t)
+		}
+	}
+	for i, h := range hooks {
+		if n := h.n.Load(); n != 0 {
+			t.Fatalf("replica %d sent %d scripts for quiet keys", i, n)
+		}
+	}
+	if n := srv.Client().Exists(t.Context(), "fuse:{api}:key:tenant-a:state").Val(); n != 0 {
+		t.Fatal("a quiet key has state in Redis")
+	}
+	// tenant-a fails on r0 and r1 (the fleet's run of 3), and opens everywhere.
+	fail(t, as[0])
+	fail(t, as[0])
+	reps[0].flushNow(t)
+	fail(t, as[1])
+	reps[1].flushNow(t)
+	for i := range reps {
+		eventually(t, waitFor, "tenant-a open on r"+strconv.Itoa(i), func() bool { return as[i].State() == breaker.Open })
+		if bs[i].State() != breaker.Closed {
+			t.Fatalf("tenant-b on r%d: %v", i, bs[i].State())
+		}
+		succeed(t, bs[i]) // b keeps flowing
+	}
+	if st := reps[0].b.State(); st != breaker.Closed {
+		t.Fatalf("the upstream's circuit: %v", st)
+	}
+	ttl := srv.Client().PTTL(t.Context(), "fuse:{api}:key:tenant-a:state").Val()
+	if ttl <= 0 || ttl > time.Minute+time.Second {
+		t.Fatalf("tenant-a's state expires in %v, want about its open period + 1m", ttl)
+	}
+	// The open period ends: one trial fleet-wide at a time.
+	var mu sync.Mutex
+	var trials []breaker.Ticket
+	var trialOn []int
+	eventually(t, waitFor, "a trial admitted", func() bool {
+		for i := range reps {
+			if tk, err := as[i].Allow(); err == nil {
+				mu.Lock()
+				trials, trialOn = append(trials, tk), append(trialOn, i)
+				mu.Unlock()
+			}
+		}
+		return len(trials) > 0
+	})
+	// Nobody else gets one while it runs.
+	for range 20 {
+		for i := range reps {
+			if _, err := as[i].Allow(); err == nil {
+				t.Fatalf("a second trial admitted on r%d while r%d's runs", i, trialOn[0])
+			}
+		}
+		time.Sleep(5 * time.Millisecond) // several flush intervals of the other replicas
+	}
+	if len(trials) != 1 {
+		t.Fatalf("%d trials admitted at once, want 1", len(trials))
+	}
+	as[trialOn[0]].Done(trials[0], breaker.Success, time.Millisecond)
+	for i := range reps {
+		eventually(t, waitFor, "tenant-a closed on r"+strconv.Itoa(i), func() bool { return as[i].State() == breaker.Closed })
+	}
+}
+
+// The registry of keys in Redis holds at most max_keys: a key past it decides on its
+// replica alone, and a key expires in Redis when idle.
+func TestRedisKeyRegistryBounded(t *testing.T) {
+	srv := redistest.Start(t)
+	r := startReplica(t, srv, "r0", replicaConfig{settings: baseSettings(), noRun: true})
+	var keys []*breaker.Breaker
+	for i := range 10 {
+		b := r.attachKey("k"+strconv.Itoa(i), 5, 2*time.Second)
+		fail(t, b)
+		keys = append(keys, b)
+	}
+	r.flushNow(t)
+	if n := srv.Client().ZCard(t.Context(), "fuse:{api}:keys").Val(); n != 5 {
+		t.Fatalf("registry holds %d keys, want 5", n)
+	}
+	if n := r.st.KeyRefusals(); n != 5 {
+		t.Fatalf("KeyRefusals = %d, want 5", n)
+	}
+	local := 0
+	for _, b := range keys {
+		if !b.Shared() {
+			local++
+			fail(t, b) // decides alone: trips at 3
+			fail(t, b)
+			if b.State() != breaker.Open {
+				t.Fatalf("a local key did not trip on its own: %v", b.State())
+			}
+		}
+	}
+	if local != 5 {
+		t.Fatalf("%d keys decide alone, want 5", local)
+	}
+	// Idle for the ttl: the keys' state and the registry are gone.
+	eventually(t, 5*time.Second, "the keys to expire in Redis", func() bool {
+		n, err := srv.Client().Keys(t.Context(), "fuse:{api}:key*").Result()
+		return err == nil && len(n) == 0
+	})
+	// Control reaches a key this replica does not track, fleet-wide.
+	k := KeyCircuit{Settings: baseSettings(), Upstream: circuitName, MaxKeys: 5, IdleTTL: time.Minute}
+	if err := r.st.ControlKey(t.Context(), "api#other", k, Command{Op: OpOpen}); err != nil {
+		t.Fatal(err)
+	}
+	h, err := r.st.InspectKey(t.Context(), "api#other", k)
+	if err != nil || h["st"] != "1" {
+		t.Fatalf("InspectKey = %v, %v; want st 1", h, err)
+	}
+}
+
+// Opening a key by Control reaches the replicas that track it.
+func TestRedisKeyControlFleetWide(t *testing.T) {
+	srv := redistest.Start(t)
+	r0 := startReplica(t, srv, "r0", replicaConfig{settings: baseSettings()})
+	r1 := startReplica(t, srv, "r1", replicaConfig{settings: baseSettings()})
+	b0 := r0.attachKey("acme", 10, time.Minute)
+	b1 := r1.attachKey("acme", 10, time.Minute)
+	if err := r0.st.ControlKey(t.Context(), "api#acme", KeyCircuit{}, Command{Op: OpMode, Mode: breaker.ForcedOpen}); err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range []*breaker.Breaker{b0, b1} {
+		eventually(t, waitFor, "forced open", func() bool { return b.Mode() == breaker.ForcedOpen })
+	}
+	if err := r1.st.ControlKey(t.Context(), "api#acme", KeyCircuit{}, Command{Op: OpReset}); err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range []*breaker.Breaker{b0, b1} {
+		eventually(t, waitFor, "reset", func() bool { return b.Mode() == breaker.Normal && b.State() == breaker.Closed })
+	}
+	r0.st.DetachKey("api#acme")
+	if _, ok := r0.st.get("api#acme"); ok {
+		t.Fatal("a detached key is still attached")
+	}
+}
