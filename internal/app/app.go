@@ -97,7 +97,9 @@ func New(cfg *config.Config, o Options) (*App, error) {
 	}})
 	a.setHealthTargets(checkedTargets(cfg, a.breakers))
 	a.metrics.SetUpstreams(upstreamNames(cfg))
-	a.proxy, err = proxy.New(cfg, a.breakers, proxy.Options{Logger: a.log, Recorder: a.metrics, AccessLog: a.access})
+	a.metrics.SetKeys(a.KeyStats, a.keyRefusals)
+	a.proxy, err = proxy.New(cfg, a.breakers, proxy.Options{Logger: a.log, Recorder: a.metrics, AccessLog: a.access,
+		Keys: a.keyOptions()})
 	if err != nil {
 		return nil, err
 	}
