@@ -104,7 +104,19 @@ type keyConfig struct {
 type keyCircuit struct {
 	key, name string
 	b         *breaker.Breaker
-	used      atomic.Int64 // clock reading (ns) of the latest request, kept to 10 ms
+	// A request marks the key touched, without reading the clock; an eviction or a
+	// sweep that finds it touched stamps used with the time it looked (observe). So a
+	// key's idleness is known to the resolution of those looks (a sweep passes every
+	// key each keyShards × sweepEvery), and is never overestimated.
+	touched atomic.Bool
+	used    atomic.Int64 // clock reading (ns) at which the key was last seen used
+}
+
+// observe turns a touch into a time of use, now.
+func (c *keyCircuit) observe(now int64) {
+	if c.touched.Load() && c.touched.Swap(false) {
+		c.used.Store(now)
+	}
 }
 
 // keyAdmission is a request's key circuit and its ticket; the zero value is no key.
@@ -264,25 +276,26 @@ func queryValue(q, name string) string {
 
 // lookup returns key's circuit, creating it if need be (nil when the table is full of
 // keys that may not be evicted). key may share a buffer: it is cloned before it is kept.
+// Finding an existing key reads no clock and writes no shared memory but its flag.
 func (t *keyTable) lookup(key string) *keyCircuit {
-	now := int64(t.clock.Now())
-	if now >= t.nextSweep.Load() {
-		t.sweepStep(now)
-	}
 	sh := &t.shards[maphash.String(t.seed, key)&(keyShards-1)]
 	sh.mu.RLock()
 	c := sh.m[key]
 	sh.mu.RUnlock()
 	if c != nil {
-		if now-c.used.Load() > int64(10*time.Millisecond) {
-			c.used.Store(now)
+		if !c.touched.Load() {
+			c.touched.Store(true)
 		}
 		return c
 	}
-	return t.create(sh, key, now)
+	return t.create(sh, key)
 }
 
-func (t *keyTable) create(sh *keyShard, key string, now int64) *keyCircuit {
+func (t *keyTable) create(sh *keyShard, key string) *keyCircuit {
+	now := int64(t.clock.Now())
+	if now >= t.nextSweep.Load() {
+		t.sweepStep(now)
+	}
 	cfg := t.cfg.Load()
 	if t.count.Load() >= cfg.maxKeys && !t.evict(now, cfg) {
 		t.overflow.Add(1)
@@ -315,6 +328,7 @@ func (t *keyTable) create(sh *keyShard, key string, now int64) *keyCircuit {
 // evictable reports whether c may make room for a new key: closed, in normal mode, and
 // without a request for a window (the default key never).
 func (c *keyCircuit) evictable(now int64, cfg *keyConfig) bool {
+	c.observe(now)
 	return c.key != cfg.defaultKey && c.b.State() == breaker.Closed && c.b.Mode() == breaker.Normal &&
 		now-c.used.Load() >= int64(cfg.active)
 }
@@ -356,17 +370,30 @@ func (t *keyTable) evict(now int64, cfg *keyConfig) bool {
 }
 
 // sweepStep forgets the idle keys of one shard, at most once per sweepEvery: the whole
-// table every keyShards × sweepEvery. Keys in their open period stay.
+// table every keyShards × sweepEvery while new keys come (a scrape of the key metrics
+// sweeps it all). Keys in their open period stay.
 func (t *keyTable) sweepStep(now int64) {
 	next := t.nextSweep.Load()
 	if now < next || !t.nextSweep.CompareAndSwap(next, now+int64(sweepEvery)) {
 		return
 	}
+	t.sweep(&t.shards[t.sweepShard.Add(1)&(keyShards-1)], now)
+}
+
+// sweepAll sweeps every shard.
+func (t *keyTable) sweepAll() {
+	now := int64(t.clock.Now())
+	for i := range t.shards {
+		t.sweep(&t.shards[i], now)
+	}
+}
+
+func (t *keyTable) sweep(sh *keyShard, now int64) {
 	cfg := t.cfg.Load()
-	sh := &t.shards[t.sweepShard.Add(1)&(keyShards-1)]
 	var gone []*keyCircuit
 	sh.mu.Lock()
 	for k, c := range sh.m {
+		c.observe(now)
 		if now-c.used.Load() < int64(cfg.idle) || c.b.Mode() != breaker.Normal && c.b.Mode() != breaker.MetricsOnly {
 			continue
 		}
@@ -391,11 +418,16 @@ const sweepEvery = 250 * time.Millisecond
 func (up *upstream) admitKey(r *http.Request, cleaned string) (ka keyAdmission, err error) {
 	t := up.keys
 	cfg := t.cfg.Load()
-	var buf [config.MaxKeyLength]byte
-	key, ok := readKey(cfg.sources, r, cleaned, &buf)
 	var c *keyCircuit
-	if ok {
-		c = t.lookup(key)
+	if len(cfg.sources) == 1 { // no buffer to clear
+		if key, ok := keyPart(cfg.sources[0], r, cleaned); ok && len(key) <= config.MaxKeyLength {
+			c = t.lookup(key)
+		}
+	} else {
+		var buf [config.MaxKeyLength]byte
+		if key, ok := readKey(cfg.sources, r, cleaned, &buf); ok {
+			c = t.lookup(key)
+		}
 	}
 	if c == nil && cfg.defaultKey != "" {
 		c = t.lookup(cfg.defaultKey)
@@ -491,6 +523,7 @@ func (p *Proxy) KeyStats() []KeyStats {
 		if t == nil {
 			continue
 		}
+		t.sweepAll()
 		st := KeyStats{Upstream: up.name, MaxKeys: int(t.cfg.Load().maxKeys), Evictions: t.evictions.Load(),
 			Overflow: t.overflow.Load(), Rejected: t.rejected.Load()}
 		t.each(func(c *keyCircuit) {

@@ -215,3 +215,60 @@ func TestRedisKeyControlFleetWide(t *testing.T) {
 		t.Fatal("a detached key is still attached")
 	}
 }
+
+// With 10,000 active keys, all healthy, a replica sends Redis at most 0.001 commands per
+// request at steady state: quiet keys send nothing, the heartbeat alone remains.
+func TestRedisKeysCommandsPerRequest(t *testing.T) {
+	srv := redistest.Start(t)
+	settings := baseSettings()
+	settings.Window = 10 * time.Second
+	r := startReplica(t, srv, "r0", replicaConfig{settings: settings, flush: 100 * time.Millisecond})
+	const n = 10_000
+	keys := make([]*breaker.Breaker, n)
+	for i := range keys {
+		name := circuitName + "#t" + strconv.Itoa(i)
+		keys[i] = breaker.New(name, settings, breaker.Options{})
+		r.st.AttachKey(name, KeyCircuit{Circuit: Circuit{Breaker: keys[i], SettingsHash: "h", TrialLease: 10 * time.Second},
+			Upstream: circuitName, MaxKeys: n, IdleTTL: time.Minute})
+	}
+	serve := func(d time.Duration) int {
+		requests := 0
+		for end := time.Now().Add(d); time.Now().Before(end); {
+			for range 1000 {
+				b := keys[requests%n]
+				tk, err := b.Allow()
+				if err != nil {
+					t.Fatal(err)
+				}
+				b.Done(tk, breaker.Success, time.Millisecond)
+				requests++
+			}
+			time.Sleep(time.Millisecond) // about 1,000 requests per millisecond at most
+		}
+		return requests
+	}
+	serve(time.Second) // warm up: every key active
+	before := srv.CommandStats()
+	requests := serve(3 * time.Second)
+	after := srv.CommandStats()
+	cmds := int64(0)
+	for name, calls := range after {
+		cmds += calls - before[name]
+	}
+	cmds -= 1 // the INFO that read before
+	ratio := float64(cmds) / float64(requests)
+	t.Logf("%d requests over %d active keys in 3s, %d Redis commands: %.6f per request (%v)", requests, n, cmds, ratio, diff(before, after))
+	if ratio > 0.001 {
+		t.Fatalf("%.6f Redis commands per request, want <= 0.001", ratio)
+	}
+}
+
+func diff(before, after map[string]int64) map[string]int64 {
+	out := map[string]int64{}
+	for k, v := range after {
+		if d := v - before[k]; d > 0 {
+			out[k] = d
+		}
+	}
+	return out
+}
