@@ -499,7 +499,7 @@ func (p *Proxy) keyTables(t, old *table, cfg *config.Config) (gone []*keyTable) 
 type KeyStats struct {
 	Upstream  string `json:"upstream"`
 	Tracked   int    `json:"tracked"`
-	Open      int    `json:"open"`      // open, half-open or forced open
+	Open      int    `json:"open"` // open, half-open or forced open
 	MaxKeys   int    `json:"max_keys"`
 	Evictions uint64 `json:"evictions"` // keys evicted to make room for new ones
 	Overflow  uint64 `json:"overflow"`  // new keys sent to the default: the table was full
