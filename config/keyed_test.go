@@ -1,6 +1,7 @@
 package config
 
 import (
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -64,6 +65,36 @@ func TestKeyNameRoundTrip(t *testing.T) {
 		up, got, ok := SplitKeyName(name)
 		if !ok || up != "api" || got != key {
 			t.Errorf("SplitKeyName(%q) = %q, %q, %v; want api, %q", name, up, got, ok, key)
+		}
+	}
+}
+
+// TestReadmeKeyedExample: README's per-key breakers example is a valid config that turns
+// on what it shows.
+func TestReadmeKeyedExample(t *testing.T) {
+	b, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	const start, end = "<!-- keyed-example:start -->\n```yaml\n", "```\n<!-- keyed-example:end -->"
+	i, j := strings.Index(s, start), strings.Index(s, end)
+	if i < 0 || j < i {
+		t.Fatal("README.md lacks the keyed-example markers")
+	}
+	cfg, err := Parse("README.md", []byte(s[i+len(start):j]))
+	if err != nil {
+		t.Fatalf("README's keyed example: %v", err)
+	}
+	u := cfg.Upstreams["api"]
+	k := u.Keyed
+	if !k.Enabled() || len(k.Sources) != 1 || k.Sources[0] != (KeySource{Kind: KeyHeader, Name: "X-Tenant-Id"}) ||
+		k.MaxKeys != 10000 || k.DefaultKey != "" || k.Settings(u.Breaker).ConsecutiveFailures != 5 {
+		t.Errorf("README's keyed example does not turn on what it shows: %+v", k)
+	}
+	for _, row := range []string{"| `Fuse::for($tenant)`", "| `->boundary($region)`"} {
+		if !strings.Contains(s, row) {
+			t.Errorf("README's Fuse table lacks the row %s", row)
 		}
 	}
 }

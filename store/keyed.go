@@ -129,7 +129,44 @@ func (r *Redis) AttachKey(name string, k KeyCircuit) {
 	}
 	r.keyed[name] = c
 	r.kdirty = true
+	rem, known := r.remembered[name]
+	delete(r.remembered, name)
 	r.kmu.Unlock()
+	if known && !r.degraded.Load() {
+		// Another replica opened (or an operator forced) the key before this replica
+		// saw it: start from that state, its open period shortened by the time since.
+		rem.rep.state.OpenRemaining = max(rem.rep.state.OpenRemaining-time.Since(rem.at), 0)
+		r.apply(c, rem.rep, false, "remembered")
+	}
+}
+
+// rememberedKey is a published state of a key this replica does not track.
+type rememberedKey struct {
+	rep reply
+	at  time.Time
+}
+
+// maxRemembered bounds the states of untracked keys a replica keeps.
+const maxRemembered = 10000
+
+// rememberKey keeps the published state of a key this replica does not track, while it
+// is not closed and normal; a closed and normal one is forgotten.
+func (r *Redis) rememberKey(name string, rep reply) {
+	if !strings.Contains(name, "#") {
+		return
+	}
+	r.kmu.Lock()
+	defer r.kmu.Unlock()
+	if rep.state.State == breaker.Closed && rep.state.Mode == breaker.Normal {
+		delete(r.remembered, name)
+		return
+	}
+	if r.remembered == nil {
+		r.remembered = map[string]rememberedKey{}
+	}
+	if _, ok := r.remembered[name]; ok || len(r.remembered) < maxRemembered {
+		r.remembered[name] = rememberedKey{rep: rep, at: time.Now()}
+	}
 }
 
 // DetachKey implements KeyStore.

@@ -272,3 +272,28 @@ func diff(before, after map[string]int64) map[string]int64 {
 	}
 	return out
 }
+
+// A replica that starts tracking a key after the fleet opened it (or an operator forced
+// it) starts from that state, learnt from the transition it heard.
+func TestRedisKeyLearntBeforeTracked(t *testing.T) {
+	srv := redistest.Start(t)
+	r0 := startReplica(t, srv, "r0", replicaConfig{settings: baseSettings()})
+	r1 := startReplica(t, srv, "r1", replicaConfig{settings: baseSettings()})
+	r0.attachKey("acme", 10, time.Minute)
+	if err := r0.st.ControlKey(t.Context(), "api#acme", KeyCircuit{}, Command{Op: OpMode, Mode: breaker.ForcedOpen}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, waitFor, "r1 to hear of it", func() bool {
+		r1.st.kmu.Lock()
+		defer r1.st.kmu.Unlock()
+		_, ok := r1.st.remembered["api#acme"]
+		return ok
+	})
+	b1 := r1.attachKey("acme", 10, time.Minute)
+	if b1.Mode() != breaker.ForcedOpen {
+		t.Fatalf("a key tracked after it was forced open: mode %v", b1.Mode())
+	}
+	if _, err := b1.Allow(); err == nil {
+		t.Fatal("admitted by a key forced open fleet-wide")
+	}
+}

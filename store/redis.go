@@ -94,6 +94,10 @@ type Redis struct {
 	kbase    []*circuit
 	kdirty   bool
 	krefused atomic.Uint64
+	// remembered holds the last published state of keys this replica does not track,
+	// while not closed and normal (at most maxRemembered): a key created later starts
+	// from it (kmu).
+	remembered map[string]rememberedKey
 }
 
 // circuit is the store's view of one circuit.
