@@ -217,6 +217,34 @@ func TestKeyedFleetOneTenantFails(t *testing.T) {
 	if bRejected.Load() != 0 || bBad.Load() != 0 || bSent.Load() < 30 {
 		t.Fatalf("tenant b: %d requests, %d rejected, %d failed: want none rejected nor failed", bSent.Load(), bRejected.Load(), bBad.Load())
 	}
+	// An operator forces a key no replica tracks open, through one replica: every replica
+	// rejects it (each heard the transition, and starts the key from it); a reset lets it
+	// through again.
+	_, admin0, _ := strings.Cut(f.Admins[0].base, "://")
+	code, out, errOut = runProcess(t, "", 30*time.Second, "keys", "mode", "api", "c", "forced_open", "--admin", admin0)
+	if code != 0 || !strings.Contains(out, "api#c: mode applied fleet-wide") {
+		t.Fatalf("fuseproxy keys mode api c forced_open: exit %d\n%s%s", code, out, errOut)
+	}
+	for _, p := range f.Replicas {
+		ok := waitFor(5*time.Second, 10*time.Millisecond, func() bool {
+			r, scope := keyedGet(c, p, "c", "/c")
+			return r.Rejected() && scope == "key"
+		})
+		if !ok {
+			t.Fatalf("%s admits tenant c, forced open fleet-wide", p.ID)
+		}
+	}
+	if code, out, errOut = runProcess(t, "", 30*time.Second, "keys", "reset", "api", "c", "--admin", admin0); code != 0 {
+		t.Fatalf("fuseproxy keys reset api c: exit %d\n%s%s", code, out, errOut)
+	}
+	for _, p := range f.Replicas {
+		if !waitFor(5*time.Second, 10*time.Millisecond, func() bool {
+			r, _ := keyedGet(c, p, "c", "/c")
+			return r.Err == nil && r.Status == http.StatusOK
+		}) {
+			t.Fatalf("%s still rejects tenant c after a reset", p.ID)
+		}
+	}
 	// The metrics count keys per upstream, without a label per key.
 	m := f.Admins[0].Get("/metrics")
 	if strings.Contains(m.Body, `key="`) || !strings.Contains(m.Body, `fuseproxy_keys_tracked{upstream="api"}`) {
