@@ -297,3 +297,39 @@ func TestRedisKeyLearntBeforeTracked(t *testing.T) {
 		t.Fatal("admitted by a key forced open fleet-wide")
 	}
 }
+
+// While Redis is down a key decides on its replica alone, like every circuit: keys
+// attached before and during the outage trip on local failures; when Redis is back,
+// they are shared again.
+func TestRedisKeyLocalWhenDown(t *testing.T) {
+	srv := redistest.Start(t)
+	r := startReplica(t, srv, "r0", replicaConfig{settings: baseSettings(), degradeAfter: 2})
+	before := r.attachKey("before", 10, time.Minute)
+	srv.Kill()
+	eventually(t, waitFor, "degraded", func() bool {
+		succeedIfAdmitted(r.b)
+		return r.st.Status().Degraded
+	})
+	during := r.attachKey("during", 10, time.Minute)
+	for _, b := range []*breaker.Breaker{before, during} {
+		if b.Shared() {
+			t.Fatalf("%s: shared while Redis is down", b.Name())
+		}
+		for range 3 {
+			fail(t, b)
+		}
+		if b.State() != breaker.Open {
+			t.Fatalf("%s: %v after 3 local failures, want open", b.Name(), b.State())
+		}
+	}
+	srv.Restart()
+	eventually(t, 10*time.Second, "recovered", func() bool {
+		succeedIfAdmitted(r.b)
+		return !r.st.Status().Degraded
+	})
+	for _, b := range []*breaker.Breaker{before, during} {
+		if !b.Shared() {
+			t.Fatalf("%s: still local after Redis came back", b.Name())
+		}
+	}
+}
