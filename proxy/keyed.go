@@ -151,7 +151,14 @@ func (t *keyTable) configure(cu *config.Upstream) {
 	}
 	old := t.cfg.Swap(kc)
 	if old != nil && old.settings != s {
-		t.each(func(c *keyCircuit) { c.b.SetSettings(s) })
+		// Each key takes the new settings, and is handed to the store again, which
+		// shares it under them from now on.
+		t.each(func(c *keyCircuit) {
+			c.b.SetSettings(s)
+			if t.opts.Attach != nil {
+				t.opts.Attach(t.upstream, c.name, c.b)
+			}
+		})
 	}
 }
 
