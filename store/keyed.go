@@ -221,6 +221,13 @@ func (r *Redis) planKey(calls []*call, c *circuit, now time.Time, resync bool) [
 		(st == breaker.Closed || b.NeedsPermits() == 0) {
 		return calls
 	}
+	if !k.stored && now.Before(r.kfull[k.upstream]) {
+		// The registry was full a moment ago: a key it never took decides alone, without
+		// a script per new key (a flood of failing keys costs Redis one refusal per
+		// upstream and fullBackoff, not one per key).
+		r.refuseKey(c)
+		return calls
+	}
 	if resync && st == breaker.Closed && !k.stored {
 		// Redis may hold nothing for it; if it does (opened meanwhile), the key's first
 		// failure brings it.
@@ -292,12 +299,11 @@ func (r *Redis) keyRefused(cl *call) bool {
 		return false
 	}
 	c := cl.c
-	if !c.k.local.Swap(true) {
-		r.krefused.Add(1)
-		c.Breaker.SetShared(false)
-		r.log.Debug("key refused by the shared registry (max_keys reached): it decides on this replica alone",
-			zap.String("circuit", c.name))
+	if r.kfull == nil {
+		r.kfull = map[string]time.Time{}
 	}
+	r.kfull[c.k.upstream] = time.Now().Add(fullBackoff)
+	r.refuseKey(c)
 	// the script was refused, and the keyed script's call did not count as a reply
 	c.retry = false
 	return true
@@ -310,6 +316,20 @@ func leaseBaseArg(c *circuit) int {
 		return 7
 	}
 	return 4
+}
+
+// fullBackoff is how long a replica takes an upstream's registry to be full after a
+// refusal.
+const fullBackoff = time.Second
+
+// refuseKey makes a key the registry did not take decide on this replica alone.
+func (r *Redis) refuseKey(c *circuit) {
+	if !c.k.local.Swap(true) {
+		r.krefused.Add(1)
+		c.Breaker.SetShared(false)
+		r.log.Debug("key refused by the shared registry (max_keys reached): it decides on this replica alone",
+			zap.String("circuit", c.name))
+	}
 }
 
 // keyApplied records that Redis holds a key's state (a good reply).

@@ -147,7 +147,8 @@ func TestRedisKeyFleetWide(t *testing.T) {
 // replica alone, and a key expires in Redis when idle.
 func TestRedisKeyRegistryBounded(t *testing.T) {
 	srv := redistest.Start(t)
-	r := startReplica(t, srv, "r0", replicaConfig{settings: baseSettings(), noRun: true})
+	hook := &keyedCalls{}
+	r := startReplica(t, srv, "r0", replicaConfig{settings: baseSettings(), noRun: true, hook: hook})
 	var keys []*breaker.Breaker
 	for i := range 10 {
 		b := r.attachKey("k"+strconv.Itoa(i), 5, 2*time.Second)
@@ -174,6 +175,21 @@ func TestRedisKeyRegistryBounded(t *testing.T) {
 	}
 	if local != 5 {
 		t.Fatalf("%d keys decide alone, want 5", local)
+	}
+	// More failing keys right after: refused without a script each. (The registered
+	// keys poll once more after their failure onset's grace: let them.)
+	eventually(t, waitFor, "the registered keys to settle", func() bool {
+		n := hook.n.Load()
+		r.flushNow(t)
+		return hook.n.Load() == n
+	})
+	scripts := hook.n.Load()
+	for i := range 100 {
+		fail(t, r.attachKey("more"+strconv.Itoa(i), 5, 2*time.Second))
+	}
+	r.flushNow(t)
+	if n := hook.n.Load() - scripts; n != 0 || r.st.KeyRefusals() != 105 {
+		t.Fatalf("100 new keys with the registry full: %d scripts, %d refusals; want 0 and 105", n, r.st.KeyRefusals())
 	}
 	// Idle for the ttl: the keys' state and the registry are gone.
 	eventually(t, 5*time.Second, "the keys to expire in Redis", func() bool {

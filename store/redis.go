@@ -98,6 +98,9 @@ type Redis struct {
 	// while not closed and normal (at most maxRemembered): a key created later starts
 	// from it (kmu).
 	remembered map[string]rememberedKey
+	// kfull holds, per upstream, until when its registry in Redis is taken to be full
+	// (a refusal was seen): new keys then decide alone without asking (xmu).
+	kfull map[string]time.Time
 }
 
 // circuit is the store's view of one circuit.
