@@ -4,8 +4,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"strings"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
