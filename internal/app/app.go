@@ -66,6 +66,9 @@ type App struct {
 	reloadMu sync.Mutex // one reload at a time
 	ready    atomic.Bool
 	running  atomic.Bool // Run opened the access log and has not closed it yet
+	// keyCfg is the config whose keyed settings keys attached to the store take
+	// (keyed.go): the new one from before the proxy switches to it on a reload.
+	keyCfg atomic.Pointer[config.Config]
 
 	proxyAddr, adminAddr atomic.Pointer[string] // bound addresses, once Run listens
 }
@@ -91,6 +94,7 @@ func New(cfg *config.Config, o Options) (*App, error) {
 	}
 	a.store = st
 	a.cfg, a.breakers = cfg, a.buildBreakers(cfg, nil)
+	a.keyCfg.Store(cfg)
 	a.store.Attach(a.circuits(cfg, a.breakers))
 	a.health = health.New(health.Options{Store: a.store, Logger: a.log, Observe: func(r health.Result) {
 		a.metrics.HealthProbe(r.Upstream, r.Target, string(r.Outcome))
@@ -242,7 +246,9 @@ func (a *App) Reload(cfg *config.Config) (err error) {
 	both := upstreamNames(oldCfg)
 	maps.Copy(both, upstreamNames(cfg))
 	a.metrics.SetUpstreams(both)
+	a.keyCfg.Store(cfg) // keys the new table hands to the store take the new settings
 	if err := a.proxy.Update(cfg, bs); err != nil {
+		a.keyCfg.Store(oldCfg)
 		a.metrics.SetUpstreams(upstreamNames(oldCfg))
 		return err
 	}

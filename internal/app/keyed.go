@@ -43,7 +43,11 @@ func (a *App) keyOptions() proxy.KeyOptions {
 // keyCircuit returns what the store needs of an upstream's keys, without a breaker;
 // ok is false when the upstream has no per-key breakers.
 func (a *App) keyCircuit(upstream string) (store.KeyCircuit, bool) {
-	u := a.Config().Upstreams[upstream]
+	cfg := a.keyCfg.Load()
+	if cfg == nil {
+		cfg = a.Config()
+	}
+	u := cfg.Upstreams[upstream]
 	if u == nil || !u.Keyed.Enabled() {
 		return store.KeyCircuit{}, false
 	}
