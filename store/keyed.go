@@ -58,6 +58,11 @@ type KeyStore interface {
 	InspectKey(ctx context.Context, name string, k KeyCircuit) (map[string]string, error)
 	// KeyRefusals counts keys the shared store refused because its registry was full.
 	KeyRefusals() uint64
+	// KeyUpstreams names the upstreams with per-key breakers, with their keys' settings
+	// (Breaker nil), at start and on every reload: a shared store reads their registries
+	// when it resyncs, so that a key the fleet holds open or forced is known before this
+	// replica tracks it.
+	KeyUpstreams(ups map[string]KeyCircuit)
 }
 
 var (
@@ -448,3 +453,71 @@ func (m *Memory) InspectKey(_ context.Context, name string, _ KeyCircuit) (map[s
 
 // KeyRefusals implements KeyStore: the memory store refuses no key.
 func (m *Memory) KeyRefusals() uint64 { return 0 }
+
+// KeyUpstreams implements KeyStore: the memory store has nothing to read.
+func (m *Memory) KeyUpstreams(map[string]KeyCircuit) {}
+
+// KeyUpstreams implements KeyStore.
+func (r *Redis) KeyUpstreams(ups map[string]KeyCircuit) {
+	r.kmu.Lock()
+	r.kups = ups
+	r.kmu.Unlock()
+}
+
+// readRegistries polls every key registered in Redis for a keyed upstream that this
+// replica does not track, and remembers those not closed and normal (rememberKey): a
+// replica that starts (or reconnects) while the fleet holds a key open, or an operator
+// forced it, starts that key from it. Best effort: a failure is logged, and the key is
+// then learnt from its first failure or its next transition, as without it. xmu is held.
+func (r *Redis) readRegistries(ctx context.Context) {
+	r.kmu.Lock()
+	ups := r.kups
+	r.kmu.Unlock()
+	for up, k := range ups {
+		if err := r.readRegistry(ctx, up, k); err != nil {
+			r.log.Warn("reading the registry of keys failed; keys the fleet holds open are learnt from their next failure",
+				zap.String("upstream", up), zap.Error(err))
+		}
+	}
+}
+
+func (r *Redis) readRegistry(ctx context.Context, up string, k KeyCircuit) error {
+	_, _, registry, _ := keyKeys(r.o.Prefix, up, up+"#")
+	rctx, cancel := context.WithTimeout(ctx, r.o.Timeout)
+	members, err := r.client.ZRange(rctx, registry, 0, int64(max(k.MaxKeys, 1))-1).Result()
+	cancel()
+	if err != nil {
+		return err
+	}
+	var calls []*call
+	for _, m := range members {
+		name := up + "#" + m
+		if _, tracked := r.getKey(name); tracked {
+			continue
+		}
+		c := r.newKeyCircuit(name, k)
+		calls = append(calls, &call{c: c, script: keyFlushScript, keys: []string{c.key, c.leaseKey, c.k.registry},
+			args: []any{c.k.maxKeys, c.k.ttl.Milliseconds(), c.k.member, r.o.ReplicaID, 0, 0, 0, 0, 0, 0,
+				c.settings, k.SettingsHash, rand.Float64(), r.channel, c.name, r.onset,
+				r.o.FlushInterval.Milliseconds(), 0, 0, 0}})
+	}
+	for i := 0; i < len(calls); i += maxPipeline {
+		chunk := calls[i:min(i+maxPipeline, len(calls))]
+		rctx, cancel := context.WithTimeout(ctx, r.o.Timeout)
+		err := r.run(rctx, chunk)
+		cancel()
+		var rerr redis.Error
+		if err != nil && !errors.As(err, &rerr) {
+			return err
+		}
+		for _, cl := range chunk {
+			if cl.cmd.Err() != nil {
+				continue
+			}
+			if rep, err := decodeReply(cl.cmd.Val()); err == nil {
+				r.rememberKey(cl.c.name, rep)
+			}
+		}
+	}
+	return nil
+}

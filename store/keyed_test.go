@@ -349,3 +349,27 @@ func TestRedisKeyLocalWhenDown(t *testing.T) {
 		}
 	}
 }
+
+// A replica that starts after an operator forced a key open (no replica tracking it)
+// reads the registry when it resyncs: the key starts forced open on it.
+func TestRedisKeyRegistryReadAtResync(t *testing.T) {
+	srv := redistest.Start(t)
+	r0 := startReplica(t, srv, "r0", replicaConfig{settings: baseSettings()})
+	k := KeyCircuit{Circuit: Circuit{SettingsHash: "h", TrialLease: 10 * time.Second}, Settings: baseSettings(),
+		Upstream: circuitName, MaxKeys: 10, IdleTTL: time.Minute}
+	if err := r0.st.ControlKey(t.Context(), "api#acme", k, Command{Op: OpMode, Mode: breaker.ForcedOpen}); err != nil {
+		t.Fatal(err)
+	}
+	r1 := startReplica(t, srv, "r1", replicaConfig{settings: baseSettings(), noRun: true})
+	r1.st.KeyUpstreams(map[string]KeyCircuit{circuitName: k})
+	if err := r1.st.Resync(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	b := r1.attachKey("acme", 10, time.Minute)
+	if b.Mode() != breaker.ForcedOpen {
+		t.Fatalf("a key forced open before this replica started: mode %v", b.Mode())
+	}
+	if other := r1.attachKey("other", 10, time.Minute); other.State() != breaker.Closed || other.Mode() != breaker.Normal {
+		t.Fatalf("a key the fleet never opened: %v %v", other.State(), other.Mode())
+	}
+}

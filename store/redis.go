@@ -101,6 +101,9 @@ type Redis struct {
 	// kfull holds, per upstream, until when its registry in Redis is taken to be full
 	// (a refusal was seen): new keys then decide alone without asking (xmu).
 	kfull map[string]time.Time
+	// kups are the upstreams with per-key breakers (KeyUpstreams), whose registries a
+	// resync reads (kmu).
+	kups map[string]KeyCircuit
 }
 
 // circuit is the store's view of one circuit.

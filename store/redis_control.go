@@ -54,6 +54,7 @@ func (r *Redis) resyncLocked(ctx context.Context) error {
 	if r.degraded.Load() {
 		r.setDegraded(false, nil)
 	}
+	r.readRegistries(ctx) // keys the fleet holds open that this replica does not track (keyed.go)
 	return nil
 }
 

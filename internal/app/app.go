@@ -96,6 +96,7 @@ func New(cfg *config.Config, o Options) (*App, error) {
 	a.cfg, a.breakers = cfg, a.buildBreakers(cfg, nil)
 	a.keyCfg.Store(cfg)
 	a.store.Attach(a.circuits(cfg, a.breakers))
+	a.setKeyUpstreams()
 	a.health = health.New(health.Options{Store: a.store, Logger: a.log, Observe: func(r health.Result) {
 		a.metrics.HealthProbe(r.Upstream, r.Target, string(r.Outcome))
 	}})
@@ -254,6 +255,7 @@ func (a *App) Reload(cfg *config.Config) (err error) {
 	}
 	a.metrics.SetUpstreams(upstreamNames(cfg))
 	a.store.Attach(a.circuits(cfg, bs))
+	a.setKeyUpstreams()
 	a.setHealthTargets(checkedTargets(cfg, bs))
 	var gone []string
 	for name := range old {

@@ -96,3 +96,19 @@ func (a *App) keyRefusals() uint64 {
 	}
 	return 0
 }
+
+// setKeyUpstreams tells the store which upstreams have per-key breakers (keyCfg's), so
+// that its resyncs read their registries.
+func (a *App) setKeyUpstreams() {
+	ks, ok := a.store.(store.KeyStore)
+	if !ok {
+		return
+	}
+	ups := map[string]store.KeyCircuit{}
+	for name := range a.keyCfg.Load().Upstreams {
+		if k, ok := a.keyCircuit(name); ok {
+			ups[name] = k
+		}
+	}
+	ks.KeyUpstreams(ups)
+}
