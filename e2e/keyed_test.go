@@ -234,6 +234,15 @@ func TestKeyedFleetOneTenantFails(t *testing.T) {
 			t.Fatalf("%s admits tenant c, forced open fleet-wide", p.ID)
 		}
 	}
+	// A replica started now reads the registry before it serves: its first request of c
+	// is rejected.
+	late := startProxy(t, keyedYAML(freeAddr(t), freeAddr(t), "r4", f.Redis.URL(), f.Backend.URL(), `      from: [header:X-Tenant-ID]
+      consecutive_failures: 3
+      open_duration: 2s
+`))
+	if r, scope := keyedGet(c, late, "c", "/c"); !r.Rejected() || scope != "key" {
+		t.Fatalf("a replica started after c was forced open admitted it: %v", r)
+	}
 	if code, out, errOut = runProcess(t, "", 30*time.Second, "keys", "reset", "api", "c", "--admin", admin0); code != 0 {
 		t.Fatalf("fuseproxy keys reset api c: exit %d\n%s%s", code, out, errOut)
 	}
