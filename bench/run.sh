@@ -39,6 +39,10 @@
 #                       (memory store; redis-targets3 and redis-eject with the redis store);
 #                       "retries" (and redis-retries) are targets3 with retries on (3
 #                       attempts, the default budget), none happening: compare with targets3
+#                       "keyed" and "redis-keyed" give each upstream per-key breakers on
+#                       X-Tenant-ID (issue #16; with TENANTS=N every request carries one of N
+#                       tenants, the next one each request, for every target alike)
+#   TENANTS=0           X-Tenant-ID values cycled over by the load (0: no header)
 #   FP_ENV=""           environment for the fuseproxy processes, e.g. "GOGC=400 GOMAXPROCS=1"
 #   FLUSH=100ms         store.flush_interval of the redis replica
 #   SCALE_UPSTREAMS=10000 SCALE_HOT=1000 SCALE_DURATION=10s   (scale mode)
@@ -68,7 +72,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SHARED=$(cd "$ROOT/.." && pwd)/shared/bench
 WORK=${BENCH_WORK:-${TMPDIR:-/tmp}/fuseproxy-bench-local}
 DURATION=${DURATION:-10s} WARMUP=${WARMUP:-2s} ROUNDS=${ROUNDS:-3} CONNS=${CONNS:-32} THREADS=${THREADS:-1}
-UPSTREAMS=${UPSTREAMS:-10} IDLE=${IDLE:-5} FLUSH=${FLUSH:-100ms} FP_ENV=${FP_ENV:-} ACCESS_SAMPLE=${ACCESS_SAMPLE:-1}
+UPSTREAMS=${UPSTREAMS:-10} IDLE=${IDLE:-5} TENANTS=${TENANTS:-0} FLUSH=${FLUSH:-100ms} FP_ENV=${FP_ENV:-} ACCESS_SAMPLE=${ACCESS_SAMPLE:-1}
 TARGETS=${TARGETS:-"direct goproxy memory redis nobreaker"}
 SCALE_UPSTREAMS=${SCALE_UPSTREAMS:-10000} SCALE_HOT=${SCALE_HOT:-1000} SCALE_DURATION=${SCALE_DURATION:-10s}
 PORT_BASE=${PORT_BASE:-19080}
@@ -88,7 +92,9 @@ gen_config() {
   local tlist="\"$backend\"" extra=""
   [[ $store == none ]] && enabled=false
   [[ $store == redis ]] && driver=redis
-  if [[ $targets != one ]]; then
+  if [[ $targets == keyed ]]; then
+    extra=", keyed: {from: [header:X-Tenant-ID]}"
+  elif [[ $targets != one ]]; then
     # Three targets that are the same backend under three host:port names.
     local port=${backend##*:}
     tlist="\"http://127.0.0.1:$port\", \"http://localhost:$port\", \"http://[::ffff:127.0.0.1]:$port\""
@@ -211,12 +217,19 @@ parse_wrk() { # rps,p50_ms,p99_ms,errors,requests
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 hwm_kib() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
 
-write_lua() { # write_lua FILE N OFFSET: request i goes to /u<OFFSET + i mod N>/
+write_lua() { # write_lua FILE N OFFSET: request i goes to /u<OFFSET + i mod N>/ (as tenant t<i mod TENANTS>)
   cat >"$1" <<EOF
-local n, off, i = $2, ${3:-0}, 0
+local n, off, i, tenants, j = $2, ${3:-0}, 0, $TENANTS, 0
+local h = {}
 request = function()
   i = i + 1
   if i >= n then i = 0 end
+  if tenants > 0 then
+    j = j + 1
+    if j >= tenants then j = 0 end
+    h["X-Tenant-ID"] = "t" .. j
+    return wrk.format(nil, "/u" .. (off + i) .. "/", h)
+  end
   return wrk.format(nil, "/u" .. (off + i) .. "/")
 end
 EOF
@@ -347,7 +360,7 @@ run_load() {
         start goproxy "$WORK/bin/goproxy" -listen "127.0.0.1:$GOPROXY_PORT" -upstream "http://127.0.0.1:$BACKEND_PORT"
         PID[goproxy]=$LAST_PID URL[goproxy]=http://127.0.0.1:$GOPROXY_PORT/
         wait_http "${URL[goproxy]}" 10 ;;
-      memory* | redis* | nobreaker* | targets3* | eject* | accesslog* | retries*)
+      memory* | redis* | nobreaker* | targets3* | eject* | accesslog* | retries* | keyed*)
         # KIND[:N][@VAR=value,VAR=value]: N upstreams instead of UPSTREAMS, requests spread
         # over all N (memory:10000); extra environment for the replica (memory@GOGC=400)
         local spec=${t%%@*} kind n envs=() store
@@ -360,6 +373,7 @@ run_load() {
           targets3) store=memory targets=three ;; eject) store=memory targets=eject ;;
           redis-targets3) store=redis targets=three ;; redis-eject) store=redis targets=eject ;;
           retries) store=memory targets=retries ;; redis-retries) store=redis targets=retries ;;
+          keyed) store=memory targets=keyed ;; redis-keyed) store=redis targets=keyed ;;
           accesslog) store=accesslog ;;
           *) echo "unknown target $t" >&2; exit 2 ;;
         esac

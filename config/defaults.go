@@ -136,6 +136,17 @@ func DefaultUpstream() *Upstream {
 			MaxEjectionPercent:       50,
 			MinReplicasReporting:     1,
 		},
+		Keyed: Keyed{
+			From:                []string{}, // off
+			DefaultKey:          "",         // the upstream-wide breaker alone
+			MaxKeys:             10000,
+			IdleTTL:             10 * time.Minute,
+			EventsPerSecond:     10,
+			ConsecutiveFailures: -1, // the upstream's
+			FailureRate:         -1,
+			MinimumRequests:     -1,
+			OpenDuration:        0,
+		},
 		HealthCheck: HealthCheck{
 			Path:               "", // off
 			Interval:           5 * time.Second,

@@ -74,6 +74,8 @@ func TestDefaults(t *testing.T) {
 	}
 	wantUp.HealthCheck = HealthCheck{Interval: 5 * time.Second, Timeout: time.Second,
 		HealthyThreshold: 2, UnhealthyThreshold: 3, ExpectedStatuses: []string{"2xx"}}
+	wantUp.Keyed = Keyed{From: []string{}, MaxKeys: 10000, IdleTTL: 10 * time.Minute, EventsPerSecond: 10, // off (issue #16)
+		ConsecutiveFailures: -1, FailureRate: -1, MinimumRequests: -1}
 	if got := DefaultUpstream(); !reflect.DeepEqual(got, wantUp) {
 		t.Errorf("DefaultUpstream() =\n%+v\nwant\n%+v", got, wantUp)
 	}

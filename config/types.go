@@ -183,6 +183,9 @@ type Upstream struct {
 	Retries Retries `yaml:"retries"`
 	// H2C speaks cleartext HTTP/2 (prior knowledge) to the upstream's http:// targets.
 	H2C bool `yaml:"h2c"`
+	// Keyed gives each key read from the request (a tenant) a circuit of its own
+	// (keyed.go).
+	Keyed Keyed `yaml:"keyed"`
 
 	// TargetURLs are Targets parsed (not a YAML key; filled by Load).
 	TargetURLs []*url.URL `yaml:"-"`

@@ -338,6 +338,7 @@ func (v *validator) upstream(p string, u *Upstream) {
 	}
 	v.outlier(p, u)
 	v.retries(p+".retries", &u.Retries)
+	v.keyed(p+".keyed", u)
 	for i, proto := range u.UpgradeProtocols {
 		u.UpgradeProtocols[i] = strings.ToLower(proto)
 		if !isToken(proto) {

@@ -299,6 +299,9 @@ type exchange struct {
 	wait         time.Duration // the backoff before the next attempt (again sets it)
 	replay       []byte
 	attemptStart time.Time
+	// key is the request's key circuit and ticket (keyed.go), kreceipt its success's.
+	key      keyAdmission
+	kreceipt breaker.Receipt
 	// via is set when up serves as another upstream's fallback (its answers are marked).
 	via    *served
 	status int   // the status the client got (once done)
@@ -403,6 +406,7 @@ func (e *exchange) report(r Result, o, to breaker.Outcome, status int) {
 	if b := e.up.breaker; b != nil {
 		e.receipt = b.DonePause(e.ticket, o, attempt, e.pause)
 	}
+	e.reportKey(o, attempt)
 	if e.tracked {
 		e.treceipt = e.target.gate.Done(e.tticket, to, attempt)
 	}
@@ -456,6 +460,7 @@ func (e *exchange) bodyBroken() {
 	if b := e.up.breaker; b != nil {
 		b.LateFailure(e.receipt)
 	}
+	e.lateKey()
 	if rec := e.p.rec; rec != nil {
 		rec.BodyBroken(e.up.name, e.p.now().Sub(e.start))
 	}

@@ -35,6 +35,8 @@ type Options struct {
 	// share of the fleet (RetryBudget.Fleet); until it does, a replica spends no part of
 	// the budget's floor. Without one, the replica is the fleet.
 	SharedStore bool
+	// Keys are the collaborators of per-key circuits (keyed.go).
+	Keys KeyOptions
 }
 
 // Proxy is the HTTP data plane: it routes each request to an upstream, asks the
@@ -54,6 +56,7 @@ type Proxy struct {
 	exchanges sync.Pool // of *exchange
 	// answers serves an answer set aside for a retry that did not happen (retry.go).
 	answers *httputil.ReverseProxy
+	keyOpts KeyOptions
 
 	// table is the routing table in effect; requests load it once and finish on it.
 	table atomic.Pointer[table]
@@ -81,7 +84,8 @@ func (t *table) transports() map[*http.Transport]bool {
 // may be missing, and is then proxied without one. cfg must have been validated: New
 // uses the derived fields Upstream.TargetURLs and Failure.FailureStatus.
 func New(cfg *config.Config, breakers map[string]*breaker.Breaker, opts Options) (*Proxy, error) {
-	p := &Proxy{log: opts.Logger, rec: opts.Recorder, access: opts.AccessLog, now: opts.Clock, shared: opts.SharedStore}
+	p := &Proxy{log: opts.Logger, rec: opts.Recorder, access: opts.AccessLog, now: opts.Clock,
+		shared: opts.SharedStore, keyOpts: opts.Keys}
 	if p.log == nil {
 		p.log = zap.NewNop()
 	}
@@ -105,6 +109,7 @@ func New(cfg *config.Config, breakers map[string]*breaker.Breaker, opts Options)
 	if err != nil {
 		return nil, err
 	}
+	p.keyTables(t, nil, cfg)
 	p.table.Store(t)
 	t.setLimits()
 	return p, nil
@@ -125,8 +130,12 @@ func (p *Proxy) Update(cfg *config.Config, breakers map[string]*breaker.Breaker)
 	if err != nil {
 		return err
 	}
+	gone := p.keyTables(t, old, cfg)
 	p.table.Store(t)
 	t.setLimits()
+	for _, kt := range gone {
+		kt.drop()
+	}
 	p.upErrs.forget(t.upstreams)
 	kept := t.transports()
 	reused := 0
@@ -364,15 +373,27 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	defer up.bulkhead.release()
 
+	// A key's circuit first (keyed.go): an open key is rejected without touching the
+	// upstream's circuit, whose half-open trial slots stay for other keys.
+	var ka keyAdmission
+	if up.keys != nil {
+		var err error
+		if ka, err = up.admitKey(r, cleaned); err != nil {
+			w.Header()[HeaderScope] = scopeKey
+			p.reject(w, r, rt, Rejected, ka.ticket, err, chunked, logged, start)
+			return
+		}
+	}
 	var ticket breaker.Ticket
 	if b := up.breaker; b != nil {
 		var err error
 		if ticket, err = b.Allow(); err != nil {
+			ka.release()
 			p.reject(w, r, rt, Rejected, ticket, err, chunked, logged, start)
 			return
 		}
 	}
-	p.forward(w, r, rt, up, rt.rps, ticket, chunked, nil, logged, start)
+	p.forward(w, r, rt, up, rt.rps, ticket, chunked, nil, logged, start, ka)
 }
 
 // serveFallback serves a request its upstream's circuit rejected (err) from the
@@ -405,20 +426,20 @@ func (p *Proxy) serveFallback(w http.ResponseWriter, r *http.Request, rt *route,
 	if p.rec != nil {
 		p.rec.FallbackServed(rt.up.name, fb.name)
 	}
-	p.forward(w, r, rt, fb, rt.fallbackRPs, ticket, chunked, via, logged, start)
+	p.forward(w, r, rt, fb, rt.fallbackRPs, ticket, chunked, via, logged, start, keyAdmission{})
 	return true
 }
 
 // forward sends an admitted request (ticket, from up's breaker) to one of up's targets
 // through rps (one ReverseProxy per target) and reports its outcome. via is set when up
-// serves as another upstream's fallback.
+// serves as another upstream's fallback; ka is the request's key admission (keyed.go).
 func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, rt *route, up *upstream, rps []*httputil.ReverseProxy,
-	ticket breaker.Ticket, chunked bool, via *served, logged bool, start time.Time) {
+	ticket breaker.Ticket, chunked bool, via *served, logged bool, start time.Time, ka keyAdmission) {
 	tg, tticket, tracked := up.pick()
 	e := p.exchanges.Get().(*exchange)
 	now := p.now()
 	*e = exchange{w: w, p: p, up: up, client: r.Context(), ticket: ticket, start: now, closeConn: chunked,
-		target: tg, tticket: tticket, tracked: tracked, via: via, attempt: 1, attemptStart: now}
+		target: tg, tticket: tticket, tracked: tracked, via: via, attempt: 1, attemptStart: now, key: ka}
 	if up.leastRequests {
 		tg.inflight.Add(1)
 	}

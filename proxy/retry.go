@@ -182,6 +182,11 @@ func (e *exchange) again(reason RetryReason, to breaker.Outcome) bool {
 	if b := e.up.breaker; b != nil && !b.Passing() {
 		return false
 	}
+	// The same for the request's key circuit (keyed): a key's trial is sent once, and a
+	// key whose circuit no longer passes is not retried.
+	if kc := e.key.kc; kc != nil && (e.key.ticket.Trial() || e.key.ticket.WouldReject() || !kc.b.Passing()) {
+		return false
+	}
 	now := e.p.now()
 	// A retry that could not start before the upstream's deadline is not made: the
 	// client gets this failure now rather than a 504 at the deadline, and no target is

@@ -4,6 +4,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -507,5 +508,42 @@ func TestRetryHonouredRetryAfterServedAsItCame(t *testing.T) {
 	calls := f.rec.snapshot()
 	if len(calls) != 1 || calls[0].status != 503 {
 		t.Errorf("recorded %+v, want one request with status 503", calls)
+	}
+}
+
+// Retries and per-key circuits: a key's half-open trial is sent once, not retried; while
+// the key passes, its failed attempts are retried like any request's and the key counts
+// the request once, with its final outcome.
+func TestRetryKeyedTrialSentOnce(t *testing.T) {
+	a, b := newScriptBackend(t, 503), newScriptBackend(t, 503)
+	u := keyedUpstream(t, a.URL)
+	u.Targets, u.TargetURLs = nil, nil
+	for _, s := range []string{a.URL, b.URL} {
+		tu, _ := url.Parse(s)
+		u.Targets, u.TargetURLs = append(u.Targets, s), append(u.TargetURLs, tu)
+	}
+	u.Retries = config.DefaultUpstream().Retries
+	u.Retries.Attempts, u.Retries.BackoffBase, u.Retries.BackoffMax = 3, 0, 0
+	u.Retries.Budget = config.RetryBudget{Percent: 100, MinPerSecond: 1000, Window: 10 * time.Second}
+	f, ev := newKeyedFixture(t, single(u))
+	for range 3 { // 3 requests × 3 attempts: the key counts 3 failures and opens
+		readBody(t, f.tenant(t, "acme", "/x"))
+	}
+	if got := a.hits.Load() + b.hits.Load(); got != 9 {
+		t.Fatalf("%d attempts, want 9 (3 requests retried twice each)", got)
+	}
+	ev.mu.Lock()
+	var kb *breaker.Breaker
+	for _, br := range ev.attached {
+		kb = br
+	}
+	ev.mu.Unlock()
+	if kb == nil || kb.State() != breaker.Open {
+		t.Fatalf("key circuit %v, want open after 3 failed requests", kb)
+	}
+	f.clock.Add(31 * time.Second) // the key half-open: its trial goes out once
+	readBody(t, f.tenant(t, "acme", "/x"))
+	if got := a.hits.Load() + b.hits.Load(); got != 10 {
+		t.Errorf("the key's trial was sent %d times, want once", got-9)
 	}
 }

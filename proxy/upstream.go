@@ -19,6 +19,9 @@ type upstream struct {
 	targets []*target
 	next    atomic.Uint64 // round-robin position among targets
 	breaker breaker.Gate  // nil: no breaker; the proxy only admits and reports
+	// keys are the per-key circuits (keyed.go), nil without keyed.from; the table is
+	// carried across routing tables.
+	keys *keyTable
 	// leastRequests: load_balancing least_requests (see pick).
 	leastRequests bool
 	// maxEjected is how many targets may be ejected at once (see pick); 0 without

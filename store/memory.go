@@ -15,6 +15,8 @@ type Memory struct {
 	replica  string
 	mu       sync.RWMutex // guards circuits
 	circuits map[string]Circuit
+	kmu      sync.Mutex // guards keyed: per-key circuits (keyed.go)
+	keyed    map[string]Circuit
 }
 
 var _ Store = (*Memory)(nil)
@@ -33,8 +35,11 @@ func (m *Memory) Attach(circuits map[string]Circuit) {
 
 func (m *Memory) circuit(name string) (Circuit, bool) {
 	m.mu.RLock()
-	defer m.mu.RUnlock()
 	c, ok := m.circuits[name]
+	m.mu.RUnlock()
+	if !ok {
+		return m.key(name)
+	}
 	return c, ok
 }
 

@@ -87,6 +87,25 @@ type Redis struct {
 	status   atomic.Pointer[Status]
 	offset   atomic.Int64 // Redis clock minus wall clock, ns (lag estimates only)
 	leaseSeq atomic.Uint64
+
+	// Per-key circuits (keyed.go), attached and detached with traffic: kmu guards keyed
+	// and the list with them (kall, built from kbase, the circuits' list, when kdirty).
+	kmu      sync.Mutex
+	keyed    map[string]*circuit
+	kall     []*circuit
+	kbase    []*circuit
+	kdirty   bool
+	krefused atomic.Uint64
+	// remembered holds the last published state of keys this replica does not track,
+	// while not closed and normal (at most maxRemembered): a key created later starts
+	// from it (kmu).
+	remembered map[string]rememberedKey
+	// kfull holds, per upstream, until when its registry in Redis is taken to be full
+	// (a refusal was seen): new keys then decide alone without asking (xmu).
+	kfull map[string]time.Time
+	// kups are the upstreams with per-key breakers (KeyUpstreams), whose registries a
+	// resync reads (kmu).
+	kups map[string]KeyCircuit
 }
 
 // circuit is the store's view of one circuit.
@@ -113,6 +132,8 @@ type circuit struct {
 	held      breaker.Delta
 	heldSince time.Time
 	holdFor   time.Duration
+	// k is set for a key's circuit (keyed.go).
+	k *keyedCircuit
 }
 
 // lease returns how long a trial permit's lease lasts in Redis.
@@ -238,14 +259,18 @@ func (r *Redis) requestResync() {
 // list returns every attached circuit. The slice is shared: do not modify it.
 func (r *Redis) list() []*circuit {
 	r.mu.RLock()
-	defer r.mu.RUnlock()
-	return r.all
+	all := r.all
+	r.mu.RUnlock()
+	return r.withKeys(all)
 }
 
 func (r *Redis) get(name string) (*circuit, bool) {
 	r.mu.RLock()
-	defer r.mu.RUnlock()
 	c, ok := r.circuits[name]
+	r.mu.RUnlock()
+	if !ok {
+		return r.getKey(name)
+	}
 	return c, ok
 }
 

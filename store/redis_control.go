@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"strconv"
 	"strings"
@@ -32,6 +33,9 @@ func (r *Redis) resyncLocked(ctx context.Context) error {
 		}
 	}
 	for _, c := range cs {
+		if c.k != nil && c.k.local.Load() {
+			continue // a key the registry refused decides alone (keyed.go)
+		}
 		if !c.Breaker.Shared() { // SetShared drops the counts not yet flushed
 			c.Breaker.SetShared(true)
 		}
@@ -50,6 +54,7 @@ func (r *Redis) resyncLocked(ctx context.Context) error {
 	if r.degraded.Load() {
 		r.setDegraded(false, nil)
 	}
+	r.readRegistries(ctx) // keys the fleet holds open that this replica does not track (keyed.go)
 	return nil
 }
 
@@ -71,8 +76,12 @@ func (r *Redis) Control(ctx context.Context, name string, cmd Command) error {
 	var res any
 	var err error
 	for {
-		res, err = controlScript.Run(ctx, r.client, keys, op, int(cmd.Mode), c.settings,
-			rand.Float64(), r.channel, c.name, r.o.ReplicaID).Result()
+		if c.k != nil {
+			res, err = r.controlKeyRun(ctx, c, cmd)
+		} else {
+			res, err = controlScript.Run(ctx, r.client, keys, op, int(cmd.Mode), c.settings,
+				rand.Float64(), r.channel, c.name, r.o.ReplicaID).Result()
+		}
 		// A connection error (not Redis's reply) is tried again within the timeout: just
 		// after Redis came back, the client's pool may still answer with the dial error
 		// of the outage for a moment while the loop's exchanges already succeed.
@@ -94,6 +103,9 @@ func (r *Redis) Control(ctx context.Context, name string, cmd Command) error {
 		// generation) as soon as Redis answers, as after a degradation.
 		r.requestResync()
 		return &LocalOnlyError{Err: err}
+	}
+	if v, ok := res.(int64); ok && v == -1 && c.k != nil {
+		return fmt.Errorf("key %q: the shared registry of %q is full (max_keys)", name, c.k.upstream)
 	}
 	rep, err := decodeReply(res)
 	if err != nil {

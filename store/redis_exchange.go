@@ -123,6 +123,9 @@ func (r *Redis) send(ctx context.Context, calls []*call, resync bool) error {
 			cl.c.retry = true
 			continue
 		}
+		if r.keyRefused(cl) {
+			continue
+		}
 		rep, derr := decodeReply(cl.cmd.Val())
 		if derr != nil {
 			// Not an error reply, and not one either that proves the circuit's data bad:
@@ -133,6 +136,7 @@ func (r *Redis) send(ctx context.Context, calls []*call, resync bool) error {
 		}
 		r.offset.Store(rep.now*int64(time.Millisecond) - sent.Add(rtt/2).UnixNano())
 		r.applyReply(cl, rep, resync)
+		keyApplied(cl.c)
 	}
 	return failed
 }
@@ -151,6 +155,9 @@ func circuitData(err error) bool { return redis.HasErrorPrefix(err, "WRONGTYPE")
 // plan appends the calls one circuit needs: its finished trials (at once), its counts or
 // a poll when it is not closed, and a permit request when it waits for one.
 func (r *Redis) plan(calls []*call, c *circuit, now time.Time, resync bool) []*call {
+	if c.k != nil {
+		return r.planKey(calls, c, now, resync)
+	}
 	b := c.Breaker
 	// Most circuits of a replica with many upstreams have nothing to say on most flushes:
 	// closed and synced, no news from the breaker, successes held (if any) still waiting.
@@ -275,19 +282,19 @@ func (r *Redis) applyReply(cl *call, rep reply, force bool) {
 	}
 	r.apply(c, rep, force, "flush")
 	c.quiet.Store(rep.quiet)
-	if cl.script == flushScript {
+	if cl.script == flushScript || cl.script == keyFlushScript {
 		c.deciding = rep.deciding
 	}
 	c.retry = false
 	c.synced.Store(true)
-	if cl.script == acquireScript {
+	if cl.script == acquireScript || cl.script == keyAcquireScript {
 		// Local permits lapse a little before their leases, so a permit is never used
 		// after Redis may have handed its lease to another replica.
 		ttl := c.lease() - c.lease()/10
 		ttl -= min(r.o.Timeout, ttl/2)
 		if rep.granted > 0 && c.Breaker.GrantPermits(rep.state.Generation, rep.granted, ttl) {
 			gen := rep.state.Generation
-			base := cl.args[4].(string) + ":" + strconv.FormatUint(gen, 10)
+			base := cl.args[leaseBaseArg(c)].(string) + ":" + strconv.FormatUint(gen, 10)
 			for i := 1; i <= rep.granted; i++ {
 				c.leases = append(c.leases, lease{gen: gen, id: base + ":" + strconv.Itoa(i)})
 			}
@@ -296,7 +303,7 @@ func (r *Redis) applyReply(cl *call, rep reply, force bool) {
 			c.nextAcquire = time.Now().Add(r.o.FlushInterval / 2)
 		}
 	}
-	if cl.script == flushScript && rep.cfg != "" && rep.cfg != c.SettingsHash &&
+	if (cl.script == flushScript || cl.script == keyFlushScript) && rep.cfg != "" && rep.cfg != c.SettingsHash &&
 		rep.cfgr != r.o.ReplicaID && rep.cfg != c.warnedCfg {
 		c.warnedCfg = rep.cfg
 		r.log.Warn("replicas disagree on breaker settings",

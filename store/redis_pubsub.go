@@ -53,6 +53,9 @@ func (r *Redis) onMessage(payload string) {
 		return
 	}
 	c, ok := r.get(name)
+	if !ok {
+		r.rememberKey(name, rep) // a key this replica does not track yet (keyed.go)
+	}
 	if !ok || r.degraded.Load() || !c.synced.Load() {
 		return
 	}

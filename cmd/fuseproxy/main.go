@@ -28,6 +28,9 @@ Usage:
   fuseproxy circuits mode NAME MODE    steer a circuit (fleet-wide with Redis)
   fuseproxy targets [list]             see each target's health (outlier detection)
   fuseproxy targets eject|restore UPSTREAM HOST:PORT
+  fuseproxy keys [list] [UPSTREAM]     see per-key circuits: counts, the keys open
+  fuseproxy keys show|open|close|reset UPSTREAM KEY
+  fuseproxy keys mode UPSTREAM KEY MODE
   fuseproxy health                     exit 0 if the replica is ready, 1 if not
   fuseproxy reload                     make the replica re-read its config file
   fuseproxy version                    print the version (also --version)
@@ -73,6 +76,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = circuits(args, stdout, stderr)
 	case "targets":
 		err = targets(args, stdout, stderr)
+	case "keys":
+		err = keys(args, stdout, stderr)
 	case "health":
 		err = health(args, stdout, stderr)
 	case "reload":

@@ -158,6 +158,7 @@ func NewHandler(b Backend, o Options) *Handler {
 	for _, action := range []string{"open", "close", "reset", "mode"} {
 		h.route("POST", "/circuits/{name}/"+action, h.control(action))
 	}
+	h.routeKeys()
 	h.route("POST", "/flush", h.flush)
 	h.route("POST", "/reload", h.reload)
 	h.route("GET", "/healthz", h.healthz)

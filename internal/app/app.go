@@ -67,6 +67,9 @@ type App struct {
 	reloadMu sync.Mutex // one reload at a time
 	ready    atomic.Bool
 	running  atomic.Bool // Run opened the access log and has not closed it yet
+	// keyCfg is the config whose keyed settings keys attached to the store take
+	// (keyed.go): the new one from before the proxy switches to it on a reload.
+	keyCfg atomic.Pointer[config.Config]
 
 	proxyAddr, adminAddr atomic.Pointer[string] // bound addresses, once Run listens
 }
@@ -92,14 +95,17 @@ func New(cfg *config.Config, o Options) (*App, error) {
 	}
 	a.store = st
 	a.cfg, a.breakers = cfg, a.buildBreakers(cfg, nil)
+	a.keyCfg.Store(cfg)
 	a.store.Attach(a.circuits(cfg, a.breakers))
+	a.setKeyUpstreams()
 	a.health = health.New(health.Options{Store: a.store, Logger: a.log, Observe: func(r health.Result) {
 		a.metrics.HealthProbe(r.Upstream, r.Target, string(r.Outcome))
 	}})
 	a.setHealthTargets(checkedTargets(cfg, a.breakers))
 	a.metrics.SetUpstreams(upstreamNames(cfg))
+	a.metrics.SetKeys(a.KeyStats, a.keyRefusals)
 	a.proxy, err = proxy.New(cfg, a.breakers, proxy.Options{Logger: a.log, Recorder: a.metrics, AccessLog: a.access,
-		SharedStore: cfg.Store.Driver == "redis"})
+		SharedStore: cfg.Store.Driver == "redis", Keys: a.keyOptions()})
 	if err != nil {
 		return nil, err
 	}
@@ -253,13 +259,16 @@ func (a *App) Reload(cfg *config.Config) (err error) {
 	both := upstreamNames(oldCfg)
 	maps.Copy(both, upstreamNames(cfg))
 	a.metrics.SetUpstreams(both)
+	a.keyCfg.Store(cfg) // keys the new table hands to the store take the new settings
 	if err := a.proxy.Update(cfg, bs); err != nil {
+		a.keyCfg.Store(oldCfg)
 		a.metrics.SetUpstreams(upstreamNames(oldCfg))
 		return err
 	}
 	a.metrics.SetUpstreams(upstreamNames(cfg))
 	a.store.Attach(a.circuits(cfg, bs))
 	a.shareBudgets()
+	a.setKeyUpstreams()
 	a.setHealthTargets(checkedTargets(cfg, bs))
 	var gone []string
 	for name := range old {

@@ -73,6 +73,7 @@ type Event struct {
 	Event          string         `json:"event"`
 	Upstream       string         `json:"upstream"`
 	Target         string         `json:"target,omitempty"` // host:port, for a target's transition
+	Key            string         `json:"key,omitempty"`    // the key, for a key's transition
 	From           string         `json:"from"`
 	To             string         `json:"to"`
 	Reason         string         `json:"reason"`
@@ -93,7 +94,9 @@ func NewEvent(t breaker.Transition, replica string, now time.Time) Event {
 		Consecutive: t.Consecutive, OpenForSeconds: t.OpenFor.Seconds(), Replica: replica,
 		Time: now.UTC(),
 	}
-	if up, target, ok := strings.Cut(t.Upstream, "@"); ok {
+	if up, key, ok := config.SplitKeyName(t.Upstream); ok {
+		ev.Event, ev.Upstream, ev.Key = KeyEventType, up, key
+	} else if up, target, ok := strings.Cut(t.Upstream, "@"); ok {
 		ev.Event, ev.Upstream, ev.Target = TargetEventType, up, target
 	}
 	return ev
@@ -227,8 +230,10 @@ func (d *Dispatcher) OnTransition(t breaker.Transition) {
 }
 
 func (d *Dispatcher) logTransition(t breaker.Transition) {
-	msg, upstream, target := "circuit transition", t.Upstream, ""
-	if up, tg, ok := strings.Cut(t.Upstream, "@"); ok && int(t.To) < len(targetMessages) {
+	msg, upstream, target, key := "circuit transition", t.Upstream, "", ""
+	if up, k, ok := config.SplitKeyName(t.Upstream); ok {
+		msg, upstream, key = "key transition", up, k
+	} else if up, tg, ok := strings.Cut(t.Upstream, "@"); ok && int(t.To) < len(targetMessages) {
 		msg, upstream, target = targetMessages[t.To], up, tg
 	}
 	ce := d.log.Check(zap.InfoLevel, msg)
@@ -238,6 +243,9 @@ func (d *Dispatcher) logTransition(t breaker.Transition) {
 	fields := []zap.Field{zap.String("upstream", upstream)}
 	if target != "" {
 		fields = append(fields, zap.String("target", target))
+	}
+	if msg == "key transition" {
+		fields = append(fields, zap.String("key", key))
 	}
 	fields = append(fields, zap.String("from", t.From.String()),
 		zap.String("to", t.To.String()), zap.String("reason", t.Reason),

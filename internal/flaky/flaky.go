@@ -5,6 +5,8 @@
 // Control endpoints (never counted):
 //
 //	/_flaky/set?fail=on|off&rate=0.5&status=503&latency=50ms&retry_after=7   change behaviour
+//	/_flaky/set?fail_only=X-Tenant-ID:acme   fail (when on) only requests with this header value;
+//	                                         fail_only= (empty) fails every request again
 //	/_flaky/stats                                              counts as JSON
 //	/_flaky/reset                                              healthy, counts zeroed
 //
@@ -17,22 +19,26 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
 
 // Server is the flaky upstream. Its zero value is not usable; call New.
 type Server struct {
-	mu       sync.Mutex // guards everything below
-	fail     bool
-	rate     float64 // probability of failure when fail is on (1 = always)
-	status   int
-	latency  time.Duration
-	retry    string // Retry-After of failed answers; "" for none
-	requests int64
-	failed   int64
-	inFlight int64
-	maxIn    int64
+	mu      sync.Mutex // guards everything below
+	fail    bool
+	rate    float64 // probability of failure when fail is on (1 = always)
+	status  int
+	latency time.Duration
+	retry   string // Retry-After of failed answers; "" for none
+	// onlyHeader and onlyValue restrict failures to requests carrying that header value
+	// (one tenant failing); onlyHeader "" fails every request.
+	onlyHeader, onlyValue string
+	requests              int64
+	failed                int64
+	inFlight              int64
+	maxIn                 int64
 }
 
 // Stats is what /_flaky/stats reports.
@@ -67,6 +73,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "/_flaky/reset":
 		s.mu.Lock()
 		s.fail, s.rate, s.status, s.latency, s.retry = false, 1, http.StatusServiceUnavailable, 0, ""
+		s.onlyHeader, s.onlyValue = "", ""
 		s.requests, s.failed, s.maxIn = 0, 0, s.inFlight
 		s.mu.Unlock()
 		return
@@ -75,7 +82,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.requests++
 	s.inFlight++
 	s.maxIn = max(s.maxIn, s.inFlight)
-	failing := s.fail && rand.Float64() < s.rate
+	failing := s.fail && rand.Float64() < s.rate && (s.onlyHeader == "" || r.Header.Get(s.onlyHeader) == s.onlyValue)
 	status, latency, retry := s.status, s.latency, s.retry
 	if failing {
 		s.failed++
@@ -135,6 +142,9 @@ func (s *Server) set(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		s.latency = d
+	}
+	if q.Has("fail_only") {
+		s.onlyHeader, s.onlyValue, _ = strings.Cut(q.Get("fail_only"), ":")
 	}
 	if q.Has("retry_after") {
 		s.retry = q.Get("retry_after")
