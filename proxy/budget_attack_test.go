@@ -132,3 +132,25 @@ func TestRetryBudgetTurnoverShowsNoStaleCount(t *testing.T) {
 		t.Errorf("%d of %d reads during %d turnovers counted a bucket's requests of two windows ago", n, reads.Load(), rounds)
 	}
 }
+
+// TestRetryBudgetLateClockReading: a retry whose time was read before another's, but
+// which takes the budget after it, across a bucket boundary (concurrent requests read
+// the clock, then queue for the budget's lock), is counted in the window the budget has
+// reached: with the window's room spent at the later time, the earlier reading found the
+// later retries in the future, left them out, and was let through over the budget.
+func TestRetryBudgetLateClockReading(t *testing.T) {
+	cfg := config.RetryBudget{Percent: 0, MinPerSecond: 0.2, Window: 10 * time.Second} // floor: 2 a window
+	b := NewRetryBudget(cfg, false)
+	t1 := time.Unix(5000, 0)       // the start of a bucket
+	t0 := t1.Add(-time.Nanosecond) // the bucket before
+	n := 0
+	for b.take(t1) {
+		n++
+	}
+	if b.take(t0) {
+		n++
+	}
+	if n > 2 {
+		t.Errorf("%d retries in the window ending at %v, over its floor of 2", n, t1)
+	}
+}
