@@ -60,3 +60,44 @@ func TestSwitchRefusedAsReverseProxyWould(t *testing.T) {
 		}
 	}
 }
+
+// TestRetryStatusOutOfRange: a status outside 100-599 is the upstream's protocol error:
+// with retries it is retried as a reset (each attempt's connection closed, none leaked),
+// and the client gets the proxy's 502 once the attempts are spent, counted once.
+func TestRetryStatusOutOfRange(t *testing.T) {
+	for _, code := range []string{"600", "999"} {
+		closed := make(chan struct{}, 8)
+		backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			conn, rw, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				return
+			}
+			_, _ = rw.WriteString("HTTP/1.1 " + code + " Odd\r\nContent-Length: 2\r\n\r\nok")
+			_ = rw.Flush()
+			_ = conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+			if _, err := conn.Read(make([]byte, 1)); err == io.EOF {
+				closed <- struct{}{}
+			}
+			conn.Close()
+		}))
+		u := retrying(t, backend.URL)
+		f := newFixture(t, single(u))
+		resp := f.get(t, "", "/x")
+		readBody(t, resp)
+		if resp.StatusCode != http.StatusBadGateway {
+			t.Errorf("%s: status %d, want 502", code, resp.StatusCode)
+		}
+		for i := range u.Retries.Attempts {
+			select {
+			case <-closed:
+			case <-time.After(2 * time.Second):
+				t.Errorf("%s: attempt %d: the upstream's connection was left open", code, i+1)
+			}
+		}
+		wantResults(t, f.rec.snapshot(), FailureTransport)
+		if r, _ := f.rec.retryCount(); r != u.Retries.Attempts-1 {
+			t.Errorf("%s: %d retries, want %d", code, r, u.Retries.Attempts-1)
+		}
+		backend.Close()
+	}
+}
