@@ -249,3 +249,41 @@ func TestSetAsideEventStreamFlushed(t *testing.T) {
 		t.Errorf("denied %d, want 1: the set-aside path was not taken", denied)
 	}
 }
+
+// TestSetAsideAnswerOfTheFallbackUpstreamMarked: the fallback upstream's answer with a
+// retried status, served because its budget is spent, is marked as the fallback's
+// (X-Fuse-Circuit, X-Fuse-Fallback) with Connection: close for a chunked request, and the
+// upstream's own marks from behind another fuseproxy are dropped, as on the direct path.
+func TestSetAsideAnswerOfTheFallbackUpstreamMarked(t *testing.T) {
+	primary := newScriptBackend(t, 503)
+	cache := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set(HeaderFallback, "spoofed")
+		w.Header().Set(HeaderLimit, "spoofed")
+		w.WriteHeader(503)
+		_, _ = io.WriteString(w, "cache down")
+	}))
+	t.Cleanup(cache.Close)
+	svc := upstreamCfg(t, primary.URL)
+	svc.Breaker.ConsecutiveFailures = 1
+	svc.Fallback.Upstream = "cache"
+	c := retrying(t, cache.URL)
+	c.Retries.Budget = config.RetryBudget{Window: 10 * time.Second} // no room: never retried
+	c.Retries.Methods = append(c.Retries.Methods, "POST")
+	c.Retries.BufferBody = 64
+	f := newFixture(t, &config.Config{
+		Upstreams: map[string]*config.Upstream{"svc": svc, "cache": c},
+		Routes:    []config.Route{{PathPrefix: "/", Upstream: "svc"}},
+	})
+	readBody(t, f.get(t, "", "/x")) // opens svc
+	got := rawAnswer(t, f.srv.Listener.Addr().String(),
+		"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", "POST")
+	want := "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 10\r\nContent-Type: text/plain; charset=utf-8\r\n" +
+		HeaderCircuit + ": open\r\n" + HeaderFallback + ": cache\r\n\r\ncache down"
+	if got != want {
+		t.Errorf("got  %q\nwant %q", got, want)
+	}
+	if _, denied := f.rec.retryCount(); denied != 1 {
+		t.Errorf("denied %d, want 1: the set-aside path was not taken", denied)
+	}
+}
