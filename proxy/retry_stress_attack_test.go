@@ -175,17 +175,20 @@ func TestRetryStressAccounts(t *testing.T) {
 	}
 	retries, _ := f.rec.retryCount()
 	al.mu.Lock()
-	attempts := 0
+	attempts, rejected := 0, 0
 	for _, a := range al.got {
 		attempts += a.Attempts
+		if a.Outcome == Rejected || a.Outcome == RejectedConcurrency {
+			rejected++ // never sent: 0 attempts
+		}
 	}
 	logged := len(al.got)
 	al.mu.Unlock()
 	if logged != int(served.Load()) {
 		t.Errorf("%d requests logged, want %d", logged, served.Load())
 	}
-	if attempts != logged+retries {
-		t.Errorf("access log: %d attempts for %d requests and %d retries", attempts, logged, retries)
+	if attempts != logged-rejected+retries {
+		t.Errorf("access log: %d attempts for %d requests (%d rejected) and %d retries", attempts, logged, rejected, retries)
 	}
 	// (The backends may get more requests than attempts: net/http's transport sends an
 	// idempotent request again, once, on a new connection when a reused one is closed
@@ -202,7 +205,7 @@ func TestRetryStressAccounts(t *testing.T) {
 			t.Errorf("circuit %s: %d trials in flight after every request ended (%v)", name, sn.TrialsInFlight, sn.State)
 		}
 	}
-	t.Logf("%d requests, %d retries, %d backend hits, %d attempts", logged, retries, hits.Load(), attempts)
+	t.Logf("%d requests (%d rejected), %d retries, %d backend hits, %d attempts", logged, rejected, retries, hits.Load(), attempts)
 	_ = breaker.Closed
 }
 
