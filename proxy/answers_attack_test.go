@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -282,6 +283,54 @@ func TestSetAsideAnswerOfTheFallbackUpstreamMarked(t *testing.T) {
 		HeaderCircuit + ": open\r\n" + HeaderFallback + ": cache\r\n\r\ncache down"
 	if got != want {
 		t.Errorf("got  %q\nwant %q", got, want)
+	}
+	if _, denied := f.rec.retryCount(); denied != 1 {
+		t.Errorf("denied %d, want 1: the set-aside path was not taken", denied)
+	}
+}
+
+// TestSetAsideAnswerClientGoneMidBody: a client that goes away while a set-aside answer
+// is served (a 429, a success for the breaker) is not the upstream's failure: no
+// FailureBody, no late failure, the target's in-flight count back to 0.
+func TestSetAsideAnswerClientGoneMidBody(t *testing.T) {
+	started := make(chan struct{})
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(429)
+		_, _ = io.WriteString(w, "first")
+		w.(http.Flusher).Flush()
+		close(started)
+		<-r.Context().Done()
+	}))
+	t.Cleanup(backend.Close)
+	other := newScriptBackend(t, 429)
+	u := retrying(t, backend.URL, other.URL)
+	u.LoadBalancing = "least_requests"
+	u.Retries.Statuses = []int{429}
+	u.Retries.Budget = config.RetryBudget{Window: 10 * time.Second} // no room: never retried
+	f := newFixture(t, single(u))
+	// least_requests: the first pick is the stalling backend, the other one looking busy.
+	busy := f.p.table.Load().upstreams["svc"].targets[1]
+	busy.inflight.Add(1)
+	defer busy.inflight.Add(-1)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, f.srv.URL+"/x", nil)
+	resp, err := f.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recv(t, "the backend's first bytes", started)
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(resp.Body, buf); err != nil || string(buf) != "first" {
+		t.Fatalf("read %q, %v", buf, err)
+	}
+	cancel()
+	resp.Body.Close()
+	tg := f.p.table.Load().upstreams["svc"].targets[0]
+	eventually(t, "the request to end", func() bool { return tg.inflight.Load() == 0 })
+	wantResults(t, f.rec.snapshot(), Success)
+	if c := f.breakers["svc"].Snapshot().Counts; c.Failures != 0 {
+		t.Errorf("breaker counts %+v: the client's abort counted as the upstream's failure", c)
 	}
 	if _, denied := f.rec.retryCount(); denied != 1 {
 		t.Errorf("denied %d, want 1: the set-aside path was not taken", denied)
