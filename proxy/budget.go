@@ -37,9 +37,10 @@ type RetryBudget struct {
 	// reqs counts the requests sent (first attempts), lock-free.
 	reqs [budgetBuckets]budgetCounter
 
-	mu      sync.Mutex // guards retries and denied: the count that must be exact
+	mu      sync.Mutex // guards retries, denied and last: the count that must be exact
 	retries [budgetBuckets]budgetBucket
 	denied  uint64 // retries refused for want of budget, ever
+	last    int64  // the latest epoch a take counted in
 
 	// share is this replica's share of the fleet's requests (float64 bits), which splits
 	// the floor; shared is whether a shared store set it.
@@ -149,6 +150,15 @@ func (b *RetryBudget) take(now time.Time) bool {
 	b.usedAt.Store(now.UnixNano())
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	// A time read before another take's but taken after it (concurrent requests read the
+	// clock, then wait for the lock) counts in the window the budget has reached: from an
+	// earlier epoch, the retries already counted in a later one would look like the
+	// future and be left out of the window, which would then go over the budget. (A
+	// wall clock set back by a window or more starts the count afresh.)
+	if e < b.last && b.last-e < budgetBuckets {
+		e = b.last
+	}
+	b.last = e
 	if float64(b.retriesLocked(e)+1) > b.allowed(b.requests(e)) {
 		b.denied++
 		return false

@@ -368,11 +368,37 @@ func checkStatus(res *http.Response) error {
 	}
 	if res.StatusCode == http.StatusSwitchingProtocols && res.Request != nil {
 		asked, got := upgradeTo(res.Request.Header), upgradeTo(res.Header)
-		if asked == "" || !strings.EqualFold(asked, got) {
+		if asked == "" || !asciiEqualFold(asked, got) {
 			return errBadSwitch
 		}
 	}
 	return nil
+}
+
+// asciiEqualFold reports whether a and b are equal ignoring ASCII case, and both
+// printable ASCII: ReverseProxy's own test of a switch (strings.EqualFold also folds
+// Unicode, so "websoc\u212Aet", with a Kelvin sign, passed checkStatus, and ReverseProxy
+// then refused it without closing the upstream's connection).
+func asciiEqualFold(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		x, y := a[i], b[i]
+		if x < 0x20 || x > 0x7e || y < 0x20 || y > 0x7e {
+			return false
+		}
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
 }
 
 // errBadSwitch is checkStatus's error for a switch to a protocol the request did not ask for.
