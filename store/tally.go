@@ -29,7 +29,9 @@ type Tally interface {
 // replaced (like a circuit's, see load in lua/prelude.lua), and so is a field no replica
 // could have written: a count of more than 15 digits (beyond a Lua number's exact
 // integers, whose sum Redis would turn into a negative reply, failing every replica's
-// exchange) or a time ahead of Redis's clock (never aging out).
+// exchange) or a time more than a window ahead of Redis's clock (it would never age out).
+// A report up to a window ahead counts: another master's clock, before a failover, may
+// have run ahead of this one's.
 var tallyScript = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -41,7 +43,7 @@ local all = redis.call('HGETALL', KEYS[1])
 local a, b, n = 0, 0, 0
 for i = 1, #all, 2 do
   local x, y, at = string.match(all[i + 1], '^(%d+):(%d+):(%d+)$')
-  if at and #x <= 15 and #y <= 15 and tonumber(at) <= now and now - tonumber(at) <= window then
+  if at and #x <= 15 and #y <= 15 and tonumber(at) <= now + window and now - tonumber(at) <= window then
     a, b, n = a + tonumber(x), b + tonumber(y), n + 1
   else
     redis.call('HDEL', KEYS[1], all[i])

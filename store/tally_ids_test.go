@@ -68,3 +68,21 @@ func TestRedisTallyBadEntriesDoNotFailTheExchange(t *testing.T) {
 		t.Errorf("fields left %v, want only the replica's", left)
 	}
 }
+
+// A report stamped ahead of Redis's clock by less than a window (another master's clock
+// before a failover) still counts; it ages out like any other.
+func TestRedisTallySkewedReportCounts(t *testing.T) {
+	srv := redistest.Start(t)
+	r := startReplica(t, srv, "r0", replicaConfig{noRun: true})
+	ft := &fakeTally{window: 10 * time.Second}
+	r.st.Share(map[string]Tally{"api": ft})
+	ft.set(100, 5, true)
+	now := srv.Client().Time(t.Context()).Val().UnixMilli()
+	if err := srv.Client().HSet(t.Context(), "fuse:{tally:api}", "r-old-master", "50:2:"+strconv.FormatInt(now+3_000, 10)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	r.flushNow(t)
+	if fl, _, _ := ft.last(); fl != [3]int64{150, 7, 2} {
+		t.Errorf("learned %v, want the skewed report counted: [150 7 2]", fl)
+	}
+}
