@@ -137,6 +137,11 @@ func (r *Redis) setDegraded(d bool, err error) {
 		// would be dropped by SetShared.
 		for _, c := range r.list() {
 			c.Breaker.SetShared(false)
+			// the permits are gone with the shared decisions: their leases go back once
+			// Redis answers again, rather than hold trial slots until they expire
+			for _, l := range c.leases {
+				c.refused = append(c.refused, l.id)
+			}
 			c.leases = c.leases[:0]
 			c.held, c.heldSince = breaker.Delta{}, time.Time{}
 		}
