@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
 	"github.com/fuseproxy/fuseproxy/breaker"
@@ -114,6 +115,12 @@ func (r *Redis) record(err error) {
 	}
 	if errors.Is(err, context.Canceled) {
 		return
+	}
+	// A Redis Cluster client learns a new master (a failover) only from a MOVED reply or
+	// its periodic reload (every 10 s); a master that is gone answers neither: ask for a
+	// reload now (asynchronous, at most one per 200 ms).
+	if cc, ok := r.client.(*redis.ClusterClient); ok {
+		cc.ReloadState(context.Background())
 	}
 	r.failures++
 	r.log.Debug("exchange with Redis failed", zap.Int("consecutive", r.failures), zap.Error(err))
