@@ -5,6 +5,7 @@ import (
 	"embed"
 	"encoding/json"
 	"io/fs"
+	"math"
 	"net/http"
 	"slices"
 	"strconv"
@@ -118,26 +119,50 @@ type dashboard struct {
 	closeOnce sync.Once
 }
 
-// ring is a fixed-size ring of samples.
+// ring is a fixed-size ring of samples, kept packed: 16 bytes a sample instead of
+// Sample's 40 (with 10,000 circuits and 120 samples each, 18 MiB instead of 46).
 type ring struct {
-	buf  []Sample
+	buf  []packedSample
 	next int
 	full bool
 }
 
+// packedSample is a Sample: its time, its requests (saturated at 2^32-1), and its failure
+// rate in hundredths of a percent (Sample's is rounded to that) with the state (2 bits).
+type packedSample struct {
+	at       int64
+	requests uint32
+	meta     uint32 // rate hundredths << 2 | state
+}
+
+func newRing(n int) *ring { return &ring{buf: make([]packedSample, n)} }
+
 func (r *ring) add(s Sample) {
-	r.buf[r.next] = s
+	st, _ := breaker.ParseState(s.State)
+	rate := uint32(min(max(math.Round(s.FailureRate*100), 0), 1<<29))
+	r.buf[r.next] = packedSample{at: s.At, requests: uint32(min(max(int64(s.Requests), 0), math.MaxUint32)),
+		meta: rate<<2 | uint32(st)&3}
 	r.next = (r.next + 1) % len(r.buf)
 	if r.next == 0 {
 		r.full = true
 	}
 }
 
+func (p packedSample) sample() Sample {
+	return Sample{At: p.at, State: breaker.State(p.meta & 3).String(), Requests: int(p.requests),
+		FailureRate: float64(p.meta>>2) / 100}
+}
+
 func (r *ring) list() []Sample {
-	if !r.full {
-		return slices.Clone(r.buf[:r.next])
+	ps := r.buf[:r.next]
+	if r.full {
+		ps = append(slices.Clone(r.buf[r.next:]), r.buf[:r.next]...)
 	}
-	return append(slices.Clone(r.buf[r.next:]), r.buf[:r.next]...)
+	out := make([]Sample, len(ps))
+	for i, p := range ps {
+		out[i] = p.sample()
+	}
+	return out
 }
 
 // tail returns the last n samples (all of them when there are fewer), oldest first.
@@ -198,7 +223,7 @@ func (h *Handler) takeSamples() {
 		s := b.Snapshot()
 		r := d.samples[name]
 		if r == nil {
-			r = &ring{buf: make([]Sample, h.o.Samples)}
+			r = newRing(h.o.Samples)
 			d.samples[name] = r
 		}
 		counts := s.Counts

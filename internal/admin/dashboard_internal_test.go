@@ -66,7 +66,7 @@ func TestStoreWindow(t *testing.T) {
 
 // TestRing keeps the last n samples, oldest first.
 func TestRing(t *testing.T) {
-	r := &ring{buf: make([]Sample, 3)}
+	r := newRing(3)
 	if got := r.list(); len(got) != 0 {
 		t.Fatalf("empty ring: %v", got)
 	}
@@ -77,6 +77,27 @@ func TestRing(t *testing.T) {
 		if len(got) != want || got[len(got)-1].At != int64(i) || got[0].At != int64(i+1-want) {
 			t.Fatalf("after %d adds: %v", i+1, got)
 		}
+	}
+}
+
+// TestRingPacks: a sample comes back as it went in (the failure rate as the dashboard
+// rounds it, to hundredths; requests saturate at 2^32-1).
+func TestRingPacks(t *testing.T) {
+	r := newRing(8)
+	in := []Sample{
+		{At: 1796300000123, State: "closed", Requests: 12, FailureRate: 0},
+		{At: 1796300005123, State: "open", Requests: 3, FailureRate: 66.67},
+		{At: 1796300010123, State: "half_open", Requests: 1 << 31, FailureRate: 100},
+		{At: -5, State: "closed", Requests: 7, FailureRate: 12.34},
+		{At: 0, State: "open", Requests: 1 << 40, FailureRate: 0.01},
+	}
+	for _, s := range in {
+		r.add(s)
+	}
+	got := r.list()
+	in[4].Requests = 1<<32 - 1
+	if !slices.Equal(got, in) {
+		t.Fatalf("got %v, want %v", got, in)
 	}
 }
 

@@ -265,6 +265,7 @@ func (a *App) Reload(cfg *config.Config) (err error) {
 		a.log.Warn("events.queue_size changes take effect at the next restart")
 	}
 	a.log.Info("config reloaded", zap.String("path", cfg.Path), zap.Int("upstreams", len(cfg.Upstreams)))
+	releaseMemory() // the old tables and what building the new ones left behind
 	return nil
 }
 
