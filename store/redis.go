@@ -89,8 +89,8 @@ type Redis struct {
 	// offsetKnown: offset was measured (a reply came); only then does an open state's
 	// remaining time lose the lag of its delivery (see apply).
 	offsetKnown atomic.Bool
-	offsetRTT   time.Duration // the round trip offset was learned from (xmu)
-	offsetAt    time.Time     // when (xmu)
+	offsetRTT   atomic.Int64 // the round trip offset was learned from, ns
+	offsetAt    time.Time    // when (xmu)
 	leaseSeq    atomic.Uint64
 }
 

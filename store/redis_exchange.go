@@ -138,10 +138,11 @@ func (r *Redis) send(ctx context.Context, calls []*call, resync bool) error {
 // in the last offsetFor, renewed by any as fast (within 100 µs) and by the next one
 // after offsetFor. xmu is held.
 func (r *Redis) learnOffset(nowMs int64, sent time.Time, rtt time.Duration) {
-	if r.offsetKnown.Load() && rtt > r.offsetRTT+100*time.Microsecond && time.Since(r.offsetAt) < offsetFor {
+	if r.offsetKnown.Load() && rtt > time.Duration(r.offsetRTT.Load())+100*time.Microsecond && time.Since(r.offsetAt) < offsetFor {
 		return
 	}
-	r.offsetRTT, r.offsetAt = rtt, time.Now()
+	r.offsetRTT.Store(int64(rtt))
+	r.offsetAt = time.Now()
 	r.offset.Store(nowMs*int64(time.Millisecond) + int64(time.Millisecond)/2 - sent.Add(rtt/2).UnixNano())
 	r.offsetKnown.Store(true)
 }
@@ -185,6 +186,8 @@ func (r *Redis) plan(calls []*call, c *circuit, now time.Time, resync bool) []*c
 		}
 		for _, l := range c.leases {
 			switch {
+			case r.stopping: // every lease, a permit granted in advance too
+				args = append(args, l.id)
 			case l.gen != tr.Generation:
 			case n > 0:
 				args = append(args, l.id)
@@ -388,10 +391,11 @@ func (r *Redis) apply(c *circuit, rep reply, force bool, source string) {
 	if rep.state.State == breaker.Open && r.offsetKnown.Load() {
 		// OpenRemaining was measured when Redis answered or published: less the time the
 		// answer took to get here, every replica's open period ends when Redis's does, not
-		// a delivery later (which on a busy machine is milliseconds). A millisecond less
-		// than the estimate (Redis's clock is read to the millisecond) so that it never
-		// ends early; an estimate beyond the exchange timeout is no delivery: ignored.
-		if d := lag - time.Millisecond; d > 0 && d < r.o.Timeout {
+		// a delivery later (which on a busy machine is milliseconds). A millisecond and
+		// half the offset's round trip less than the estimate (Redis's clock is read to
+		// the millisecond, and the offset may err by half its round trip) so that it
+		// never ends early; an estimate beyond the exchange timeout is no delivery.
+		if d := lag - time.Millisecond - time.Duration(r.offsetRTT.Load())/2; d > 0 && d < r.o.Timeout {
 			rep.state.OpenRemaining -= min(d, rep.state.OpenRemaining)
 		}
 	}
