@@ -94,8 +94,16 @@ func testCircuitLifecycle(t *testing.T, driver string) {
 	if tp.MaxInFlight > halfOpenMax {
 		t.Errorf("while half-open the backend had %d requests in flight at once, want at most %d (half_open_max_requests)", tp.MaxInFlight, halfOpenMax)
 	}
-	if tp.Requests != successes {
-		t.Errorf("backend received %d trial requests before the circuit closed, want %d (success_threshold)", tp.Requests, successes)
+	// Trials are bounded in flight, not in number: with the redis store the first trial
+	// runs on the permit leased in advance and the second waits for one more, so a third
+	// may start when the first ends (as in TestFleetHalfOpenTrialsBounded).
+	most := int64(successes)
+	if driver == "redis" {
+		most = successes + halfOpenMax - 1
+	}
+	if tp.Requests < successes || tp.Requests > most {
+		t.Errorf("backend received %d trial requests before the circuit closed, want %d to %d (success_threshold)",
+			tp.Requests, successes, most)
 	}
 	if tp.Tally.RejectedHalfOpen == 0 {
 		t.Errorf("no request was rejected with X-Fuse-Circuit: half_open during the trials (%v)", tp.Tally)
