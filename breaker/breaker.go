@@ -41,6 +41,10 @@ type Breaker struct {
 	// news is set (under mu) when a shared breaker's delta or trial report gains
 	// something, and cleared when they are taken: see HasNews.
 	news atomic.Bool
+	// demand is set when a request is rejected during an open period, and cleared with
+	// each new generation: a shared breaker asks its store for a trial permit in advance
+	// only if its replica has traffic for the circuit (see NeedsAdvance).
+	demand atomic.Bool
 
 	mu             sync.Mutex // guards everything below and every write to word/openUntil
 	s              Settings
@@ -56,6 +60,8 @@ type Breaker struct {
 	shared         bool          // decisions belong to a shared store
 	permits        int           // shared: trial permits granted by the store and not yet used
 	permitsUntil   time.Duration // shared: the permits' leases expire then
+	permitGen      uint64        // shared: the generation the permits are for (gen+1 when granted in advance)
+	unusedAdvance  bool          // shared: the permits were granted in advance and no trial used one yet
 	wanted         bool          // shared: a request was rejected for want of a permit
 	delta          Delta
 	trials         TrialReport
@@ -160,6 +166,9 @@ func (b *Breaker) Allow() (Ticket, error) {
 		return Ticket{retry: time.Duration(b.openDuration.Load())}, ErrOpen
 	case st == Open:
 		if left := b.openUntil.Load() - int64(b.clock.Now()); left > 0 {
+			if !b.demand.Load() {
+				b.demand.Store(true)
+			}
 			return b.reject(m, gen, ErrOpen, time.Duration(left))
 		}
 	}
@@ -198,13 +207,22 @@ func (b *Breaker) allowLocked(tr *Transition) (Ticket, error, bool) {
 			t, err := b.reject(m, gen, ErrOpen, time.Duration(left))
 			return t, err, false
 		}
-		if b.shared { // the store moves the fleet to half-open and grants permits
+		// Shared: the store moves the fleet to half-open and grants permits, unless it
+		// granted one in advance for the half-open period that follows this open one
+		// (GrantAdvance): then the breaker moves itself, as the store will when it next
+		// hears from a replica, and admits this request as a trial at once.
+		if b.shared && (b.permits == 0 || b.permitGen != b.generation()+1 || now >= b.permitsUntil) {
+			b.permits = 0
 			b.wanted = true
 			t, err := b.reject(m, gen, ErrOpen, TrialRetryAfter)
 			return t, err, true
 		}
 		*tr = b.transitionLocked(now, HalfOpen, ReasonOpenTimeout)
 		_, _, gen = b.load()
+		if b.shared { // the store tells the fleet of the half-open period at once
+			t, err, _ := b.allowLocked(tr)
+			return t, err, true
+		}
 	}
 	if b.shared && b.permits > 0 && now >= b.permitsUntil {
 		b.permits = 0 // their leases expired: another replica may hold them now
@@ -212,6 +230,7 @@ func (b *Breaker) allowLocked(tr *Transition) (Ticket, error, bool) {
 	if b.trialsInFlight < b.s.HalfOpenMaxRequests && (!b.shared || b.permits > 0) {
 		if b.shared {
 			b.permits--
+			b.unusedAdvance = false
 		}
 		b.trialsInFlight++
 		return Ticket{gen: gen, flags: ticketTrial}, nil, false
@@ -559,7 +578,9 @@ func (b *Breaker) transitionLocked(now time.Duration, to State, reason string) T
 		}
 		b.closedAt = now
 	}
+	n, until := b.advanceFor(to, gen+1)
 	b.resetGenerationLocked()
+	b.permits, b.permitsUntil = n, until
 	b.store(to, m, gen+1)
 	return tr
 }
@@ -568,10 +589,23 @@ func (b *Breaker) transitionLocked(now time.Duration, to State, reason string) T
 func (b *Breaker) resetGenerationLocked() {
 	b.win.reset()
 	b.consecutive, b.gatewayRun = 0, 0
-	b.trialsInFlight, b.trialSuccesses, b.permits, b.wanted = 0, 0, 0, false
+	b.trialsInFlight, b.trialSuccesses, b.wanted = 0, 0, false
+	b.permits = 0
+	b.demand.Store(false)
 	b.delta = Delta{}
 	b.trials = TrialReport{}
 	b.lastSuccess, b.deltaFrom = 0, b.successes
+}
+
+// advanceFor returns the permits (and their expiry) that survive a move to state to in
+// generation gen, which resetGenerationLocked would drop: those granted in advance
+// (GrantAdvance) for that very half-open period, and nothing else.
+func (b *Breaker) advanceFor(to State, gen uint64) (int, time.Duration) {
+	if to != HalfOpen || b.permitGen != gen || b.permits == 0 {
+		b.unusedAdvance = false
+		return 0, 0
+	}
+	return b.permits, b.permitsUntil
 }
 
 func (b *Breaker) after(tr Transition, wake bool) {

@@ -164,7 +164,9 @@ func (b *Breaker) Apply(s SharedState, force bool) bool {
 		b.openFor = s.OpenFor
 		b.openUntil.Store(int64(now + s.OpenRemaining))
 	}
+	n, until := b.advanceFor(s.State, s.Generation)
 	b.resetGenerationLocked()
+	b.permits, b.permitsUntil = n, until
 	if force {
 		b.epoch++ // tickets of the generation number being reused stay fenced
 	}
@@ -255,6 +257,76 @@ func (b *Breaker) GrantPermits(gen uint64, n int, ttl time.Duration) bool {
 	}
 	b.permits += n
 	b.permitsUntil = now + ttl
-	b.wanted = false
+	b.permitGen = b.generation()
+	b.wanted, b.unusedAdvance = false, false
 	return true
+}
+
+// NeedsAdvance reports whether a shared breaker should ask its store now for a trial
+// permit in advance (GrantAdvance): it is open in normal or metrics-only mode, it
+// rejected a request during this open period (its replica has traffic for the
+// circuit), it holds no permit for the half-open period that follows, and the open
+// period ends within lead. An idle replica asks for none, so it never holds a trial slot
+// another replica's traffic could use.
+func (b *Breaker) NeedsAdvance(lead time.Duration) bool {
+	if !b.demand.Load() {
+		return false
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	st, m, _ := b.load()
+	if !b.shared || st != Open || (m != Normal && m != MetricsOnly) {
+		return false
+	}
+	now := b.clock.Now()
+	if b.permits > 0 && b.permitGen == b.generation()+1 && now < b.permitsUntil {
+		return false
+	}
+	return time.Duration(b.openUntil.Load())-now <= lead
+}
+
+// GrantAdvance adds n trial permits the store granted in advance, while the circuit is
+// open in generation gen, for the half-open period that follows (generation gen+1). They
+// are valid until ttl (their leases' lifetime) after the open period ends. The first
+// request after the open period then moves the breaker to half-open itself (as the store
+// does when a replica next calls it) and is admitted as a trial on one of them, without
+// waiting for the store. It refuses (false) unless the breaker is shared and open in
+// generation gen, or already half-open in gen+1: the store then gives the leases back.
+func (b *Breaker) GrantAdvance(gen uint64, n int, ttl time.Duration) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	st, cur := b.State(), b.generation()
+	// The breaker may have adopted that half-open period (another replica started it)
+	// while the grant was on its way: the permits are for it all the same.
+	if !b.shared || n <= 0 || !(st == Open && cur == gen || st == HalfOpen && cur == gen+1) {
+		return false
+	}
+	if b.permits > 0 && (b.permitGen != gen+1 || b.clock.Now() >= b.permitsUntil) {
+		b.permits = 0
+	}
+	b.permits += n
+	b.permitGen = gen + 1
+	b.permitsUntil = time.Duration(b.openUntil.Load()) + ttl
+	b.unusedAdvance = true
+	return true
+}
+
+// DropAdvance takes back the permits granted in advance (GrantAdvance) that no request
+// of this replica used when the open period ended more than after ago (its traffic went
+// elsewhere), whether the breaker is still open or has adopted the half-open period
+// from the store. It returns their generation and number, so that the store releases
+// their leases for the other replicas' trials.
+func (b *Breaker) DropAdvance(after time.Duration) (gen uint64, n int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	st, _, _ := b.load()
+	cur := b.generation()
+	if !b.unusedAdvance || b.permits == 0 ||
+		!(st == Open && b.permitGen == cur+1 || st == HalfOpen && b.permitGen == cur) ||
+		b.clock.Now() < time.Duration(b.openUntil.Load())+after {
+		return 0, 0
+	}
+	gen, n = b.permitGen, b.permits
+	b.permits, b.unusedAdvance = 0, false
+	return gen, n
 }

@@ -45,6 +45,9 @@ type Sync interface {
 	HasNews() bool
 	NeedsPermits() int
 	GrantPermits(gen uint64, n int, ttl time.Duration) bool
+	NeedsAdvance(lead time.Duration) bool
+	GrantAdvance(gen uint64, n int, ttl time.Duration) bool
+	DropAdvance(after time.Duration) (gen uint64, n int)
 	SetWake(wake func())
 }
 

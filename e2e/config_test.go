@@ -21,15 +21,19 @@ type breakerSettings struct {
 
 // proxyConfig is one replica's config.
 type proxyConfig struct {
-	Listen        string
-	AdminListen   string
-	ReplicaID     string
-	Backend       string // base URL of the flaky backend
-	Store         string // memory | redis
-	RedisURL      string
-	Prefix        string
-	FlushInterval time.Duration
-	Breaker       breakerSettings
+	Listen      string
+	AdminListen string
+	ReplicaID   string
+	Backend     string // base URL of the flaky backend
+	Store       string // memory | redis
+	RedisURL    string
+	// ClusterAddrs, or SentinelMaster and SentinelAddrs, replace RedisURL when set.
+	ClusterAddrs   []string
+	SentinelMaster string
+	SentinelAddrs  []string
+	Prefix         string
+	FlushInterval  time.Duration
+	Breaker        breakerSettings
 }
 
 // YAML renders the config: the one upstream, routed from "/", with a 5 s timeout.
@@ -39,6 +43,7 @@ func (c proxyConfig) YAML(t testing.TB) string {
 	return faultConfig{
 		Listen: c.Listen, AdminListen: c.AdminListen, ReplicaID: c.ReplicaID,
 		Store: c.Store, RedisURL: c.RedisURL, Prefix: c.Prefix, FlushInterval: c.FlushInterval,
+		ClusterAddrs: c.ClusterAddrs, SentinelMaster: c.SentinelMaster, SentinelAddrs: c.SentinelAddrs,
 		Upstreams: []faultUpstream{{Name: upstream, Target: c.Backend, Timeout: 5 * time.Second,
 			ConsecutiveFailures: b.ConsecutiveFailures, FailureRate: b.FailureRate,
 			OpenDuration: b.OpenDuration, Jitter: b.Jitter,

@@ -64,14 +64,19 @@ type faultConfig struct {
 	Listen, AdminListen, ReplicaID, AdminToken string
 	AdminAllowedHosts                          []string
 
-	Store         string // memory | redis
-	RedisURL      string
-	Prefix        string
-	FlushInterval time.Duration
-	DegradeAfter  int
-	RedisDial     time.Duration
-	RedisRead     time.Duration
-	RedisWrite    time.Duration
+	Store    string // memory | redis
+	RedisURL string
+	// ClusterAddrs (Redis Cluster) or SentinelMaster and SentinelAddrs (Sentinel) replace
+	// RedisURL when set.
+	ClusterAddrs   []string
+	SentinelMaster string
+	SentinelAddrs  []string
+	Prefix         string
+	FlushInterval  time.Duration
+	DegradeAfter   int
+	RedisDial      time.Duration
+	RedisRead      time.Duration
+	RedisWrite     time.Duration
 
 	ShutdownTimeout   time.Duration // 3s when zero
 	ReadHeaderTimeout time.Duration
@@ -112,7 +117,14 @@ store:
 {{- if eq .Store "redis"}}
   flush_interval: {{.FlushInterval}}
   redis:
+{{- if .ClusterAddrs}}
+    cluster_addrs: [{{range $i, $a := .ClusterAddrs}}{{if $i}}, {{end}}{{q $a}}{{end}}]
+{{- else if .SentinelMaster}}
+    sentinel_master: {{q .SentinelMaster}}
+    sentinel_addrs: [{{range $i, $a := .SentinelAddrs}}{{if $i}}, {{end}}{{q $a}}{{end}}]
+{{- else}}
     url: {{q .RedisURL}}
+{{- end}}
     prefix: {{.Prefix}}
 {{- if .DegradeAfter}}
     degrade_after: {{.DegradeAfter}}

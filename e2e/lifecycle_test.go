@@ -85,23 +85,25 @@ func testCircuitLifecycle(t *testing.T, driver string) {
 	// requests pile up; at most halfOpenMax trials reach it. The bursts start once the
 	// open period is over: a burst the deadline cut in two could hold the trials and no
 	// request after them, and then no half_open rejection would be seen.
+	// With shared state the replica, which rejected requests while open, holds a trial
+	// permit leased in advance: its first request after the open period is a trial at
+	// once, and moves it to half-open, as with the memory store.
 	time.Sleep(time.Until(opened.Add(openDuration)))
-	if driver == "redis" {
-		// With shared state the first request after the open period asks Redis for trial
-		// permits and is rejected ("open") while the fleet moves to half-open. A burst
-		// sent at once can fall entirely into that exchange but for its last requests,
-		// which take the permits, and then no request meets the trials in flight. So the
-		// bursts start once the circuit is half-open, as with the memory store.
-		assertRejection(t, "the request that asks for trial permits", p.Get("/wake"), "open")
-		p.WaitTransitions(t, 5*time.Second, upstream, "half_open", 1)
-	}
 	tp := trialPhase(t, backend, []*Proxy{p}, burstSize, 1)
 	t.Logf("trial phase: %v", tp)
 	if tp.MaxInFlight > halfOpenMax {
 		t.Errorf("while half-open the backend had %d requests in flight at once, want at most %d (half_open_max_requests)", tp.MaxInFlight, halfOpenMax)
 	}
-	if tp.Requests != successes {
-		t.Errorf("backend received %d trial requests before the circuit closed, want %d (success_threshold)", tp.Requests, successes)
+	// Trials are bounded in flight, not in number: with the redis store the first trial
+	// runs on the permit leased in advance and the second waits for one more, so a third
+	// may start when the first ends (as in TestFleetHalfOpenTrialsBounded).
+	most := int64(successes)
+	if driver == "redis" {
+		most = successes + halfOpenMax - 1
+	}
+	if tp.Requests < successes || tp.Requests > most {
+		t.Errorf("backend received %d trial requests before the circuit closed, want %d to %d (success_threshold)",
+			tp.Requests, successes, most)
 	}
 	if tp.Tally.RejectedHalfOpen == 0 {
 		t.Errorf("no request was rejected with X-Fuse-Circuit: half_open during the trials (%v)", tp.Tally)
@@ -126,7 +128,13 @@ func testCircuitLifecycle(t *testing.T, driver string) {
 		for _, l := range applied {
 			got = append(got, l.Str("from")+"→"+l.Str("to"))
 		}
-		if w := []string{"closed→open", "open→half_open", "half_open→closed"}; !slices.Equal(got, w) {
+		// The move to half-open is the replica's own on its permit in advance, or, had it
+		// got none in time, Redis's on the first request after the open period.
+		w := []string{"closed→open", "half_open→closed"}
+		if len(got) == 3 {
+			w = []string{"closed→open", "open→half_open", "half_open→closed"}
+		}
+		if !slices.Equal(got, w) {
 			t.Errorf(`"applied shared state" lines: got %v, want %v`, got, w)
 		}
 	}

@@ -99,14 +99,23 @@ func TestRedisTripDecayAcrossReplicas(t *testing.T) {
 	if sn := a.b.Snapshot(); sn.State != breaker.Open || sn.OpenFor != 100*time.Millisecond {
 		t.Fatalf("first trip: %+v", sn)
 	}
-	eventually(t, waitFor, "a trial permit", func() bool {
-		if _, err := a.b.Allow(); err == nil {
-			t.Fatal("admitted before the store granted a permit")
+	// Only a permit the store granted (in advance, or once the open period ended) admits
+	// a trial.
+	var trial breaker.Ticket
+	eventually(t, waitFor, "a trial", func() bool {
+		permitted := a.b.Snapshot().Permits > 0
+		tk, err := a.b.Allow()
+		if err != nil {
+			a.flushNow(t)
+			return false
 		}
-		a.flushNow(t)
-		return a.b.State() == breaker.HalfOpen && holdsPermit(a.b)
+		if !tk.Trial() || !permitted {
+			t.Fatalf("admitted %+v before the store granted a permit", tk)
+		}
+		trial = tk
+		return true
 	})
-	do(t, a.b, breaker.Success) // the trial closes the circuit
+	a.b.Done(trial, breaker.Success, time.Millisecond) // the trial closes the circuit
 	a.flushNow(t)
 	resync(t, b) // these replicas do not subscribe: b reads the state
 	for _, r := range fleet {

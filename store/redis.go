@@ -32,7 +32,9 @@ type RedisOptions struct {
 	Logger  *zap.Logger // nil: no logs
 	Hooks   Hooks
 	// Wall is the wall clock, used only to estimate propagation lag against Redis's
-	// clock; tests skew it to show that nothing else depends on it. nil: time.Now.
+	// clock (logged, and taken off an open period's remaining time as it arrives); tests
+	// skew it to show that nothing else depends on it: the lag is measured against an
+	// offset learned from the same clock. nil: time.Now.
 	Wall func() time.Time
 }
 
@@ -85,8 +87,13 @@ type Redis struct {
 
 	degraded atomic.Bool
 	status   atomic.Pointer[Status]
-	offset   atomic.Int64 // Redis clock minus wall clock, ns (lag estimates only)
-	leaseSeq atomic.Uint64
+	offset   atomic.Int64 // Redis clock minus wall clock, ns (lag estimates)
+	// offsetKnown: offset was measured (a reply came); only then does an open state's
+	// remaining time lose the lag of its delivery (see apply).
+	offsetKnown atomic.Bool
+	offsetRTT   atomic.Int64 // the round trip offset was learned from, ns
+	offsetAt    time.Time    // when (xmu)
+	leaseSeq    atomic.Uint64
 
 	// Per-key circuits (keyed.go), attached and detached with traffic: kmu guards keyed
 	// and the list with them (kall, built from kbase, the circuits' list, when kdirty).
@@ -117,6 +124,7 @@ type circuit struct {
 	amu                           sync.Mutex  // serialises apply: the loop, pub/sub and Control
 	seen                          uint64      // newest generation read from Redis in this epoch (amu)
 	leases                        []lease     // trial permits held (xmu)
+	refused                       []string    // ids of leases granted but refused by the breaker: to release (xmu)
 	nextAcquire                   time.Time   // no permit request before (xmu)
 	warnedCfg                     string      // settings hash last warned about (xmu)
 	// quiet: the last reply said the circuit is closed with nothing bad in its window, and
@@ -223,7 +231,7 @@ func (r *Redis) Attach(circuits map[string]Circuit) {
 			old.amu.Lock()
 			sc.seen = old.seen
 			old.amu.Unlock()
-			sc.leases, sc.nextAcquire, sc.warnedCfg = old.leases, old.nextAcquire, old.warnedCfg
+			sc.leases, sc.nextAcquire, sc.warnedCfg, sc.refused = old.leases, old.nextAcquire, old.warnedCfg, old.refused
 			sc.held, sc.heldSince = old.held, old.heldSince
 			sc.quiet.Store(old.quiet.Load())
 		}

@@ -55,10 +55,15 @@ func (r *Redis) exchange(ctx context.Context, cs []*circuit, resync bool) error 
 		if e := r.send(ctx, chunk, resync); e != nil {
 			var rerr redis.Error
 			if err = cmp.Or(err, e); !errors.As(e, &rerr) {
-				// No answer: the rest would wait as long. Poll them on the next flush.
+				// No answer: the rest would wait as long. Poll them on the next flush. A
+				// permit request may have been granted all the same: its leases go back
+				// on the next exchange rather than hold trial slots until they expire.
 				for _, cl := range calls[i:] {
 					if cl.c != nil {
 						cl.c.retry = true
+					}
+					if cl.script == acquireScript {
+						cl.c.refused = append(cl.c.refused, cl.args[4].(string)+":*")
 					}
 				}
 				break
@@ -134,12 +139,31 @@ func (r *Redis) send(ctx context.Context, calls []*call, resync bool) error {
 			cl.c.retry = true
 			continue
 		}
-		r.offset.Store(rep.now*int64(time.Millisecond) - sent.Add(rtt/2).UnixNano())
+		r.learnOffset(rep.now, sent, rtt)
 		r.applyReply(cl, rep, resync)
 		keyApplied(cl.c)
 	}
 	return failed
 }
+
+// learnOffset estimates Redis's clock minus the wall clock from a reply read at Redis
+// time nowMs (a millisecond reading: taken as its middle) to a pipeline sent at sent
+// that took rtt. On a busy machine a round trip can take long one way and not the other,
+// which errs by up to half of it: the estimate kept is the one of the fastest round trip
+// in the last offsetFor, renewed by any as fast (within 100 µs) and by the next one
+// after offsetFor. xmu is held.
+func (r *Redis) learnOffset(nowMs int64, sent time.Time, rtt time.Duration) {
+	if r.offsetKnown.Load() && rtt > time.Duration(r.offsetRTT.Load())+100*time.Microsecond && time.Since(r.offsetAt) < offsetFor {
+		return
+	}
+	r.offsetRTT.Store(int64(rtt))
+	r.offsetAt = time.Now()
+	r.offset.Store(nowMs*int64(time.Millisecond) + int64(time.Millisecond)/2 - sent.Add(rtt/2).UnixNano())
+	r.offsetKnown.Store(true)
+}
+
+// offsetFor is how long the offset of the fastest round trip stands (see learnOffset).
+const offsetFor = 10 * time.Second
 
 // circuitData reports whether a script's error reply is provably about its own
 // circuit's data, so that the other circuits and the store as a whole are sound: only
@@ -180,6 +204,8 @@ func (r *Redis) plan(calls []*call, c *circuit, now time.Time, resync bool) []*c
 		}
 		for _, l := range c.leases {
 			switch {
+			case r.stopping: // every lease, a permit granted in advance too
+				args = append(args, l.id)
 			case l.gen != tr.Generation:
 			case n > 0:
 				args = append(args, l.id)
@@ -207,17 +233,59 @@ func (r *Redis) plan(calls []*call, c *circuit, now time.Time, resync bool) []*c
 		calls = append(calls, &call{c: c, script: flushScript, keys: keys, args: []any{
 			r.o.ReplicaID, d.Generation, d.Requests, d.Failures, d.Slow, d.Tail,
 			boolArg(d.HadSuccess), c.settings, c.SettingsHash, rand.Float64(), r.channel, c.name,
-			r.onset, r.o.FlushInterval.Milliseconds(), d.GatewayTail, boolArg(d.GatewayEnded), d.Pause.Milliseconds()}})
+			r.onset, r.o.FlushInterval.Milliseconds(), d.GatewayTail, boolArg(d.GatewayEnded), d.Pause.Milliseconds(),
+			boolArg(b.State() == breaker.HalfOpen)}})
 	}
-	if resync || r.stopping || now.Before(c.nextAcquire) {
+	if resync || r.stopping {
 		return calls
 	}
-	if want := b.NeedsPermits(); want > 0 {
+	if gen, n := b.DropAdvance(r.o.FlushInterval); n > 0 || len(c.refused) > 0 {
+		// Permits granted in advance that this replica's traffic did not use when the
+		// open period ended, and grants the breaker refused: their leases go back at
+		// once, for the other replicas.
+		args := []any{r.o.ReplicaID, 0, 0, 0, c.settings, rand.Float64(), r.channel, c.name, 0}
+		for _, id := range c.refused {
+			args = append(args, id)
+		}
+		c.refused = nil
+		kept := c.leases[:0]
+		for _, l := range c.leases {
+			if l.gen == gen && n > 0 {
+				args = append(args, l.id)
+				n--
+			} else {
+				kept = append(kept, l)
+			}
+		}
+		c.leases = kept
+		calls = append(calls, &call{c: c, script: trialScript, keys: keys, args: args})
+	}
+	if now.Before(c.nextAcquire) {
+		return calls
+	}
+	want, advance := b.NeedsPermits(), 0
+	if want == 0 && b.NeedsAdvance(r.advanceLead()) {
+		want, advance = 1, 1
+	}
+	if want > 0 {
 		base := r.o.ReplicaID + ":" + strconv.FormatUint(r.leaseSeq.Add(1), 10)
 		calls = append(calls, &call{c: c, script: acquireScript, keys: keys, args: []any{
-			r.o.ReplicaID, want, c.lease().Milliseconds(), c.settings, base, r.channel, c.name}})
+			r.o.ReplicaID, want, c.lease().Milliseconds(), c.settings, base, r.channel, c.name, advance}})
 	}
 	return calls
+}
+
+// advanceLead is how long before the end of an open period a replica with traffic for
+// the circuit asks for a trial permit in advance: three flush intervals, so that at
+// least two of the loop's turns (every flush interval ±10 %) fall in it.
+func (r *Redis) advanceLead() time.Duration { return 3 * r.o.FlushInterval }
+
+// advanceAsked reports whether an acquire call asked for permits in advance (its
+// advance argument, after the lease id base, the channel and the name; per-key
+// circuits never ask).
+func advanceAsked(cl *call) bool {
+	i := leaseBaseArg(cl.c) + 3
+	return i < len(cl.args) && cl.args[i] == 1
 }
 
 // holds reports whether a closed, synced circuit's counts d may wait: they are all
@@ -292,8 +360,25 @@ func (r *Redis) applyReply(cl *call, rep reply, force bool) {
 		// after Redis may have handed its lease to another replica.
 		ttl := c.lease() - c.lease()/10
 		ttl -= min(r.o.Timeout, ttl/2)
-		if rep.granted > 0 && c.Breaker.GrantPermits(rep.state.Generation, rep.granted, ttl) {
-			gen := rep.state.Generation
+		gen, ok := rep.state.Generation, false
+		switch {
+		case rep.granted <= 0:
+		case rep.state.State == breaker.Open && advanceAsked(cl):
+			// granted in advance, for the half-open period that follows
+			ok = c.Breaker.GrantAdvance(gen, rep.granted, ttl)
+			gen++
+		default:
+			ok = c.Breaker.GrantPermits(gen, rep.granted, ttl)
+		}
+		if !ok && rep.granted > 0 {
+			// The breaker refused them (its state moved on meanwhile): the leases go
+			// back on the next exchange rather than hold trial slots until they expire.
+			base := cl.args[leaseBaseArg(c)].(string) + ":" + strconv.FormatUint(gen, 10)
+			for i := 1; i <= rep.granted; i++ {
+				c.refused = append(c.refused, base+":"+strconv.Itoa(i))
+			}
+		}
+		if ok {
 			base := cl.args[leaseBaseArg(c)].(string) + ":" + strconv.FormatUint(gen, 10)
 			for i := 1; i <= rep.granted; i++ {
 				c.leases = append(c.leases, lease{gen: gen, id: base + ":" + strconv.Itoa(i)})
@@ -327,6 +412,19 @@ func (r *Redis) apply(c *circuit, rep reply, force bool, source string) {
 	}
 	c.seen = max(c.seen, gen)
 	from := c.Breaker.State()
+	lag := time.Duration(r.o.Wall().UnixNano()+r.offset.Load()) - time.Duration(rep.now)*time.Millisecond
+	lag = max(lag, 0)
+	if rep.state.State == breaker.Open && r.offsetKnown.Load() {
+		// OpenRemaining was measured when Redis answered or published: less the time the
+		// answer took to get here, every replica's open period ends when Redis's does, not
+		// a delivery later (which on a busy machine is milliseconds). A millisecond and
+		// half the offset's round trip less than the estimate (Redis's clock is read to
+		// the millisecond, and the offset may err by half its round trip) so that it
+		// never ends early; an estimate beyond the exchange timeout is no delivery.
+		if d := lag - time.Millisecond - time.Duration(r.offsetRTT.Load())/2; d > 0 && d < r.o.Timeout {
+			rep.state.OpenRemaining -= min(d, rep.state.OpenRemaining)
+		}
+	}
 	adopted := c.Breaker.Apply(rep.state, force)
 	c.amu.Unlock()
 	if !adopted {
@@ -335,8 +433,6 @@ func (r *Redis) apply(c *circuit, rep reply, force bool, source string) {
 	if from == rep.state.State {
 		return
 	}
-	lag := time.Duration(r.o.Wall().UnixNano()+r.offset.Load()) - time.Duration(rep.now)*time.Millisecond
-	lag = max(lag, 0)
 	if r.o.Hooks.Propagation != nil {
 		r.o.Hooks.Propagation(c.name, lag)
 	}

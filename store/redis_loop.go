@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
 	"github.com/fuseproxy/fuseproxy/breaker"
@@ -115,6 +116,12 @@ func (r *Redis) record(err error) {
 	if errors.Is(err, context.Canceled) {
 		return
 	}
+	// A Redis Cluster client learns a new master (a failover) only from a MOVED reply or
+	// its periodic reload (every 10 s); a master that is gone answers neither: ask for a
+	// reload now (asynchronous, at most one per 200 ms).
+	if cc, ok := r.client.(*redis.ClusterClient); ok {
+		cc.ReloadState(context.Background())
+	}
 	r.failures++
 	r.log.Debug("exchange with Redis failed", zap.Int("consecutive", r.failures), zap.Error(err))
 	switch st := r.status.Load(); {
@@ -137,6 +144,11 @@ func (r *Redis) setDegraded(d bool, err error) {
 		// would be dropped by SetShared.
 		for _, c := range r.list() {
 			c.Breaker.SetShared(false)
+			// the permits are gone with the shared decisions: their leases go back once
+			// Redis answers again, rather than hold trial slots until they expire
+			for _, l := range c.leases {
+				c.refused = append(c.refused, l.id)
+			}
 			c.leases = c.leases[:0]
 			c.held, c.heldSince = breaker.Delta{}, time.Time{}
 		}

@@ -147,7 +147,7 @@ func NewHandler(b Backend, o Options) *Handler {
 	}
 	h := &Handler{b: b, o: o, log: o.Logger, mux: http.NewServeMux(), token: sha256.Sum256([]byte(o.Token)),
 		guard: newGuard(o.AllowedHosts),
-		dash:  dashboard{samples: make(map[string]*ring), agree: make(map[string]Agreement), done: make(chan struct{})}}
+		dash:  dashboard{hist: newHistory(o.Samples), agree: make(map[string]Agreement), done: make(chan struct{})}}
 	if o.Gatherer != nil {
 		h.metrics = promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{
 			ErrorLog: zap.NewStdLog(o.Logger.Named("metrics")), ErrorHandling: promhttp.ContinueOnError,

@@ -5,6 +5,7 @@ import (
 	"embed"
 	"encoding/json"
 	"io/fs"
+	"math"
 	"net/http"
 	"slices"
 	"strconv"
@@ -109,7 +110,7 @@ type Agreement struct {
 // and its last agreement with the store, both written by Run.
 type dashboard struct {
 	mu      sync.Mutex
-	samples map[string]*ring
+	hist    history
 	version uint64 // counts takeSamples
 	agree   map[string]Agreement
 	// streams counts the open event streams (at most Options.MaxStreams).
@@ -118,36 +119,84 @@ type dashboard struct {
 	closeOnce sync.Once
 }
 
-// ring is a fixed-size ring of samples.
+// ring is one circuit's samples. Every circuit is sampled in the same rounds, so the
+// rounds' times live once, in history, and a ring holds 8 bytes a sample: its requests
+// (saturated at 2^32-1) and its failure rate in hundredths of a percent (Sample's is
+// rounded to that) with the state. A circuit whose samples are all idle (closed, no
+// requests) holds none: with 10,000 mostly idle circuits the history takes a few hundred
+// KiB, not the 46 MiB of 120 Samples each.
 type ring struct {
-	buf  []Sample
-	next int
-	full bool
+	first uint64         // the round of the circuit's first sample
+	buf   []packedSample // slot round % len; nil while every sample is idle
 }
 
-func (r *ring) add(s Sample) {
-	r.buf[r.next] = s
-	r.next = (r.next + 1) % len(r.buf)
-	if r.next == 0 {
-		r.full = true
+type packedSample struct {
+	requests uint32
+	meta     uint32 // rate hundredths << 2 | state; the zero value is an idle sample
+}
+
+// history is the rounds' times and the circuits' rings.
+type history struct {
+	n     int     // samples kept per circuit
+	round uint64  // the latest round (0: none yet)
+	times []int64 // Unix ms of each round, slot round % n
+	rings map[string]*ring
+}
+
+func newHistory(n int) history {
+	return history{n: max(n, 1), rings: make(map[string]*ring)}
+}
+
+// startRound begins sampling round round+1 at time at (Unix ms).
+func (h *history) startRound(at int64) {
+	if h.times == nil {
+		h.times = make([]int64, h.n)
+	}
+	h.round++
+	h.times[h.round%uint64(h.n)] = at
+}
+
+// add records the current round's sample of the named circuit.
+func (h *history) add(name string, s Sample) {
+	r := h.rings[name]
+	if r == nil {
+		r = &ring{first: h.round}
+		h.rings[name] = r
+	}
+	st, _ := breaker.ParseState(s.State)
+	rate := uint32(min(max(math.Round(s.FailureRate*100), 0), 1<<29))
+	p := packedSample{requests: uint32(min(max(int64(s.Requests), 0), math.MaxUint32)), meta: rate<<2 | uint32(st)&3}
+	if p != (packedSample{}) && r.buf == nil {
+		r.buf = make([]packedSample, h.n) // the rounds before were idle: zero
+	}
+	if r.buf != nil {
+		r.buf[h.round%uint64(h.n)] = p
 	}
 }
 
-func (r *ring) list() []Sample {
-	if !r.full {
-		return slices.Clone(r.buf[:r.next])
+// tail returns the named circuit's last k samples (all it has when fewer), oldest first;
+// nil for a circuit never sampled.
+func (h *history) tail(name string, k uint64) []Sample {
+	r := h.rings[name]
+	if r == nil || h.round < r.first {
+		return nil
 	}
-	return append(slices.Clone(r.buf[r.next:]), r.buf[:r.next]...)
+	k = min(k, h.round-r.first+1, uint64(h.n))
+	out := make([]Sample, k)
+	for i := range out {
+		v := h.round - k + 1 + uint64(i)
+		var p packedSample
+		if r.buf != nil {
+			p = r.buf[v%uint64(h.n)]
+		}
+		out[i] = Sample{At: h.times[v%uint64(h.n)], State: breaker.State(p.meta & 3).String(),
+			Requests: int(p.requests), FailureRate: float64(p.meta>>2) / 100}
+	}
+	return out
 }
 
-// tail returns the last n samples (all of them when there are fewer), oldest first.
-func (r *ring) tail(n uint64) []Sample {
-	all := r.list()
-	if n < uint64(len(all)) {
-		return all[uint64(len(all))-n:]
-	}
-	return all
-}
+// list returns every sample the named circuit has, oldest first.
+func (h *history) list(name string) []Sample { return h.tail(name, math.MaxUint64) }
 
 // Run takes the dashboard's samples (one per circuit every Options.SampleInterval) and,
 // while an event stream is open, compares each circuit with the store every second,
@@ -186,9 +235,10 @@ func (h *Handler) takeSamples() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.version++
-	for name := range d.samples {
+	d.hist.startRound(now.UnixMilli())
+	for name := range d.hist.rings {
 		if breakers[name] == nil {
-			delete(d.samples, name)
+			delete(d.hist.rings, name)
 		}
 	}
 	for name, b := range breakers {
@@ -196,16 +246,11 @@ func (h *Handler) takeSamples() {
 			continue
 		}
 		s := b.Snapshot()
-		r := d.samples[name]
-		if r == nil {
-			r = &ring{buf: make([]Sample, h.o.Samples)}
-			d.samples[name] = r
-		}
 		counts := s.Counts
 		if a, ok := d.agree[name]; ok && s.Shared && a.Window != nil {
 			counts = *a.Window // the fleet's, as of the last check
 		}
-		r.add(Sample{At: now.UnixMilli(), State: s.State.String(), Requests: int(counts.Requests),
+		d.hist.add(name, Sample{At: now.UnixMilli(), State: s.State.String(), Requests: int(counts.Requests),
 			FailureRate: round2(counts.FailureRate())})
 	}
 }
@@ -349,10 +394,10 @@ func (h *Handler) frame(version uint64, first bool) (DashboardFrame, uint64) {
 		if b := breakers[name]; b != nil {
 			dc.TrialSlots = b.Settings().HalfOpenMaxRequests
 		}
-		if r := h.dash.samples[name]; r != nil && f.HistoryAppended {
-			dc.History = r.tail(h.dash.version - version)
-		} else if r != nil && f.WithHistory {
-			dc.History = r.list()
+		if f.HistoryAppended {
+			dc.History = h.dash.hist.tail(name, h.dash.version-version)
+		} else if f.WithHistory {
+			dc.History = h.dash.hist.list(name)
 		}
 		if a, ok := h.dash.agree[name]; ok {
 			dc.Agreement = &a

@@ -64,19 +64,67 @@ func TestStoreWindow(t *testing.T) {
 	}
 }
 
-// TestRing keeps the last n samples, oldest first.
+// TestRing keeps the last n samples, oldest first, of a circuit sampled from the start
+// and of one sampled from round 5 on.
 func TestRing(t *testing.T) {
-	r := &ring{buf: make([]Sample, 3)}
-	if got := r.list(); len(got) != 0 {
-		t.Fatalf("empty ring: %v", got)
+	h := newHistory(3)
+	if got := h.list("a"); got != nil {
+		t.Fatalf("a circuit never sampled: %v", got)
 	}
 	for i := range 7 {
-		r.add(Sample{At: int64(i)})
-		got := r.list()
+		h.startRound(int64(i))
+		h.add("a", Sample{At: int64(i), State: "closed", Requests: i % 2})
+		if i >= 4 {
+			h.add("late", Sample{At: int64(i), State: "closed"})
+		}
+		got := h.list("a")
 		want := min(i+1, 3)
 		if len(got) != want || got[len(got)-1].At != int64(i) || got[0].At != int64(i+1-want) {
-			t.Fatalf("after %d adds: %v", i+1, got)
+			t.Fatalf("after %d rounds: %v", i+1, got)
 		}
+		for _, s := range got {
+			if s.Requests != int(s.At%2) {
+				t.Fatalf("after %d rounds: %v", i+1, got)
+			}
+		}
+		if got := h.tail("a", 1); len(got) != 1 || got[0].At != int64(i) {
+			t.Fatalf("tail 1 after %d rounds: %v", i+1, got)
+		}
+		if i >= 4 {
+			if got := h.list("late"); len(got) != min(i-3, 3) || got[len(got)-1].At != int64(i) {
+				t.Fatalf("the late circuit after %d rounds: %v", i+1, got)
+			}
+		}
+	}
+}
+
+// TestRingPacks: a sample comes back as it went in (the failure rate as the dashboard
+// rounds it, to hundredths; requests saturate at 2^32-1); an idle circuit holds no
+// samples of its own until one is not idle.
+func TestRingPacks(t *testing.T) {
+	h := newHistory(8)
+	in := []Sample{
+		{At: 1796300000123, State: "closed", Requests: 0, FailureRate: 0},
+		{At: 1796300005123, State: "open", Requests: 3, FailureRate: 66.67},
+		{At: 1796300010123, State: "half_open", Requests: 1 << 31, FailureRate: 100},
+		{At: -5, State: "closed", Requests: 7, FailureRate: 12.34},
+		{At: 0, State: "open", Requests: 1 << 40, FailureRate: 0.01},
+	}
+	for i, s := range in {
+		h.startRound(s.At)
+		h.add("c", s)
+		h.add("idle", Sample{At: s.At, State: "closed"})
+		if r := h.rings["c"]; (r.buf == nil) != (i == 0) {
+			t.Fatalf("round %d: ring allocated %v", i, r.buf != nil)
+		}
+	}
+	got := h.list("c")
+	in[4].Requests = 1<<32 - 1
+	if !slices.Equal(got, in) {
+		t.Fatalf("got %v, want %v", got, in)
+	}
+	if h.rings["idle"].buf != nil || len(h.list("idle")) != len(in) || h.list("idle")[1] != (Sample{At: in[1].At, State: "closed"}) {
+		t.Fatalf("idle circuit: %+v, %v", h.rings["idle"], h.list("idle"))
 	}
 }
 

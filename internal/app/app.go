@@ -238,6 +238,11 @@ func (a *App) circuits(cfg *config.Config, bs map[string]*breaker.Breaker) map[s
 // the shared state). Events settings apply at once except queue_size; admin.listen,
 // admin.token and admin.allowed_hosts need a restart.
 func (a *App) Reload(cfg *config.Config) (err error) {
+	defer func() {
+		if err == nil {
+			releaseMemory() // the old tables and what building the new ones left behind
+		}
+	}() // last: after the reload is counted and the lock released
 	defer func() { a.metrics.Reloaded(err) }()
 	a.reloadMu.Lock()
 	defer a.reloadMu.Unlock()

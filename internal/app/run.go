@@ -33,6 +33,7 @@ func (a *App) Run(ctx context.Context) error {
 	}
 	adm, dash := a.serveAdmin(cfg, adminLn)
 	a.resyncStore(ctx)
+	releaseMemory() // what building the replica left behind
 	bg := a.startBackground(cfg)
 	bg.start(dash.Run) // the dashboard's history and its agreement with the store
 	prx, ups := a.serveProxy(cfg, proxyLn)

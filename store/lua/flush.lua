@@ -8,10 +8,13 @@
 -- onset channel, grace ms, gateway tail (gateway failures after the batch's last other
 -- outcome), gateway_ended (0/1: the batch had another outcome, which ends the fleet's run
 -- of gateway failures before the gateway tail is added), pause ms (the longest pause an
--- upstream asked for in the batch, Retry-After: it opens the circuit for that long).
+-- upstream asked for in the batch, Retry-After: it opens the circuit for that long),
+-- half-open (0/1: the replica's breaker moved itself to half-open on a permit granted in
+-- advance, see acquire.lua; the open period, if it ended here too, ends for the fleet).
 local s = settings(ARGV[8])
 local now = now_ms()
 local st = load(KEYS[1], s, now)
+if ARGV[18] == '1' then timeout(st, now, KEYS[2]) end
 local prevcfg, prevcfgr = st.cfg, st.cfgr
 local replica, gen, req = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local fail, slow, tail = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])

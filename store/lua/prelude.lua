@@ -173,11 +173,26 @@ local function quiet(st, s, now)
   return st.st == 0 and st.cf == 0 and st.gf == 0 and f + sl == 0
 end
 
+-- transition moves to state `to` in a new generation. The leases go with the old one,
+-- except when an open period ends: the leases held then were granted in advance for the
+-- half-open period that follows (see acquire.lua), which they count against.
 local function transition(st, to, reason, now, leasekey)
+  local keep = st.st == 1 and to == 2
   st.st, st.gen, st.at, st.rs = to, st.gen + 1, now, reason
   st.changed, st.dirty = true, true
   clear_counts(st)
-  redis.call('DEL', leasekey)
+  if not keep then redis.call('DEL', leasekey) end
+end
+
+-- timeout moves an open circuit whose period ended to half-open (normal and metrics-only
+-- modes). Every script that takes trial permits or outcomes calls it first: a replica
+-- holding a permit granted in advance starts the half-open period itself, and its
+-- trial's outcome may be the first the store hears of it.
+local function timeout(st, now, leasekey)
+  if (st.md == 0 or st.md == 3) and st.st == 1 and now >= st.ou then
+    st.sc = 0
+    transition(st, 2, 'open_timeout', now, leasekey)
+  end
 end
 
 -- trip opens the circuit for one more trip's period: breaker.Settings.OpenPeriod plus

@@ -2,11 +2,26 @@
 -- upstream asked for (Retry-After) opens the circuit for it, a failure opens it again
 -- (with the next backoff), enough successes close it.
 -- ARGV: replica, generation, successes, failures, settings, rnd, channel, name, pause ms,
--- lease ids...
+-- lease ids... (an id ending in '*' stands for every lease whose id starts with the rest)
 local s = settings(ARGV[5])
 local now = now_ms()
 local st = load(KEYS[1], s, now)
-for i = 10, #ARGV do redis.call('ZREM', KEYS[2], ARGV[i]) end
+-- a trial on a permit granted in advance may be the first the store hears of the
+-- half-open period
+timeout(st, now, KEYS[2])
+for i = 10, #ARGV do
+  local id = ARGV[i]
+  if string.sub(id, -1) == '*' then
+    -- every lease whose id starts with the rest: those an acquire may have granted when
+    -- its reply was lost (the set holds at most the half-open maximum)
+    local prefix = string.sub(id, 1, -2)
+    for _, m in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+      if string.sub(m, 1, #prefix) == prefix then redis.call('ZREM', KEYS[2], m) end
+    end
+  else
+    redis.call('ZREM', KEYS[2], id)
+  end
+end
 local pause = tonumber(ARGV[9]) or 0
 if tonumber(ARGV[2]) == st.gen and st.st == 2 then
   if pause > 0 and (st.md == 0 or st.md == 3) then

@@ -15,7 +15,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,6 +38,9 @@ type Server struct {
 	port int
 	dir  string
 	args []string // more configuration directives
+	// sentinel, when set, makes this a Sentinel: its configuration directives (sentinel
+	// monitor ...), written to a file in dir with the port (see StartSentinels).
+	sentinel string
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -74,10 +79,20 @@ func (s *Server) start() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := &syncBuffer{}
-	cmd := exec.Command("redis-server", append([]string{
+	argv := append([]string{
 		"--save", "", "--appendonly", "no",
 		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
-		"--dir", s.dir}, s.args...)...)
+		"--dir", s.dir}, s.args...)
+	if s.sentinel != "" {
+		// A Sentinel rewrites its configuration file, which must be its own.
+		conf := filepath.Join(s.dir, "sentinel.conf")
+		text := fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\n%s", s.port, s.dir, s.sentinel)
+		if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
+			return err
+		}
+		argv = []string{conf, "--sentinel"}
+	}
+	cmd := exec.Command("redis-server", argv...)
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start redis-server: %w", err)
