@@ -261,14 +261,16 @@ func TestKeyedFleetOneTenantFails(t *testing.T) {
 	}
 }
 
-// keyedFloodRequests is how many distinct keys the flood sends: 250,000 (about a minute
-// on a 2-core machine) unless FUSE_E2E_KEYED_FLOOD says otherwise; the acceptance run of
-// issue #16 is FUSE_E2E_KEYED_FLOOD=1000000 (docs/BENCHMARKS.md, about 4 minutes).
+// keyedFloodRequests is how many distinct keys the flood sends: 30,000 (three times
+// max_keys: the table fills and turns over three times; about 10 s, 30 s with race-built
+// replicas, in the normal test command) unless FUSE_E2E_KEYED_FLOOD says otherwise; the
+// acceptance run of issue #16 is FUSE_E2E_KEYED_FLOOD=1000000 (docs/BENCHMARKS.md, about
+// 4 minutes).
 func keyedFloodRequests() int {
 	if n, err := strconv.Atoi(os.Getenv("FUSE_E2E_KEYED_FLOOD")); err == nil && n > 0 {
 		return n
 	}
-	return 250_000
+	return 30_000
 }
 
 // Documented bounds (README, Per-key breakers) of the flood below: max_keys 10,000.
@@ -357,6 +359,12 @@ func TestKeyedFleetKeyFlood(t *testing.T) {
 		}
 	}
 	for i, kib := range rss {
+		if faultRaceBinary() {
+			// The race detector's shadow memory multiplies a process's RSS (386 MiB
+			// here where the plain binary stays at 76): the bound is the plain binary's.
+			t.Logf("replica r%d: RSS %d MiB, race-built: the %d MiB bound is not checked", i+1, kib/1024, keyedFloodRSSMiB)
+			continue
+		}
 		if kib > keyedFloodRSSMiB*1024 {
 			t.Errorf("replica r%d: RSS %d MiB after the flood, bound %d MiB", i+1, kib/1024, keyedFloodRSSMiB)
 		}
