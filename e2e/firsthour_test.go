@@ -341,8 +341,15 @@ func TestReadmeTwoReplicasOnOneRedis(t *testing.T) {
 	a := startProcess(t, "demo a", root, env("a"), "demo", "-listen", pa, "-admin", aa, "-upstream", up, "-log-format", "json")
 	b := startProcess(t, "demo b", root, env("b"), "demo", "-flaky=false", "-listen", pb, "-admin", ab, "-upstream", up, "-log-format", "json")
 	c := newHTTPClient(t)
-	waitOK(t, c, "http://"+pa+"/demo/hello", 30*time.Second)
-	waitOK(t, c, "http://"+pb+"/demo/hello", 30*time.Second)
+	// Ready as the recipe finds them: asked of their admin APIs, with no request through
+	// either proxy before the recipe's own (a success of b's that reached Redis after
+	// a's first failures would end the fleet's run of consecutive failures, a race the
+	// recipe does not have).
+	for _, admin := range []string{aa, ab} {
+		if !waitFor(30*time.Second, 50*time.Millisecond, func() bool { return doGet(c, "http://"+admin+"/readyz").Status == http.StatusOK }) {
+			t.Fatalf("%s/readyz: not ready within 30s", admin)
+		}
+	}
 
 	doGet(c, "http://"+up+"/_flaky/set?fail=on")
 	failThroughA := func() {
