@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
 	"slices"
@@ -77,18 +78,43 @@ func answer(jsonOut bool, stdout io.Writer, data []byte, err error) error {
 	return err
 }
 
-func circuitsList(c *admin.Client, jsonOut bool, stdout io.Writer) error {
-	_, data, err := c.Call(http.MethodGet, "/circuits", nil)
+// fetch GETs path from the admin API and decodes the answer into v. With jsonOut it
+// prints the answer as it came instead, and reports false: nothing is left to print.
+func fetch(c *admin.Client, path string, jsonOut bool, stdout io.Writer, v any) (bool, error) {
+	_, data, err := c.Call(http.MethodGet, path, nil)
 	if err != nil {
-		return answer(jsonOut, stdout, data, err)
+		return false, answer(jsonOut, stdout, data, err)
 	}
 	if jsonOut {
 		printJSON(stdout, data)
+		return false, nil
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		return false, fmt.Errorf("admin API: unexpected answer to GET %s: %w", path, err)
+	}
+	return true, nil
+}
+
+// printStoreView prints what the shared store holds for a circuit (the detail's
+// shared_store, sorted by field) under heading, if anything.
+func printStoreView(stdout io.Writer, heading string, view map[string]string, viewErr string) error {
+	if len(view) == 0 && viewErr == "" {
 		return nil
 	}
+	var rows [][2]string
+	for _, k := range slices.Sorted(maps.Keys(view)) {
+		rows = append(rows, [2]string{k, view[k]})
+	}
+	if viewErr != "" {
+		rows = append(rows, [2]string{"error", viewErr})
+	}
+	return printRows(stdout, heading, rows)
+}
+
+func circuitsList(c *admin.Client, jsonOut bool, stdout io.Writer) error {
 	var l admin.CircuitList
-	if err := json.Unmarshal(data, &l); err != nil {
-		return fmt.Errorf("admin API: unexpected answer to GET /circuits: %w", err)
+	if ok, err := fetch(c, "/circuits", jsonOut, stdout, &l); !ok {
+		return err
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "UPSTREAM\tSTATE\tMODE\tSOURCE\tREQUESTS\tFAILURES\tSLOW\tFAIL%\tSLOW%\tCONSEC\tTRIPS\tGEN\tOPEN LEFT")
@@ -131,17 +157,9 @@ func storeSummary(driver string, degraded bool, lastErr string) string {
 }
 
 func circuitsShow(c *admin.Client, name string, jsonOut bool, stdout io.Writer) error {
-	_, data, err := c.Call(http.MethodGet, "/circuits/"+url.PathEscape(name), nil)
-	if err != nil {
-		return answer(jsonOut, stdout, data, err)
-	}
-	if jsonOut {
-		printJSON(stdout, data)
-		return nil
-	}
 	var d admin.CircuitDetail
-	if err := json.Unmarshal(data, &d); err != nil {
-		return fmt.Errorf("admin API: unexpected answer to GET /circuits/%s: %w", name, err)
+	if ok, err := fetch(c, "/circuits/"+url.PathEscape(name), jsonOut, stdout, &d); !ok {
+		return err
 	}
 	var rows [][2]string
 	row := func(k string, v any) { rows = append(rows, [2]string{k, fmt.Sprint(v)}) }
@@ -185,22 +203,7 @@ func circuitsShow(c *admin.Client, name string, jsonOut bool, stdout io.Writer) 
 			return err
 		}
 	}
-	if len(d.SharedStore) > 0 || d.SharedStoreError != "" {
-		rows = rows[:0]
-		keys := make([]string, 0, len(d.SharedStore))
-		for k := range d.SharedStore {
-			keys = append(keys, k)
-		}
-		slices.Sort(keys)
-		for _, k := range keys {
-			row(k, d.SharedStore[k])
-		}
-		if d.SharedStoreError != "" {
-			row("error", d.SharedStoreError)
-		}
-		return printRows(stdout, "store's view ("+d.Store.Driver+")", rows)
-	}
-	return nil
+	return printStoreView(stdout, "store's view ("+d.Store.Driver+")", d.SharedStore, d.SharedStoreError)
 }
 
 // printRows prints key/value rows aligned, under a heading (indented) when one is given.

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"slices"
 	"text/tabwriter"
 	"time"
 
@@ -74,17 +73,9 @@ func keyPath(upstream, key string) string {
 }
 
 func keysList(c *admin.Client, path string, jsonOut bool, stdout io.Writer) error {
-	_, data, err := c.Call(http.MethodGet, path, nil)
-	if err != nil {
-		return answer(jsonOut, stdout, data, err)
-	}
-	if jsonOut {
-		printJSON(stdout, data)
-		return nil
-	}
 	var l admin.KeyList
-	if err := json.Unmarshal(data, &l); err != nil {
-		return fmt.Errorf("admin API: unexpected answer to GET %s: %w", path, err)
+	if ok, err := fetch(c, path, jsonOut, stdout, &l); !ok {
+		return err
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "UPSTREAM\tTRACKED\tMAX\tOPEN\tEVICTIONS\tOVERFLOW\tREJECTED")
@@ -114,18 +105,9 @@ func keysList(c *admin.Client, path string, jsonOut bool, stdout io.Writer) erro
 }
 
 func keysShow(c *admin.Client, upstream, key string, jsonOut bool, stdout io.Writer) error {
-	path := keyPath(upstream, key)
-	_, data, err := c.Call(http.MethodGet, path, nil)
-	if err != nil {
-		return answer(jsonOut, stdout, data, err)
-	}
-	if jsonOut {
-		printJSON(stdout, data)
-		return nil
-	}
 	var d admin.KeyDetail
-	if err := json.Unmarshal(data, &d); err != nil {
-		return fmt.Errorf("admin API: unexpected answer to GET %s: %w", path, err)
+	if ok, err := fetch(c, keyPath(upstream, key), jsonOut, stdout, &d); !ok {
+		return err
 	}
 	var rows [][2]string
 	row := func(k string, v any) { rows = append(rows, [2]string{k, fmt.Sprint(v)}) }
@@ -150,22 +132,7 @@ func keysShow(c *admin.Client, upstream, key string, jsonOut bool, stdout io.Wri
 	if err := printRows(stdout, "", rows); err != nil {
 		return err
 	}
-	if len(d.SharedStore) > 0 || d.SharedStoreError != "" {
-		rows = rows[:0]
-		ks := make([]string, 0, len(d.SharedStore))
-		for k := range d.SharedStore {
-			ks = append(ks, k)
-		}
-		slices.Sort(ks)
-		for _, k := range ks {
-			row(k, d.SharedStore[k])
-		}
-		if d.SharedStoreError != "" {
-			row("error", d.SharedStoreError)
-		}
-		return printRows(stdout, "store's view", rows)
-	}
-	return nil
+	return printStoreView(stdout, "store's view", d.SharedStore, d.SharedStoreError)
 }
 
 func keysControl(c *admin.Client, upstream, key, action string, body any, jsonOut bool, stdout, stderr io.Writer) error {
