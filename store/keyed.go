@@ -244,21 +244,7 @@ func (r *Redis) planKey(calls []*call, c *circuit, now time.Time, resync bool) [
 	if tr, ok := b.TakeTrials(); (ok || r.stopping && len(c.leases) > 0) && !resync {
 		args := append(pre[:3:3], r.o.ReplicaID, tr.Generation, tr.Successes, tr.Failures, c.settings,
 			rand.Float64(), r.channel, c.name, tr.Pause.Milliseconds())
-		n, kept := tr.Successes+tr.Failures+tr.Released, c.leases[:0]
-		if r.stopping {
-			n = len(c.leases)
-		}
-		for _, l := range c.leases {
-			switch {
-			case l.gen != tr.Generation:
-			case n > 0:
-				args = append(args, l.id)
-				n--
-			default:
-				kept = append(kept, l)
-			}
-		}
-		c.leases = kept
+		args = r.releaseLeases(args, c, tr)
 		calls = append(calls, &call{c: c, script: keyTrialScript, keys: keys, args: args})
 	}
 	d, _ := b.TakeDelta()

@@ -196,25 +196,7 @@ func (r *Redis) plan(calls []*call, c *circuit, now time.Time, resync bool) []*c
 	if tr, ok := b.TakeTrials(); (ok || r.stopping && len(c.leases) > 0) && !resync {
 		args := []any{r.o.ReplicaID, tr.Generation, tr.Successes, tr.Failures, c.settings,
 			rand.Float64(), r.channel, c.name, tr.Pause.Milliseconds()}
-		// Release one lease per finished trial (every lease when stopping); leases of
-		// older generations are gone from Redis already.
-		n, kept := tr.Successes+tr.Failures+tr.Released, c.leases[:0]
-		if r.stopping {
-			n = len(c.leases)
-		}
-		for _, l := range c.leases {
-			switch {
-			case r.stopping: // every lease, a permit granted in advance too
-				args = append(args, l.id)
-			case l.gen != tr.Generation:
-			case n > 0:
-				args = append(args, l.id)
-				n--
-			default:
-				kept = append(kept, l)
-			}
-		}
-		c.leases = kept
+		args = r.releaseLeases(args, c, tr)
 		calls = append(calls, &call{c: c, script: trialScript, keys: keys, args: args})
 	}
 	// A resync sends the counts too: they are fenced by generation in Redis, and a
@@ -279,6 +261,28 @@ func (r *Redis) plan(calls []*call, c *circuit, now time.Time, resync bool) []*c
 // the circuit asks for a trial permit in advance: three flush intervals, so that at
 // least two of the loop's turns (every flush interval ±10 %) fall in it.
 func (r *Redis) advanceLead() time.Duration { return 3 * r.o.FlushInterval }
+
+// releaseLeases appends to args the ids of the leases a trial report gives back, one per
+// finished trial of the report's generation (every lease when stopping, a permit granted
+// in advance too), and keeps the others; leases of older generations are gone from
+// Redis already.
+func (r *Redis) releaseLeases(args []any, c *circuit, tr breaker.TrialReport) []any {
+	n, kept := tr.Successes+tr.Failures+tr.Released, c.leases[:0]
+	for _, l := range c.leases {
+		switch {
+		case r.stopping:
+			args = append(args, l.id)
+		case l.gen != tr.Generation:
+		case n > 0:
+			args = append(args, l.id)
+			n--
+		default:
+			kept = append(kept, l)
+		}
+	}
+	c.leases = kept
+	return args
+}
 
 // advanceAsked reports whether an acquire call asked for permits in advance (its
 // advance argument, after the lease id base, the channel and the name; per-key
