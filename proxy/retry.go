@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -56,7 +57,7 @@ func (r RetryReason) String() string {
 // retryPolicy is an upstream's compiled retries section; nil when it does not retry.
 type retryPolicy struct {
 	attempts                int
-	methods                 []string // upper case; few, so a scan beats a map
+	methods                 []string // upper case; a few, so a scan beats a map
 	onConnect, onReset      bool
 	onTimeout               bool
 	codes                   [600]bool
@@ -93,14 +94,7 @@ func newRetryPolicy(r *config.Retries, budget *RetryBudget) *retryPolicy {
 }
 
 // method reports whether a request with this method may be retried at all.
-func (rp *retryPolicy) method(m string) bool {
-	for _, x := range rp.methods {
-		if x == m {
-			return true
-		}
-	}
-	return false
-}
+func (rp *retryPolicy) method(m string) bool { return slices.Contains(rp.methods, m) }
 
 // backoff is the wait before attempt n+1 (n ≥ 1 attempts done): full jitter, a random
 // time in [0, min(max, base·2ⁿ⁻¹)] (AWS's "full jitter": retrying clients spread out).
@@ -115,9 +109,10 @@ func (rp *retryPolicy) backoff(n int) time.Duration {
 	return rand.N(d + 1)
 }
 
-// failureReason classifies a failed attempt's error for retries. A connect failure means the request never reached the upstream (a
-// refused or unreachable dial, a dial timeout, a failed TLS handshake); a reset, that the
-// connection broke after the request was (perhaps) sent; a timeout, that the headers did
+// failureReason classifies a failed attempt's error for retries. A connect failure means
+// the request never reached the upstream (a refused or unreachable dial, a dial timeout,
+// a failed TLS handshake); a reset, that the connection broke after the request was
+// (perhaps) sent; a timeout, that the headers did
 // not come in time.
 func failureReason(err error) RetryReason {
 	var oe *net.OpError
