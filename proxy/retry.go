@@ -112,8 +112,7 @@ func (rp *retryPolicy) backoff(n int) time.Duration {
 // failureReason classifies a failed attempt's error for retries. A connect failure means
 // the request never reached the upstream (a refused or unreachable dial, a dial timeout,
 // a failed TLS handshake); a reset, that the connection broke after the request was
-// (perhaps) sent; a timeout, that the headers did
-// not come in time.
+// (perhaps) sent; a timeout, that the headers did not come in time.
 func failureReason(err error) RetryReason {
 	var oe *net.OpError
 	if errors.As(err, &oe) && oe.Op == "dial" {
