@@ -336,10 +336,17 @@ func TestHalfOpenGap(t *testing.T) {
 		t.Errorf("in %d of %d cycles fewer than %d replicas admitted a trial before the first answered, want at most %d",
 			short, cycles, halfOpenMax, cycles/10)
 	}
-	if fleet.P99ms > 5 {
-		t.Errorf("end of the open period to the fleet's first trial: p99 %.2fms, want <= 5ms", fleet.P99ms)
+	// The bound is the plain binary's. Race-built replicas (the CI run) run
+	// several times slower: they are held to 25 ms, which the gap this test guards
+	// against (a round trip to Redis after the end, median 52 ms, up to 181) still fails.
+	bound := 5.0
+	if faultRaceBinary() {
+		bound = 25
 	}
-	if perReplica.P99ms > 5 {
-		t.Errorf("end of the open period to each admitting replica's first trial: p99 %.2fms, want <= 5ms", perReplica.P99ms)
+	if fleet.P99ms > bound {
+		t.Errorf("end of the open period to the fleet's first trial: p99 %.2fms, want <= %vms", fleet.P99ms, bound)
+	}
+	if perReplica.P99ms > bound {
+		t.Errorf("end of the open period to each admitting replica's first trial: p99 %.2fms, want <= %vms", perReplica.P99ms, bound)
 	}
 }
