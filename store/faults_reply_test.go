@@ -340,3 +340,34 @@ func (h replaceReplies) ProcessPipelineHook(next redis.ProcessPipelineHook) redi
 		return err
 	}
 }
+
+// TestRedisDegradedReadOnlyKeepsLocalTrips: a degraded replica keeps trying to resync, and
+// a read-only Redis answers the resync's read (a script that writes nothing) while it
+// refuses the heartbeat. That answer must not be adopted: it is the stale shared state
+// (closed), and adopting it undid the replica's local trip, so that its circuit opened
+// only after twice consecutive_failures (the e2e READONLY fault, once in CI).
+func TestRedisDegradedReadOnlyKeepsLocalTrips(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	s := longOpen()
+	s.ConsecutiveFailures = 3
+	r := startReplica(t, srv, "r0", replicaConfig{settings: s, degradeAfter: 1})
+	p, err := freeport.Port()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Client().Do(t.Context(), "REPLICAOF", "127.0.0.1", strconv.Itoa(p)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, waitFor, "degraded", func() bool { return r.st.Status().Degraded })
+	for range 3 {
+		fail(t, r.b)
+	}
+	if st := r.b.State(); st != breaker.Open {
+		t.Fatalf("local breaker %v after 3 failures while degraded, want open", st)
+	}
+	exchangesDone(t, 5, nil, r) // five resync attempts against the read-only Redis
+	if st := r.b.State(); st != breaker.Open {
+		t.Errorf("local trip undone by a resync read of the read-only Redis: %v, want open", st)
+	}
+}

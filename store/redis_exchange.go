@@ -42,11 +42,12 @@ func (r *Redis) exchange(ctx context.Context, cs []*circuit, resync bool) error 
 	if len(calls) == 0 {
 		return errIdle
 	}
-	if r.failures > 0 || r.degraded.Load() {
+	doubt := r.failures > 0 || r.degraded.Load()
+	if doubt {
 		// In doubt, an exchange must also show that Redis takes this replica's writes:
 		// a poll or a resync read with nothing to write succeeds on a Redis that refuses
 		// them (OOM, READONLY, MISCONF), and must neither clear the count of failed
-		// exchanges nor end a degradation.
+		// exchanges nor end a degradation, nor be applied (see send).
 		calls = append([]*call{r.beat()}, calls...)
 	}
 	var err error
@@ -54,10 +55,12 @@ func (r *Redis) exchange(ctx context.Context, cs []*circuit, resync bool) error 
 		chunk := calls[i:min(i+maxPipeline, len(calls))]
 		if e := r.send(ctx, chunk, resync); e != nil {
 			var rerr redis.Error
-			if err = cmp.Or(err, e); !errors.As(e, &rerr) {
-				// No answer: the rest would wait as long. Poll them on the next flush. A
-				// permit request may have been granted all the same: its leases go back
-				// on the next exchange rather than hold trial slots until they expire.
+			if err = cmp.Or(err, e); !errors.As(e, &rerr) || doubt && i == 0 {
+				// No answer, or no proof that Redis takes writes (the heartbeat of an
+				// exchange in doubt failed): the rest would fare no better. Poll them on
+				// the next flush. A permit request may have been granted all the same:
+				// its leases go back on the next exchange rather than hold trial slots
+				// until they expire.
 				for _, cl := range calls[i:] {
 					if cl.c != nil {
 						cl.c.retry = true
@@ -90,6 +93,21 @@ func (r *Redis) send(ctx context.Context, calls []*call, resync bool) error {
 	var rerr redis.Error
 	if err != nil && !errors.As(err, &rerr) {
 		return err
+	}
+	// An exchange in doubt (after a failure, or degraded) starts with the heartbeat, the
+	// proof that Redis takes this replica's writes. Without it, the other replies are
+	// not applied: a read-only or refusing Redis still answers a script that writes
+	// nothing (a resync's read), and a degraded replica adopting that answer would undo
+	// its local decisions (a local trip forced back to the stale shared closed state).
+	if len(calls) > 0 && calls[0].c == nil && calls[0].tally == nil {
+		if berr := calls[0].cmd.Err(); berr != nil || err != nil && calls[0].cmd.Val() == nil {
+			for _, cl := range calls[1:] {
+				if cl.c != nil {
+					cl.c.retry = true
+				}
+			}
+			return cmp.Or(berr, err)
+		}
 	}
 	// Redis answered, but possibly with error replies. Only an error that is provably
 	// one circuit's bad data (circuitData) spares the exchange; any other error reply
