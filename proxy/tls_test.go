@@ -1,92 +1,21 @@
 package proxy
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"io"
 	"log"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/fuseproxy/fuseproxy/config"
+	"github.com/fuseproxy/fuseproxy/internal/testutil/testca"
 )
-
-// testCA is a private certificate authority for the TLS tests.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pem  []byte
-}
-
-var serial atomic.Int64
-
-func newTestCA(t *testing.T, name string) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial.Add(1)), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	return &testCA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
-}
-
-// issue returns a leaf certificate and key (PEM) for cn, valid for the DNS names and IPs
-// given, for servers and clients alike.
-func (ca *testCA) issue(t *testing.T, cn string, dns []string, ips ...net.IP) (certPEM, keyPEM []byte) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial.Add(1)), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		DNSNames: dns, IPAddresses: ips, KeyUsage: x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
-}
-
-func writeFile(t *testing.T, path string, data []byte) {
-	t.Helper()
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, path); err != nil { // atomically, as a secret volume updates
-		t.Fatal(err)
-	}
-}
 
 // mtlsBackend is an HTTPS server with a certificate from serverCA for 127.0.0.1 and the
 // name api.internal, requiring a client certificate from one of clientCAs (changeable).
@@ -99,11 +28,11 @@ type mtlsBackend struct {
 	seen      map[string]int // client CN -> requests
 }
 
-func newMTLSBackend(t *testing.T, serverCA *testCA, clientCAs ...*testCA) *mtlsBackend {
+func newMTLSBackend(t *testing.T, serverCA *testca.CA, clientCAs ...*testca.CA) *mtlsBackend {
 	t.Helper()
 	b := &mtlsBackend{seen: map[string]int{}}
 	b.setClientCAs(clientCAs...)
-	certPEM, keyPEM := serverCA.issue(t, "api.internal", []string{"api.internal"}, net.ParseIP("127.0.0.1"))
+	certPEM, keyPEM := serverCA.Issue(t, "api.internal", []string{"api.internal"}, net.ParseIP("127.0.0.1"))
 	cert, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
 		t.Fatal(err)
@@ -129,10 +58,10 @@ func newMTLSBackend(t *testing.T, serverCA *testCA, clientCAs ...*testCA) *mtlsB
 	return b
 }
 
-func (b *mtlsBackend) setClientCAs(cas ...*testCA) {
+func (b *mtlsBackend) setClientCAs(cas ...*testca.CA) {
 	pool := x509.NewCertPool()
 	for _, ca := range cas {
-		pool.AddCert(ca.cert)
+		pool.AddCert(ca.Cert)
 	}
 	b.clientCAs.Store(pool)
 }
@@ -155,16 +84,16 @@ func tlsUpstream(t *testing.T, target string, tc config.UpstreamTLS) *config.Ups
 }
 
 func TestUpstreamMutualTLS(t *testing.T) {
-	serverCA, clientCA, otherCA := newTestCA(t, "server CA"), newTestCA(t, "client CA"), newTestCA(t, "other CA")
+	serverCA, clientCA, otherCA := testca.New(t, "server CA"), testca.New(t, "client CA"), testca.New(t, "other CA")
 	b := newMTLSBackend(t, serverCA, clientCA)
 	dir := t.TempDir()
-	ca, otherCAFile := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "other-ca.pem")
-	crt, key := filepath.Join(dir, "client.pem"), filepath.Join(dir, "client-key.pem")
-	writeFile(t, ca, serverCA.pem)
-	writeFile(t, otherCAFile, otherCA.pem)
-	cc, ck := clientCA.issue(t, "proxy-1", nil)
-	writeFile(t, crt, cc)
-	writeFile(t, key, ck)
+	ca, otherCAFile := filepath.Join(dir, "ca.PEM"), filepath.Join(dir, "other-ca.PEM")
+	crt, key := filepath.Join(dir, "client.PEM"), filepath.Join(dir, "client-key.PEM")
+	testca.WriteFile(t, ca, serverCA.PEM)
+	testca.WriteFile(t, otherCAFile, otherCA.PEM)
+	cc, ck := clientCA.Issue(t, "proxy-1", nil)
+	testca.WriteFile(t, crt, cc)
+	testca.WriteFile(t, key, ck)
 
 	for _, c := range []struct {
 		name   string
@@ -205,14 +134,14 @@ func TestUpstreamMutualTLS(t *testing.T) {
 // A client certificate rotated on disk under load: new handshakes take it up within
 // about a second, and no request fails.
 func TestUpstreamTLSRotationUnderLoad(t *testing.T) {
-	serverCA, oldCA, newCA := newTestCA(t, "server CA"), newTestCA(t, "client CA 1"), newTestCA(t, "client CA 2")
+	serverCA, oldCA, newCA := testca.New(t, "server CA"), testca.New(t, "client CA 1"), testca.New(t, "client CA 2")
 	b := newMTLSBackend(t, serverCA, oldCA, newCA) // accepts both during the rotation
 	dir := t.TempDir()
-	ca, crt, key := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "client.pem"), filepath.Join(dir, "client-key.pem")
-	writeFile(t, ca, serverCA.pem)
-	c1, k1 := oldCA.issue(t, "old", nil)
-	writeFile(t, crt, c1)
-	writeFile(t, key, k1)
+	ca, crt, key := filepath.Join(dir, "ca.PEM"), filepath.Join(dir, "client.PEM"), filepath.Join(dir, "client-key.PEM")
+	testca.WriteFile(t, ca, serverCA.PEM)
+	c1, k1 := oldCA.Issue(t, "old", nil)
+	testca.WriteFile(t, crt, c1)
+	testca.WriteFile(t, key, k1)
 	f := newFixture(t, single(tlsUpstream(t, b.URL, config.UpstreamTLS{CAFile: ca, CertFile: crt, KeyFile: key})))
 
 	var sent, failed atomic.Int64
@@ -243,9 +172,9 @@ func TestUpstreamTLSRotationUnderLoad(t *testing.T) {
 
 	// Rotate: the key first, then the certificate (a reader in between sees a pair that
 	// does not match: it keeps the old one), as a careless deploy might.
-	c2, k2 := newCA.issue(t, "new", nil)
-	writeFile(t, key, k2)
-	writeFile(t, crt, c2)
+	c2, k2 := newCA.Issue(t, "new", nil)
+	testca.WriteFile(t, key, k2)
+	testca.WriteFile(t, crt, c2)
 	eventually(t, "requests with the new certificate", func() bool { return b.count("new") > 20 })
 	b.setClientCAs(newCA) // the old CA is retired: every handshake must use the new one
 	before := b.count("new")
