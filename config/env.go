@@ -72,10 +72,10 @@ func isLetter(c rune) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z'
 
 // envOverride is one environment variable that overrides a config field.
 type envOverride struct {
-	Name  string
-	Key   string // the field, as in Reference
+	Name   string
+	Key    string // the field, as in Reference
 	driver string // applied only when the store driver (after FUSE_STORE) is this one ("": always)
-	field func(*Config) any
+	field  func(*Config) any
 }
 
 // envOverrides lists the variables ApplyEnv honours, in the order it applies them.
