@@ -74,20 +74,38 @@ type Server struct {
 // more server settings as "name=value" (passed as -c name=value on every (re)start).
 func Start(t testing.TB, settings ...string) *Server {
 	t.Helper()
-	bin, err := BinDir()
+	s, err := start(t, settings)
 	if err != nil {
 		t.Fatalf("pgtest: %v", err)
 	}
+	return s
+}
+
+// New starts a server that no test owns, for a whole test binary (one shared server
+// for many tests, each in a database or a table prefix of its own): TestMain must Close
+// it after m.Run. Its helpers (Pool, Exec, ...) panic where Start's fail the test.
+func New(settings ...string) (*Server, error) {
+	return start(nil, settings)
+}
+
+// Close kills the server and removes its files (what the cleanup of Start does).
+func (s *Server) Close() { s.cleanup() }
+
+func start(t testing.TB, settings []string) (*Server, error) {
+	bin, err := BinDir()
+	if err != nil {
+		return nil, err
+	}
 	for _, s := range settings {
 		if !strings.Contains(s, "=") {
-			t.Fatalf("pgtest: setting %q is not name=value", s)
+			return nil, fmt.Errorf("setting %q is not name=value", s)
 		}
 	}
 	s := &Server{t: t, bin: bin, settings: settings}
 	if os.Geteuid() == 0 {
 		u, err := user.Lookup("postgres")
 		if err != nil {
-			t.Fatalf("pgtest: running as root needs the OS user \"postgres\" to run the server (apt-get install -y postgresql creates it): %v", err)
+			return nil, fmt.Errorf("running as root needs the OS user \"postgres\" to run the server (apt-get install -y postgresql creates it): %v", err)
 		}
 		uid, _ := strconv.ParseUint(u.Uid, 10, 32)
 		gid, _ := strconv.ParseUint(u.Gid, 10, 32)
@@ -97,39 +115,68 @@ func Start(t testing.TB, settings ...string) *Server {
 	// could not traverse. os.TempDir() (/tmp) is world-traversable.
 	root, err := os.MkdirTemp("", "pgtest-")
 	if err != nil {
-		t.Fatalf("pgtest: %v", err)
+		return nil, err
 	}
 	s.root = root
-	t.Cleanup(s.cleanup)
+	if t != nil {
+		t.Cleanup(s.cleanup)
+	}
+	fail := func(err error) (*Server, error) {
+		if t == nil {
+			s.cleanup()
+		}
+		return nil, err
+	}
 	if err := os.Chmod(root, 0o755); err != nil {
-		t.Fatalf("pgtest: %v", err)
+		return fail(err)
 	}
 	s.data, s.sock = filepath.Join(root, "data"), filepath.Join(root, "sock")
 	for _, d := range []string{s.data, s.sock} {
 		if err := os.Mkdir(d, 0o700); err != nil {
-			t.Fatalf("pgtest: %v", err)
+			return fail(err)
 		}
 		if s.cred != nil {
 			if err := os.Chown(d, int(s.cred.Uid), int(s.cred.Gid)); err != nil {
-				t.Fatalf("pgtest: %v", err)
+				return fail(err)
 			}
 		}
 	}
 	if err := s.initdb(); err != nil {
-		t.Fatalf("pgtest: %v", err)
+		return fail(err)
 	}
 	// Another test binary may take the free port before postgres binds it (rarely: see
 	// freeport), so a failed start is retried on a new port.
 	for range 3 {
 		if s.port, err = freeport.Port(); err != nil {
-			t.Fatalf("pgtest: no free port: %v", err)
+			return fail(fmt.Errorf("no free port: %v", err))
 		}
 		if err = s.start(); err == nil {
-			return s
+			return s, nil
 		}
 	}
-	t.Fatalf("pgtest: %v", err)
-	return nil
+	return fail(err)
+}
+
+// fatalf fails the owning test, or panics for a server New started.
+func (s *Server) fatalf(format string, args ...any) {
+	if s.t == nil {
+		panic(fmt.Sprintf(format, args...))
+	}
+	s.t.Helper()
+	s.t.Fatalf(format, args...)
+}
+
+func (s *Server) helper() {
+	if s.t != nil {
+		s.t.Helper()
+	}
+}
+
+// logf logs to the owning test, if any.
+func (s *Server) logf(format string, args ...any) {
+	if s.t != nil {
+		s.t.Logf(format, args...)
+	}
 }
 
 // BinDir finds the directory holding initdb and postgres: $PGTEST_BIN, else the highest
@@ -292,13 +339,12 @@ func (s *Server) SocketDSN() string {
 // Pool is a connection pool of the superuser on database postgres for the test's own
 // statements, closed when the test ends. It reconnects by itself after a Restart.
 func (s *Server) Pool() *pgxpool.Pool {
-	s.t.Helper()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.pool == nil {
 		p, err := pgxpool.New(context.Background(), s.DSN())
 		if err != nil {
-			s.t.Fatalf("pgtest: pool: %v", err)
+			s.fatalf("pgtest: pool: %v", err)
 		}
 		s.pool = p
 	}
@@ -308,7 +354,7 @@ func (s *Server) Pool() *pgxpool.Pool {
 // Conn opens a new connection to dsn (the superuser's DSN when empty), closed when the
 // test ends (or earlier by the caller).
 func (s *Server) Conn(dsn string) *pgx.Conn {
-	s.t.Helper()
+	s.helper()
 	if dsn == "" {
 		dsn = s.DSN()
 	}
@@ -316,7 +362,7 @@ func (s *Server) Conn(dsn string) *pgx.Conn {
 	defer cancel()
 	c, err := pgx.Connect(ctx, dsn)
 	if err != nil {
-		s.t.Fatalf("pgtest: connect %s: %v", dsn, err)
+		s.fatalf("pgtest: connect %s: %v", dsn, err)
 	}
 	s.mu.Lock()
 	s.conns = append(s.conns, c)
@@ -326,17 +372,17 @@ func (s *Server) Conn(dsn string) *pgx.Conn {
 
 // Exec runs sql as the superuser on database postgres, failing the test on an error.
 func (s *Server) Exec(sql string, args ...any) {
-	s.t.Helper()
+	s.helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if _, err := s.Pool().Exec(ctx, sql, args...); err != nil {
-		s.t.Fatalf("pgtest: %s: %v", sql, err)
+		s.fatalf("pgtest: %s: %v", sql, err)
 	}
 }
 
 // CreateDatabase creates database name (owned by the superuser) and returns its DSN.
 func (s *Server) CreateDatabase(name string) string {
-	s.t.Helper()
+	s.helper()
 	s.Exec("CREATE DATABASE " + pgx.Identifier{name}.Sanitize())
 	return s.DSNFor(Superuser, name)
 }
@@ -437,7 +483,7 @@ func (s *Server) Stop() {
 // same data directory: committed data survives (after crash recovery when it was
 // killed).
 func (s *Server) Restart() {
-	s.t.Helper()
+	s.helper()
 	s.Kill()
 	var err error
 	// The port may still be in TIME_WAIT-free limbo for a moment; retry briefly.
@@ -447,7 +493,7 @@ func (s *Server) Restart() {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	s.t.Fatalf("pgtest: restart: %v", err)
+	s.fatalf("pgtest: restart: %v", err)
 }
 
 func (s *Server) cleanup() {
@@ -466,7 +512,7 @@ func (s *Server) cleanup() {
 	s.Kill()
 	if s.root != "" {
 		if err := os.RemoveAll(s.root); err != nil {
-			s.t.Logf("pgtest: removing %s: %v", s.root, err)
+			s.logf("pgtest: removing %s: %v", s.root, err)
 		}
 	}
 }

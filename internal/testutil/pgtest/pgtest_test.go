@@ -95,3 +95,16 @@ func TestCleanupRemovesEverything(t *testing.T) {
 		t.Fatalf("process group %d still alive after the test", pid)
 	}
 }
+
+func TestNewClose(t *testing.T) {
+	srv, err := New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := srv.root
+	srv.Exec("CREATE TABLE t (v int)")
+	srv.Close()
+	if _, err := os.Stat(root); !os.IsNotExist(err) {
+		t.Fatalf("%s still there after Close: %v", root, err)
+	}
+}
