@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -15,6 +16,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
+
+	"github.com/fuseproxy/fuseproxy/breaker"
 )
 
 // Postgres is the PostgreSQL store (store.driver: postgres): the shared store's engine,
@@ -77,6 +80,18 @@ type pgBackend struct {
 	pool   *pgxpool.Pool
 	prefix string
 	sql    map[*redis.Script]string // each script's statement
+	// history's bounds, for cleanup (SetHistoryLimits): none when 0
+	retention  atomic.Int64 // ms
+	maxEntries atomic.Int64
+}
+
+// SetHistoryLimits bounds the transition history: the periodic cleanup deletes what is
+// older than retention and, per circuit, what is beyond the max newest entries (0: no
+// bound).
+func (p *Postgres) SetHistoryLimits(retention time.Duration, max int) {
+	b := p.be.(*pgBackend)
+	b.retention.Store(retention.Milliseconds())
+	b.maxEntries.Store(int64(max))
 }
 
 func (b *pgBackend) driver() string { return "postgres" }
@@ -342,17 +357,19 @@ func (b *pgBackend) claim(ctx context.Context, key, owner string, ms int64) (boo
 	return n == 1, nil
 }
 
-// members returns the keys of upstream's registry, the most recently used first.
+// members returns at most n keys of upstream's registry, soonest expiry first.
 func (b *pgBackend) members(ctx context.Context, upstream, _ string, n int) ([]string, error) {
-	rows, err := b.pool.Query(ctx, "SELECT key FROM "+b.prefix+"keys WHERE upstream = $1 AND expires_at > clock_timestamp() ORDER BY expires_at DESC LIMIT $2", upstream, n)
+	rows, err := b.pool.Query(ctx, "SELECT "+b.prefix+"keys_read($1, $2)", upstream, n)
 	if err != nil {
 		return nil, err
 	}
 	return pgx.CollectRows(rows, pgx.RowTo[string])
 }
 
-// inspect returns a circuit's row (its columns as text) with its trial leases
-// ("id@expiry ms,..."), or (key) a key's row.
+// inspect returns a circuit's row, its columns as text (state and mode by name), with its
+// trial leases ("id@expiry ms,..."), or (key) a key's row. An expired row reads as
+// absent, as the functions read it. It reads the tables: the role needs SELECT on
+// <p>circuits and <p>leases for it (the functions need no right on any table).
 func (b *pgBackend) inspect(ctx context.Context, c *circuit, key bool) (map[string]string, error) {
 	k := ""
 	if c.k != nil {
@@ -360,16 +377,26 @@ func (b *pgBackend) inspect(ctx context.Context, c *circuit, key bool) (map[stri
 	}
 	var row map[string]any
 	var leases *string
-	err := b.pool.QueryRow(ctx, `SELECT (SELECT to_jsonb(c) FROM `+b.prefix+`circuits c WHERE c.upstream = $1 AND c.key = $2),
-		(SELECT string_agg(l.id || '@' || (extract(epoch FROM l.expires_at) * 1000)::bigint, ',' ORDER BY l.id)
-		   FROM `+b.prefix+`leases l WHERE l.upstream = $1 AND l.key = $2 AND l.expires_at > clock_timestamp())`,
+	err := b.pool.QueryRow(ctx, `SELECT
+		(SELECT to_jsonb(c) - 'buckets' - 'reports' || jsonb_build_object('buckets', c.buckets::text, 'reports', c.reports::text)
+		   FROM `+b.prefix+`circuits c WHERE c.upstream = $1 AND c.key = $2 AND c.expires_at > `+b.prefix+`now_ms()),
+		(SELECT string_agg(l.id || '@' || l.expires_at, ',' ORDER BY l.id)
+		   FROM `+b.prefix+`leases l WHERE l.upstream = $1 AND l.key = $2 AND l.expires_at > `+b.prefix+`now_ms())`,
 		c.upstreamName(), k).Scan(&row, &leases)
 	if err != nil {
 		return nil, err
 	}
 	out := map[string]string{}
 	for col, v := range row {
-		if v != nil {
+		switch n, ok := v.(float64); {
+		case v == nil:
+		case ok && col == "state":
+			out[col] = breaker.State(n).String()
+		case ok && col == "mode":
+			out[col] = breaker.Mode(n).String()
+		case ok:
+			out[col] = strconv.FormatFloat(n, 'f', -1, 64)
+		default:
 			out[col] = fmt.Sprint(v)
 		}
 	}
@@ -496,7 +523,7 @@ func (b *pgBackend) listenConn(ctx context.Context, timeout time.Duration, chann
 	return conn, nil
 }
 
-// cleanup calls <p>cleanup() once every cleanupEvery (jittered, so replicas do not call
+// cleanup calls <p>cleanup(retention, max entries) once every cleanupEvery (jittered, so replicas do not call
 // it together): it deletes expired leases, circuits, keys, claims and heartbeats, and
 // history past its retention. A failure is logged; the next turn tries again.
 func (b *pgBackend) cleanup(ctx context.Context, r *Redis) {
@@ -510,7 +537,7 @@ func (b *pgBackend) cleanup(ctx context.Context, r *Redis) {
 			continue
 		}
 		cctx, cancel := context.WithTimeout(ctx, r.o.Timeout)
-		_, err := b.pool.Exec(cctx, "SELECT "+b.prefix+"cleanup()")
+		_, err := b.pool.Exec(cctx, "SELECT "+b.prefix+"cleanup($1, $2)", b.retention.Load(), b.maxEntries.Load())
 		cancel()
 		if err != nil && ctx.Err() == nil {
 			r.log.Warn("deleting expired rows failed", zap.Error(err))

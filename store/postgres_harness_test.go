@@ -1,0 +1,118 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/fuseproxy/fuseproxy/breaker"
+	"github.com/fuseproxy/fuseproxy/internal/testutil/pgtest"
+)
+
+// pgFleet is a schema (a table prefix of its own, migrated) on a private PostgreSQL
+// server, which replicas of the PostgreSQL store share.
+type pgFleet struct {
+	srv    *pgtest.Server
+	prefix string
+}
+
+var pgFleetSeq atomic.Int64
+
+// newPgFleet migrates a fresh prefix on srv (a new server when nil).
+func newPgFleet(t testing.TB, srv *pgtest.Server) *pgFleet {
+	t.Helper()
+	if srv == nil {
+		srv = pgtest.Start(t)
+	}
+	f := &pgFleet{srv: srv, prefix: fmt.Sprintf("s%d_", pgFleetSeq.Add(1))}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if _, err := Migrate(ctx, srv.Pool(), f.prefix); err != nil {
+		t.Fatalf("migrate %s: %v", f.prefix, err)
+	}
+	return f
+}
+
+// pgReplica is one replica of the PostgreSQL store serving circuitName.
+type pgReplica struct {
+	id   string
+	st   *Postgres
+	b    *breaker.Breaker
+	logs *observer.ObservedLogs
+	stop func()
+}
+
+// startPgReplica is startReplica (redis_test.go) for the PostgreSQL store: rc's
+// settings, hash, quorum, lease, flush interval, timeout and degradeAfter apply.
+func startPgReplica(t *testing.T, f *pgFleet, id string, rc replicaConfig) *pgReplica {
+	t.Helper()
+	pool, err := NewPostgresPool(PostgresClientOptions{URL: f.srv.DSN(), PoolSize: 4,
+		ConnectTimeout: 250 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	core, logs := observer.New(zapcore.DebugLevel)
+	r := &pgReplica{id: id, logs: logs}
+	r.st, err = NewPostgres(pool, PostgresOptions{Prefix: f.prefix, ReplicaID: id,
+		FlushInterval: or(rc.flush, 20*time.Millisecond), DegradeAfter: or(rc.degradeAfter, 3),
+		Timeout: or(rc.timeout, time.Second), Logger: zap.New(core)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.b = breaker.New(circuitName, rc.settings, breaker.Options{})
+	r.st.Attach(map[string]Circuit{circuitName: {Breaker: r.b, MinReplicasReporting: rc.minReplicas,
+		SettingsHash: or(rc.hash, "h"), TrialLease: or(rc.lease, 10*time.Second)}})
+	if err := r.st.Resync(t.Context()); err != nil && !rc.resyncMayFail {
+		t.Fatalf("replica %s: Resync: %v", id, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	if !rc.noRun {
+		wg.Go(func() {
+			if err := r.st.Run(ctx); err != nil {
+				t.Errorf("replica %s: Run: %v", id, err)
+			}
+		})
+		// Tests count on its listener (they expect news at once).
+		eventually(t, waitFor, id+" listening", func() bool { return logs.FilterMessage("listening").Len() > 0 })
+	}
+	r.stop = sync.OnceFunc(func() {
+		cancel()
+		wg.Wait()
+		if err := r.st.Close(); err != nil {
+			t.Errorf("replica %s: Close: %v", id, err)
+		}
+	})
+	t.Cleanup(func() {
+		r.stop()
+		if t.Failed() {
+			for _, e := range logs.All() {
+				t.Logf("%s %s %s %v", id, e.Level, e.Message, e.ContextMap())
+			}
+		}
+	})
+	return r
+}
+
+// flushNow runs one exchange now, as the loop would.
+func (r *pgReplica) flushNow(t *testing.T) {
+	t.Helper()
+	r.st.xmu.Lock()
+	defer r.st.xmu.Unlock()
+	if err := r.st.exchange(t.Context(), r.st.list(), false); err != nil && !errors.Is(err, errIdle) {
+		t.Fatalf("%s: exchange: %v", r.id, err)
+	}
+}
+
+func newPostgresHarness(t *testing.T, s breaker.Settings) harness {
+	r := startPgReplica(t, newPgFleet(t, nil), "solo", replicaConfig{settings: s})
+	return harness{st: r.st, b: r.b, elapse: func(time.Duration) {}, settle: func() { r.flushNow(t) }}
+}
