@@ -570,7 +570,75 @@ func (p *Postgres) CheckListen(ctx context.Context) error {
 		}
 		return fmt.Errorf("postgres store: a notification sent through the pool did not reach a listening connection within %v: "+
 			"LISTEN/NOTIFY needs a session of its own (a direct connection, or a pooler in session mode; "+
-			"a transaction-mode pooler such as PgBouncer with pool_mode = transaction drops notifications): %w", wait, err)
+			"a transaction-mode pooler such as PgBouncer with pool_mode = transaction drops notifications)", wait)
 	}
 	return nil
+}
+
+// ErrUnreachable wraps an error of Prepare that says the database could not be reached
+// (a dial or a timeout), as opposed to one it answered (a failed migration, a schema
+// too old, notifications that do not arrive).
+var ErrUnreachable = errors.New("postgres unreachable")
+
+// Prepare readies the database at start: it applies the schema's missing versions
+// (migrate; Migrate, behind its advisory lock) or checks that none is missing, then
+// proves that notifications arrive (CheckListen).
+func (p *Postgres) Prepare(ctx context.Context, migrate bool) (MigrateResult, error) {
+	b := p.be.(*pgBackend)
+	var res MigrateResult
+	var err error
+	if migrate {
+		res, err = b.migrate(ctx)
+	} else {
+		res.Version, err = p.SchemaVersion(ctx)
+		if err == nil && res.Version < PostgresSchemaVersion() {
+			err = fmt.Errorf("postgres store: the schema of prefix %q is at version %d, this build needs %d: run `fuseproxy migrate` (or set store.postgres.migrate)",
+				b.prefix, res.Version, PostgresSchemaVersion())
+		}
+	}
+	if err == nil {
+		err = p.CheckListen(ctx)
+	}
+	if err != nil && unreachable(err) {
+		err = fmt.Errorf("%w: %w", ErrUnreachable, err)
+	}
+	return res, err
+}
+
+// SchemaVersion returns the newest version of the schema applied (0: none).
+func (p *Postgres) SchemaVersion(ctx context.Context) (int, error) {
+	b := p.be.(*pgBackend)
+	var v *int
+	err := b.pool.QueryRow(ctx, "SELECT CASE WHEN to_regclass($1) IS NULL THEN 0 END", b.prefix+"schema").Scan(&v)
+	if err != nil {
+		return 0, err
+	}
+	if v != nil {
+		return 0, nil
+	}
+	err = b.pool.QueryRow(ctx, "SELECT coalesce(max(version), 0) FROM "+b.prefix+"schema").Scan(&v)
+	if err != nil || v == nil {
+		return 0, err
+	}
+	return *v, nil
+}
+
+// unreachable reports whether err is a failure to reach the database at all.
+func unreachable(err error) bool {
+	var ce *pgconn.ConnectError
+	return errors.As(err, &ce) || pgconn.Timeout(err) || errors.Is(err, context.DeadlineExceeded)
+}
+
+// migrate runs Migrate on a connection of its own without the pool's statement_timeout
+// (meant for an exchange): DDL, and the wait for another replica's migration behind the
+// advisory lock, may take longer.
+func (b *pgBackend) migrate(ctx context.Context) (MigrateResult, error) {
+	cfg := b.pool.Config().ConnConfig.Copy()
+	delete(cfg.RuntimeParams, "statement_timeout")
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return MigrateResult{}, err
+	}
+	defer func() { _ = conn.Close(context.Background()) }()
+	return Migrate(ctx, conn, b.prefix)
 }
