@@ -476,7 +476,7 @@ func (b *pgBackend) listenOnce(ctx context.Context, r *Redis, first bool) (conne
 	}()
 	// Also the first time: what was notified before LISTEN took effect was missed.
 	if first {
-		r.log.Debug("listening", zap.Strings("channels", []string{r.channel, r.onset}))
+		r.log.Info("listening for notifications", zap.Strings("channels", []string{r.channel, r.onset}))
 	} else {
 		r.log.Info("LISTEN reconnected; resyncing")
 	}

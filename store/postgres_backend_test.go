@@ -204,7 +204,7 @@ func TestPgListenDeliversAndResyncsAfterReconnect(t *testing.T) {
 		_ = srv.Pool().QueryRow(context.Background(), `SELECT count(*) FROM t_calls WHERE fn = 'flush'`).Scan(&n)
 		return n
 	}
-	eventually(t, waitFor, "listening", func() bool { return logs.FilterMessage("listening").Len() > 0 })
+	eventually(t, waitFor, "listening", func() bool { return logs.FilterMessage("listening for notifications").Len() > 0 })
 	notify := func(gen int, st breaker.State) {
 		t.Helper()
 		msg := "up " + strings.Join([]string{strconv.Itoa(int(st)), "0", strconv.Itoa(gen), "60000", "60000", "1"}, " ") +

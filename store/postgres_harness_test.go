@@ -82,7 +82,7 @@ func startPgReplica(t *testing.T, f *pgFleet, id string, rc replicaConfig) *pgRe
 			}
 		})
 		// Tests count on its listener (they expect news at once).
-		eventually(t, waitFor, id+" listening", func() bool { return logs.FilterMessage("listening").Len() > 0 })
+		eventually(t, waitFor, id+" listening", func() bool { return logs.FilterMessage("listening for notifications").Len() > 0 })
 	}
 	r.stop = sync.OnceFunc(func() {
 		cancel()
