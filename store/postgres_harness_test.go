@@ -116,3 +116,61 @@ func newPostgresHarness(t *testing.T, s breaker.Settings) harness {
 	r := startPgReplica(t, newPgFleet(t, nil), "solo", replicaConfig{settings: s})
 	return harness{st: r.st, b: r.b, elapse: func(time.Duration) {}, settle: func() { r.flushNow(t) }}
 }
+
+// Two replicas on one PostgreSQL: a trip by one reaches the other by NOTIFY; with the
+// database killed both degrade and protect locally; when it returns they resync to what
+// it holds and decide as one fleet again.
+func TestPostgresFleetDegradesAndResyncs(t *testing.T) {
+	f := newPgFleet(t, nil)
+	rc := replicaConfig{settings: longOpen(), flush: 20 * time.Millisecond, timeout: 300 * time.Millisecond, degradeAfter: 2}
+	a, b := startPgReplica(t, f, "a", rc), startPgReplica(t, f, "b", rc)
+	fail(t, a.b)
+	fail(t, b.b)
+	fail(t, a.b)
+	allInPg(t, breaker.Open, a, b)
+	if err := a.st.Control(t.Context(), circuitName, Command{Op: OpClose}); err != nil {
+		t.Fatal(err)
+	}
+	allInPg(t, breaker.Closed, a, b)
+
+	f.srv.Kill()
+	eventually(t, waitFor, "both degraded", func() bool { return a.st.Status().Degraded && b.st.Status().Degraded })
+	for range 3 { // local protection: a's own three failures trip a alone
+		fail(t, a.b)
+	}
+	waitState(t, a.b, breaker.Open)
+	if b.b.State() != breaker.Closed {
+		t.Fatalf("b followed a's local trip while degraded: %v", b.b.State())
+	}
+
+	f.srv.Restart()
+	eventually(t, waitFor, "both recovered", func() bool { return !a.st.Status().Degraded && !b.st.Status().Degraded })
+	// the database holds the fleet's closed state: a's local trip is dropped
+	allInPg(t, breaker.Closed, a, b)
+	for _, r := range []*pgReplica{a, b} {
+		if r.logs.FilterMessage("LISTEN reconnected; resyncing").Len() == 0 {
+			eventually(t, waitFor, r.id+" listening again", func() bool {
+				return r.logs.FilterMessage("LISTEN reconnected; resyncing").Len() > 0
+			})
+		}
+	}
+	fail(t, b.b)
+	fail(t, a.b)
+	fail(t, b.b)
+	allInPg(t, breaker.Open, a, b)
+	if m, err := a.st.Inspect(t.Context(), circuitName); err != nil || m["state"] != "open" || m["reason"] != breaker.ReasonConsecutiveFailures {
+		t.Fatalf("Inspect = %v, %v", m, err)
+	}
+}
+
+func allInPg(t *testing.T, st breaker.State, rs ...*pgReplica) {
+	t.Helper()
+	eventually(t, waitFor, "every replica "+st.String(), func() bool {
+		for _, r := range rs {
+			if r.b.State() != st {
+				return false
+			}
+		}
+		return true
+	})
+}
