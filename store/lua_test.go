@@ -49,7 +49,7 @@ func luaEnvOn(t testing.TB, srv *redistest.Server, name string, s breaker.Settin
 
 func (e *luaEnv) run(script *redis.Script, args ...any) reply {
 	e.t.Helper()
-	res, err := e.be.run(e, script, args)
+	res, err := e.be.call(script, []string{e.key, e.leaseKey}, e.name, args)
 	if err != nil {
 		e.t.Fatalf("script on %s: %v", e.be.name(), err)
 	}

@@ -28,9 +28,10 @@ import (
 type scriptBackend interface {
 	// name is "redis" or "postgres".
 	name() string
-	// run runs script on e's circuit with args and returns its reply as go-redis returns
-	// a Lua script's reply.
-	run(e *luaEnv, script *redis.Script, args []any) (any, error)
+	// call runs script with args on the Redis keys keys, or on PostgreSQL with name (what
+	// the keys identify: the upstream, the tally, the claim, the replica), and returns
+	// its reply as go-redis returns a Lua script's reply.
+	call(script *redis.Script, keys []string, name string, args []any) (any, error)
 	// fields is the circuit's stored state as the Lua hash's fields ("st", "gen", ...,
 	// "b:<k>", "r:<replica>"): what a script reads next (an expired state has none).
 	fields(e *luaEnv) (map[string]string, error)
@@ -93,10 +94,10 @@ type redisScripts struct{ srv *redistest.Server }
 func (redisScripts) name() string                      { return "redis" }
 func (redisScripts) channels() (events, onsets string) { return "fuse:events", "fuse:onset" }
 
-func (b redisScripts) run(e *luaEnv, script *redis.Script, args []any) (any, error) {
+func (b redisScripts) call(script *redis.Script, keys []string, _ string, args []any) (any, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	return script.Run(ctx, b.srv.Client(), []string{e.key, e.leaseKey}, args...).Result()
+	return script.Run(ctx, b.srv.Client(), keys, args...).Result()
 }
 
 func (b redisScripts) fields(e *luaEnv) (map[string]string, error) {
@@ -188,7 +189,7 @@ func (b *pgScripts) channels() (events, onsets string) {
 	return b.prefix + "events", b.prefix + "onsets"
 }
 
-func (b *pgScripts) run(e *luaEnv, script *redis.Script, args []any) (any, error) {
+func (b *pgScripts) call(script *redis.Script, _ []string, name string, args []any) (any, error) {
 	fn, ok := pgScriptFunction(script)
 	if !ok {
 		return nil, fmt.Errorf("no PostgreSQL function for script %s", script.Hash())
@@ -200,7 +201,7 @@ func (b *pgScripts) run(e *luaEnv, script *redis.Script, args []any) (any, error
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	var out []*string
-	if err := b.pool.QueryRow(ctx, "SELECT "+b.prefix+fn+"($1, $2)", e.name, a).Scan(&out); err != nil {
+	if err := b.pool.QueryRow(ctx, "SELECT "+b.prefix+fn+"($1, $2)", name, a).Scan(&out); err != nil {
 		return nil, err
 	}
 	return pgReplyValue(fn, out)
