@@ -508,3 +508,29 @@ func TestPostgresConcurrentFlushesSerialize(t *testing.T) {
 		t.Fatalf("window %d/%d, want %d/%d", req, fail, 2*workers*each, workers*each)
 	}
 }
+
+// The rights of the runtime role, for the README and `fuseproxy migrate`: run by the
+// owner of fuseproxy's objects (the migrating role), CONNECT by the database's owner.
+func ExamplePostgresGrants() {
+	for _, g := range PostgresGrants("fuse_", "public", "fuse", "fuse_runtime") {
+		fmt.Println(g + ";")
+	}
+	// Output:
+	// GRANT CONNECT ON DATABASE "fuse" TO "fuse_runtime";
+	// GRANT USAGE ON SCHEMA "public" TO "fuse_runtime";
+	// GRANT SELECT ON "public"."fuse_schema" TO "fuse_runtime";
+	// GRANT EXECUTE ON FUNCTION "public"."fuse_flush"(text, text[]) TO "fuse_runtime";
+	// GRANT EXECUTE ON FUNCTION "public"."fuse_acquire"(text, text[]) TO "fuse_runtime";
+	// GRANT EXECUTE ON FUNCTION "public"."fuse_trial"(text, text[]) TO "fuse_runtime";
+	// GRANT EXECUTE ON FUNCTION "public"."fuse_control"(text, text[]) TO "fuse_runtime";
+	// GRANT EXECUTE ON FUNCTION "public"."fuse_key_flush"(text, text[]) TO "fuse_runtime";
+	// GRANT EXECUTE ON FUNCTION "public"."fuse_key_acquire"(text, text[]) TO "fuse_runtime";
+	// GRANT EXECUTE ON FUNCTION "public"."fuse_key_trial"(text, text[]) TO "fuse_runtime";
+	// GRANT EXECUTE ON FUNCTION "public"."fuse_key_control"(text, text[]) TO "fuse_runtime";
+	// GRANT EXECUTE ON FUNCTION "public"."fuse_heartbeat"(text, text[]) TO "fuse_runtime";
+	// GRANT EXECUTE ON FUNCTION "public"."fuse_tally"(text, text[]) TO "fuse_runtime";
+	// GRANT EXECUTE ON FUNCTION "public"."fuse_claim"(text, text[]) TO "fuse_runtime";
+	// GRANT EXECUTE ON FUNCTION "public"."fuse_history_read"(text, text, integer) TO "fuse_runtime";
+	// GRANT EXECUTE ON FUNCTION "public"."fuse_keys_read"(text, integer) TO "fuse_runtime";
+	// GRANT EXECUTE ON FUNCTION "public"."fuse_cleanup"(bigint, integer) TO "fuse_runtime";
+}
