@@ -242,7 +242,10 @@ var PostgresFunctions = []string{
 // (`fuseproxy migrate`): CONNECT, USAGE on the schema, SELECT on <prefix>schema (to see
 // that the schema is up to date at start) and EXECUTE on the functions. No right on any
 // other table: every write goes through the functions, which run as their owner. The
-// runtime role's search_path must include the schema (it does for public).
+// runtime role's search_path must include the schema (it does for public). The owner of
+// the objects (the migrating role) runs the statements, but the first, which the
+// database's owner (or a superuser) runs; it is needed only where CONNECT was revoked
+// from PUBLIC.
 func PostgresGrants(prefix, schema, database, role string) []string {
 	p := func(name string) string { return pgx.Identifier{schema, prefix + name}.Sanitize() }
 	r := pgx.Identifier{role}.Sanitize()

@@ -104,7 +104,7 @@ CREATE INDEX {{.P}}history_at ON {{.P}}history (at);
 CREATE TYPE {{.P}}settings AS (
 	cf float8, fr float8, sr float8, minreq float8, win float8, buckets float8, open float8,
 	mult float8, maxopen float8, jitter float8, hmax float8, sthresh float8, minrep float8,
-	mode float8, cg float8, linear float8, decay float8
+	mode float8, cg float8, linear float8, decay float8, hret float8, hlen float8
 );
 
 -- A circuit's state while a function works on it (prelude.lua's st table): the stored

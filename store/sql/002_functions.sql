@@ -23,18 +23,24 @@ CREATE FUNCTION {{.P}}_num(v text) RETURNS float8 LANGUAGE sql IMMUTABLE
 AS $$ SELECT CASE WHEN v ~ '^\s*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]{1,3})?\s*$' THEN v::float8 END $$;
 
 -- _settings reads the comma-separated settings argument (prelude.lua's settings): a
--- value that is not a number is skipped, as Lua's v[#v + 1] = nil skips it.
+-- value that is not a number is skipped, as Lua's v[#v + 1] = nil skips it. Fields 18
+-- and 19 are the history's retention ms and max entries (0: no history).
 CREATE FUNCTION {{.P}}_settings(arg text) RETURNS {{.P}}settings LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
 	v float8[];
 	s {{.P}}settings;
 BEGIN
-	v := ARRAY(SELECT n FROM (SELECT {{.P}}_num(x) AS n, i FROM unnest(string_to_array(arg, ',')) WITH ORDINALITY AS t(x, i)) u
-		WHERE n IS NOT NULL ORDER BY i);
+	IF arg ~ '^[0-9]+(\.[0-9]+)?(,[0-9]+(\.[0-9]+)?)*$' THEN
+		v := string_to_array(arg, ',')::float8[]; -- what the Go side sends: the fast way
+	ELSE
+		v := ARRAY(SELECT n FROM (SELECT {{.P}}_num(x) AS n, i FROM unnest(string_to_array(arg, ',')) WITH ORDINALITY AS t(x, i)) u
+			WHERE n IS NOT NULL ORDER BY i);
+	END IF;
 	s.cf := v[1]; s.fr := v[2]; s.sr := v[3]; s.minreq := v[4]; s.win := v[5]; s.buckets := v[6];
 	s.open := v[7]; s.mult := v[8]; s.maxopen := v[9]; s.jitter := v[10]; s.hmax := v[11];
 	s.sthresh := v[12]; s.minrep := v[13]; s.mode := v[14]; s.cg := coalesce(v[15], 0);
 	s.linear := coalesce(v[16], 0); s.decay := coalesce(v[17], 0);
+	s.hret := coalesce(v[18], 0); s.hlen := coalesce(v[19], 0);
 	RETURN s;
 END $$;
 
@@ -135,10 +141,7 @@ BEGIN
 	st.cfg := coalesce(c.cfg, ''); st.cfgr := coalesce(c.cfg_replica, ''); st.rs := c.reason;
 	IF st.corrupt IS NOT NULL THEN
 		-- a fresh closed state in a newer generation, published so every replica adopts it
-		INSERT INTO {{.P}}history (at, upstream, key, from_state, to_state, reason, requests, failures, slow,
-			consecutive, generation, replica)
-		VALUES ({{.P}}_ts(p_now), p_up, p_key, {{.P}}_state_name(least(st.st, 2)), 'closed', 'corrupt', 0, 0, 0, 0,
-			st.gen + 1, coalesce(p_replica, ''));
+		-- (not a transition of the history: the Lua scripts record none either)
 		st.st := 0; st.md := s.mode; st.gen := st.gen + 1; st.ou := 0; st.opf := 0; st.tr := 0; st.cf := 0;
 		st.gf := 0; st.sc := 0; st.at := 0; st.ep := p_now; st.fo := 0; st.b := '{}'; st.r := '{}';
 		st.new := true; st.dirty := true; st.changed := true; st.rs := 'corrupt'; st.cfg := ''; st.cfgr := '';
@@ -210,19 +213,30 @@ END $$;
 CREATE FUNCTION {{.P}}_quiet(st {{.P}}st) RETURNS boolean LANGUAGE sql IMMUTABLE
 AS $$ SELECT st.st = 0 AND st.cf = 0 AND st.gf = 0 AND st.wf + st.ws = 0 $$;
 
--- _transition moves to state p_to in a new generation and records it in the history;
--- the leases go with the old generation unless an open period ends (prelude.lua).
+-- _transition moves to state p_to in a new generation and records it in the history
+-- (prelude.lua's transition and record): with the history on (retention and max entries
+-- in the settings), one row with the window's counts before they are cleared, the replica
+-- whose call made it ('' for open_timeout: the clock ended the period); then the
+-- upstream's rows (its keys' included, as the Redis stream) older than the retention or
+-- beyond the max entries are deleted. The leases go with the old generation unless an
+-- open period ends.
 CREATE FUNCTION {{.P}}_transition(st {{.P}}st, s {{.P}}settings, p_to bigint, p_reason text, p_now bigint)
 RETURNS {{.P}}st LANGUAGE plpgsql AS $$
 DECLARE
 	keep boolean := st.st = 1 AND p_to = 2;
 	w record;
 BEGIN
-	SELECT * INTO w FROM {{.P}}_sums(st, s, p_now);
-	INSERT INTO {{.P}}history (at, upstream, key, from_state, to_state, reason, requests, failures, slow,
-		consecutive, generation, replica)
-	VALUES ({{.P}}_ts(p_now), st.upstream, st.key, {{.P}}_state_name(st.st), {{.P}}_state_name(p_to), p_reason,
-		w.r, w.f, w.sl, st.cf, st.gen + 1, coalesce(st.replica, ''));
+	IF s.hret > 0 AND s.hlen > 0 THEN
+		SELECT * INTO w FROM {{.P}}_sums(st, s, p_now);
+		INSERT INTO {{.P}}history (at, upstream, key, from_state, to_state, reason, requests, failures, slow,
+			consecutive, generation, replica)
+		VALUES ({{.P}}_ts(p_now), st.upstream, st.key, {{.P}}_state_name(st.st), {{.P}}_state_name(p_to), p_reason,
+			w.r, w.f, w.sl, st.cf, st.gen + 1,
+			CASE WHEN p_reason = 'open_timeout' THEN '' ELSE coalesce(st.replica, '') END);
+		DELETE FROM {{.P}}history h WHERE h.upstream = st.upstream AND h.at < {{.P}}_ts(p_now - s.hret::bigint);
+		DELETE FROM {{.P}}history h WHERE h.id IN (SELECT hh.id FROM {{.P}}history hh WHERE hh.upstream = st.upstream
+			ORDER BY hh.at DESC, hh.id DESC OFFSET s.hlen::bigint);
+	END IF;
 	st.st := p_to; st.gen := st.gen + 1; st.at := p_now; st.rs := p_reason;
 	st.changed := true; st.dirty := true;
 	st := {{.P}}_clear_counts(st);
@@ -541,7 +555,6 @@ DECLARE
 	v_now bigint := {{.P}}now_ms();
 	st {{.P}}st;
 	op text := args[1];
-	w record;
 BEGIN
 	st := {{.P}}_load(p_up, p_key, s, v_now, args[7]);
 	IF op = 'open' THEN
@@ -553,13 +566,9 @@ BEGIN
 		st.md := 0; st.tr := 0;
 		st := {{.P}}_close(st, s, 'reset', v_now);
 	ELSIF op = 'mode' THEN
-		-- a new generation with empty counts, as breaker.SetMode; the state stays (the
-		-- history records it as a transition from the state to itself)
-		SELECT * INTO w FROM {{.P}}_sums(st, s, v_now);
-		INSERT INTO {{.P}}history (at, upstream, key, from_state, to_state, reason, requests, failures, slow,
-			consecutive, generation, replica)
-		VALUES ({{.P}}_ts(v_now), p_up, p_key, {{.P}}_state_name(st.st), {{.P}}_state_name(st.st), 'mode',
-			w.r, w.f, w.sl, st.cf, st.gen + 1, coalesce(args[7], ''));
+		-- a new generation with empty counts, as breaker.SetMode: what was counted while
+		-- forced closed (or under the old mode) must not trip the new one. The state
+		-- stays: not a transition of the history.
 		st.md := {{.P}}_num(args[2]);
 		st.gen := st.gen + 1; st.changed := true; st.dirty := true; st.rs := 'mode';
 		st := {{.P}}_clear_counts(st);
@@ -569,15 +578,16 @@ BEGIN
 	RETURN {{.P}}_reply(st, s, v_now, 0, NULL, NULL);
 END $$;
 
--- The scripts on an upstream's circuit: name is the upstream.
-CREATE FUNCTION {{.P}}flush(name text, args text[]) RETURNS text[] LANGUAGE sql VOLATILE SECURITY DEFINER
-SET search_path = {{.Schema}}, pg_temp AS $$ SELECT {{.P}}_flush(name, '', args, NULL) $$;
-CREATE FUNCTION {{.P}}acquire(name text, args text[]) RETURNS text[] LANGUAGE sql VOLATILE SECURITY DEFINER
-SET search_path = {{.Schema}}, pg_temp AS $$ SELECT {{.P}}_acquire(name, '', args, NULL) $$;
-CREATE FUNCTION {{.P}}trial(name text, args text[]) RETURNS text[] LANGUAGE sql VOLATILE SECURITY DEFINER
-SET search_path = {{.Schema}}, pg_temp AS $$ SELECT {{.P}}_trial(name, '', args, NULL) $$;
-CREATE FUNCTION {{.P}}control(name text, args text[]) RETURNS text[] LANGUAGE sql VOLATILE SECURITY DEFINER
-SET search_path = {{.Schema}}, pg_temp AS $$ SELECT {{.P}}_control(name, '', args, NULL) $$;
+-- The scripts on an upstream's circuit: name is the upstream. (PL/pgSQL, not SQL: a SQL
+-- function that cannot be inlined is planned again on every call.)
+CREATE FUNCTION {{.P}}flush(name text, args text[]) RETURNS text[] LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = {{.Schema}}, pg_temp AS $$ BEGIN RETURN {{.P}}_flush(name, '', args, NULL); END $$;
+CREATE FUNCTION {{.P}}acquire(name text, args text[]) RETURNS text[] LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = {{.Schema}}, pg_temp AS $$ BEGIN RETURN {{.P}}_acquire(name, '', args, NULL); END $$;
+CREATE FUNCTION {{.P}}trial(name text, args text[]) RETURNS text[] LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = {{.Schema}}, pg_temp AS $$ BEGIN RETURN {{.P}}_trial(name, '', args, NULL); END $$;
+CREATE FUNCTION {{.P}}control(name text, args text[]) RETURNS text[] LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = {{.Schema}}, pg_temp AS $$ BEGIN RETURN {{.P}}_control(name, '', args, NULL); END $$;
 
 -- _keyed is keyed.lua's bounds: args[1..3] are max keys, idle ttl ms and the key. It
 -- returns false when the upstream's registry is full and does not hold the key (the
@@ -703,9 +713,10 @@ $$;
 
 -- cleanup deletes what has expired (circuits, leases, keys, tallies, claims, heartbeats)
 -- and the history older than p_retention_ms (none when 0) or beyond the p_max_entries
--- newest of each circuit (no bound when 0), and returns how many rows it deleted. The Go
--- side calls it about once a minute; nothing depends on it for correctness (an expired
--- row reads as absent).
+-- newest of each upstream (its keys' included; no bound when 0), and returns how many
+-- rows it deleted. The Go side calls it about once a minute; nothing depends on it for
+-- correctness (an expired row reads as absent, and each transition trims its upstream's
+-- history as it appends to it), it only bounds the tables.
 CREATE FUNCTION {{.P}}cleanup(p_retention_ms bigint, p_max_entries integer DEFAULT 0) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = {{.Schema}}, pg_temp AS $$
 DECLARE
@@ -725,7 +736,7 @@ BEGIN
 	END IF;
 	IF p_max_entries > 0 THEN
 		DELETE FROM {{.P}}history h USING (
-			SELECT x.id FROM (SELECT hh.id, row_number() OVER (PARTITION BY hh.upstream, hh.key
+			SELECT x.id FROM (SELECT hh.id, row_number() OVER (PARTITION BY hh.upstream
 				ORDER BY hh.at DESC, hh.id DESC) AS rn FROM {{.P}}history hh) x
 			WHERE x.rn > p_max_entries) old
 		WHERE h.id = old.id;
