@@ -49,13 +49,13 @@ func NewPostgres(pool *pgxpool.Pool, o PostgresOptions) (*Postgres, error) {
 		pool.Close()
 		return nil, fmt.Errorf("postgres store: prefix %q: want [a-z_][a-z0-9_]{0,29}", o.Prefix)
 	}
-	b := &pgBackend{pool: pool, prefix: o.Prefix, sql: map[*redis.Script]string{}}
-	for s, f := range map[*redis.Script]string{
-		flushScript: "flush", acquireScript: "acquire", trialScript: "trial", controlScript: "control",
-		keyFlushScript: "key_flush", keyAcquireScript: "key_acquire", keyTrialScript: "key_trial",
-		keyControlScript: "key_control", heartbeatScript: "heartbeat", tallyScript: "tally", claimScript: "claim",
-	} {
-		b.sql[s] = "SELECT " + o.Prefix + f + "($1, $2)"
+	b := &pgBackend{pool: pool, prefix: o.Prefix, fn: map[*redis.Script]string{}}
+	for _, s := range append(allScripts[:len(allScripts):len(allScripts)], claimScript) {
+		fn, ok := pgScriptFunction(s)
+		if !ok {
+			panic("store: a script without its PostgreSQL function")
+		}
+		b.fn[s] = fn
 	}
 	// The heartbeat's call names the replica: its row is what the heartbeat writes.
 	return &Postgres{newEngine(b, o, o.Prefix+"events", o.Prefix+"onsets", o.ReplicaID)}, nil
@@ -79,7 +79,7 @@ func validPrefix(p string) bool {
 type pgBackend struct {
 	pool   *pgxpool.Pool
 	prefix string
-	sql    map[*redis.Script]string // each script's statement
+	fn     map[*redis.Script]string // each script's function, without the prefix
 	// history's bounds, for cleanup (SetHistoryLimits): none when 0
 	retention  atomic.Int64 // ms
 	maxEntries atomic.Int64
@@ -141,12 +141,13 @@ func (b *pgBackend) run(ctx context.Context, calls []*call) error {
 	defer conn.Release()
 	p := conn.Conn().PgConn().StartPipeline(ctx)
 	for _, cl := range calls {
-		sql, ok := b.sql[cl.script]
-		if !ok {
+		args, err := pgArgs(cl.args)
+		if err != nil { // a bug: the engine's arguments are numbers and strings
 			p.Close()
-			return unanswered(calls, fmt.Errorf("postgres store: no SQL function for a script (bug)"))
+			return unanswered(calls, fmt.Errorf("postgres store: %s: %w", b.fn[cl.script], err))
 		}
-		p.SendQueryParams(sql, [][]byte{[]byte(cl.name()), encodeTextArray(cl.args)}, pgParamOIDs, pgBinaryBoth, pgBinary)
+		p.SendQueryParams("SELECT "+b.prefix+b.fn[cl.script]+"($1, $2)", [][]byte{[]byte(cl.name()), encodeTextArray(args)},
+			pgParamOIDs, pgBinaryBoth, pgBinary)
 		p.SendPipelineSync()
 	}
 	if err := p.Flush(); err != nil {
@@ -155,7 +156,7 @@ func (b *pgBackend) run(ctx context.Context, calls []*call) error {
 	}
 	var first error
 	for i, cl := range calls {
-		v, serr, err := pipelineResult(p)
+		v, serr, err := pipelineResult(p, b.fn[cl.script])
 		if err == nil {
 			_, err = p.GetResults() // the call's Sync
 		}
@@ -193,7 +194,7 @@ func unanswered(calls []*call, err error) error {
 
 // pipelineResult reads one call's result: its reply, or its statement's error (serr), or
 // err when the connection failed.
-func pipelineResult(p *pgconn.Pipeline) (v any, serr, err error) {
+func pipelineResult(p *pgconn.Pipeline, fn string) (v any, serr, err error) {
 	res, err := p.GetResults()
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) {
@@ -214,52 +215,23 @@ func pipelineResult(p *pgconn.Pipeline) (v any, serr, err error) {
 		return nil, nil, r.Err
 	}
 	if len(r.Rows) != 1 || len(r.Rows[0]) != 1 {
-		return nil, fmt.Errorf("postgres store: want one value, got %d rows", len(r.Rows)), nil
+		return nil, fmt.Errorf("postgres store: unexpected reply: want one value, got %d rows", len(r.Rows)), nil
 	}
 	if r.Rows[0][0] == nil {
 		return nil, nil, nil
 	}
 	vals, derr := decodeTextArray(r.Rows[0][0])
+	if derr == nil {
+		v, derr = pgReplyValue(fn, vals)
+	}
 	if derr != nil {
-		return nil, derr, nil
+		return nil, fmt.Errorf("postgres store: unexpected reply: %w", derr), nil
 	}
-	return replyValue(vals), nil, nil
+	return v, nil, nil
 }
 
-// replyValue turns a function's text[] into the reply its Lua script gives: a state
-// reply (14 elements: integers but for 8, 9, 10 and 12, the settings hash, its replica,
-// the corrupt reason and the transition's reason), one integer (a keyed refusal's -1, a
-// heartbeat's or a claim's answer), or integers (a tally's sums). NULL is Lua's nil.
-func replyValue(vals []*string) any {
-	if len(vals) == 1 {
-		return intOrString(vals[0])
-	}
-	out := make([]any, len(vals))
-	for i, v := range vals {
-		switch {
-		case v == nil:
-		case len(vals) == 14 && (i == 8 || i == 9 || i == 10 || i == 12):
-			out[i] = *v
-		default:
-			out[i] = intOrString(v)
-		}
-	}
-	return out
-}
-
-func intOrString(v *string) any {
-	if v == nil {
-		return nil
-	}
-	if n, err := strconv.ParseInt(*v, 10, 64); err == nil {
-		return n
-	}
-	return *v
-}
-
-// encodeTextArray encodes args as a one-dimensional text[] in PostgreSQL's binary format,
-// each as Redis would send it (decimal integers, shortest floats, strings as they are).
-func encodeTextArray(args []any) []byte {
+// encodeTextArray encodes args as a one-dimensional text[] in PostgreSQL's binary format.
+func encodeTextArray(args []string) []byte {
 	buf := make([]byte, 20, 20+len(args)*12)
 	binary.BigEndian.PutUint32(buf[0:], 1)  // dimensions
 	binary.BigEndian.PutUint32(buf[4:], 0)  // no NULL
@@ -267,35 +239,10 @@ func encodeTextArray(args []any) []byte {
 	binary.BigEndian.PutUint32(buf[12:], uint32(len(args)))
 	binary.BigEndian.PutUint32(buf[16:], 1) // lower bound
 	for _, a := range args {
-		s := argText(a)
-		buf = binary.BigEndian.AppendUint32(buf, uint32(len(s)))
-		buf = append(buf, s...)
+		buf = binary.BigEndian.AppendUint32(buf, uint32(len(a)))
+		buf = append(buf, a...)
 	}
 	return buf
-}
-
-func argText(a any) string {
-	switch v := a.(type) {
-	case string:
-		return v
-	case int:
-		return strconv.Itoa(v)
-	case int64:
-		return strconv.FormatInt(v, 10)
-	case uint64:
-		return strconv.FormatUint(v, 10)
-	case uint32:
-		return strconv.FormatUint(uint64(v), 10)
-	case float64:
-		return strconv.FormatFloat(v, 'f', -1, 64)
-	case bool:
-		if v {
-			return "1"
-		}
-		return "0"
-	default:
-		return fmt.Sprint(v)
-	}
 }
 
 // decodeTextArray decodes a text[] in PostgreSQL's binary format (at most one dimension).

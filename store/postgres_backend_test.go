@@ -24,7 +24,10 @@ import (
 // (name text, args text[]) → text[]: the real ones (store/sql) have tests of their own.
 
 func TestPgTextArrayEncoding(t *testing.T) {
-	args := []any{"r1", 7, int64(-3), uint64(1 << 63), 0.25, "", `a"b\c,{}`, true}
+	args, err := pgArgs([]any{"r1", 7, int64(-3), uint64(1 << 63), 0.25, "", `a"b\c,{}`, true})
+	if err != nil {
+		t.Fatal(err)
+	}
 	b := encodeTextArray(args)
 	got, err := decodeTextArray(b)
 	if err != nil {
@@ -43,31 +46,6 @@ func TestPgTextArrayEncoding(t *testing.T) {
 		if _, err := decodeTextArray(bad); err == nil {
 			t.Fatalf("decodeTextArray(%v) accepted", bad)
 		}
-	}
-}
-
-func TestPgReplyValue(t *testing.T) {
-	s := func(v string) *string { return &v }
-	// a state reply: strings stay strings where Lua gives strings, even when they are digits
-	rep := []*string{s("1"), s("0"), s("4"), s("500"), s("1000"), s("2"), s("1700000000000"), s("0"),
-		s("12345"), s("7"), s(""), s("1699999999999"), s("consecutive_failures"), s("0")}
-	v := replyValue(rep)
-	r, err := decodeReply(v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if r.state.State != breaker.Open || r.state.Generation != 4 || r.cfg != "12345" || r.cfgr != "7" ||
-		r.state.Reason != "consecutive_failures" || r.epoch != 1699999999999 {
-		t.Fatalf("decoded %+v", r)
-	}
-	if v := replyValue([]*string{s("-1")}); v != int64(-1) {
-		t.Fatalf("a keyed refusal = %#v, want int64(-1)", v)
-	}
-	if v := replyValue([]*string{s("3"), s("1"), s("2")}); len(v.([]any)) != 3 || v.([]any)[2] != int64(2) {
-		t.Fatalf("a tally = %#v", v)
-	}
-	if v := replyValue([]*string{nil}); v != nil {
-		t.Fatalf("NULL = %#v, want nil", v)
 	}
 }
 

@@ -26,7 +26,8 @@ type pgFleet struct {
 
 var pgFleetSeq atomic.Int64
 
-// newPgFleet migrates a fresh prefix on srv (a new server when nil).
+// newPgFleet migrates a fresh prefix on srv: the package's shared server (pgServer), or,
+// when nil, a new one of the test's own (to kill and restart).
 func newPgFleet(t testing.TB, srv *pgtest.Server) *pgFleet {
 	t.Helper()
 	if srv == nil {
@@ -113,7 +114,7 @@ func (r *pgReplica) flushNow(t *testing.T) {
 }
 
 func newPostgresHarness(t *testing.T, s breaker.Settings) harness {
-	r := startPgReplica(t, newPgFleet(t, nil), "solo", replicaConfig{settings: s})
+	r := startPgReplica(t, newPgFleet(t, pgServer(t)), "solo", replicaConfig{settings: s})
 	return harness{st: r.st, b: r.b, elapse: func(time.Duration) {}, settle: func() { r.flushNow(t) }}
 }
 
