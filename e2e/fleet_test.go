@@ -461,9 +461,15 @@ func testFleetHalfOpenTrialsBounded(t *testing.T, driver string) {
 // TestReplicaStartedWhileOpen starts a replica while the fleet's circuit is open: its very
 // first request is rejected, and the backend sees nothing.
 func TestReplicaStartedWhileOpen(t *testing.T) {
+	for _, d := range []string{"redis", "postgres"} {
+		t.Run(d, func(t *testing.T) { testReplicaStartedWhileOpen(t, d) })
+	}
+}
+
+func testReplicaStartedWhileOpen(t *testing.T, driver string) {
 	const threshold = 6
 	open := 30 * time.Second
-	f := startFleet(t, fleetOptions{Replicas: 3, FlushInterval: 50 * time.Millisecond, Breaker: breakerSettings{
+	f := startFleet(t, fleetOptions{Driver: driver, Replicas: 3, FlushInterval: 50 * time.Millisecond, Breaker: breakerSettings{
 		ConsecutiveFailures: threshold, OpenDuration: open, HalfOpenMaxRequests: 1, SuccessThreshold: 1,
 	}})
 	f.Backend.Set(t, "fail=on")
