@@ -105,3 +105,11 @@ func (m *Memory) Close() error { return nil }
 func (m *Memory) Share(map[string]Tally) {}
 
 func (m *Memory) Claim(context.Context, string, time.Duration) (bool, error) { return true, nil }
+
+// History implements Store.
+func (m *Memory) History(_ context.Context, name string, limit int) ([]Transition, error) {
+	if _, ok := m.circuit(name); !ok {
+		return nil, unknown(name)
+	}
+	return nil, nil
+}
