@@ -1,8 +1,13 @@
 package store
 
 import (
+	"context"
 	"errors"
+	"fmt"
+	"strconv"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // Transition is one fleet transition of a circuit as the store recorded it, appended by
@@ -49,3 +54,84 @@ func (o HistoryOptions) Enabled() bool { return o.Retention > 0 && o.MaxEntries 
 
 // ErrHistoryDisabled is returned by History when store.history.retention is 0.
 var ErrHistoryDisabled = errors.New("transition history disabled (store.history.retention is 0)")
+
+// arg is what the scripts' settings argument ends with to record transitions (fields 18
+// and 19 of lua/prelude.lua's settings: retention ms, max entries), "" without history.
+func (o HistoryOptions) arg() string {
+	if !o.Enabled() {
+		return ""
+	}
+	return "," + strconv.FormatInt(o.Retention.Milliseconds(), 10) + "," + strconv.Itoa(o.MaxEntries)
+}
+
+// historyKey is an upstream's history stream, in its circuit's hash slot.
+func historyKey(prefix, upstream string) string {
+	return fmt.Sprintf("%s:{%s}:history", prefix, upstream)
+}
+
+// History implements Store: the upstream's stream, newest first (XREVRANGE), its keys'
+// transitions included (Transition.Key). name may be an upstream (or target) circuit, or
+// an upstream with per-key circuits.
+func (r *Redis) History(ctx context.Context, name string, limit int) ([]Transition, error) {
+	if !r.o.History.Enabled() {
+		return nil, ErrHistoryDisabled
+	}
+	if _, ok := r.get(name); !ok {
+		r.kmu.Lock()
+		_, ok = r.kups[name]
+		r.kmu.Unlock()
+		if !ok {
+			return nil, unknown(name)
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.o.Timeout)
+	defer cancel()
+	key := historyKey(r.o.Prefix, name)
+	var (
+		msgs []redis.XMessage
+		err  error
+	)
+	if limit > 0 {
+		msgs, err = r.client.XRevRangeN(ctx, key, "+", "-", int64(limit)).Result()
+	} else {
+		msgs, err = r.client.XRevRange(ctx, key, "+", "-").Result()
+	}
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Transition, 0, len(msgs))
+	for _, m := range msgs {
+		t, err := decodeTransition(name, m.Values)
+		if err != nil {
+			return nil, fmt.Errorf("history of %q: entry %s: %w", name, m.ID, err)
+		}
+		out = append(out, t)
+	}
+	return out, nil
+}
+
+// decodeTransition reads one stream entry as lua/prelude.lua's record writes it.
+func decodeTransition(upstream string, v map[string]any) (Transition, error) {
+	t := Transition{Upstream: upstream}
+	str := func(f string) string { s, _ := v[f].(string); return s }
+	num := func(f string, dst *int64) error {
+		n, err := strconv.ParseInt(str(f), 10, 64)
+		if err != nil {
+			return fmt.Errorf("field %s: %q is not a count", f, str(f))
+		}
+		*dst = n
+		return nil
+	}
+	t.Key, t.From, t.To, t.Reason, t.Replica = str("k"), str("f"), str("t"), str("rs"), str("rp")
+	var gen, at int64
+	for _, f := range []struct {
+		name string
+		dst  *int64
+	}{{"rq", &t.Requests}, {"fl", &t.Failures}, {"sl", &t.Slow}, {"cf", &t.Consecutive}, {"g", &gen}, {"at", &at}} {
+		if err := num(f.name, f.dst); err != nil {
+			return Transition{}, err
+		}
+	}
+	t.Generation, t.At = uint64(gen), time.UnixMilli(at).UTC()
+	return t, nil
+}

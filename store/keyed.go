@@ -111,7 +111,7 @@ func (r *Redis) newKeyCircuit(name string, k KeyCircuit) *circuit {
 	if k.Breaker != nil {
 		bs = k.Breaker.Settings()
 	}
-	c.settings = settingsArg(bs, k.MinReplicasReporting)
+	c.settings = settingsArg(bs, k.MinReplicasReporting) + r.o.History.arg()
 	return c
 }
 

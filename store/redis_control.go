@@ -155,8 +155,3 @@ func (r *Redis) Inspect(ctx context.Context, name string) (map[string]string, er
 	out["key"] = c.key
 	return out, nil
 }
-
-// History implements Store.
-func (r *Redis) History(ctx context.Context, name string, limit int) ([]Transition, error) {
-	return nil, unknown(name)
-}
