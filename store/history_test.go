@@ -120,3 +120,45 @@ func TestLuaHistoryCapped(t *testing.T) {
 		t.Error("a script without history settings wrote a stream")
 	}
 }
+
+// A per-key circuit's transitions go to its upstream's stream, with its key; the
+// replica whose command made them is recorded (control's ARGV[7]).
+func TestRedisHistoryKeyedAndControl(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	h := HistoryOptions{Retention: time.Hour, MaxEntries: 10}
+	st := newTestRedis(t, srv.Client(), RedisOptions{ReplicaID: "ops-1", History: h})
+	t.Cleanup(func() { _ = st.Close() })
+	b := breaker.New("api", baseSettings(), breaker.Options{})
+	st.Attach(map[string]Circuit{"api": {Breaker: b, TrialLease: time.Second}})
+	kc := KeyCircuit{Circuit: Circuit{TrialLease: time.Second}, Settings: baseSettings(), Upstream: "api", MaxKeys: 10, IdleTTL: time.Minute}
+	st.KeyUpstreams(map[string]KeyCircuit{"api": kc})
+
+	if err := st.ControlKey(t.Context(), "api#tenant-7", kc, Command{Op: OpOpen}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Control(t.Context(), "api", Command{Op: OpOpen}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := st.History(t.Context(), "api", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 {
+		t.Fatalf("history = %+v, want the key's open and the upstream's", got)
+	}
+	for i, w := range []Transition{
+		{Upstream: "api", From: "closed", To: "open", Reason: "mode", Generation: 1, Replica: "ops-1"},
+		{Upstream: "api", Key: "tenant-7", From: "closed", To: "open", Reason: "mode", Generation: 1, Replica: "ops-1"},
+	} {
+		g := got[i]
+		g.At = time.Time{}
+		if g != w {
+			t.Errorf("transition %d = %+v\nwant %+v", i, g, w)
+		}
+	}
+	// Redis holds one stream per upstream, in the upstream's hash slot.
+	if n := srv.Client().XLen(t.Context(), "fuse:{api}:history").Val(); n != 2 {
+		t.Errorf("fuse:{api}:history holds %d entries", n)
+	}
+}
