@@ -101,13 +101,14 @@ func stateName(s breaker.State) string {
 
 // History implements Store.
 func (m *Memory) History(_ context.Context, name string, limit int) ([]Transition, error) {
+	_, isCircuit := m.circuit(name) // before h.mu: no lock is taken under it
 	h := &m.hist
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if !h.o.Enabled() {
 		return nil, ErrHistoryDisabled
 	}
-	if _, ok := m.circuit(name); !ok && !h.kups[name] {
+	if !isCircuit && !h.kups[name] {
 		return nil, unknown(name)
 	}
 	r := h.rings[name]

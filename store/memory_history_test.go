@@ -76,6 +76,14 @@ func TestMemoryHistoryTripAndRecover(t *testing.T) {
 	if _, err := m.History(t.Context(), "nope", 0); !errors.Is(err, ErrUnknownCircuit) {
 		t.Errorf("History of an unknown circuit: %v", err)
 	}
+
+	// A key's circuit (named config.KeyName) goes to its upstream's history, with its key.
+	k := breaker.New("api#tenant-7", baseSettings(), breaker.Options{Clock: clock, Observer: m})
+	k.Trip()
+	got, _ = m.History(t.Context(), "api", 1)
+	if len(got) != 1 || got[0].Upstream != "api" || got[0].Key != "tenant-7" || got[0].To != "open" || got[0].Reason != "mode" {
+		t.Errorf("a key's trip: %+v", got)
+	}
 }
 
 // The ring keeps max_entries per circuit; retention hides older entries.
