@@ -49,6 +49,7 @@ func Default() *Config {
 				WriteTimeout: 100 * time.Millisecond,
 				DegradeAfter: 3,
 			},
+			History: History{Retention: 168 * time.Hour, MaxEntries: 1000},
 		},
 		Events: Events{
 			Enabled:   true,

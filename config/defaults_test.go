@@ -32,6 +32,7 @@ func TestDefaults(t *testing.T) {
 				DialTimeout: 250 * time.Millisecond, ReadTimeout: 100 * time.Millisecond,
 				WriteTimeout: 100 * time.Millisecond, DegradeAfter: 3,
 			},
+			History: History{Retention: 168 * time.Hour, MaxEntries: 1000},
 		},
 		Events: Events{Enabled: true, QueueSize: 1024},
 		// Off; when on, every request, and a queue that never makes a request wait.

@@ -78,6 +78,9 @@ var Reference = []FieldDoc{
 	{"store.redis.sentinel_addrs", "[]", "", "Sentinel host:port addresses."},
 	{"store.redis.sentinel_password", `""`, "", "Password of the sentinels themselves."},
 	{"store.redis.cluster_addrs", "[]", "", "Redis Cluster seed host:port addresses; not combined with sentinel_addrs."},
+	{"store.history", "", "", "The transition history of each circuit (`GET /circuits/{name}/history`, `fuseproxy circuits history NAME`): every fleet transition recorded once, by the store that makes it (with redis, a stream `<prefix>:{<upstream>}:history` appended by the script that makes the transition). Read at start, like the store: a reload keeps the values in effect."},
+	{"store.history.retention", "168h", "", "How long a transition is kept; `0` disables the history (the endpoint then answers 404)."},
+	{"store.history.max_entries", "1000", "", "How many transitions are kept per circuit at most (1-1000000); with redis, per upstream, its keys' transitions included."},
 
 	{"events", "", "", "Breaker state transition events: a log line each, and webhooks if listed."},
 	{"events.enabled", "true", "FUSE_EVENTS_ENABLED", "Emit transition events."},

@@ -97,6 +97,16 @@ type Store struct {
 	ReplicaID     string        `yaml:"replica_id"`
 	FlushInterval time.Duration `yaml:"flush_interval"`
 	Redis         Redis         `yaml:"redis"`
+	History       History       `yaml:"history"`
+}
+
+// History bounds the transition history every store keeps of each circuit
+// (GET /circuits/{name}/history).
+type History struct {
+	// Retention is how long a transition is kept; 0 disables the history.
+	Retention time.Duration `yaml:"retention"`
+	// MaxEntries is how many transitions are kept per circuit at most.
+	MaxEntries int `yaml:"max_entries"`
 }
 
 // Redis is the redis store's connection and tolerance settings.
