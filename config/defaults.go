@@ -57,6 +57,7 @@ func Default() *Config {
 				DegradeAfter:     3,
 				Migrate:          true,
 			},
+			History: History{Retention: 168 * time.Hour, MaxEntries: 1000},
 		},
 		Events: Events{
 			Enabled:   true,

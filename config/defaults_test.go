@@ -35,6 +35,7 @@ func TestDefaults(t *testing.T) {
 			// empty connection keys: libpq's PG* variables, then its defaults
 			Postgres: Postgres{Prefix: "fuse_", PoolSize: 8, ConnectTimeout: 250 * time.Millisecond,
 				StatementTimeout: 250 * time.Millisecond, DegradeAfter: 3, Migrate: true},
+			History: History{Retention: 168 * time.Hour, MaxEntries: 1000},
 		},
 		Events: Events{Enabled: true, QueueSize: 1024},
 		// Off; when on, every request, and a queue that never makes a request wait.

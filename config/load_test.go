@@ -423,6 +423,16 @@ routes:
 			want: `config.yaml:6: store.flush_interval: must be >= 10ms, got 1ms`,
 		},
 		{
+			name: "history max entries",
+			src:  minimal + "store:\n  history:\n    retention: 24h\n    max_entries: 0\n",
+			want: `config.yaml:9: store.history.max_entries: must be between 1 and 1000000, got 0`,
+		},
+		{
+			name: "negative history retention",
+			src:  minimal + "store:\n  history: {retention: -1h}\n",
+			want: `config.yaml:7: store.history.retention: must be >= 0, got -1h`,
+		},
+		{
 			name: "bad webhook",
 			src:  minimal + "events:\n  webhooks:\n    - url: /hook\n",
 			want: `config.yaml:8: events.webhooks[0].url: must be an absolute http:// or https:// URL with a host, got "/hook"`,

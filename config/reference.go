@@ -95,6 +95,9 @@ var Reference = []FieldDoc{
 	{"store.postgres.statement_timeout", "250ms", "", "Bound of one exchange's round trip once connected; also the server's statement_timeout for the store's connections, so a stuck call is cancelled in the database too."},
 	{"store.postgres.degrade_after", "3", "", "Consecutive failed store operations after which PostgreSQL is declared degraded; at least 1."},
 	{"store.postgres.migrate", "true", "", "Create or upgrade the schema at start (behind an advisory lock, so replicas starting together do not race). Set false when the role fuseproxy runs as may not create tables, and run `fuseproxy migrate` with an owner's role instead (see the README's grants)."},
+	{"store.history", "", "", "The transition history of each circuit (`GET /circuits/{name}/history`, `fuseproxy circuits history NAME`): every fleet transition recorded once, by the store that makes it (with redis, a stream `<prefix>:{<upstream>}:history` appended by the script that makes the transition). Read at start, like the store: a reload keeps the values in effect."},
+	{"store.history.retention", "168h", "", "How long a transition is kept; `0` disables the history (the endpoint then answers 404)."},
+	{"store.history.max_entries", "1000", "", "How many transitions are kept per circuit at most (1-1000000); with redis, per upstream, its keys' transitions included."},
 
 	{"events", "", "", "Breaker state transition events: a log line each, and webhooks if listed."},
 	{"events.enabled", "true", "FUSE_EVENTS_ENABLED", "Emit transition events."},

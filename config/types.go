@@ -98,6 +98,7 @@ type Store struct {
 	FlushInterval time.Duration `yaml:"flush_interval"`
 	Redis         Redis         `yaml:"redis"`
 	Postgres      Postgres      `yaml:"postgres"`
+	History       History       `yaml:"history"`
 }
 
 // Postgres is the postgres store's connection and tolerance settings. A connection
@@ -122,6 +123,15 @@ type Postgres struct {
 	DegradeAfter     int           `yaml:"degrade_after"`
 	// Migrate: apply the schema's missing versions at start (behind an advisory lock).
 	Migrate bool `yaml:"migrate"`
+}
+
+// History bounds the transition history every store keeps of each circuit
+// (GET /circuits/{name}/history).
+type History struct {
+	// Retention is how long a transition is kept; 0 disables the history.
+	Retention time.Duration `yaml:"retention"`
+	// MaxEntries is how many transitions are kept per circuit at most.
+	MaxEntries int `yaml:"max_entries"`
 }
 
 // Redis is the redis store's connection and tolerance settings.

@@ -124,6 +124,8 @@ func (v *validator) store(s *Store) {
 	if s.FlushInterval < 10*time.Millisecond {
 		v.errorf("store.flush_interval", "must be >= 10ms, got %s", fmtDuration(s.FlushInterval))
 	}
+	v.nonNegative("store.history.retention", s.History.Retention)
+	v.intBetween("store.history.max_entries", s.History.MaxEntries, 1, 1000000)
 
 	v.postgres(&s.Postgres)
 

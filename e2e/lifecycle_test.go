@@ -145,6 +145,16 @@ func testCircuitLifecycle(t *testing.T, driver string) {
 	if got := transitions(p, upstream); !slices.Equal(got, want) {
 		t.Errorf(`"circuit transition" lines: got %v, want %v`, got, want)
 	}
+	// The store's history (GET /circuits/{name}/history, newest first) holds the same
+	// three, once each, whatever the driver.
+	h, body := newAdminAPI(t, cfg.AdminListen).History(t, upstream)
+	var recorded []transition
+	for _, tr := range slices.Backward(h.Transitions) {
+		recorded = append(recorded, transition{tr.From, tr.To, tr.Reason})
+	}
+	if !slices.Equal(recorded, want) {
+		t.Errorf("history: got %v, want %v:\n%s", recorded, want, body)
+	}
 }
 
 type transition struct{ From, To, Reason string }

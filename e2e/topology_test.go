@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -184,6 +185,19 @@ func TestClusterFleet(t *testing.T) {
 		t.Errorf("the backend had %d requests in flight at once while half-open, want at most %d", tp.MaxInFlight, halfOpenMax)
 	}
 	f.Backend.Set(t, "latency=0")
+
+	// The history stream lives in the circuit's hash slot: the scripts append to it on
+	// the cluster as on one server, and every replica reads the same three transitions.
+	for _, p := range f.Replicas {
+		h, body := newAdminAPI(t, f.admins[p]).History(t, upstream)
+		var got []string
+		for _, tr := range h.Transitions {
+			got = append(got, tr.From+"→"+tr.To)
+		}
+		if want := []string{"half_open→closed", "open→half_open", "closed→open"}; !slices.Equal(got, want) {
+			t.Errorf("%s: history on the cluster %v, want %v:\n%s", p.ID, got, want, body)
+		}
+	}
 
 	// Resync: an operator forces the circuit open fleet-wide; a replica started then
 	// rejects from its first request, having read the state from the cluster.

@@ -33,6 +33,9 @@ type backend interface {
 	inspect(ctx context.Context, c *circuit, key bool) (map[string]string, error)
 	// claim takes or renews owner's lease on key for ms milliseconds (see Store.Claim).
 	claim(ctx context.Context, key, owner string, ms int64) (bool, error)
+	// history returns an upstream's transitions (its keys' included), newest first, at
+	// most limit (all when 0).
+	history(ctx context.Context, upstream string, limit int) ([]Transition, error)
 	// members returns at most n keys of upstream's registry of per-key circuits
 	// (registry is its Redis key).
 	members(ctx context.Context, upstream, registry string, n int) ([]string, error)

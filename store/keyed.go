@@ -111,7 +111,7 @@ func (r *Redis) newKeyCircuit(name string, k KeyCircuit) *circuit {
 	if k.Breaker != nil {
 		bs = k.Breaker.Settings()
 	}
-	c.settings = settingsArg(bs, k.MinReplicasReporting)
+	c.settings = settingsArg(bs, k.MinReplicasReporting) + r.o.History.arg()
 	return c
 }
 
@@ -426,8 +426,17 @@ func (m *Memory) InspectKey(_ context.Context, name string, _ KeyCircuit) (map[s
 // KeyRefusals implements KeyStore: the memory store refuses no key.
 func (m *Memory) KeyRefusals() uint64 { return 0 }
 
-// KeyUpstreams implements KeyStore: the memory store has nothing to read.
-func (m *Memory) KeyUpstreams(map[string]KeyCircuit) {}
+// KeyUpstreams implements KeyStore: the memory store notes the upstreams, whose history
+// holds their keys' transitions.
+func (m *Memory) KeyUpstreams(ups map[string]KeyCircuit) {
+	kups := make(map[string]bool, len(ups))
+	for name := range ups {
+		kups[name] = true
+	}
+	m.hist.mu.Lock()
+	m.hist.kups = kups
+	m.hist.mu.Unlock()
+}
 
 // KeyUpstreams implements KeyStore.
 func (r *Redis) KeyUpstreams(ups map[string]KeyCircuit) {

@@ -17,6 +17,7 @@ type Memory struct {
 	circuits map[string]Circuit
 	kmu      sync.Mutex // guards keyed: per-key circuits (keyed.go)
 	keyed    map[string]Circuit
+	hist     memHistory // transitions (memory_history.go)
 }
 
 var _ Store = (*Memory)(nil)
@@ -31,6 +32,7 @@ func (m *Memory) Attach(circuits map[string]Circuit) {
 	m.mu.Lock()
 	m.circuits = circuits
 	m.mu.Unlock()
+	m.hist.forget(circuits)
 }
 
 func (m *Memory) circuit(name string) (Circuit, bool) {

@@ -8,7 +8,6 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -49,7 +48,7 @@ func NewPostgres(pool *pgxpool.Pool, o PostgresOptions) (*Postgres, error) {
 		pool.Close()
 		return nil, fmt.Errorf("postgres store: prefix %q: want [a-z_][a-z0-9_]{0,29}", o.Prefix)
 	}
-	b := &pgBackend{pool: pool, prefix: o.Prefix, fn: map[*redis.Script]string{}}
+	b := &pgBackend{pool: pool, prefix: o.Prefix, fn: map[*redis.Script]string{}, historyOpts: o.History}
 	for _, s := range append(allScripts[:len(allScripts):len(allScripts)], claimScript) {
 		fn, ok := pgScriptFunction(s)
 		if !ok {
@@ -80,18 +79,33 @@ type pgBackend struct {
 	pool   *pgxpool.Pool
 	prefix string
 	fn     map[*redis.Script]string // each script's function, without the prefix
-	// history's bounds, for cleanup (SetHistoryLimits): none when 0
-	retention  atomic.Int64 // ms
-	maxEntries atomic.Int64
+	// the history's bounds (RedisOptions.History), which cleanup applies too
+	historyOpts HistoryOptions
 }
 
-// SetHistoryLimits bounds the transition history: the periodic cleanup deletes what is
-// older than retention and, per circuit, what is beyond the max newest entries (0: no
-// bound).
-func (p *Postgres) SetHistoryLimits(retention time.Duration, max int) {
-	b := p.be.(*pgBackend)
-	b.retention.Store(retention.Milliseconds())
-	b.maxEntries.Store(int64(max))
+// history reads <p>history_read: the upstream's transitions and its keys', newest first.
+func (b *pgBackend) history(ctx context.Context, upstream string, limit int) ([]Transition, error) {
+	var lim *int
+	if limit > 0 {
+		lim = &limit
+	}
+	rows, err := b.pool.Query(ctx, `SELECT key, from_state, to_state, reason, requests, failures, slow, consecutive,
+		generation, replica, at FROM `+b.prefix+`history_read($1, NULL, $2)`, upstream, lim)
+	if err != nil {
+		return nil, err
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Transition, error) {
+		t := Transition{Upstream: upstream}
+		var gen int64
+		err := row.Scan(&t.Key, &t.From, &t.To, &t.Reason, &t.Requests, &t.Failures, &t.Slow, &t.Consecutive,
+			&gen, &t.Replica, &t.At)
+		t.Generation, t.At = uint64(gen), t.At.UTC()
+		return t, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("history of %q: %w", upstream, err)
+	}
+	return out, nil
 }
 
 func (b *pgBackend) driver() string { return "postgres" }
@@ -484,7 +498,11 @@ func (b *pgBackend) cleanup(ctx context.Context, r *Redis) {
 			continue
 		}
 		cctx, cancel := context.WithTimeout(ctx, r.o.Timeout)
-		_, err := b.pool.Exec(cctx, "SELECT "+b.prefix+"cleanup($1, $2)", b.retention.Load(), b.maxEntries.Load())
+		h := b.historyOpts
+		if !h.Enabled() {
+			h = HistoryOptions{} // nothing recorded: nothing to bound
+		}
+		_, err := b.pool.Exec(cctx, "SELECT "+b.prefix+"cleanup($1, $2)", h.Retention.Milliseconds(), h.MaxEntries)
 		cancel()
 		if err != nil && ctx.Err() == nil {
 			r.log.Warn("deleting expired rows failed", zap.Error(err))

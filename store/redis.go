@@ -31,6 +31,8 @@ type RedisOptions struct {
 	Timeout time.Duration
 	Logger  *zap.Logger // nil: no logs
 	Hooks   Hooks
+	// History bounds each upstream's transition stream (the zero value: no history).
+	History HistoryOptions
 	// Wall is the wall clock, used only to estimate propagation lag against Redis's
 	// clock (logged, and taken off an open period's remaining time as it arrives); tests
 	// skew it to show that nothing else depends on it: the lag is measured against an
@@ -235,7 +237,7 @@ func (r *Redis) Attach(circuits map[string]Circuit) {
 		c.Breaker.SetWake(r.Wake)
 		bs := c.Breaker.Settings()
 		sc := &circuit{Circuit: c, name: name, key: state, leaseKey: leases,
-			settings: settingsArg(bs, c.MinReplicasReporting), holdFor: max(bs.Window, r.o.FlushInterval)}
+			settings: settingsArg(bs, c.MinReplicasReporting) + r.o.History.arg(), holdFor: max(bs.Window, r.o.FlushInterval)}
 		if old, ok := r.circuits[name]; ok && old.Breaker == c.Breaker {
 			sc.epoch.Store(old.epoch.Load())
 			sc.synced.Store(old.synced.Load())

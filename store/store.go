@@ -99,6 +99,10 @@ type Store interface {
 	// says the shared store could not be asked (ErrDegraded without I/O when it is
 	// degraded); the caller decides whether to do the work on its own.
 	Claim(ctx context.Context, key string, ttl time.Duration) (bool, error)
+	// History returns a circuit's recorded transitions (see Transition), newest first, at
+	// most limit of them (limit <= 0: all that are kept). ErrUnknownCircuit for a name no
+	// circuit has; ErrHistoryDisabled when the history is off.
+	History(ctx context.Context, name string, limit int) ([]Transition, error)
 }
 
 // ErrDegraded is returned by a shared store's Claim while it is degraded.

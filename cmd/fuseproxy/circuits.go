@@ -1,7 +1,9 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"maps"
@@ -13,6 +15,7 @@ import (
 	"time"
 
 	"github.com/fuseproxy/fuseproxy/internal/admin"
+	"github.com/fuseproxy/fuseproxy/store"
 )
 
 const circuitsUsage = `Usage:
@@ -22,6 +25,7 @@ const circuitsUsage = `Usage:
   fuseproxy circuits close NAME        close the circuit now
   fuseproxy circuits reset NAME        closed, mode normal, counts and backoff cleared
   fuseproxy circuits mode NAME MODE    MODE: normal | forced_open | forced_closed | metrics_only
+  fuseproxy circuits history NAME      the circuit's fleet transitions, newest first (--limit N)
 
 Flags (anywhere on the line):
   --admin URL      admin API (default $FUSE_ADMIN_URL, else http://127.0.0.1:8084)
@@ -29,12 +33,14 @@ Flags (anywhere on the line):
   --ca FILE        PEM CA bundle for an https admin API (default $FUSE_ADMIN_CA)
   --json           print the API's JSON
   --timeout D      request timeout (default 5s)
+  --limit N        history: at most N transitions, 1-10000 (default 100)
 `
 
 // circuits runs `fuseproxy circuits SUBCOMMAND ...` against the admin API.
 func circuits(args []string, stdout, stderr io.Writer) error {
 	fs, f := newAdminFlagSet("circuits", stderr, 5*time.Second)
 	fs.Usage = func() { fmt.Fprint(stderr, circuitsUsage) }
+	limit := fs.Int("limit", 0, "history: at most this many transitions")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
 		return err
@@ -44,7 +50,7 @@ func circuits(args []string, stdout, stderr io.Writer) error {
 		return errUsage
 	}
 	sub, pos := pos[0], pos[1:]
-	want := map[string]int{"list": 0, "show": 1, "open": 1, "close": 1, "reset": 1, "mode": 2}
+	want := map[string]int{"list": 0, "show": 1, "open": 1, "close": 1, "reset": 1, "mode": 2, "history": 1}
 	n, ok := want[sub]
 	if !ok {
 		fmt.Fprintf(stderr, "fuseproxy circuits: unknown subcommand %q\n\n%s", sub, circuitsUsage)
@@ -54,11 +60,19 @@ func circuits(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stderr, "fuseproxy circuits %s: want %d argument(s), got %d\n\n%s", sub, n, len(pos), circuitsUsage)
 		return errUsage
 	}
+	limitSet := false
+	fs.Visit(func(fl *flag.Flag) { limitSet = limitSet || fl.Name == "limit" })
+	if limitSet && sub != "history" {
+		fmt.Fprintf(stderr, "fuseproxy circuits %s: --limit is for history only\n\n%s", sub, circuitsUsage)
+		return errUsage
+	}
 	c, err := f.client()
 	if err != nil {
 		return err
 	}
 	switch sub {
+	case "history":
+		return circuitsHistory(c, pos[0], *limit, limitSet, f.json, stdout)
 	case "list":
 		return circuitsList(c, f.json, stdout)
 	case "show":
@@ -256,4 +270,37 @@ func circuitsControl(c *admin.Client, name, action string, body any, jsonOut boo
 	fmt.Fprintf(stdout, "%s: %s applied %s; now %s, mode %s, generation %d%s\n",
 		ci.Name, what, scope, ci.State, ci.Mode, ci.Generation, extra)
 	return nil
+}
+
+// circuitsHistory prints a circuit's transition history (GET /circuits/{name}/history),
+// newest first; the admin API checks the limit.
+func circuitsHistory(c *admin.Client, name string, limit int, limitSet, jsonOut bool, stdout io.Writer) error {
+	path := "/circuits/" + url.PathEscape(name) + "/history"
+	if limitSet {
+		path += "?limit=" + strconv.Itoa(limit)
+	}
+	var h admin.History
+	if ok, err := fetch(c, path, jsonOut, stdout, &h); !ok {
+		return err
+	}
+	if len(h.Transitions) == 0 {
+		fmt.Fprintf(stdout, "no transitions recorded for %s\n", h.Upstream)
+		return nil
+	}
+	keyed := slices.ContainsFunc(h.Transitions, func(t store.Transition) bool { return t.Key != "" })
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	head := "AT\tFROM\tTO\tREASON\tREQUESTS\tFAILURES\tSLOW\tCONSEC\tGEN\tREPLICA"
+	if keyed {
+		head += "\tKEY"
+	}
+	fmt.Fprintln(tw, head)
+	for _, t := range h.Transitions {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s", t.At.UTC().Format("2006-01-02T15:04:05.000Z"),
+			t.From, t.To, t.Reason, t.Requests, t.Failures, t.Slow, t.Consecutive, t.Generation, cmp.Or(t.Replica, "-"))
+		if keyed {
+			fmt.Fprintf(tw, "\t%s", cmp.Or(t.Key, "-"))
+		}
+		fmt.Fprintln(tw)
+	}
+	return tw.Flush()
 }

@@ -75,8 +75,8 @@ func adminServer(t *testing.T, token string) (*httptest.Server, *cliBackend) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &cliBackend{cfg: cfg, breakers: map[string]*breaker.Breaker{}, store: &countingStore{Memory: store.NewMemory("replica-1")}}
-	b := breaker.New("api", cfg.Upstreams["api"].Breaker.Settings(), breaker.Options{})
+	f := &cliBackend{cfg: cfg, breakers: map[string]*breaker.Breaker{}, store: &countingStore{Memory: store.NewMemory("replica-1").WithHistory(store.HistoryOptions{Retention: time.Hour, MaxEntries: 100}, nil)}}
+	b := breaker.New("api", cfg.Upstreams["api"].Breaker.Settings(), breaker.Options{Observer: f.store.Memory})
 	f.breakers["api"] = b
 	f.store.Attach(map[string]store.Circuit{"api": {Breaker: b}})
 	f.ready.Store(true)

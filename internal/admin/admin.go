@@ -155,6 +155,7 @@ func NewHandler(b Backend, o Options) *Handler {
 	}
 	h.route("GET", "/circuits", h.list)
 	h.route("GET", "/circuits/{name}", h.show)
+	h.route("GET", "/circuits/{name}/history", h.history)
 	for _, action := range []string{"open", "close", "reset", "mode"} {
 		h.route("POST", "/circuits/{name}/"+action, h.control(action))
 	}

@@ -79,13 +79,13 @@ func mustConfig(t testing.TB, yaml string) *config.Config {
 func newBackend(t testing.TB) *fakeBackend {
 	cfg := mustConfig(t, testConfig)
 	f := &fakeBackend{cfg: cfg, clock: &clock{}, breakers: map[string]*breaker.Breaker{}}
-	mem := store.NewMemory("replica-1")
+	mem := store.NewMemory("replica-1").WithHistory(store.HistoryOptions{Retention: time.Hour, MaxEntries: 100}, nil)
 	circuits := map[string]store.Circuit{}
 	for name, u := range cfg.Upstreams {
 		if !u.Breaker.Enabled {
 			continue
 		}
-		b := breaker.New(name, u.Breaker.Settings(), breaker.Options{Clock: f.clock})
+		b := breaker.New(name, u.Breaker.Settings(), breaker.Options{Clock: f.clock, Observer: mem})
 		f.breakers[name] = b
 		circuits[name] = store.Circuit{Breaker: b}
 	}
@@ -377,6 +377,7 @@ type route struct{ method, path, body string }
 var allRoutes = []route{
 	{"GET", "/circuits", ""},
 	{"GET", "/circuits/api", ""},
+	{"GET", "/circuits/api/history", ""},
 	{"POST", "/circuits/api/open", ""},
 	{"POST", "/circuits/api/close", ""},
 	{"POST", "/circuits/api/reset", ""},

@@ -153,7 +153,26 @@ func (a *App) newStore(cfg *config.Config) (store.Store, error) {
 	case "postgres":
 		return a.newPostgres(cfg)
 	default:
-		return store.NewMemory(a.replica), nil
+		return store.NewMemory(a.replica).WithHistory(historyOptions(cfg.Store), a.opts.Wall), nil
+	}
+}
+
+// observer is what a breaker reports its transitions to: obs (the events), and the store
+// when it records them from the breakers (the memory store's history; a shared store
+// records the fleet's transitions where it makes them).
+func (a *App) observer(obs breaker.Observer) breaker.Observer {
+	if so, ok := a.store.(breaker.Observer); ok {
+		return observers{so, obs}
+	}
+	return obs
+}
+
+// observers reports each transition to each of them in turn.
+type observers []breaker.Observer
+
+func (os observers) OnTransition(t breaker.Transition) {
+	for _, o := range os {
+		o.OnTransition(t)
 	}
 }
 
@@ -163,7 +182,7 @@ func (a *App) newStore(cfg *config.Config) (store.Store, error) {
 // one of that name: a reload keeps the state of the targets that remain.
 func (a *App) buildBreakers(cfg *config.Config, old map[string]*breaker.Breaker) map[string]*breaker.Breaker {
 	out := make(map[string]*breaker.Breaker, len(cfg.Upstreams))
-	opts := breaker.Options{Clock: a.clock, Observer: a.events}
+	opts := breaker.Options{Clock: a.clock, Observer: a.observer(a.events)}
 	add := func(name string, s breaker.Settings) {
 		if b, ok := old[name]; ok {
 			b.SetSettings(s)

@@ -15,12 +15,12 @@ func (a *App) keyOptions() proxy.KeyOptions {
 	return proxy.KeyOptions{
 		Clock: a.clock,
 		Observer: func(upstream string) breaker.Observer {
-			return a.events.KeyObserver(upstream, func() int {
+			return a.observer(a.events.KeyObserver(upstream, func() int {
 				if u := a.Config().Upstreams[upstream]; u != nil {
 					return u.Keyed.EventsPerSecond
 				}
 				return 0
-			})
+			}))
 		},
 		Attach: func(upstream, name string, b *breaker.Breaker) {
 			ks, ok := a.store.(store.KeyStore)

@@ -23,6 +23,7 @@ func postgresOptions(s config.Store) store.PostgresOptions {
 		FlushInterval: s.FlushInterval,
 		DegradeAfter:  s.Postgres.DegradeAfter,
 		Timeout:       s.Postgres.ConnectTimeout + s.Postgres.StatementTimeout,
+		History:       historyOptions(s),
 	}
 }
 

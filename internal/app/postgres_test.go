@@ -15,7 +15,8 @@ func TestPostgresStoreDefaultsAreTheConfigs(t *testing.T) {
 	o := postgresOptions(d.Store)
 	want := store.PostgresOptions{Prefix: d.Store.Postgres.Prefix, FlushInterval: d.Store.FlushInterval,
 		DegradeAfter: d.Store.Postgres.DegradeAfter,
-		Timeout:      d.Store.Postgres.ConnectTimeout + d.Store.Postgres.StatementTimeout}
+		Timeout:      d.Store.Postgres.ConnectTimeout + d.Store.Postgres.StatementTimeout,
+		History:      store.HistoryOptions{Retention: d.Store.History.Retention, MaxEntries: d.Store.History.MaxEntries}}
 	if !reflect.DeepEqual(o, want) {
 		t.Errorf("store options from config.Default(): %+v, want %+v", o, want)
 	}

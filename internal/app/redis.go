@@ -22,7 +22,13 @@ func redisOptions(s config.Store) store.RedisOptions {
 		FlushInterval: s.FlushInterval,
 		DegradeAfter:  s.Redis.DegradeAfter,
 		Timeout:       exchangeTimeout(s.Redis),
+		History:       historyOptions(s),
 	}
+}
+
+// historyOptions are store.history's bounds, for every store.
+func historyOptions(s config.Store) store.HistoryOptions {
+	return store.HistoryOptions{Retention: s.History.Retention, MaxEntries: s.History.MaxEntries}
 }
 
 // exchangeTimeout bounds one exchange with Redis (a flush's round trip, a resync's, an

@@ -21,7 +21,8 @@ func TestRedisStoreDefaultsAreTheConfigs(t *testing.T) {
 	o := redisOptions(d.Store)
 	want := store.RedisOptions{Prefix: d.Store.Redis.Prefix, FlushInterval: d.Store.FlushInterval,
 		DegradeAfter: d.Store.Redis.DegradeAfter,
-		Timeout:      d.Store.Redis.DialTimeout + d.Store.Redis.ReadTimeout + d.Store.Redis.WriteTimeout}
+		Timeout:      d.Store.Redis.DialTimeout + d.Store.Redis.ReadTimeout + d.Store.Redis.WriteTimeout,
+		History:      store.HistoryOptions{Retention: d.Store.History.Retention, MaxEntries: d.Store.History.MaxEntries}}
 	if !reflect.DeepEqual(o, want) {
 		t.Errorf("store options from config.Default(): %+v, want %+v", o, want)
 	}

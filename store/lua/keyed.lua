@@ -17,6 +17,8 @@ local kmax, kttl, kmember = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 table.remove(ARGV, 1)
 table.remove(ARGV, 1)
 table.remove(ARGV, 1)
+-- the key's transitions go to its upstream's history stream (prelude.lua, record)
+hist.key, hist.member = string.sub(KEYS[3], 1, -6) .. ':history', kmember
 do
   local know = now_ms()
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', know)

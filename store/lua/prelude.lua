@@ -19,7 +19,8 @@
 -- half-open max, success threshold, min replicas reporting, initial mode, consecutive
 -- gateway failures, linear backoff (0/1), trip decay ms. The last three were appended for
 -- per-target ejection: a string without them (an older replica's) reads as 0, which is the
--- older scripts' behaviour, so the encoding needs no version mark.
+-- older scripts' behaviour, so the encoding needs no version mark. Two more follow for the
+-- transition history: retention ms and max entries (0: no history; see record).
 --
 -- These scripts are the state machine of breaker.Breaker written again for a fleet. Both
 -- are held to one table of (state, event) -> (state, reason) rows, breaker/conformance:
@@ -36,8 +37,13 @@ local function settings(arg)
   return { cf = v[1], fr = v[2], sr = v[3], minreq = v[4], win = v[5], buckets = v[6],
     open = v[7], mult = v[8], maxopen = v[9], jitter = v[10], hmax = v[11],
     sthresh = v[12], minrep = v[13], mode = v[14], cg = v[15] or 0, linear = v[16] or 0,
-    decay = v[17] or 0 }
+    decay = v[17] or 0, hret = v[18] or 0, hlen = v[19] or 0 }
 end
+
+-- hist is where transitions are recorded (see record): the stream "<prefix>:{<upstream>}:
+-- history", in the circuit's hash slot (keyed.lua points a key's circuit at its
+-- upstream's stream, with member = the key).
+local hist = { key = string.sub(KEYS[1], 1, -7) .. ':history', member = '' }
 
 local core = { 'st', 'md', 'gen', 'ou', 'of', 'tr', 'cf', 'gf', 'sc', 'at', 'ep', 'fo' }
 local known = { rs = true, cfg = true, cfgr = true }
@@ -63,7 +69,7 @@ end
 -- an error, never a crash. Fields no script writes are dropped.
 local function load(key, s, now)
   local st = { st = 0, md = s.mode, gen = 0, ou = 0, of = 0, tr = 0, cf = 0, gf = 0, sc = 0, at = 0, ep = now, fo = 0,
-    b = {}, r = {}, del = {}, new = true, dirty = false, corrupt = false, cfg = '', cfgr = '' }
+    b = {}, r = {}, del = {}, new = true, dirty = false, corrupt = false, cfg = '', cfgr = '', s = s }
   local lt = redis.call('TYPE', KEYS[2]).ok
   if lt ~= 'none' and lt ~= 'zset' then
     redis.call('DEL', key, KEYS[2])
@@ -121,7 +127,7 @@ local function load(key, s, now)
     -- a fresh closed state in a newer generation, published so every replica adopts it
     return { st = 0, md = s.mode, gen = st.gen + 1, ou = 0, of = 0, tr = 0, cf = 0, gf = 0, sc = 0,
       at = 0, ep = now, fo = 0, b = {}, r = {}, del = {}, new = true, dirty = true, changed = true,
-      rs = 'corrupt', corrupt = st.corrupt, cfg = '', cfgr = '' }
+      rs = 'corrupt', corrupt = st.corrupt, cfg = '', cfgr = '', s = s }
   end
   return st
 end
@@ -178,6 +184,12 @@ end
 -- half-open period that follows (see acquire.lua), which they count against.
 local function transition(st, to, reason, now, leasekey)
   local keep = st.st == 1 and to == 2
+  if st.s and st.s.hret > 0 and st.s.hlen > 0 then
+    -- the record of the transition, appended by save (the window before it is cleared)
+    local r, f, sl = window(st, st.s, now)
+    st.hist = st.hist or {}
+    st.hist[#st.hist + 1] = { st.st, to, reason, r, f, sl, st.cf, st.gen + 1 }
+  end
   st.st, st.gen, st.at, st.rs = to, st.gen + 1, now, reason
   st.changed, st.dirty = true, true
   clear_counts(st)
@@ -270,6 +282,28 @@ local function timing(st, now)
   return 0
 end
 
+local names = { [0] = 'closed', [1] = 'open', [2] = 'half_open' }
+
+-- record appends the transitions this script made (transition) to the circuit's history
+-- stream, in the script that makes them: each fleet transition is recorded once. Fields:
+-- k the key (per-key circuits), f/t from/to, rs reason, rq/fl/sl the window's requests,
+-- failures and slow calls at the transition, cf consecutive failures, g the generation
+-- after it, rp the replica whose call made it ("" for open_timeout: Redis's clock ended
+-- the period), at Redis ms. Capped exactly (transitions are rare): at most hlen entries,
+-- none older than hret ms, and the stream expires hret ms after its last entry.
+local function record(st, now, replica)
+  if not st.hist then return end
+  for _, h in ipairs(st.hist) do
+    local rp = replica
+    if h[3] == 'open_timeout' then rp = '' end
+    redis.call('XADD', hist.key, 'MAXLEN', fmt(st.s.hlen), '*', 'k', hist.member,
+      'f', names[h[1]], 't', names[h[2]], 'rs', h[3], 'rq', fmt(h[4]), 'fl', fmt(h[5]),
+      'sl', fmt(h[6]), 'cf', fmt(h[7]), 'g', fmt(h[8]), 'rp', rp or '', 'at', fmt(now))
+  end
+  redis.call('XTRIM', hist.key, 'MINID', fmt(math.max(now - st.s.hret, 0)))
+  redis.call('PEXPIRE', hist.key, st.s.hret)
+end
+
 -- save writes what changed, refreshes the expiry and publishes a transition. The hash
 -- lives as long as its open period plus a day: an idle closed circuit needs no key (with
 -- trip decay, a trip count kept by an idle closed circuit has decayed to 0 by then
@@ -299,6 +333,7 @@ local function save(key, st, s, now, channel, name, cfg, replica)
   end
   redis.call('HSET', key, unpack(args))
   redis.call('PEXPIRE', key, math.max(st.ou - now, 0) + 86400000)
+  record(st, now, replica)
   if st.changed then
     redis.call('PUBLISH', channel, table.concat({ name, fmt(st.st), fmt(st.md), fmt(st.gen),
       fmt(timing(st, now)), fmt(st.of), fmt(st.tr), fmt(now), fmt(st.ep), st.rs or '' }, ' '))
