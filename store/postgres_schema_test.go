@@ -3,7 +3,9 @@ package store
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -533,4 +535,65 @@ func ExamplePostgresGrants() {
 	// GRANT EXECUTE ON FUNCTION "public"."fuse_history_read"(text, text, integer) TO "fuse_runtime";
 	// GRANT EXECUTE ON FUNCTION "public"."fuse_keys_read"(text, integer) TO "fuse_runtime";
 	// GRANT EXECUTE ON FUNCTION "public"."fuse_cleanup"(bigint, integer) TO "fuse_runtime";
+}
+
+// TestPostgresRandomValuesNeverWedge writes random values (numbers of every size and
+// sign, junk text, jsonb of every shape) into random columns of a circuit's row and
+// runs a random function after each: every call must answer with a reply the replicas
+// can decode (run fails the test on an error), and whenever it reports the state
+// unreadable it answers from a fresh state. The seed is logged so a failure can be
+// replayed.
+func TestPostgresRandomValuesNeverWedge(t *testing.T) {
+	t.Parallel()
+	seed := time.Now().UnixNano()
+	t.Logf("seed %d", seed)
+	rnd := rand.New(rand.NewPCG(uint64(seed), 0))
+	s := baseSettings()
+	s.OpenDuration = 10 * time.Millisecond
+	s.FailureRate, s.MinimumRequests = 50, 1
+	e, b := pgEnv(t, "api", s)
+	e.settingsArg += ",3600000,10"
+	// Not 15-digit values beyond 2^63 ns: the Lua scripts read them (count takes up to 15
+	// digits) and reply with a time no replica decodes (sharedState), and so does the port.
+	numbers := []string{"0", "1", "2", "3", "-1", "99999999999", "1000000000000000", "9223372036854775807",
+		"-9223372036854775808", "4611686018427", strconv.FormatInt(time.Now().UnixMilli(), 10)}
+	cols := []string{"state", "mode", "generation", "open_until", "open_for", "trips", "consecutive",
+		"gateway_consecutive", "successes", "changed_at", "epoch", "onset", "expires_at"}
+	jsons := []string{`{}`, `[]`, `7`, `"x"`, `null`, `{"1": [1, 1, 1]}`, `{"-5": [1, 2, 3]}`, `{"x": [1, 1, 1]}`,
+		`{"5": [1e400, 1, 1]}`, `{"5": [1.5, 1, 1]}`, `{"5": "1 1 1"}`, `{"5": [1, 1]}`, `{"99999999999999999999": [1, 1, 1]}`,
+		`{"r1": 1}`, `{"r1": -1}`, `{"r1": "x"}`, `{"r1": 1e300}`, `{"r1": null}`}
+	texts := []string{"", "mode", "two words", "ünïcode", strings.Repeat("a", 65), "x\ny", `a"b\c`}
+	gen := uint64(0)
+	for i := range 300 {
+		switch rnd.IntN(5) {
+		case 0:
+			b.exec(t, "UPDATE <p>circuits SET buckets = $1::jsonb WHERE upstream = 'api'", jsons[rnd.IntN(len(jsons))])
+		case 1:
+			b.exec(t, "UPDATE <p>circuits SET reports = $1::jsonb WHERE upstream = 'api'", jsons[rnd.IntN(len(jsons))])
+		case 2:
+			col := []string{"reason", "cfg", "cfg_replica"}[rnd.IntN(3)]
+			b.exec(t, "UPDATE <p>circuits SET "+col+" = $1 WHERE upstream = 'api'", texts[rnd.IntN(len(texts))])
+		default:
+			b.exec(t, "UPDATE <p>circuits SET "+cols[rnd.IntN(len(cols))]+" = $1::bigint WHERE upstream = 'api'",
+				numbers[rnd.IntN(len(numbers))])
+		}
+		var rep reply
+		switch rnd.IntN(4) {
+		case 0:
+			rep = e.flush("r1", gen, failures(1+rnd.IntN(5)))
+		case 1:
+			rep = e.acquire("r1", time.Second)
+		case 2:
+			rep = e.trial("r1", gen, rnd.IntN(2), rnd.IntN(2))
+		default:
+			rep = e.control([]string{"open", "close", "reset"}[rnd.IntN(3)], 0)
+		}
+		if rep.corrupt != "" && rep.state.Trips > 1 {
+			t.Fatalf("step %d: corrupt %q but state %+v, want a fresh one", i, rep.corrupt, rep.state)
+		}
+		if len(rep.corrupt) > 200 || len(rep.state.Reason) > 64 {
+			t.Fatalf("step %d: reply carries %d bytes of problem, %d of reason", i, len(rep.corrupt), len(rep.state.Reason))
+		}
+		gen = rep.state.Generation
+	}
 }
