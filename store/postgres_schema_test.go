@@ -597,3 +597,43 @@ func TestPostgresRandomValuesNeverWedge(t *testing.T) {
 		gen = rep.state.Generation
 	}
 }
+
+// TestPostgresKeyHistory: a key's transitions go to its upstream's history with the key,
+// and count against the upstream's max entries.
+func TestPostgresKeyHistory(t *testing.T) {
+	t.Parallel()
+	b := newPGScripts(t)
+	s := baseSettings()
+	s.OpenDuration = time.Minute
+	sarg := settingsArg(breaker.New("up", s, breaker.Options{}).Settings(), 1) + ",3600000,3"
+	events, onsets := b.channels()
+	ctx := context.Background()
+	call := func(fn, name string, args ...any) []*string {
+		t.Helper()
+		a, err := pgArgs(args)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []*string
+		if err := b.pool.QueryRow(ctx, "SELECT "+b.prefix+fn+"($1, $2)", name, a).Scan(&out); err != nil {
+			t.Fatalf("%s: %v", fn, err)
+		}
+		return out
+	}
+	call("key_flush", "up", 10, 60000, "k1", "r1", 0, 3, 3, 0, 3, 0, sarg, "h", 0.5, events, "up#k1", onsets, 0, 0, 1, 0)
+	call("key_control", "up", 10, 60000, "k2", "open", 0, sarg, 0.5, events, "up#k2", "op")
+	call("control", "up", "open", 0, sarg, 0.5, events, "up", "op")
+	hs := b.history(t, "up")
+	if len(hs) != 3 || hs[0].Key != "" || hs[1].Key != "k2" || hs[1].Replica != "op" || hs[2].Key != "k1" ||
+		hs[2].Reason != "consecutive_failures" || hs[2].Replica != "r1" || hs[2].Failures != 3 {
+		t.Fatalf("history %+v, want the upstream's, k2's and k1's trips", hs)
+	}
+	var n int
+	if err := b.pool.QueryRow(ctx, "SELECT count(*) FROM "+b.prefix+"history_read('up', 'k2', 10)").Scan(&n); err != nil || n != 1 {
+		t.Fatalf("k2's history: %d rows, %v", n, err)
+	}
+	call("key_control", "up", 10, 60000, "k3", "open", 0, sarg, 0.5, events, "up#k3", "op")
+	if hs := b.history(t, "up"); len(hs) != 3 || hs[0].Key != "k3" || hs[2].Key != "k2" {
+		t.Fatalf("history %+v, want the newest 3 of the upstream's and its keys'", hs)
+	}
+}
