@@ -170,15 +170,57 @@ func (w pgMain) Run() int {
 	return code
 }
 
-// newPGScripts migrates a fresh prefix (t<n>_) on the shared server.
+// newPGScripts migrates a fresh prefix (t<n>_) on the shared server, and connects to it
+// with one connection of its own, on which every function has run once: PL/pgSQL
+// compiles a function on a connection's first call of it, which on a busy machine may
+// take longer than the tests' 100 ms open periods.
 func newPGScripts(t testing.TB) *pgScripts {
 	t.Helper()
 	srv := pgServer(t)
-	b := &pgScripts{srv: srv, pool: srv.Pool(), prefix: fmt.Sprintf("t%d_", sharedPG.seq.Add(1))}
+	prefix := fmt.Sprintf("t%d_", sharedPG.seq.Add(1))
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if _, err := Migrate(ctx, b.pool, b.prefix); err != nil {
-		t.Fatalf("migrate %s: %v", b.prefix, err)
+	if _, err := Migrate(ctx, srv.Pool(), prefix); err != nil {
+		t.Fatalf("migrate %s: %v", prefix, err)
+	}
+	cfg, err := pgxpool.ParseConfig(srv.DSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.MaxConns = 1
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	b := &pgScripts{srv: srv, pool: pool, prefix: prefix}
+	// the warm-up: every function once, then no trace of it
+	sarg := settingsArg(baseSettings(), 1) + ",1000,10"
+	for _, w := range []struct {
+		fn   string
+		args []string
+	}{
+		{"flush", []string{"r", "0", "3", "3", "0", "3", "0", sarg, "h", "0.5", "c", "w", "o", "0", "0", "1", "0", "1"}},
+		{"acquire", []string{"r", "1", "1000", sarg, "r:1", "c", "w", "1"}},
+		{"trial", []string{"r", "2", "0", "1", sarg, "0.5", "c", "w", "0", "r:1:2:1", "r:*"}},
+		{"control", []string{"mode", "0", sarg, "0.5", "c", "w", "r"}},
+		{"key_flush", []string{"1", "1000", "k", "r", "0", "1", "0", "0", "0", "1", sarg, "h", "0.5", "c", "w", "o", "0", "0", "1", "0"}},
+		{"key_acquire", []string{"1", "1000", "k", "r", "1", "1000", sarg, "r:1", "c", "w"}},
+		{"key_trial", []string{"1", "1000", "k", "r", "0", "1", "0", sarg, "0.5", "c", "w", "0"}},
+		{"key_control", []string{"1", "1000", "k", "reset", "0", sarg, "0.5", "c", "w", "r"}},
+		{"tally", []string{"r", "1", "1", "1000"}},
+		{"claim", []string{"r", "1000"}},
+		{"heartbeat", []string{"1000"}},
+	} {
+		var out []*string
+		if err := pool.QueryRow(ctx, "SELECT "+prefix+w.fn+"($1, $2)", "w", w.args).Scan(&out); err != nil {
+			t.Fatalf("warm-up %s: %v", w.fn, err)
+		}
+	}
+	for _, tbl := range []string{"circuits", "leases", "keys", "tallies", "claims", "heartbeats", "history"} {
+		if _, err := pool.Exec(ctx, "DELETE FROM "+prefix+tbl); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return b
 }
