@@ -764,7 +764,8 @@ BEGIN
 END $$;
 
 -- Only the roles granted EXECUTE run the public functions; nobody but the owner runs
--- the helpers (they would run with the caller's rights, which a runtime role lacks).
+-- the helpers (they would run with the caller's rights, which a runtime role lacks). A
+-- later version that creates a function ends with this block too.
 DO $$
 DECLARE
 	f regprocedure;
