@@ -637,3 +637,36 @@ func TestPostgresKeyHistory(t *testing.T) {
 		t.Fatalf("history %+v, want the newest 3 of the upstream's and its keys'", hs)
 	}
 }
+
+// TestPostgresRowsStayBounded: flushes into hundreds of buckets from thousands of replica
+// ids leave a circuit's row with no more buckets than the window has and only the
+// reports of its window, and an expiry.
+func TestPostgresRowsStayBounded(t *testing.T) {
+	t.Parallel()
+	s := baseSettings()
+	s.ConsecutiveFailures = 1000
+	s.Window, s.Buckets = 10*time.Millisecond, 10 // 1 ms buckets
+	s.FailureRate, s.MinimumRequests = 99, 1
+	e, b := pgEnv(t, "api", s)
+	first := e.poll().now
+	for i := 0; ; i++ {
+		rep := e.flush(fmt.Sprintf("replica-%d", i), 0, batch{req: 2, fail: 1, hadSuccess: true})
+		if rep.state.State != breaker.Closed {
+			t.Fatalf("tripped: %+v", rep)
+		}
+		if i >= 500 && rep.now-first >= 200 {
+			break
+		}
+	}
+	var nb, nr int
+	if err := b.pool.QueryRow(context.Background(), "SELECT (SELECT count(*) FROM jsonb_object_keys(buckets)), "+
+		"(SELECT count(*) FROM jsonb_object_keys(reports)) FROM "+b.prefix+"circuits WHERE upstream = 'api'").Scan(&nb, &nr); err != nil {
+		t.Fatal(err)
+	}
+	if nb > 11 || nr > 50 {
+		t.Fatalf("the row holds %d buckets and %d reports after many flushes, want at most the window's", nb, nr)
+	}
+	if n := b.count(t, "SELECT count(*) FROM <p>circuits WHERE expires_at > <p>now_ms() + 86000000"); n != 1 {
+		t.Fatal("the row has no expiry a day ahead")
+	}
+}
