@@ -84,8 +84,18 @@ func env(t testing.TB, b scriptBackend, name string, s breaker.Settings, minRepl
 	}
 	s = breaker.New(name, s, breaker.Options{}).Settings()
 	events, onsets := b.channels()
-	return &luaEnv{t: t, be: b, name: name, channel: events, onset: onsets,
+	return &luaEnv{t: t, be: b, name: name, upstream: name, channel: events, onset: onsets,
 		settingsArg: settingsArg(s, minReplicas), hash: "h1"}
+}
+
+// keyedEnv is key member's circuit of upstream on backend b, called by the keyed
+// scripts.
+func keyedEnv(t testing.TB, b scriptBackend, upstream, member string, s breaker.Settings, minReplicas int) *luaEnv {
+	t.Helper()
+	e := env(t, b, upstream+"#"+member, s, minReplicas)
+	e.upstream, e.member = upstream, member
+	e.key, e.leaseKey, e.registry, _ = keyKeys("fuse", upstream, e.name)
+	return e
 }
 
 // redisScripts runs the Lua scripts on a private redis-server.
@@ -272,7 +282,7 @@ func (b *pgScripts) fields(e *luaEnv) (map[string]string, error) {
 	for _, f := range pgFields {
 		q += f.col + "::text, "
 	}
-	q += "reason, cfg, cfg_replica, buckets, reports FROM " + b.prefix + "circuits WHERE upstream = $1 AND key = '' AND expires_at > " +
+	q += "reason, cfg, cfg_replica, buckets, reports FROM " + b.prefix + "circuits WHERE upstream = $1 AND key = $2 AND expires_at > " +
 		b.prefix + "now_ms()"
 	vals := make([]string, len(pgFields))
 	dest := make([]any, 0, len(pgFields)+5)
@@ -285,7 +295,7 @@ func (b *pgScripts) fields(e *luaEnv) (map[string]string, error) {
 	var reports map[string]int64
 	dest = append(dest, &rs, &cfg, &cfgr, &buckets, &reports)
 	h := map[string]string{}
-	err := b.pool.QueryRow(ctx, q, e.name).Scan(dest...)
+	err := b.pool.QueryRow(ctx, q, e.upstream, e.member).Scan(dest...)
 	if err == pgx.ErrNoRows {
 		return h, nil
 	}
@@ -315,14 +325,14 @@ func (b *pgScripts) setField(e *luaEnv, field string, v int64) error {
 	if !ok {
 		return fmt.Errorf("no column for field %q", field)
 	}
-	_, err := b.pool.Exec(context.Background(), "UPDATE "+b.prefix+"circuits SET "+col+" = $2 WHERE upstream = $1 AND key = ''",
-		e.name, v)
+	_, err := b.pool.Exec(context.Background(), "UPDATE "+b.prefix+"circuits SET "+col+" = $3 WHERE upstream = $1 AND key = $2",
+		e.upstream, e.member, v)
 	return err
 }
 
 func (b *pgScripts) leases(e *luaEnv) ([]string, error) {
 	rows, err := b.pool.Query(context.Background(), "SELECT id FROM "+b.prefix+
-		"leases WHERE upstream = $1 AND key = '' ORDER BY expires_at, id", e.name)
+		"leases WHERE upstream = $1 AND key = $2 ORDER BY expires_at, id", e.upstream, e.member)
 	if err != nil {
 		return nil, err
 	}
