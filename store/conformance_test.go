@@ -26,6 +26,19 @@ func TestConformance(t *testing.T) {
 	})
 }
 
+// TestConformanceKeyed holds the keyed scripts (keyed.lua before each script, and
+// their PL/pgSQL port) to the same table: each row is one key's circuit of an upstream.
+func TestConformanceKeyed(t *testing.T) {
+	t.Parallel()
+	eachBackend(t, func(t *testing.T, b scriptBackend) {
+		var n atomic.Int64
+		conformance.Run(t, func(t testing.TB) conformance.Driver {
+			member := fmt.Sprintf("row%d", n.Add(1)) // a key of its own per row
+			return &luaDriver{e: keyedEnv(t, b, "up", member, conformance.Settings(), 1)}
+		})
+	})
+}
+
 // luaDriver turns steps into the scripts' calls: requests into one-request flushes,
 // admissions into acquire, trials into trial, operators' commands into control.
 type luaDriver struct {

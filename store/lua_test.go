@@ -30,6 +30,9 @@ type luaEnv struct {
 	onset                string        // the onset channel
 	hash                 string        // settings hash sent with flushes
 	grace                time.Duration // how long the rate rules wait after a failure onset
+	// keyed: the circuit is one key's (member) of upstream, run by the keyed scripts
+	// (keyed.lua; registry is its Redis key); name is then "upstream#member".
+	upstream, member, registry string
 }
 
 func newLuaEnv(t testing.TB, s breaker.Settings, minReplicas int) *luaEnv {
@@ -47,9 +50,26 @@ func luaEnvOn(t testing.TB, srv *redistest.Server, name string, s breaker.Settin
 		hash: "h1"}
 }
 
+// keyedMax and keyedTTL are the registry bounds a keyed luaEnv's calls carry: more keys
+// than any test makes, and a day.
+const (
+	keyedMax = 1000
+	keyedTTL = 24 * time.Hour
+)
+
+// keyedScripts are the keyed versions of the circuit scripts.
+var keyedScripts = map[*redis.Script]*redis.Script{flushScript: keyFlushScript, acquireScript: keyAcquireScript,
+	trialScript: keyTrialScript, controlScript: keyControlScript}
+
 func (e *luaEnv) run(script *redis.Script, args ...any) reply {
 	e.t.Helper()
-	res, err := e.be.call(script, []string{e.key, e.leaseKey}, e.name, args)
+	keys, name := []string{e.key, e.leaseKey}, e.name
+	if e.member != "" {
+		script = keyedScripts[script]
+		keys, name = append(keys, e.registry), e.upstream
+		args = append([]any{keyedMax, keyedTTL.Milliseconds(), e.member}, args...)
+	}
+	res, err := e.be.call(script, keys, name, args)
 	if err != nil {
 		e.t.Fatalf("script on %s: %v", e.be.name(), err)
 	}

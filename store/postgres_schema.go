@@ -36,7 +36,10 @@ import (
 //	          p now_ms() and the helpers p _* (no one but the owner may run those).
 //
 // The public functions are SECURITY DEFINER, owned by the migrating role: the runtime
-// role needs no right on any table (see PostgresGrants).
+// role needs no right on any table (see PostgresGrants). A later version that creates or
+// replaces functions revokes them from PUBLIC again, as 002_functions.sql ends.
+//
+// PostgreSQL 11 or later (hashtextextended, starts_with); the tests run 15.
 
 //go:embed sql/*.sql
 var pgMigrations embed.FS

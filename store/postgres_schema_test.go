@@ -3,7 +3,9 @@ package store
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -533,4 +535,138 @@ func ExamplePostgresGrants() {
 	// GRANT EXECUTE ON FUNCTION "public"."fuse_history_read"(text, text, integer) TO "fuse_runtime";
 	// GRANT EXECUTE ON FUNCTION "public"."fuse_keys_read"(text, integer) TO "fuse_runtime";
 	// GRANT EXECUTE ON FUNCTION "public"."fuse_cleanup"(bigint, integer) TO "fuse_runtime";
+}
+
+// TestPostgresRandomValuesNeverWedge writes random values (numbers of every size and
+// sign, junk text, jsonb of every shape) into random columns of a circuit's row and
+// runs a random function after each: every call must answer with a reply the replicas
+// can decode (run fails the test on an error), and whenever it reports the state
+// unreadable it answers from a fresh state. The seed is logged so a failure can be
+// replayed.
+func TestPostgresRandomValuesNeverWedge(t *testing.T) {
+	t.Parallel()
+	seed := time.Now().UnixNano()
+	t.Logf("seed %d", seed)
+	rnd := rand.New(rand.NewPCG(uint64(seed), 0))
+	s := baseSettings()
+	s.OpenDuration = 10 * time.Millisecond
+	s.FailureRate, s.MinimumRequests = 50, 1
+	e, b := pgEnv(t, "api", s)
+	e.settingsArg += ",3600000,10"
+	// Not 15-digit values beyond 2^63 ns: the Lua scripts read them (count takes up to 15
+	// digits) and reply with a time no replica decodes (sharedState), and so does the port.
+	numbers := []string{"0", "1", "2", "3", "-1", "99999999999", "1000000000000000", "9223372036854775807",
+		"-9223372036854775808", "4611686018427", strconv.FormatInt(time.Now().UnixMilli(), 10)}
+	cols := []string{"state", "mode", "generation", "open_until", "open_for", "trips", "consecutive",
+		"gateway_consecutive", "successes", "changed_at", "epoch", "onset", "expires_at"}
+	jsons := []string{`{}`, `[]`, `7`, `"x"`, `null`, `{"1": [1, 1, 1]}`, `{"-5": [1, 2, 3]}`, `{"x": [1, 1, 1]}`,
+		`{"5": [1e400, 1, 1]}`, `{"5": [1.5, 1, 1]}`, `{"5": "1 1 1"}`, `{"5": [1, 1]}`, `{"99999999999999999999": [1, 1, 1]}`,
+		`{"r1": 1}`, `{"r1": -1}`, `{"r1": "x"}`, `{"r1": 1e300}`, `{"r1": null}`}
+	texts := []string{"", "mode", "two words", "ünïcode", strings.Repeat("a", 65), "x\ny", `a"b\c`}
+	gen := uint64(0)
+	for i := range 300 {
+		switch rnd.IntN(5) {
+		case 0:
+			b.exec(t, "UPDATE <p>circuits SET buckets = $1::jsonb WHERE upstream = 'api'", jsons[rnd.IntN(len(jsons))])
+		case 1:
+			b.exec(t, "UPDATE <p>circuits SET reports = $1::jsonb WHERE upstream = 'api'", jsons[rnd.IntN(len(jsons))])
+		case 2:
+			col := []string{"reason", "cfg", "cfg_replica"}[rnd.IntN(3)]
+			b.exec(t, "UPDATE <p>circuits SET "+col+" = $1 WHERE upstream = 'api'", texts[rnd.IntN(len(texts))])
+		default:
+			b.exec(t, "UPDATE <p>circuits SET "+cols[rnd.IntN(len(cols))]+" = $1::bigint WHERE upstream = 'api'",
+				numbers[rnd.IntN(len(numbers))])
+		}
+		var rep reply
+		switch rnd.IntN(4) {
+		case 0:
+			rep = e.flush("r1", gen, failures(1+rnd.IntN(5)))
+		case 1:
+			rep = e.acquire("r1", time.Second)
+		case 2:
+			rep = e.trial("r1", gen, rnd.IntN(2), rnd.IntN(2))
+		default:
+			rep = e.control([]string{"open", "close", "reset"}[rnd.IntN(3)], 0)
+		}
+		if rep.corrupt != "" && rep.state.Trips > 1 {
+			t.Fatalf("step %d: corrupt %q but state %+v, want a fresh one", i, rep.corrupt, rep.state)
+		}
+		if len(rep.corrupt) > 200 || len(rep.state.Reason) > 64 {
+			t.Fatalf("step %d: reply carries %d bytes of problem, %d of reason", i, len(rep.corrupt), len(rep.state.Reason))
+		}
+		gen = rep.state.Generation
+	}
+}
+
+// TestPostgresKeyHistory: a key's transitions go to its upstream's history with the key,
+// and count against the upstream's max entries.
+func TestPostgresKeyHistory(t *testing.T) {
+	t.Parallel()
+	b := newPGScripts(t)
+	s := baseSettings()
+	s.OpenDuration = time.Minute
+	sarg := settingsArg(breaker.New("up", s, breaker.Options{}).Settings(), 1) + ",3600000,3"
+	events, onsets := b.channels()
+	ctx := context.Background()
+	call := func(fn, name string, args ...any) []*string {
+		t.Helper()
+		a, err := pgArgs(args)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []*string
+		if err := b.pool.QueryRow(ctx, "SELECT "+b.prefix+fn+"($1, $2)", name, a).Scan(&out); err != nil {
+			t.Fatalf("%s: %v", fn, err)
+		}
+		return out
+	}
+	call("key_flush", "up", 10, 60000, "k1", "r1", 0, 3, 3, 0, 3, 0, sarg, "h", 0.5, events, "up#k1", onsets, 0, 0, 1, 0)
+	call("key_control", "up", 10, 60000, "k2", "open", 0, sarg, 0.5, events, "up#k2", "op")
+	call("control", "up", "open", 0, sarg, 0.5, events, "up", "op")
+	hs := b.history(t, "up")
+	if len(hs) != 3 || hs[0].Key != "" || hs[1].Key != "k2" || hs[1].Replica != "op" || hs[2].Key != "k1" ||
+		hs[2].Reason != "consecutive_failures" || hs[2].Replica != "r1" || hs[2].Failures != 3 {
+		t.Fatalf("history %+v, want the upstream's, k2's and k1's trips", hs)
+	}
+	var n int
+	if err := b.pool.QueryRow(ctx, "SELECT count(*) FROM "+b.prefix+"history_read('up', 'k2', 10)").Scan(&n); err != nil || n != 1 {
+		t.Fatalf("k2's history: %d rows, %v", n, err)
+	}
+	call("key_control", "up", 10, 60000, "k3", "open", 0, sarg, 0.5, events, "up#k3", "op")
+	if hs := b.history(t, "up"); len(hs) != 3 || hs[0].Key != "k3" || hs[2].Key != "k2" {
+		t.Fatalf("history %+v, want the newest 3 of the upstream's and its keys'", hs)
+	}
+}
+
+// TestPostgresRowsStayBounded: flushes into hundreds of buckets from thousands of replica
+// ids leave a circuit's row with no more buckets than the window has and only the
+// reports of its window, and an expiry.
+func TestPostgresRowsStayBounded(t *testing.T) {
+	t.Parallel()
+	s := baseSettings()
+	s.ConsecutiveFailures = 1000
+	s.Window, s.Buckets = 10*time.Millisecond, 10 // 1 ms buckets
+	s.FailureRate, s.MinimumRequests = 99, 1
+	e, b := pgEnv(t, "api", s)
+	first := e.poll().now
+	for i := 0; ; i++ {
+		rep := e.flush(fmt.Sprintf("replica-%d", i), 0, batch{req: 2, fail: 1, hadSuccess: true})
+		if rep.state.State != breaker.Closed {
+			t.Fatalf("tripped: %+v", rep)
+		}
+		if i >= 500 && rep.now-first >= 200 {
+			break
+		}
+	}
+	var nb, nr int
+	if err := b.pool.QueryRow(context.Background(), "SELECT (SELECT count(*) FROM jsonb_object_keys(buckets)), "+
+		"(SELECT count(*) FROM jsonb_object_keys(reports)) FROM "+b.prefix+"circuits WHERE upstream = 'api'").Scan(&nb, &nr); err != nil {
+		t.Fatal(err)
+	}
+	if nb > 11 || nr > 50 {
+		t.Fatalf("the row holds %d buckets and %d reports after many flushes, want at most the window's", nb, nr)
+	}
+	if n := b.count(t, "SELECT count(*) FROM <p>circuits WHERE expires_at > <p>now_ms() + 86000000"); n != 1 {
+		t.Fatal("the row has no expiry a day ahead")
+	}
 }

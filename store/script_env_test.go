@@ -84,8 +84,18 @@ func env(t testing.TB, b scriptBackend, name string, s breaker.Settings, minRepl
 	}
 	s = breaker.New(name, s, breaker.Options{}).Settings()
 	events, onsets := b.channels()
-	return &luaEnv{t: t, be: b, name: name, channel: events, onset: onsets,
+	return &luaEnv{t: t, be: b, name: name, upstream: name, channel: events, onset: onsets,
 		settingsArg: settingsArg(s, minReplicas), hash: "h1"}
+}
+
+// keyedEnv is key member's circuit of upstream on backend b, called by the keyed
+// scripts.
+func keyedEnv(t testing.TB, b scriptBackend, upstream, member string, s breaker.Settings, minReplicas int) *luaEnv {
+	t.Helper()
+	e := env(t, b, upstream+"#"+member, s, minReplicas)
+	e.upstream, e.member = upstream, member
+	e.key, e.leaseKey, e.registry, _ = keyKeys("fuse", upstream, e.name)
+	return e
 }
 
 // redisScripts runs the Lua scripts on a private redis-server.
@@ -170,15 +180,57 @@ func (w pgMain) Run() int {
 	return code
 }
 
-// newPGScripts migrates a fresh prefix (t<n>_) on the shared server.
+// newPGScripts migrates a fresh prefix (t<n>_) on the shared server, and connects to it
+// with one connection of its own, on which every function has run once: PL/pgSQL
+// compiles a function on a connection's first call of it, which on a busy machine may
+// take longer than the tests' 100 ms open periods.
 func newPGScripts(t testing.TB) *pgScripts {
 	t.Helper()
 	srv := pgServer(t)
-	b := &pgScripts{srv: srv, pool: srv.Pool(), prefix: fmt.Sprintf("t%d_", sharedPG.seq.Add(1))}
+	prefix := fmt.Sprintf("t%d_", sharedPG.seq.Add(1))
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if _, err := Migrate(ctx, b.pool, b.prefix); err != nil {
-		t.Fatalf("migrate %s: %v", b.prefix, err)
+	if _, err := Migrate(ctx, srv.Pool(), prefix); err != nil {
+		t.Fatalf("migrate %s: %v", prefix, err)
+	}
+	cfg, err := pgxpool.ParseConfig(srv.DSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.MaxConns = 1
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	b := &pgScripts{srv: srv, pool: pool, prefix: prefix}
+	// the warm-up: every function once, then no trace of it
+	sarg := settingsArg(baseSettings(), 1) + ",1000,10"
+	for _, w := range []struct {
+		fn   string
+		args []string
+	}{
+		{"flush", []string{"r", "0", "3", "3", "0", "3", "0", sarg, "h", "0.5", "c", "w", "o", "0", "0", "1", "0", "1"}},
+		{"acquire", []string{"r", "1", "1000", sarg, "r:1", "c", "w", "1"}},
+		{"trial", []string{"r", "2", "0", "1", sarg, "0.5", "c", "w", "0", "r:1:2:1", "r:*"}},
+		{"control", []string{"mode", "0", sarg, "0.5", "c", "w", "r"}},
+		{"key_flush", []string{"1", "1000", "k", "r", "0", "1", "0", "0", "0", "1", sarg, "h", "0.5", "c", "w", "o", "0", "0", "1", "0"}},
+		{"key_acquire", []string{"1", "1000", "k", "r", "1", "1000", sarg, "r:1", "c", "w"}},
+		{"key_trial", []string{"1", "1000", "k", "r", "0", "1", "0", sarg, "0.5", "c", "w", "0"}},
+		{"key_control", []string{"1", "1000", "k", "reset", "0", sarg, "0.5", "c", "w", "r"}},
+		{"tally", []string{"r", "1", "1", "1000"}},
+		{"claim", []string{"r", "1000"}},
+		{"heartbeat", []string{"1000"}},
+	} {
+		var out []*string
+		if err := pool.QueryRow(ctx, "SELECT "+prefix+w.fn+"($1, $2)", "w", w.args).Scan(&out); err != nil {
+			t.Fatalf("warm-up %s: %v", w.fn, err)
+		}
+	}
+	for _, tbl := range []string{"circuits", "leases", "keys", "tallies", "claims", "heartbeats", "history"} {
+		if _, err := pool.Exec(ctx, "DELETE FROM "+prefix+tbl); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return b
 }
@@ -230,7 +282,7 @@ func (b *pgScripts) fields(e *luaEnv) (map[string]string, error) {
 	for _, f := range pgFields {
 		q += f.col + "::text, "
 	}
-	q += "reason, cfg, cfg_replica, buckets, reports FROM " + b.prefix + "circuits WHERE upstream = $1 AND key = '' AND expires_at > " +
+	q += "reason, cfg, cfg_replica, buckets, reports FROM " + b.prefix + "circuits WHERE upstream = $1 AND key = $2 AND expires_at > " +
 		b.prefix + "now_ms()"
 	vals := make([]string, len(pgFields))
 	dest := make([]any, 0, len(pgFields)+5)
@@ -243,7 +295,7 @@ func (b *pgScripts) fields(e *luaEnv) (map[string]string, error) {
 	var reports map[string]int64
 	dest = append(dest, &rs, &cfg, &cfgr, &buckets, &reports)
 	h := map[string]string{}
-	err := b.pool.QueryRow(ctx, q, e.name).Scan(dest...)
+	err := b.pool.QueryRow(ctx, q, e.upstream, e.member).Scan(dest...)
 	if err == pgx.ErrNoRows {
 		return h, nil
 	}
@@ -273,14 +325,14 @@ func (b *pgScripts) setField(e *luaEnv, field string, v int64) error {
 	if !ok {
 		return fmt.Errorf("no column for field %q", field)
 	}
-	_, err := b.pool.Exec(context.Background(), "UPDATE "+b.prefix+"circuits SET "+col+" = $2 WHERE upstream = $1 AND key = ''",
-		e.name, v)
+	_, err := b.pool.Exec(context.Background(), "UPDATE "+b.prefix+"circuits SET "+col+" = $3 WHERE upstream = $1 AND key = $2",
+		e.upstream, e.member, v)
 	return err
 }
 
 func (b *pgScripts) leases(e *luaEnv) ([]string, error) {
 	rows, err := b.pool.Query(context.Background(), "SELECT id FROM "+b.prefix+
-		"leases WHERE upstream = $1 AND key = '' ORDER BY expires_at, id", e.name)
+		"leases WHERE upstream = $1 AND key = $2 ORDER BY expires_at, id", e.upstream, e.member)
 	if err != nil {
 		return nil, err
 	}

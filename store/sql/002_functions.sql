@@ -71,15 +71,24 @@ AS $$ SELECT greatest(1, floor(s.win / s.buckets))::bigint $$;
 CREATE FUNCTION {{.P}}_load(p_up text, p_key text, s {{.P}}settings, p_now bigint, p_replica text)
 RETURNS {{.P}}st LANGUAGE plpgsql AS $$
 DECLARE
-	c {{.P}}circuits;
+	c record;
 	st {{.P}}st;
 	found_row boolean := false;
-	nb jsonb;
-	bad boolean;
-	nr jsonb;
 BEGIN
+	-- one query: the row, locked, with its buckets and reports as they may be used (a
+	-- malformed bucket dropped, a malformed report read as 0; NULL when not an object)
 	FOR i IN 1..5 LOOP
-		SELECT * INTO c FROM {{.P}}circuits WHERE upstream = p_up AND key = p_key FOR UPDATE;
+		SELECT r.*,
+			CASE WHEN r.buckets = '{}'::jsonb THEN '{}'::jsonb WHEN jsonb_typeof(r.buckets) = 'object' THEN
+				(SELECT coalesce(jsonb_object_agg(e.key, e.value), '{}') FROM jsonb_each(r.buckets) e
+				WHERE e.key ~ '^-?[0-9]{1,18}$' AND jsonb_typeof(e.value) = 'array' AND jsonb_array_length(e.value) = 3
+					AND {{.P}}_jcount(e.value -> 0) AND {{.P}}_jcount(e.value -> 1) AND {{.P}}_jcount(e.value -> 2))
+			END AS good_buckets,
+			CASE WHEN r.reports = '{}'::jsonb THEN '{}'::jsonb WHEN jsonb_typeof(r.reports) = 'object' THEN
+				(SELECT coalesce(jsonb_object_agg(e.key, CASE WHEN {{.P}}_jcount(e.value) THEN e.value ELSE '0'::jsonb END), '{}')
+				FROM jsonb_each(r.reports) e)
+			END AS good_reports
+		INTO c FROM {{.P}}circuits r WHERE r.upstream = p_up AND r.key = p_key FOR UPDATE OF r;
 		IF FOUND THEN
 			found_row := true;
 			EXIT;
@@ -93,45 +102,42 @@ BEGIN
 	st.st := 0; st.md := s.mode; st.gen := 0; st.ou := 0; st.opf := 0; st.tr := 0; st.cf := 0;
 	st.gf := 0; st.sc := 0; st.at := 0; st.ep := p_now; st.fo := 0;
 	st.b := '{}'; st.r := '{}'; st.new := true; st.dirty := false; st.changed := false;
-	st.cfg := ''; st.cfgr := '';
+	st.cfg := ''; st.cfgr := ''; st.wok := false;
 	IF c.expires_at <= p_now THEN
 		RETURN st; -- absent, or expired
 	END IF;
 	st.new := false;
 	-- the window's buckets: a malformed one is dropped
-	IF jsonb_typeof(c.buckets) = 'object' THEN
-		SELECT coalesce(jsonb_object_agg(e.key, e.value) FILTER (WHERE ok), '{}'), coalesce(bool_or(NOT ok), false)
-		INTO nb, bad
-		FROM (SELECT e.key, e.value,
-				e.key ~ '^-?[0-9]{1,18}$' AND jsonb_typeof(e.value) = 'array' AND jsonb_array_length(e.value) = 3
-				AND {{.P}}_jcount(e.value -> 0) AND {{.P}}_jcount(e.value -> 1) AND {{.P}}_jcount(e.value -> 2) AS ok
-			FROM jsonb_each(c.buckets) e) e;
-		st.b := nb;
-		st.dirty := st.dirty OR bad;
-	ELSE
-		st.dirty := true;
-	END IF;
+	st.b := coalesce(c.good_buckets, '{}'::jsonb);
+	st.dirty := c.good_buckets IS DISTINCT FROM c.buckets;
 	-- failure reports: a malformed one reads as 0
-	IF jsonb_typeof(c.reports) = 'object' THEN
-		SELECT coalesce(jsonb_object_agg(e.key, CASE WHEN {{.P}}_jcount(e.value) THEN e.value ELSE '0'::jsonb END), '{}')
-		INTO nr FROM jsonb_each(c.reports) e;
-		st.r := nr;
+	st.r := coalesce(c.good_reports, '{}'::jsonb);
+	st.dirty := st.dirty OR c.good_reports IS NULL;
+	IF c.state BETWEEN 0 AND 999999999999999 AND c.mode BETWEEN 0 AND 999999999999999
+		AND c.generation BETWEEN 0 AND 999999999999999 AND c.open_until BETWEEN 0 AND 999999999999999
+		AND c.open_for BETWEEN 0 AND 999999999999999 AND c.trips BETWEEN 0 AND 999999999999999
+		AND c.consecutive BETWEEN 0 AND 999999999999999 AND c.gateway_consecutive BETWEEN 0 AND 999999999999999
+		AND c.successes BETWEEN 0 AND 999999999999999 AND c.changed_at BETWEEN 0 AND 999999999999999
+		AND c.epoch BETWEEN 0 AND 999999999999999 AND c.onset BETWEEN 0 AND 999999999999999 THEN
+		-- every field reads (the common case)
+		st.st := c.state; st.md := c.mode; st.gen := c.generation; st.ou := c.open_until; st.opf := c.open_for;
+		st.tr := c.trips; st.cf := c.consecutive; st.gf := c.gateway_consecutive; st.sc := c.successes;
+		st.at := c.changed_at; st.ep := c.epoch; st.fo := c.onset;
 	ELSE
-		st.dirty := true;
+		-- the core fields, in prelude.lua's order: the last bad one names the corruption
+		IF c.state IS NOT NULL THEN IF {{.P}}_count(c.state) THEN st.st := c.state; ELSE st.corrupt := 'field st is ' || {{.P}}_shown(c.state::text); END IF; END IF;
+		IF c.mode IS NOT NULL THEN IF {{.P}}_count(c.mode) THEN st.md := c.mode; ELSE st.corrupt := 'field md is ' || {{.P}}_shown(c.mode::text); END IF; END IF;
+		IF c.generation IS NOT NULL THEN IF {{.P}}_count(c.generation) THEN st.gen := c.generation; ELSE st.corrupt := 'field gen is ' || {{.P}}_shown(c.generation::text); END IF; END IF;
+		IF c.open_until IS NOT NULL THEN IF {{.P}}_count(c.open_until) THEN st.ou := c.open_until; ELSE st.corrupt := 'field ou is ' || {{.P}}_shown(c.open_until::text); END IF; END IF;
+		IF c.open_for IS NOT NULL THEN IF {{.P}}_count(c.open_for) THEN st.opf := c.open_for; ELSE st.corrupt := 'field of is ' || {{.P}}_shown(c.open_for::text); END IF; END IF;
+		IF c.trips IS NOT NULL THEN IF {{.P}}_count(c.trips) THEN st.tr := c.trips; ELSE st.corrupt := 'field tr is ' || {{.P}}_shown(c.trips::text); END IF; END IF;
+		IF c.consecutive IS NOT NULL THEN IF {{.P}}_count(c.consecutive) THEN st.cf := c.consecutive; ELSE st.corrupt := 'field cf is ' || {{.P}}_shown(c.consecutive::text); END IF; END IF;
+		IF c.gateway_consecutive IS NOT NULL THEN IF {{.P}}_count(c.gateway_consecutive) THEN st.gf := c.gateway_consecutive; ELSE st.corrupt := 'field gf is ' || {{.P}}_shown(c.gateway_consecutive::text); END IF; END IF;
+		IF c.successes IS NOT NULL THEN IF {{.P}}_count(c.successes) THEN st.sc := c.successes; ELSE st.corrupt := 'field sc is ' || {{.P}}_shown(c.successes::text); END IF; END IF;
+		IF c.changed_at IS NOT NULL THEN IF {{.P}}_count(c.changed_at) THEN st.at := c.changed_at; ELSE st.corrupt := 'field at is ' || {{.P}}_shown(c.changed_at::text); END IF; END IF;
+		IF c.epoch IS NOT NULL THEN IF {{.P}}_count(c.epoch) THEN st.ep := c.epoch; ELSE st.corrupt := 'field ep is ' || {{.P}}_shown(c.epoch::text); END IF; END IF;
+		IF c.onset IS NOT NULL THEN IF {{.P}}_count(c.onset) THEN st.fo := c.onset; ELSE st.corrupt := 'field fo is ' || {{.P}}_shown(c.onset::text); END IF; END IF;
 	END IF;
-	-- the core fields, in prelude.lua's order: the last bad one names the corruption
-	IF c.state IS NOT NULL THEN IF {{.P}}_count(c.state) THEN st.st := c.state; ELSE st.corrupt := 'field st is ' || {{.P}}_shown(c.state::text); END IF; END IF;
-	IF c.mode IS NOT NULL THEN IF {{.P}}_count(c.mode) THEN st.md := c.mode; ELSE st.corrupt := 'field md is ' || {{.P}}_shown(c.mode::text); END IF; END IF;
-	IF c.generation IS NOT NULL THEN IF {{.P}}_count(c.generation) THEN st.gen := c.generation; ELSE st.corrupt := 'field gen is ' || {{.P}}_shown(c.generation::text); END IF; END IF;
-	IF c.open_until IS NOT NULL THEN IF {{.P}}_count(c.open_until) THEN st.ou := c.open_until; ELSE st.corrupt := 'field ou is ' || {{.P}}_shown(c.open_until::text); END IF; END IF;
-	IF c.open_for IS NOT NULL THEN IF {{.P}}_count(c.open_for) THEN st.opf := c.open_for; ELSE st.corrupt := 'field of is ' || {{.P}}_shown(c.open_for::text); END IF; END IF;
-	IF c.trips IS NOT NULL THEN IF {{.P}}_count(c.trips) THEN st.tr := c.trips; ELSE st.corrupt := 'field tr is ' || {{.P}}_shown(c.trips::text); END IF; END IF;
-	IF c.consecutive IS NOT NULL THEN IF {{.P}}_count(c.consecutive) THEN st.cf := c.consecutive; ELSE st.corrupt := 'field cf is ' || {{.P}}_shown(c.consecutive::text); END IF; END IF;
-	IF c.gateway_consecutive IS NOT NULL THEN IF {{.P}}_count(c.gateway_consecutive) THEN st.gf := c.gateway_consecutive; ELSE st.corrupt := 'field gf is ' || {{.P}}_shown(c.gateway_consecutive::text); END IF; END IF;
-	IF c.successes IS NOT NULL THEN IF {{.P}}_count(c.successes) THEN st.sc := c.successes; ELSE st.corrupt := 'field sc is ' || {{.P}}_shown(c.successes::text); END IF; END IF;
-	IF c.changed_at IS NOT NULL THEN IF {{.P}}_count(c.changed_at) THEN st.at := c.changed_at; ELSE st.corrupt := 'field at is ' || {{.P}}_shown(c.changed_at::text); END IF; END IF;
-	IF c.epoch IS NOT NULL THEN IF {{.P}}_count(c.epoch) THEN st.ep := c.epoch; ELSE st.corrupt := 'field ep is ' || {{.P}}_shown(c.epoch::text); END IF; END IF;
-	IF c.onset IS NOT NULL THEN IF {{.P}}_count(c.onset) THEN st.fo := c.onset; ELSE st.corrupt := 'field fo is ' || {{.P}}_shown(c.onset::text); END IF; END IF;
 	IF st.corrupt IS NULL AND (st.st > 2 OR st.md > 3) THEN
 		st.corrupt := 'state or mode out of range';
 	END IF;
@@ -150,13 +156,18 @@ BEGIN
 END $$;
 
 -- _window sums the live buckets into st.wr, st.wf, st.ws and drops stale ones
--- (prelude.lua's window).
+-- (prelude.lua's window). A function has one clock reading: while the buckets have not
+-- changed since the last sums (st.wok), they stand.
 CREATE FUNCTION {{.P}}_window(st {{.P}}st, s {{.P}}settings, p_now bigint) RETURNS {{.P}}st LANGUAGE plpgsql AS $$
 DECLARE
-	k bigint := floor(p_now / {{.P}}_bucket_width(s))::bigint;
+	k bigint;
 	nb jsonb;
 	stale boolean;
 BEGIN
+	IF st.wok THEN
+		RETURN st;
+	END IF;
+	k := floor(p_now / {{.P}}_bucket_width(s))::bigint;
 	SELECT coalesce(sum((e.value ->> 0)::float8) FILTER (WHERE live), 0),
 		coalesce(sum((e.value ->> 1)::float8) FILTER (WHERE live), 0),
 		coalesce(sum((e.value ->> 2)::float8) FILTER (WHERE live), 0),
@@ -169,6 +180,7 @@ BEGIN
 		st.b := nb;
 		st.dirty := true;
 	END IF;
+	st.wok := true;
 	RETURN st;
 END $$;
 
@@ -178,6 +190,10 @@ LANGUAGE plpgsql AS $$
 DECLARE
 	k bigint := floor(p_now / {{.P}}_bucket_width(s))::bigint;
 BEGIN
+	IF st.wok THEN
+		r := st.wr; f := st.wf; sl := st.ws;
+		RETURN;
+	END IF;
 	SELECT coalesce(sum((e.value ->> 0)::bigint), 0), coalesce(sum((e.value ->> 1)::bigint), 0),
 		coalesce(sum((e.value ->> 2)::bigint), 0)
 	INTO r, f, sl
@@ -205,6 +221,7 @@ END $$;
 CREATE FUNCTION {{.P}}_clear_counts(st {{.P}}st) RETURNS {{.P}}st LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
 	st.b := '{}'; st.r := '{}'; st.cf := 0; st.gf := 0; st.sc := 0; st.fo := 0;
+	st.wr := 0; st.wf := 0; st.ws := 0; st.wok := true;
 	RETURN st;
 END $$;
 
@@ -440,6 +457,7 @@ BEGIN
 		c := coalesce(st.b -> k::text, '[0, 0, 0]'::jsonb);
 		st.b := st.b || jsonb_build_object(k::text, jsonb_build_array((c ->> 0)::float8 + req,
 			(c ->> 1)::float8 + fail, (c ->> 2)::float8 + slow));
+		st.wok := false;
 		IF args[7] = '1' THEN st.cf := tail; ELSE st.cf := st.cf + tail; END IF;
 		gtail := coalesce({{.P}}_num(args[15]), 0);
 		IF args[16] = '1' THEN st.gf := gtail; ELSE st.gf := st.gf + gtail; END IF;
@@ -746,7 +764,8 @@ BEGIN
 END $$;
 
 -- Only the roles granted EXECUTE run the public functions; nobody but the owner runs
--- the helpers (they would run with the caller's rights, which a runtime role lacks).
+-- the helpers (they would run with the caller's rights, which a runtime role lacks). A
+-- later version that creates a function ends with this block too.
 DO $$
 DECLARE
 	f regprocedure;
