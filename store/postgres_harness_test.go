@@ -175,3 +175,67 @@ func allInPg(t *testing.T, st breaker.State, rs ...*pgReplica) {
 		return true
 	})
 }
+
+// attachKey gives replica r a key's circuit of upstream api, as the proxy does.
+func (r *pgReplica) attachKey(key string, maxKeys int, ttl time.Duration) *breaker.Breaker {
+	name := circuitName + "#" + key
+	b := breaker.New(name, baseSettings(), breaker.Options{})
+	r.st.AttachKey(name, KeyCircuit{Circuit: Circuit{Breaker: b, SettingsHash: "h", TrialLease: 10 * time.Second},
+		Upstream: circuitName, MaxKeys: maxKeys, IdleTTL: ttl})
+	return b
+}
+
+// Per-key circuits on PostgreSQL: a key's failures open it on every replica (its own
+// circuit only), a replica that resyncs while a key is open learns it from the registry
+// (<p>keys_read), and a key the full registry refuses (the functions' -1) decides alone.
+func TestPostgresKeys(t *testing.T) {
+	f := newPgFleet(t, pgServer(t))
+	rc := replicaConfig{settings: baseSettings(), flush: 20 * time.Millisecond}
+	a, b := startPgReplica(t, f, "a", rc), startPgReplica(t, f, "b", rc)
+	ka, kb := a.attachKey("acme", 2, time.Minute), b.attachKey("acme", 2, time.Minute)
+	oa, ob := a.attachKey("other", 2, time.Minute), b.attachKey("other", 2, time.Minute)
+	for range 50 {
+		succeed(t, oa)
+		succeed(t, ob)
+	}
+	fail(t, ka)
+	fail(t, kb)
+	fail(t, ka)
+	eventually(t, waitFor, "acme open on both", func() bool { return ka.State() == breaker.Open && kb.State() == breaker.Open })
+	if oa.State() != breaker.Closed || ob.State() != breaker.Closed || a.b.State() != breaker.Closed {
+		t.Fatalf("another key or the upstream followed: %v %v %v", oa.State(), ob.State(), a.b.State())
+	}
+	m, err := a.st.InspectKey(t.Context(), circuitName+"#acme", KeyCircuit{})
+	if err != nil || m["state"] != "open" || m["key"] == "" {
+		t.Fatalf("InspectKey = %v, %v", m, err)
+	}
+
+	// a replica told of the keyed upstream reads its registry when it resyncs, and starts
+	// acme open
+	c := startPgReplica(t, f, "c", rc)
+	c.st.KeyUpstreams(map[string]KeyCircuit{circuitName: {Circuit: Circuit{SettingsHash: "h", TrialLease: 10 * time.Second},
+		Settings: baseSettings(), Upstream: circuitName, MaxKeys: 2, IdleTTL: time.Minute}})
+	if err := c.st.Resync(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, waitFor, "c remembers acme", func() bool {
+		c.st.kmu.Lock()
+		defer c.st.kmu.Unlock()
+		_, ok := c.st.remembered[circuitName+"#acme"]
+		return ok
+	})
+	if kc := c.attachKey("acme", 2, time.Minute); kc.State() != breaker.Open {
+		t.Fatalf("c's acme starts %v, want open", kc.State())
+	}
+
+	// the registry holds 2 keys once other has a failure to report (acme, other): a
+	// third is refused and decides alone
+	fail(t, oa)
+	a.flushNow(t)
+	full := a.attachKey("third", 2, time.Minute)
+	fail(t, full)
+	eventually(t, waitFor, "the third key refused", func() bool { return a.st.KeyRefusals() == 1 })
+	fail(t, full)
+	fail(t, full)
+	waitState(t, full, breaker.Open) // its own three failures, locally
+}
