@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -238,4 +239,49 @@ func TestPostgresKeys(t *testing.T) {
 	fail(t, full)
 	fail(t, full)
 	waitState(t, full, breaker.Open) // its own three failures, locally
+}
+
+// A statement's error is the database's answer and counts like a dropped connection, as
+// Redis's error replies do: a role that lost EXECUTE on the functions degrades the store,
+// whose status names the database's error, and it recovers once the right is back.
+func TestPostgresStatementErrorsDegrade(t *testing.T) {
+	srv := pgServer(t)
+	f := newPgFleet(t, srv)
+	role := f.prefix + "rt"
+	srv.Exec("CREATE ROLE " + role + " LOGIN")
+	for _, g := range PostgresGrants(f.prefix, "public", "postgres", role) {
+		srv.Exec(g)
+	}
+	pool, err := NewPostgresPool(PostgresClientOptions{URL: srv.DSNFor(role, "postgres"), PoolSize: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := NewPostgres(pool, PostgresOptions{Prefix: f.prefix, ReplicaID: "r1", FlushInterval: 20 * time.Millisecond,
+		DegradeAfter: 2, Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := breaker.New(circuitName, longOpen(), breaker.Options{})
+	st.Attach(map[string]Circuit{circuitName: {Breaker: b, SettingsHash: "h", TrialLease: 10 * time.Second}})
+	if err := st.Resync(t.Context()); err != nil {
+		t.Fatalf("Resync as a role with PostgresGrants' rights: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = st.Run(ctx) })
+	defer func() { cancel(); wg.Wait(); st.Close() }()
+
+	srv.Exec("REVOKE EXECUTE ON FUNCTION " + f.prefix + "heartbeat(text, text[]) FROM " + role)
+	srv.Exec("REVOKE EXECUTE ON FUNCTION " + f.prefix + "flush(text, text[]) FROM " + role)
+	eventually(t, waitFor, "degraded", func() bool { return st.Status().Degraded })
+	if e := st.Status().LastError; !strings.Contains(e, "permission denied") || !strings.Contains(e, "42501") {
+		t.Fatalf("LastError %q, want the database's permission error", e)
+	}
+	for range 3 { // local protection
+		fail(t, b)
+	}
+	waitState(t, b, breaker.Open)
+	srv.Exec("GRANT EXECUTE ON FUNCTION " + f.prefix + "heartbeat(text, text[]) TO " + role)
+	srv.Exec("GRANT EXECUTE ON FUNCTION " + f.prefix + "flush(text, text[]) TO " + role)
+	eventually(t, waitFor, "recovered", func() bool { return !st.Status().Degraded })
 }
