@@ -670,3 +670,24 @@ func TestPostgresRowsStayBounded(t *testing.T) {
 		t.Fatal("the row has no expiry a day ahead")
 	}
 }
+
+// TestPostgresMigrateErrorNamesTheLine: a migration that fails names its file and line,
+// and leaves nothing behind (the transaction is rolled back).
+func TestPostgresMigrateErrorNamesTheLine(t *testing.T) {
+	t.Parallel()
+	srv := pgServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ms := []pgMigration{
+		{version: 1, name: "001_good.sql", text: "CREATE TABLE {{.P}}a (x int);\n"},
+		{version: 2, name: "002_bad.sql", text: "CREATE TABLE {{.P}}b (x int);\n\nCREATE TABLE {{.P}}c (x nosuchtype);\n"},
+	}
+	_, err := migrate(ctx, srv.Pool(), "broken_", ms)
+	if err == nil || !strings.Contains(err.Error(), "store/sql/002_bad.sql:3: ") || !strings.Contains(err.Error(), "nosuchtype") {
+		t.Fatalf("err = %v, want it to name store/sql/002_bad.sql:3 and the type", err)
+	}
+	var n int
+	if err := srv.Pool().QueryRow(ctx, "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'broken\\_%'").Scan(&n); err != nil || n != 0 {
+		t.Fatalf("%d tables left behind (%v), want none", n, err)
+	}
+}
