@@ -14,6 +14,7 @@ import (
 	"text/template"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // The PostgreSQL store's schema: the migrations in sql/, templates rendered with the
@@ -146,14 +147,19 @@ type MigrateResult struct {
 // writes nothing (a runtime role with the rights PostgresGrants lists may call it). A
 // failure rolls everything back and names the file.
 func Migrate(ctx context.Context, conn PGBeginner, prefix string) (MigrateResult, error) {
-	var res MigrateResult
 	if err := ValidPostgresPrefix(prefix); err != nil {
-		return res, err
+		return MigrateResult{}, err
 	}
 	ms, err := pgMigrationList()
 	if err != nil {
-		return res, err
+		return MigrateResult{}, err
 	}
+	return migrate(ctx, conn, prefix, ms)
+}
+
+// migrate applies ms (in version order) as Migrate does.
+func migrate(ctx context.Context, conn PGBeginner, prefix string, ms []pgMigration) (MigrateResult, error) {
+	var res MigrateResult
 	tx, err := conn.Begin(ctx)
 	if err != nil {
 		return res, fmt.Errorf("migrate: begin: %w", err)
@@ -216,7 +222,7 @@ func Migrate(ctx context.Context, conn PGBeginner, prefix string) (MigrateResult
 		}
 		// the simple protocol: a file holds many statements
 		if _, err := tx.Exec(ctx, text, pgx.QueryExecModeSimpleProtocol); err != nil {
-			return res, fmt.Errorf("migrate: store/sql/%s: %w", m.name, err)
+			return res, fmt.Errorf("migrate: store/sql/%s%s: %w", m.name, pgErrorLine(err, text), err)
 		}
 		if _, err := tx.Exec(ctx, "INSERT INTO "+pgx.Identifier{res.Schema, table}.Sanitize()+
 			" (version, name) VALUES ($1, $2)", m.version, m.name); err != nil {
@@ -229,6 +235,18 @@ func Migrate(ctx context.Context, conn PGBeginner, prefix string) (MigrateResult
 		return res, fmt.Errorf("migrate: commit: %w", err)
 	}
 	return res, nil
+}
+
+// pgErrorLine is ":N", the line of the rendered migration text that err points at (the
+// template's line: rendering replaces no newline), or "" when err points nowhere.
+func pgErrorLine(err error, text string) string {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Position <= 0 {
+		return ""
+	}
+	r := []rune(text) // Position counts characters, from 1
+	pos := min(int(pe.Position), len(r))
+	return ":" + strconv.Itoa(strings.Count(string(r[:pos-1]), "\n")+1)
 }
 
 // PostgresFunctions are the functions a runtime role calls, with their argument types.

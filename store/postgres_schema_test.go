@@ -670,3 +670,100 @@ func TestPostgresRowsStayBounded(t *testing.T) {
 		t.Fatal("the row has no expiry a day ahead")
 	}
 }
+
+// TestPostgresMigrateErrorNamesTheLine: a migration that fails names its file and line,
+// and leaves nothing behind (the transaction is rolled back).
+func TestPostgresMigrateErrorNamesTheLine(t *testing.T) {
+	t.Parallel()
+	srv := pgServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ms := []pgMigration{
+		{version: 1, name: "001_good.sql", text: "CREATE TABLE {{.P}}a (x int);\n"},
+		{version: 2, name: "002_bad.sql", text: "CREATE TABLE {{.P}}b (x int);\n\nCREATE TABLE {{.P}}c (x nosuchtype);\n"},
+	}
+	_, err := migrate(ctx, srv.Pool(), "broken_", ms)
+	if err == nil || !strings.Contains(err.Error(), "store/sql/002_bad.sql:3: ") || !strings.Contains(err.Error(), "nosuchtype") {
+		t.Fatalf("err = %v, want it to name store/sql/002_bad.sql:3 and the type", err)
+	}
+	var n int
+	if err := srv.Pool().QueryRow(ctx, "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'broken\\_%'").Scan(&n); err != nil || n != 0 {
+		t.Fatalf("%d tables left behind (%v), want none", n, err)
+	}
+}
+
+// TestPostgresConcurrentCallsDoNotDeadlock: replicas reporting one tally at once (their
+// reports going stale between rounds), keys of one upstream whose circuits and registry
+// entries expire while they are called, transitions trimming one upstream's history, and
+// cleanup, all at once on connections of their own: no call waits in a cycle (PostgreSQL
+// would abort one with a deadlock error after deadlock_timeout).
+func TestPostgresConcurrentCallsDoNotDeadlock(t *testing.T) {
+	t.Parallel()
+	b := newPGScripts(t)
+	pool, err := pgxpool.New(context.Background(), b.srv.DSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	s := baseSettings()
+	s.ConsecutiveFailures = 1
+	s.OpenDuration = time.Millisecond
+	sarg := settingsArg(breaker.New("up", s, breaker.Options{}).Settings(), 1) + ",3600000,5"
+	events, onsets := b.channels()
+	call := func(fn, name string, args ...any) error {
+		a, err := pgArgs(args)
+		if err != nil {
+			return err
+		}
+		var out []*string
+		return pool.QueryRow(context.Background(), "SELECT "+b.prefix+fn+"($1, $2)", name, a).Scan(&out)
+	}
+	const workers, rounds = 6, 40
+	var wg sync.WaitGroup
+	errs := make(chan error, 3*workers+1)
+	for w := range workers {
+		replica := fmt.Sprintf("r%d", w)
+		wg.Add(2)
+		go func() { // a tally whose reports go stale between rounds
+			defer wg.Done()
+			for range rounds {
+				if err := call("tally", "budget", replica, 1, 1, 2); err != nil {
+					errs <- fmt.Errorf("tally: %w", err)
+					return
+				}
+				time.Sleep(time.Duration(w) * time.Millisecond)
+			}
+		}()
+		go func() { // keys that trip, expire and come back, each transition trimming the history
+			defer wg.Done()
+			for i := range rounds {
+				key := fmt.Sprintf("k%d", (w+i)%4)
+				if err := call("key_control", "up", 100, 1, key, "open", 0, sarg, 0.5, events, "up#"+key, replica); err != nil {
+					errs <- fmt.Errorf("key_control: %w", err)
+					return
+				}
+				if err := call("key_flush", "up", 100, 1, key, replica, 0, 2, 2, 0, 2, 0, sarg, "h", 0.5, events, "up#"+key,
+					onsets, 0, 0, 1, 0, 1); err != nil {
+					errs <- fmt.Errorf("key_flush: %w", err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Add(1)
+	go func() { // cleanup all along
+		defer wg.Done()
+		for range rounds {
+			var n int64
+			if err := pool.QueryRow(context.Background(), "SELECT "+b.prefix+"cleanup(1, 3)").Scan(&n); err != nil {
+				errs <- fmt.Errorf("cleanup: %w", err)
+				return
+			}
+		}
+	}()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}

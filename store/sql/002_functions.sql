@@ -250,9 +250,12 @@ BEGIN
 		VALUES ({{.P}}_ts(p_now), st.upstream, st.key, {{.P}}_state_name(st.st), {{.P}}_state_name(p_to), p_reason,
 			w.r, w.f, w.sl, st.cf, st.gen + 1,
 			CASE WHEN p_reason = 'open_timeout' THEN '' ELSE coalesce(st.replica, '') END);
-		DELETE FROM {{.P}}history h WHERE h.upstream = st.upstream AND h.at < {{.P}}_ts(p_now - s.hret::bigint);
+		-- SKIP LOCKED: a row another call (a key's of the same upstream) or cleanup is
+		-- deleting is theirs; waiting for it could close a cycle of waits
 		DELETE FROM {{.P}}history h WHERE h.id IN (SELECT hh.id FROM {{.P}}history hh WHERE hh.upstream = st.upstream
-			ORDER BY hh.at DESC, hh.id DESC OFFSET s.hlen::bigint);
+			AND hh.at < {{.P}}_ts(p_now - s.hret::bigint) FOR UPDATE SKIP LOCKED);
+		DELETE FROM {{.P}}history h WHERE h.id IN (SELECT hh.id FROM {{.P}}history hh WHERE hh.upstream = st.upstream
+			ORDER BY hh.at DESC, hh.id DESC OFFSET s.hlen::bigint FOR UPDATE SKIP LOCKED);
 	END IF;
 	st.st := p_to; st.gen := st.gen + 1; st.at := p_now; st.rs := p_reason;
 	st.changed := true; st.dirty := true;
@@ -682,16 +685,22 @@ BEGIN
 	IF args[2] ~ '^[0-9]{1,15}$' AND args[3] ~ '^[0-9]{1,15}$' THEN
 		INSERT INTO {{.P}}tallies AS t (name, replica, a, b, at, expires_at)
 		VALUES ($1, args[1], args[2]::bigint, args[3]::bigint, v_now, v_now + (2 * win)::bigint)
-		ON CONFLICT ON CONSTRAINT {{.P}}tallies_pkey DO UPDATE SET a = excluded.a, b = excluded.b, at = excluded.at;
+		ON CONFLICT ON CONSTRAINT {{.P}}tallies_pkey DO UPDATE SET a = excluded.a, b = excluded.b, at = excluded.at,
+			expires_at = excluded.expires_at;
 	ELSE
 		DELETE FROM {{.P}}tallies t WHERE t.name = $1 AND t.replica = args[1];
 	END IF;
-	DELETE FROM {{.P}}tallies t WHERE t.name = $1
-		AND NOT (t.at <= v_now + win AND v_now - t.at <= win AND t.a <= 999999999999999 AND t.b <= 999999999999999
-			AND t.a >= 0 AND t.b >= 0);
-	UPDATE {{.P}}tallies t SET expires_at = v_now + (2 * win)::bigint WHERE t.name = $1;
+	-- The others' reports out of the window go (SKIP LOCKED: a row another replica's call
+	-- holds is its own, being written, or being deleted; waiting for it could deadlock
+	-- two replicas reporting at once); every report lives 2 windows (the Lua hash's
+	-- expiry), and only those in the window count.
+	DELETE FROM {{.P}}tallies t WHERE (t.name, t.replica) IN (SELECT x.name, x.replica FROM {{.P}}tallies x
+		WHERE x.name = $1 AND NOT (x.at <= v_now + win AND v_now - x.at <= win AND x.a <= 999999999999999
+			AND x.b <= 999999999999999 AND x.a >= 0 AND x.b >= 0)
+		FOR UPDATE SKIP LOCKED);
 	SELECT coalesce(sum(t.a), 0), coalesce(sum(t.b), 0), count(*) INTO sa, sb, n
-	FROM {{.P}}tallies t WHERE t.name = $1;
+	FROM {{.P}}tallies t WHERE t.name = $1 AND t.at <= v_now + win AND v_now - t.at <= win
+		AND t.a <= 999999999999999 AND t.b <= 999999999999999 AND t.a >= 0 AND t.b >= 0;
 	RETURN ARRAY[sa::text, sb::text, n::text];
 END $$;
 
@@ -742,22 +751,37 @@ DECLARE
 	total bigint := 0;
 	n bigint;
 BEGIN
-	DELETE FROM {{.P}}circuits c WHERE c.expires_at <= v_now; GET DIAGNOSTICS n = ROW_COUNT; total := total + n;
-	DELETE FROM {{.P}}leases l WHERE l.expires_at <= v_now; GET DIAGNOSTICS n = ROW_COUNT; total := total + n;
-	DELETE FROM {{.P}}keys k WHERE k.expires_at <= v_now; GET DIAGNOSTICS n = ROW_COUNT; total := total + n;
-	DELETE FROM {{.P}}tallies t WHERE t.expires_at <= v_now; GET DIAGNOSTICS n = ROW_COUNT; total := total + n;
-	DELETE FROM {{.P}}claims c WHERE c.expires_at <= v_now; GET DIAGNOSTICS n = ROW_COUNT; total := total + n;
-	DELETE FROM {{.P}}heartbeats h WHERE h.expires_at <= v_now; GET DIAGNOSTICS n = ROW_COUNT; total := total + n;
+	-- FOR UPDATE SKIP LOCKED everywhere: cleanup never waits for a row a function holds
+	-- (which may wait for a row cleanup already holds: a deadlock); what it skips goes
+	-- next time.
+	DELETE FROM {{.P}}circuits c WHERE (c.upstream, c.key) IN (SELECT x.upstream, x.key FROM {{.P}}circuits x
+		WHERE x.expires_at <= v_now FOR UPDATE SKIP LOCKED);
+	GET DIAGNOSTICS n = ROW_COUNT; total := total + n;
+	DELETE FROM {{.P}}leases l WHERE (l.upstream, l.key, l.id) IN (SELECT x.upstream, x.key, x.id FROM {{.P}}leases x
+		WHERE x.expires_at <= v_now FOR UPDATE SKIP LOCKED);
+	GET DIAGNOSTICS n = ROW_COUNT; total := total + n;
+	DELETE FROM {{.P}}keys k WHERE (k.upstream, k.key) IN (SELECT x.upstream, x.key FROM {{.P}}keys x
+		WHERE x.expires_at <= v_now FOR UPDATE SKIP LOCKED);
+	GET DIAGNOSTICS n = ROW_COUNT; total := total + n;
+	DELETE FROM {{.P}}tallies t WHERE (t.name, t.replica) IN (SELECT x.name, x.replica FROM {{.P}}tallies x
+		WHERE x.expires_at <= v_now FOR UPDATE SKIP LOCKED);
+	GET DIAGNOSTICS n = ROW_COUNT; total := total + n;
+	DELETE FROM {{.P}}claims c WHERE c.name IN (SELECT x.name FROM {{.P}}claims x
+		WHERE x.expires_at <= v_now FOR UPDATE SKIP LOCKED);
+	GET DIAGNOSTICS n = ROW_COUNT; total := total + n;
+	DELETE FROM {{.P}}heartbeats h WHERE h.replica IN (SELECT x.replica FROM {{.P}}heartbeats x
+		WHERE x.expires_at <= v_now FOR UPDATE SKIP LOCKED);
+	GET DIAGNOSTICS n = ROW_COUNT; total := total + n;
 	IF p_retention_ms > 0 THEN
-		DELETE FROM {{.P}}history h WHERE h.at < {{.P}}_ts(v_now - p_retention_ms);
+		DELETE FROM {{.P}}history h WHERE h.id IN (SELECT x.id FROM {{.P}}history x
+			WHERE x.at < {{.P}}_ts(v_now - p_retention_ms) FOR UPDATE SKIP LOCKED);
 		GET DIAGNOSTICS n = ROW_COUNT; total := total + n;
 	END IF;
 	IF p_max_entries > 0 THEN
-		DELETE FROM {{.P}}history h USING (
-			SELECT x.id FROM (SELECT hh.id, row_number() OVER (PARTITION BY hh.upstream
-				ORDER BY hh.at DESC, hh.id DESC) AS rn FROM {{.P}}history hh) x
-			WHERE x.rn > p_max_entries) old
-		WHERE h.id = old.id;
+		DELETE FROM {{.P}}history h WHERE h.id IN (SELECT x.id FROM {{.P}}history x WHERE x.id IN (
+			SELECT y.id FROM (SELECT hh.id, row_number() OVER (PARTITION BY hh.upstream
+				ORDER BY hh.at DESC, hh.id DESC) AS rn FROM {{.P}}history hh) y WHERE y.rn > p_max_entries)
+			FOR UPDATE SKIP LOCKED);
 		GET DIAGNOSTICS n = ROW_COUNT; total := total + n;
 	END IF;
 	RETURN total;

@@ -109,7 +109,7 @@ func start(t testing.TB, settings []string) (*Server, error) {
 		}
 		uid, _ := strconv.ParseUint(u.Uid, 10, 32)
 		gid, _ := strconv.ParseUint(u.Gid, 10, 32)
-		s.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), NoSetGroups: true}
+		s.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)} // and no supplementary groups (root's)
 	}
 	// Not t.TempDir(): its parents are 0700 and owned by us, which the postgres user
 	// could not traverse. os.TempDir() (/tmp) is world-traversable.
