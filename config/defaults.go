@@ -49,6 +49,14 @@ func Default() *Config {
 				WriteTimeout: 100 * time.Millisecond,
 				DegradeAfter: 3,
 			},
+			Postgres: Postgres{
+				Prefix:           "fuse_",
+				PoolSize:         8,
+				ConnectTimeout:   250 * time.Millisecond,
+				StatementTimeout: 250 * time.Millisecond,
+				DegradeAfter:     3,
+				Migrate:          true,
+			},
 			History: History{Retention: 168 * time.Hour, MaxEntries: 1000},
 		},
 		Events: Events{

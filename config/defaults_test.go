@@ -32,6 +32,9 @@ func TestDefaults(t *testing.T) {
 				DialTimeout: 250 * time.Millisecond, ReadTimeout: 100 * time.Millisecond,
 				WriteTimeout: 100 * time.Millisecond, DegradeAfter: 3,
 			},
+			// empty connection keys: libpq's PG* variables, then its defaults
+			Postgres: Postgres{Prefix: "fuse_", PoolSize: 8, ConnectTimeout: 250 * time.Millisecond,
+				StatementTimeout: 250 * time.Millisecond, DegradeAfter: 3, Migrate: true},
 			History: History{Retention: 168 * time.Hour, MaxEntries: 1000},
 		},
 		Events: Events{Enabled: true, QueueSize: 1024},

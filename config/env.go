@@ -72,35 +72,46 @@ func isLetter(c rune) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z'
 
 // envOverride is one environment variable that overrides a config field.
 type envOverride struct {
-	Name  string
-	Key   string // the field, as in Reference
-	redis bool   // applied only when the store driver (after FUSE_STORE) is redis
-	field func(*Config) any
+	Name   string
+	Key    string // the field, as in Reference
+	driver string // applied only when the store driver (after FUSE_STORE) is this one ("": always)
+	field  func(*Config) any
 }
 
 // envOverrides lists the variables ApplyEnv honours, in the order it applies them.
 func envOverrides() []envOverride {
 	return []envOverride{
-		{"FUSE_STORE", "store.driver", false, func(c *Config) any { return &c.Store.Driver }},
-		{"FUSE_REPLICA_ID", "store.replica_id", false, func(c *Config) any { return &c.Store.ReplicaID }},
-		{"FUSE_REDIS_URL", "store.redis.url", true, func(c *Config) any { return &c.Store.Redis.URL }},
-		{"REDIS_HOST", "store.redis.host", true, func(c *Config) any { return &c.Store.Redis.Host }},
-		{"REDIS_PORT", "store.redis.port", true, func(c *Config) any { return &c.Store.Redis.Port }},
-		{"REDIS_USERNAME", "store.redis.username", true, func(c *Config) any { return &c.Store.Redis.Username }},
-		{"REDIS_PASSWORD", "store.redis.password", true, func(c *Config) any { return &c.Store.Redis.Password }},
-		{"REDIS_DB", "store.redis.db", true, func(c *Config) any { return &c.Store.Redis.DB }},
-		{"FUSE_REDIS_PREFIX", "store.redis.prefix", true, func(c *Config) any { return &c.Store.Redis.Prefix }},
-		{"FUSE_ADMIN_TOKEN", "admin.token", false, func(c *Config) any { return &c.Admin.Token }},
-		{"FUSE_EVENTS_ENABLED", "events.enabled", false, func(c *Config) any { return &c.Events.Enabled }},
+		{"FUSE_STORE", "store.driver", "", func(c *Config) any { return &c.Store.Driver }},
+		{"FUSE_REPLICA_ID", "store.replica_id", "", func(c *Config) any { return &c.Store.ReplicaID }},
+		{"FUSE_REDIS_URL", "store.redis.url", "redis", func(c *Config) any { return &c.Store.Redis.URL }},
+		{"REDIS_HOST", "store.redis.host", "redis", func(c *Config) any { return &c.Store.Redis.Host }},
+		{"REDIS_PORT", "store.redis.port", "redis", func(c *Config) any { return &c.Store.Redis.Port }},
+		{"REDIS_USERNAME", "store.redis.username", "redis", func(c *Config) any { return &c.Store.Redis.Username }},
+		{"REDIS_PASSWORD", "store.redis.password", "redis", func(c *Config) any { return &c.Store.Redis.Password }},
+		{"REDIS_DB", "store.redis.db", "redis", func(c *Config) any { return &c.Store.Redis.DB }},
+		{"FUSE_REDIS_PREFIX", "store.redis.prefix", "redis", func(c *Config) any { return &c.Store.Redis.Prefix }},
+		{"DATABASE_URL", "store.postgres.url", "postgres", func(c *Config) any { return &c.Store.Postgres.URL }},
+		{"FUSE_POSTGRES_URL", "store.postgres.url", "postgres", func(c *Config) any { return &c.Store.Postgres.URL }},
+		{"FUSE_POSTGRES_HOST", "store.postgres.host", "postgres", func(c *Config) any { return &c.Store.Postgres.Host }},
+		{"FUSE_POSTGRES_PORT", "store.postgres.port", "postgres", func(c *Config) any { return &c.Store.Postgres.Port }},
+		{"FUSE_POSTGRES_USER", "store.postgres.user", "postgres", func(c *Config) any { return &c.Store.Postgres.User }},
+		{"FUSE_POSTGRES_PASSWORD", "store.postgres.password", "postgres", func(c *Config) any { return &c.Store.Postgres.Password }},
+		{"FUSE_POSTGRES_DATABASE", "store.postgres.database", "postgres", func(c *Config) any { return &c.Store.Postgres.Database }},
+		{"FUSE_POSTGRES_SSLMODE", "store.postgres.sslmode", "postgres", func(c *Config) any { return &c.Store.Postgres.SSLMode }},
+		{"FUSE_POSTGRES_PREFIX", "store.postgres.prefix", "postgres", func(c *Config) any { return &c.Store.Postgres.Prefix }},
+		{"FUSE_ADMIN_TOKEN", "admin.token", "", func(c *Config) any { return &c.Admin.Token }},
+		{"FUSE_EVENTS_ENABLED", "events.enabled", "", func(c *Config) any { return &c.Events.Enabled }},
 	}
 }
 
 // ApplyEnv overrides fields of cfg from environment variables read with lookup
 // (os.LookupEnv in Load): the environment beats the file. A variable counts when it
 // is set and non-empty. The REDIS_* and FUSE_REDIS_* variables apply only when the
-// store driver, after FUSE_STORE, is "redis", so that unrelated variables (such as
-// the REDIS_PORT=tcp://... that Kubernetes service links inject) cannot break a
-// memory-store deployment. The variables and the fields they set are:
+// store driver, after FUSE_STORE, is "redis", and DATABASE_URL and FUSE_POSTGRES_* only
+// when it is "postgres", so that unrelated variables (such as the REDIS_PORT=tcp://...
+// that Kubernetes service links inject) cannot break another store's deployment. (The
+// postgres store also reads libpq's PG* variables, for the connection settings left
+// empty, when it connects.) The variables and the fields they set are:
 //
 //	FUSE_STORE          store.driver
 //	FUSE_REPLICA_ID     store.replica_id
@@ -111,6 +122,10 @@ func envOverrides() []envOverride {
 //	REDIS_PASSWORD      store.redis.password
 //	REDIS_DB            store.redis.db
 //	FUSE_REDIS_PREFIX   store.redis.prefix
+//	DATABASE_URL        store.postgres.url
+//	FUSE_POSTGRES_URL   store.postgres.url (after DATABASE_URL: it wins)
+//	FUSE_POSTGRES_HOST, _PORT, _USER, _PASSWORD, _DATABASE, _SSLMODE, _PREFIX
+//	                    store.postgres.host, ... (the key of the same name)
 //	FUSE_ADMIN_TOKEN    admin.token
 //	FUSE_EVENTS_ENABLED events.enabled
 //
@@ -126,7 +141,7 @@ func applyEnv(cfg *Config, lookup func(string) (string, bool)) (set map[string]s
 	set = make(map[string]string)
 	for _, o := range envOverrides() {
 		val, ok := lookup(o.Name)
-		if !ok || val == "" || o.redis && cfg.Store.Driver != "redis" {
+		if !ok || val == "" || o.driver != "" && cfg.Store.Driver != o.driver {
 			continue
 		}
 		if msg := setFromEnv(o.field(cfg), val); msg != "" {
@@ -145,15 +160,16 @@ func applyEnv(cfg *Config, lookup func(string) (string, bool)) (set map[string]s
 }
 
 // StoreDriver returns the store driver a store.driver value (or FUSE_STORE) names:
-// Fuse's own store names are accepted as aliases, "array" for memory and "cache" for
-// redis. Any other value is returned as is ("database", Fuse's PostgreSQL store, is
-// refused by validation: not available yet).
+// Fuse's own store names are accepted as aliases, "array" for memory, "cache" for redis
+// and "database" for postgres. Any other value is returned as is.
 func StoreDriver(name string) string {
 	switch name {
 	case "array":
 		return "memory"
 	case "cache":
 		return "redis"
+	case "database":
+		return "postgres"
 	}
 	return name
 }

@@ -102,6 +102,16 @@ func TestApplyEnv(t *testing.T) {
 		"FUSE_REDIS_PREFIX":   "staging",
 		"FUSE_ADMIN_TOKEN":    "t0ken",
 		"FUSE_EVENTS_ENABLED": "false",
+		// the postgres store's: not applied to the redis store (see TestApplyEnvPostgres)
+		"DATABASE_URL":           "postgres://platform@db/app",
+		"FUSE_POSTGRES_URL":      "postgres://fuse@pg.internal:5433/breakers?sslmode=verify-full",
+		"FUSE_POSTGRES_HOST":     "pg",
+		"FUSE_POSTGRES_PORT":     "5433",
+		"FUSE_POSTGRES_USER":     "fuse",
+		"FUSE_POSTGRES_PASSWORD": "pw",
+		"FUSE_POSTGRES_DATABASE": "breakers",
+		"FUSE_POSTGRES_SSLMODE":  "require",
+		"FUSE_POSTGRES_PREFIX":   "staging_",
 	}
 	cfg := Default()
 	if err := ApplyEnv(cfg, env(all)); err != nil {
@@ -116,6 +126,32 @@ func TestApplyEnv(t *testing.T) {
 	if cfg.Store.Driver != "redis" || cfg.Store.ReplicaID != "pod-7" || cfg.Admin.Token != "t0ken" || cfg.Events.Enabled {
 		t.Errorf("config = %+v", cfg)
 	}
+
+	if cfg.Store.Postgres != Default().Store.Postgres {
+		t.Errorf("the postgres variables applied to the redis store: %+v", cfg.Store.Postgres)
+	}
+
+	all["FUSE_STORE"] = "database" // Fuse's name for it
+	cfg = Default()
+	if err := ApplyEnv(cfg, env(all)); err != nil {
+		t.Fatal(err)
+	}
+	pg := cfg.Store.Postgres
+	wantPg := Postgres{URL: "postgres://fuse@pg.internal:5433/breakers?sslmode=verify-full", Host: "pg", Port: 5433,
+		User: "fuse", Password: "pw", Database: "breakers", SSLMode: "require", Prefix: "staging_"}
+	if pg.URL != wantPg.URL || pg.Host != wantPg.Host || pg.Port != wantPg.Port || pg.User != wantPg.User ||
+		pg.Password != wantPg.Password || pg.Database != wantPg.Database || pg.SSLMode != wantPg.SSLMode || pg.Prefix != wantPg.Prefix {
+		t.Errorf("postgres = %+v", pg)
+	}
+	if cfg.Store.Driver != "postgres" || cfg.Store.Redis.Host != Default().Store.Redis.Host {
+		t.Errorf("driver %q, redis %+v", cfg.Store.Driver, cfg.Store.Redis)
+	}
+	delete(all, "FUSE_POSTGRES_URL")
+	cfg = Default()
+	if err := ApplyEnv(cfg, env(all)); err != nil || cfg.Store.Postgres.URL != "postgres://platform@db/app" {
+		t.Errorf("DATABASE_URL alone: url %q, %v", cfg.Store.Postgres.URL, err)
+	}
+	all["FUSE_POSTGRES_URL"] = wantPg.URL
 
 	// Every variable ApplyEnv knows is exercised above.
 	for _, o := range envOverrides() {

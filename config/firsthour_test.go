@@ -38,25 +38,60 @@ func TestStoreDriverFuseAliases(t *testing.T) {
 	}
 }
 
-// Fuse's database store (PostgreSQL) is named, and refused as not available yet, at its
-// line or at the variable that set it.
-func TestStoreDriverDatabaseNotAvailableYet(t *testing.T) {
-	for _, tt := range []struct {
-		file, env, want string
-	}{
-		{file: "database", want: `config.yaml:7: store.driver: "database" (PostgreSQL, Fuse's database store) is not available yet: use memory (Fuse's array) or redis (Fuse's cache)`},
-		{file: "postgres", want: `config.yaml:7: store.driver: "postgres" (PostgreSQL, Fuse's database store) is not available yet`},
-		{env: "database", want: `store.driver: "database" (PostgreSQL, Fuse's database store) is not available yet: use memory (Fuse's array) or redis (Fuse's cache) (set by env FUSE_STORE)`},
+// Fuse's database store is the postgres store, in the file and in FUSE_STORE.
+func TestStoreDriverDatabaseIsPostgres(t *testing.T) {
+	for _, tt := range []struct{ file, env string }{
+		{file: "database"}, {file: "postgres"}, {env: "database"}, {file: "redis", env: "postgres"},
 	} {
 		src := minimal
 		if tt.file != "" {
 			src += "store:\n  driver: " + tt.file + "\n"
 		}
-		_, err := parse(t, src, map[string]string{"FUSE_STORE": tt.env})
-		if err == nil || !strings.Contains(err.Error(), tt.want) {
-			t.Errorf("file %q, FUSE_STORE %q: error %v, want %q", tt.file, tt.env, err, tt.want)
+		cfg := mustParse(t, src, map[string]string{"FUSE_STORE": tt.env, "FUSE_POSTGRES_HOST": "pg.internal"})
+		if cfg.Store.Driver != "postgres" || cfg.Store.Postgres.Host != "pg.internal" {
+			t.Errorf("file %q, FUSE_STORE %q: driver %q, host %q", tt.file, tt.env, cfg.Store.Driver, cfg.Store.Postgres.Host)
 		}
 	}
+}
+
+// store.postgres is checked like the rest: each bad value named at its line.
+func TestPostgresValidation(t *testing.T) {
+	src := minimal + `store:
+  driver: postgres
+  postgres:
+    url: mysql://u:secret@h/db
+    port: 70000
+    sslmode: strict
+    sslcert: c.pem
+    prefix: Fuse-
+    pool_size: 0
+    connect_timeout: 0s
+    statement_timeout: -1s
+    degrade_after: 0
+`
+	_, err := parse(t, src, nil)
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	for _, want := range []string{
+		`config.yaml:9: store.postgres.url: must be a postgres:// or postgresql:// URL, got scheme "mysql"`,
+		`config.yaml:10: store.postgres.port: must be between 1 and 65535, got 70000`,
+		`config.yaml:11: store.postgres.sslmode: must be disable, allow, prefer, require, verify-ca or verify-full, got "strict"`,
+		`config.yaml:12: store.postgres.sslcert: sslcert and sslkey must be set together`,
+		`config.yaml:13: store.postgres.prefix: must match [a-z_][a-z0-9_]{0,29}`,
+		`config.yaml:14: store.postgres.pool_size: must be >= 1, got 0`,
+		`config.yaml:15: store.postgres.connect_timeout: must be > 0, got 0s`,
+		`config.yaml:16: store.postgres.statement_timeout: must be > 0, got -1s`,
+		`config.yaml:17: store.postgres.degrade_after: must be >= 1, got 0`,
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("missing %q in:\n%v", want, err)
+		}
+	}
+	if strings.Contains(err.Error(), "secret") {
+		t.Errorf("the URL's password is echoed:\n%v", err)
+	}
+	mustParse(t, minimal+"store:\n  driver: database\n  postgres:\n    url: postgresql://fuse@db:5432/app?sslmode=verify-full\n    prefix: _f1\n", nil)
 }
 
 // The URL's query options are what the store will use: they replace the keys, so

@@ -287,7 +287,7 @@ routes:
 			name: "bad value from env",
 			src:  minimal,
 			env:  map[string]string{"FUSE_STORE": "mongo"},
-			want: `store.driver: must be memory or redis, got "mongo" (set by env FUSE_STORE)`,
+			want: `store.driver: must be memory, redis or postgres, got "mongo" (set by env FUSE_STORE)`,
 		},
 		{
 			name: "unset variable",

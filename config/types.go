@@ -93,11 +93,36 @@ type Log struct {
 
 // Store selects where breaker state lives.
 type Store struct {
-	Driver        string        `yaml:"driver"` // memory | redis
+	Driver        string        `yaml:"driver"` // memory | redis | postgres
 	ReplicaID     string        `yaml:"replica_id"`
 	FlushInterval time.Duration `yaml:"flush_interval"`
 	Redis         Redis         `yaml:"redis"`
+	Postgres      Postgres      `yaml:"postgres"`
 	History       History       `yaml:"history"`
+}
+
+// Postgres is the postgres store's connection and tolerance settings. A connection
+// setting left empty (or 0) falls back to libpq's environment variables (PGHOST,
+// PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE, ...) and then libpq's defaults, as
+// psql does.
+type Postgres struct {
+	URL              string        `yaml:"url"`
+	Host             string        `yaml:"host"`
+	Port             int           `yaml:"port"`
+	User             string        `yaml:"user"`
+	Password         string        `yaml:"password"`
+	Database         string        `yaml:"database"`
+	SSLMode          string        `yaml:"sslmode"`
+	SSLRootCert      string        `yaml:"sslrootcert"`
+	SSLCert          string        `yaml:"sslcert"`
+	SSLKey           string        `yaml:"sslkey"`
+	Prefix           string        `yaml:"prefix"`
+	PoolSize         int           `yaml:"pool_size"`
+	ConnectTimeout   time.Duration `yaml:"connect_timeout"`
+	StatementTimeout time.Duration `yaml:"statement_timeout"`
+	DegradeAfter     int           `yaml:"degrade_after"`
+	// Migrate: apply the schema's missing versions at start (behind an advisory lock).
+	Migrate bool `yaml:"migrate"`
 }
 
 // History bounds the transition history every store keeps of each circuit

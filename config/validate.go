@@ -117,12 +117,7 @@ func (v *validator) admin(a *Admin) {
 
 func (v *validator) store(s *Store) {
 	s.Driver = StoreDriver(s.Driver)
-	switch s.Driver {
-	case "database", "postgres":
-		v.errorf("store.driver", "%s (PostgreSQL, Fuse's database store) is not available yet: use memory (Fuse's array) or redis (Fuse's cache)", quote(s.Driver))
-	default:
-		v.oneOf("store.driver", s.Driver, "memory", "redis")
-	}
+	v.oneOf("store.driver", s.Driver, "memory", "redis", "postgres")
 	if s.ReplicaID != "" && !validName(s.ReplicaID, 128) {
 		v.errorf("store.replica_id", "invalid replica id %s: use 1-128 letters, digits, '_', '.' or '-'", quote(s.ReplicaID))
 	}
@@ -131,6 +126,8 @@ func (v *validator) store(s *Store) {
 	}
 	v.nonNegative("store.history.retention", s.History.Retention)
 	v.intBetween("store.history.max_entries", s.History.MaxEntries, 1, 1000000)
+
+	v.postgres(&s.Postgres)
 
 	const p = "store.redis"
 	r := &s.Redis
@@ -166,6 +163,54 @@ func (v *validator) store(s *Store) {
 	if (r.TLS.CertFile == "") != (r.TLS.KeyFile == "") {
 		v.errorf(p+".tls.cert_file", "cert_file and key_file must be set together")
 	}
+}
+
+// postgres checks store.postgres. The prefix names tables and functions unquoted, and
+// NOTIFY channels, so it is [a-z_][a-z0-9_]{0,29} (the longest name built from it stays
+// within PostgreSQL's 63 bytes).
+func (v *validator) postgres(pg *Postgres) {
+	const p = "store.postgres"
+	if pg.URL != "" {
+		u, err := url.Parse(pg.URL)
+		switch {
+		case err != nil:
+			v.errorf(p+".url", "must be a postgres:// or postgresql:// URL")
+		case u.Scheme != "postgres" && u.Scheme != "postgresql":
+			v.errorf(p+".url", "must be a postgres:// or postgresql:// URL, got scheme %s", quote(u.Scheme))
+		}
+	}
+	if pg.Port != 0 {
+		v.intBetween(p+".port", pg.Port, 1, 65535)
+	}
+	if pg.SSLMode != "" {
+		v.oneOf(p+".sslmode", pg.SSLMode, "disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+	}
+	if (pg.SSLCert == "") != (pg.SSLKey == "") {
+		v.errorf(p+".sslcert", "sslcert and sslkey must be set together")
+	}
+	if !validPgPrefix(pg.Prefix) {
+		v.errorf(p+".prefix", "must match [a-z_][a-z0-9_]{0,29} (it starts every table, function and channel name), got %s", quote(pg.Prefix))
+	}
+	v.atLeast(p+".pool_size", pg.PoolSize, 1)
+	if pg.ConnectTimeout <= 0 {
+		v.errorf(p+".connect_timeout", "must be > 0, got %s", fmtDuration(pg.ConnectTimeout))
+	}
+	if pg.StatementTimeout <= 0 {
+		v.errorf(p+".statement_timeout", "must be > 0, got %s", fmtDuration(pg.StatementTimeout))
+	}
+	v.atLeast(p+".degrade_after", pg.DegradeAfter, 1)
+}
+
+func validPgPrefix(s string) bool {
+	if s == "" || len(s) > 30 {
+		return false
+	}
+	for i, c := range s {
+		if !(c >= 'a' && c <= 'z' || c == '_' || i > 0 && c >= '0' && c <= '9') {
+			return false
+		}
+	}
+	return true
 }
 
 // redisURL checks a redis:// or rediss:// URL without echoing it: it may hold a password.

@@ -25,8 +25,9 @@ type proxyConfig struct {
 	AdminListen string
 	ReplicaID   string
 	Backend     string // base URL of the flaky backend
-	Store       string // memory | redis
+	Store       string // memory | redis | postgres
 	RedisURL    string
+	PostgresURL string
 	// ClusterAddrs, or SentinelMaster and SentinelAddrs, replace RedisURL when set.
 	ClusterAddrs   []string
 	SentinelMaster string
@@ -42,7 +43,7 @@ func (c proxyConfig) YAML(t testing.TB) string {
 	b := c.Breaker
 	return faultConfig{
 		Listen: c.Listen, AdminListen: c.AdminListen, ReplicaID: c.ReplicaID,
-		Store: c.Store, RedisURL: c.RedisURL, Prefix: c.Prefix, FlushInterval: c.FlushInterval,
+		Store: c.Store, RedisURL: c.RedisURL, PostgresURL: c.PostgresURL, Prefix: c.Prefix, FlushInterval: c.FlushInterval,
 		ClusterAddrs: c.ClusterAddrs, SentinelMaster: c.SentinelMaster, SentinelAddrs: c.SentinelAddrs,
 		Upstreams: []faultUpstream{{Name: upstream, Target: c.Backend, Timeout: 5 * time.Second,
 			ConsecutiveFailures: b.ConsecutiveFailures, FailureRate: b.FailureRate,

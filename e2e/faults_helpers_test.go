@@ -64,8 +64,10 @@ type faultConfig struct {
 	Listen, AdminListen, ReplicaID, AdminToken string
 	AdminAllowedHosts                          []string
 
-	Store    string // memory | redis
+	Store    string // memory | redis | postgres
 	RedisURL string
+	// PostgresURL is the postgres store's database (prefix fuse_).
+	PostgresURL string
 	// ClusterAddrs (Redis Cluster) or SentinelMaster and SentinelAddrs (Sentinel) replace
 	// RedisURL when set.
 	ClusterAddrs   []string
@@ -138,6 +140,14 @@ store:
 {{- if .RedisWrite}}
     write_timeout: {{.RedisWrite}}
 {{- end}}
+{{- else if eq .Store "postgres"}}
+  flush_interval: {{.FlushInterval}}
+  postgres:
+    url: {{q .PostgresURL}}
+    prefix: fuse_
+{{- if .DegradeAfter}}
+    degrade_after: {{.DegradeAfter}}
+{{- end}}
 {{- end}}
 upstreams:
 {{- range .Upstreams}}
@@ -203,6 +213,12 @@ func newFaultConfig(t testing.TB, target string) faultConfig {
 			ConsecutiveFailures: 5, OpenDuration: time.Second}},
 		Routes: []faultRoute{{Prefix: "/", Upstream: upstream}},
 	}
+}
+
+// withPostgres points c at a PostgreSQL database as replica id.
+func (c faultConfig) withPostgres(id, url string) faultConfig {
+	c.Store, c.ReplicaID, c.PostgresURL = "postgres", id, url
+	return c
 }
 
 // withRedis points c at a Redis (or a faultproxy in front of one) as replica id.

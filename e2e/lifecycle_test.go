@@ -11,14 +11,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fuseproxy/fuseproxy/internal/testutil/pgtest"
 	"github.com/fuseproxy/fuseproxy/internal/testutil/redistest"
 )
 
 // TestCircuitLifecycle walks one replica's circuit closed → open → half-open → closed over
 // HTTP and checks what the backend actually received at each step, with the memory store
-// and with a single replica on the redis store (which must behave the same).
+// and with a single replica on the redis and postgres stores (which must behave the same).
 func TestCircuitLifecycle(t *testing.T) {
-	for _, driver := range []string{"memory", "redis"} {
+	for _, driver := range []string{"memory", "redis", "postgres"} {
 		t.Run(driver, func(t *testing.T) { testCircuitLifecycle(t, driver) })
 	}
 }
@@ -36,8 +37,11 @@ func testCircuitLifecycle(t *testing.T, driver string) {
 		ConsecutiveFailures: threshold, OpenDuration: openDuration,
 		HalfOpenMaxRequests: halfOpenMax, SuccessThreshold: successes,
 	})
-	if driver == "redis" {
+	switch driver {
+	case "redis":
 		cfg.RedisURL, cfg.FlushInterval, cfg.ReplicaID = redistest.Start(t).URL(), 50*time.Millisecond, "solo"
+	case "postgres":
+		cfg.PostgresURL, cfg.FlushInterval, cfg.ReplicaID = pgtest.Start(t).DSN(), 50*time.Millisecond, "solo"
 	}
 	p := startProxy(t, cfg.YAML(t))
 
@@ -94,11 +98,11 @@ func testCircuitLifecycle(t *testing.T, driver string) {
 	if tp.MaxInFlight > halfOpenMax {
 		t.Errorf("while half-open the backend had %d requests in flight at once, want at most %d (half_open_max_requests)", tp.MaxInFlight, halfOpenMax)
 	}
-	// Trials are bounded in flight, not in number: with the redis store the first trial
+	// Trials are bounded in flight, not in number: with a shared store the first trial
 	// runs on the permit leased in advance and the second waits for one more, so a third
 	// may start when the first ends (as in TestFleetHalfOpenTrialsBounded).
 	most := int64(successes)
-	if driver == "redis" {
+	if driver != "memory" {
 		most = successes + halfOpenMax - 1
 	}
 	if tp.Requests < successes || tp.Requests > most {
@@ -121,8 +125,8 @@ func testCircuitLifecycle(t *testing.T, driver string) {
 		{"open", "half_open", "open_timeout"},
 		{"half_open", "closed", "trials_succeeded"},
 	}
-	if driver == "redis" {
-		// Decisions are Redis's, with the same reasons; the replica logs that it adopted them.
+	if driver != "memory" {
+		// Decisions are the shared store's, with the same reasons; the replica logs that it adopted them.
 		applied := p.LogsWhere(func(l logLine) bool { return l.Msg() == "applied shared state" && l.Str("upstream") == upstream })
 		var got []string
 		for _, l := range applied {

@@ -1,7 +1,6 @@
 package store
 
 import (
-	"context"
 	"fmt"
 	"strconv"
 	"strings"
@@ -11,19 +10,32 @@ import (
 
 	"github.com/fuseproxy/fuseproxy/breaker"
 	"github.com/fuseproxy/fuseproxy/breaker/conformance"
-	"github.com/fuseproxy/fuseproxy/internal/testutil/redistest"
 )
 
-// TestConformance holds the Lua scripts to the table the Go breaker is held to as well
-// (breaker.TestConformance): one replica calls the scripts as the store does, one step at a
-// time, on a real redis-server.
+// TestConformance holds the Lua scripts, and their PL/pgSQL port, to the table the Go
+// breaker is held to as well (breaker.TestConformance): one replica calls the scripts as
+// the store does, one step at a time, on a real redis-server and on a real PostgreSQL.
 func TestConformance(t *testing.T) {
 	t.Parallel()
-	srv := redistest.Start(t)
-	var n atomic.Int64
-	conformance.Run(t, func(t testing.TB) conformance.Driver {
-		name := fmt.Sprintf("row%d", n.Add(1)) // a circuit of its own per row
-		return &luaDriver{e: luaEnvOn(t, srv, name, conformance.Settings(), 1)}
+	eachBackend(t, func(t *testing.T, b scriptBackend) {
+		var n atomic.Int64
+		conformance.Run(t, func(t testing.TB) conformance.Driver {
+			name := fmt.Sprintf("row%d", n.Add(1)) // a circuit of its own per row
+			return &luaDriver{e: env(t, b, name, conformance.Settings(), 1)}
+		})
+	})
+}
+
+// TestConformanceKeyed holds the keyed scripts (keyed.lua before each script, and
+// their PL/pgSQL port) to the same table: each row is one key's circuit of an upstream.
+func TestConformanceKeyed(t *testing.T) {
+	t.Parallel()
+	eachBackend(t, func(t *testing.T, b scriptBackend) {
+		var n atomic.Int64
+		conformance.Run(t, func(t testing.TB) conformance.Driver {
+			member := fmt.Sprintf("row%d", n.Add(1)) // a key of its own per row
+			return &luaDriver{e: keyedEnv(t, b, "up", member, conformance.Settings(), 1)}
+		})
 	})
 }
 
@@ -71,11 +83,11 @@ func (d *luaDriver) Do(t testing.TB, s conformance.Step) {
 		d.leases = d.leases[1:]
 		rep = e.trialPause("r1", l.gen, 0, 1, int(s.For.Milliseconds()), l.id)
 	case conformance.Elapse:
-		// Redis's clock cannot be moved: move the end of the open period instead.
+		// The store's clock cannot be moved: move the end of the open period instead.
 		if d.last.state.State != breaker.Open {
 			t.Fatalf("elapse in %v", d.last.state.State)
 		}
-		if err := e.rdb.HSet(context.Background(), e.key, "ou", 1).Err(); err != nil {
+		if err := e.be.setField(e, "ou", 1); err != nil {
 			t.Fatal(err)
 		}
 		return
@@ -84,7 +96,11 @@ func (d *luaDriver) Do(t testing.TB, s conformance.Step) {
 		if req, _, _ := e.windowTotals(); d.last.state.State != breaker.Closed || req > 0 {
 			t.Fatalf("wait in %v with %d requests in the window: only an empty closed circuit can wait", d.last.state.State, req)
 		}
-		if err := e.rdb.HIncrBy(context.Background(), e.key, "at", -s.For.Milliseconds()).Err(); err != nil {
+		at, err := strconv.ParseInt(e.hgetall()["at"], 10, 64)
+		if err != nil {
+			t.Fatalf("the close time: %v", err)
+		}
+		if err := e.be.setField(e, "at", at-s.For.Milliseconds()); err != nil {
 			t.Fatal(err)
 		}
 		return
@@ -152,11 +168,7 @@ func (d *luaDriver) Observe(t testing.TB) conformance.Observed {
 	case breaker.Open:
 		o.OpenFor = st.OpenFor
 	case breaker.HalfOpen:
-		n, err := d.e.rdb.ZCard(context.Background(), d.e.leaseKey).Result()
-		if err != nil {
-			t.Fatal(err)
-		}
-		o.InFlight = int(n)
+		o.InFlight = len(d.e.leases())
 	}
 	return o
 }

@@ -1,7 +1,7 @@
 package store
 
 import (
-	"context"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -18,32 +18,34 @@ import (
 // gateway tail, and a batch with any other outcome restarts the run at its tail.
 func TestLuaGatewayRunFleetWide(t *testing.T) {
 	t.Parallel()
-	s := baseSettings()
-	s.ConsecutiveFailures = 0
-	s.ConsecutiveGatewayFailures = 4
-	e := newLuaEnv(t, s, 1)
-	gf := func() string { return e.hgetall()["gf"] }
+	eachBackend(t, func(t *testing.T, b scriptBackend) {
+		s := baseSettings()
+		s.ConsecutiveFailures = 0
+		s.ConsecutiveGatewayFailures = 4
+		e := env(t, b, "api", s, 1)
+		gf := func() string { return e.hgetall()["gf"] }
 
-	wantState(t, e.flush("r1", 0, gatewayFailures(2)), breaker.Closed, 0)
-	// r2: a gateway failure, a plain failure (ends the run), a gateway failure.
-	wantState(t, e.flush("r2", 0, batch{req: 3, fail: 3, tail: 3, gatewayTail: 1, gatewayEnded: true}), breaker.Closed, 0)
-	if got := gf(); got != "1" {
-		t.Fatalf("gf = %s after a batch with a plain failure, want its tail 1", got)
-	}
-	wantState(t, e.flush("r3", 0, gatewayFailures(2)), breaker.Closed, 0) // 3 across r2 and r3
-	wantState(t, e.flush("r1", 0, successes(1)), breaker.Closed, 0)
-	if got := gf(); got != "0" {
-		t.Fatalf("gf = %s after a success, want 0", got)
-	}
-	wantState(t, e.flush("r1", 0, gatewayFailures(3)), breaker.Closed, 0)
-	rep := e.flush("r2", 0, gatewayFailures(1)) // 4 in a row across two replicas
-	wantState(t, rep, breaker.Open, 1)
-	if rep.state.Reason != breaker.ReasonConsecutiveGateway {
-		t.Errorf("reason %q, want %q", rep.state.Reason, breaker.ReasonConsecutiveGateway)
-	}
-	if h := e.hgetall(); h["gf"] != "0" || h["cf"] != "0" {
-		t.Errorf("runs survived the transition: %v", h)
-	}
+		wantState(t, e.flush("r1", 0, gatewayFailures(2)), breaker.Closed, 0)
+		// r2: a gateway failure, a plain failure (ends the run), a gateway failure.
+		wantState(t, e.flush("r2", 0, batch{req: 3, fail: 3, tail: 3, gatewayTail: 1, gatewayEnded: true}), breaker.Closed, 0)
+		if got := gf(); got != "1" {
+			t.Fatalf("gf = %s after a batch with a plain failure, want its tail 1", got)
+		}
+		wantState(t, e.flush("r3", 0, gatewayFailures(2)), breaker.Closed, 0) // 3 across r2 and r3
+		wantState(t, e.flush("r1", 0, successes(1)), breaker.Closed, 0)
+		if got := gf(); got != "0" {
+			t.Fatalf("gf = %s after a success, want 0", got)
+		}
+		wantState(t, e.flush("r1", 0, gatewayFailures(3)), breaker.Closed, 0)
+		rep := e.flush("r2", 0, gatewayFailures(1)) // 4 in a row across two replicas
+		wantState(t, rep, breaker.Open, 1)
+		if rep.state.Reason != breaker.ReasonConsecutiveGateway {
+			t.Errorf("reason %q, want %q", rep.state.Reason, breaker.ReasonConsecutiveGateway)
+		}
+		if h := e.hgetall(); h["gf"] != "0" || h["cf"] != "0" {
+			t.Errorf("runs survived the transition: %v", h)
+		}
+	})
 }
 
 // The same through the store: two replicas, each with one gateway failure, eject the
@@ -157,57 +159,59 @@ func resync(t *testing.T, r *replica) {
 // replica adopting a mode change keeps the fleet's close time.
 func TestLuaClosedMessageCarriesTheCloseTime(t *testing.T) {
 	t.Parallel()
-	s := baseSettings()
-	s.TripDecay = time.Hour
-	e := newLuaEnv(t, s, 1)
-	e.control("open", 0)
-	e.control("close", 0) // trip decay keeps the trip
-	if err := e.rdb.HIncrBy(t.Context(), e.key, "at", -time.Minute.Milliseconds()).Err(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	ps := e.rdb.Subscribe(ctx, e.channel)
-	defer ps.Close()
-	if _, err := ps.Receive(ctx); err != nil {
-		t.Fatal(err)
-	}
-	rep := e.control("mode", breaker.MetricsOnly)
-	m, err := ps.ReceiveMessage(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, msg, err := decodeMessage(m.Payload)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for what, st := range map[string]breaker.SharedState{"reply": rep.state, "message": msg.state} {
-		if st.State != breaker.Closed || st.Trips != 1 || st.ClosedFor < time.Minute || st.ClosedFor > time.Minute+5*time.Second {
-			t.Errorf("%s: %+v, want closed, 1 trip, closed for a minute", what, st)
+	eachBackend(t, func(t *testing.T, b scriptBackend) {
+		s := baseSettings()
+		s.TripDecay = time.Hour
+		e := env(t, b, "api", s, 1)
+		e.control("open", 0)
+		e.control("close", 0) // trip decay keeps the trip
+		at, err := strconv.ParseInt(e.hgetall()["at"], 10, 64)
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
+		if err := e.be.setField(e, "at", at-time.Minute.Milliseconds()); err != nil {
+			t.Fatal(err)
+		}
+		ps := b.subscribe(t, e.channel)
+		rep := e.control("mode", breaker.MetricsOnly)
+		payload, ok := ps.next(10 * time.Second)
+		if !ok {
+			t.Fatal("no message")
+		}
+		_, msg, err := decodeMessage(payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for what, st := range map[string]breaker.SharedState{"reply": rep.state, "message": msg.state} {
+			if st.State != breaker.Closed || st.Trips != 1 || st.ClosedFor < time.Minute || st.ClosedFor > time.Minute+5*time.Second {
+				t.Errorf("%s: %+v, want closed, 1 trip, closed for a minute", what, st)
+			}
+		}
+	})
 }
 
 // The three settings go at the end of the settings string; a string without them (an
 // older replica's) reads as they are off, which is what older scripts did.
 func TestSettingsArgEjectionFields(t *testing.T) {
 	t.Parallel()
-	s := baseSettings()
-	s.ConsecutiveFailures = 0
-	s.ConsecutiveGatewayFailures = 1
-	s.LinearBackoff = true
-	s.TripDecay = 90 * time.Second
-	arg := settingsArg(s, 1)
-	if !strings.HasSuffix(arg, ",1,1,90000") || strings.Count(arg, ",") != 16 {
-		t.Fatalf("settingsArg = %q, want 17 fields ending in 1,1,90000", arg)
-	}
-	e := newLuaEnv(t, s, 1)
-	e.settingsArg = strings.Join(strings.Split(arg, ",")[:14], ",")
-	wantState(t, e.flush("r1", 0, gatewayFailures(1)), breaker.Closed, 0)
-	e.settingsArg = arg
-	rep := e.flush("r1", 0, gatewayFailures(1))
-	wantState(t, rep, breaker.Open, 1)
-	if rep.state.Reason != breaker.ReasonConsecutiveGateway {
-		t.Errorf("reason %q", rep.state.Reason)
-	}
+	eachBackend(t, func(t *testing.T, b scriptBackend) {
+		s := baseSettings()
+		s.ConsecutiveFailures = 0
+		s.ConsecutiveGatewayFailures = 1
+		s.LinearBackoff = true
+		s.TripDecay = 90 * time.Second
+		arg := settingsArg(s, 1)
+		if !strings.HasSuffix(arg, ",1,1,90000") || strings.Count(arg, ",") != 16 {
+			t.Fatalf("settingsArg = %q, want 17 fields ending in 1,1,90000", arg)
+		}
+		e := env(t, b, "api", s, 1)
+		e.settingsArg = strings.Join(strings.Split(arg, ",")[:14], ",")
+		wantState(t, e.flush("r1", 0, gatewayFailures(1)), breaker.Closed, 0)
+		e.settingsArg = arg
+		rep := e.flush("r1", 0, gatewayFailures(1))
+		wantState(t, rep, breaker.Open, 1)
+		if rep.state.Reason != breaker.ReasonConsecutiveGateway {
+			t.Errorf("reason %q", rep.state.Reason)
+		}
+	})
 }

@@ -86,15 +86,20 @@ func (r *Redis) History(ctx context.Context, name string, limit int) ([]Transiti
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.o.Timeout)
 	defer cancel()
-	key := historyKey(r.o.Prefix, name)
+	return r.be.history(ctx, name, limit)
+}
+
+// history reads an upstream's stream, newest first (all of it when limit is 0).
+func (b *redisBackend) history(ctx context.Context, name string, limit int) ([]Transition, error) {
+	key := historyKey(b.prefix, name)
 	var (
 		msgs []redis.XMessage
 		err  error
 	)
 	if limit > 0 {
-		msgs, err = r.client.XRevRangeN(ctx, key, "+", "-", int64(limit)).Result()
+		msgs, err = b.client.XRevRangeN(ctx, key, "+", "-", int64(limit)).Result()
 	} else {
-		msgs, err = r.client.XRevRange(ctx, key, "+", "-").Result()
+		msgs, err = b.client.XRevRange(ctx, key, "+", "-").Result()
 	}
 	if err != nil {
 		return nil, err

@@ -357,9 +357,9 @@ func (r *Redis) controlKeyRun(ctx context.Context, c *circuit, cmd Command) (any
 	op := [...]string{OpOpen: "open", OpClose: "close", OpReset: "reset", OpMode: "mode"}[cmd.Op]
 	ctx, cancel := context.WithTimeout(ctx, r.o.Timeout)
 	defer cancel()
-	return keyControlScript.Run(ctx, r.client, []string{c.key, c.leaseKey, c.k.registry},
-		c.k.maxKeys, c.k.ttl.Milliseconds(), c.k.member,
-		op, int(cmd.Mode), c.settings, rand.Float64(), r.channel, c.name, r.o.ReplicaID).Result()
+	return r.be.eval(ctx, &call{c: c, script: keyControlScript, keys: []string{c.key, c.leaseKey, c.k.registry},
+		args: []any{c.k.maxKeys, c.k.ttl.Milliseconds(), c.k.member,
+			op, int(cmd.Mode), c.settings, rand.Float64(), r.channel, c.name, r.o.ReplicaID}})
 }
 
 // InspectKey implements KeyStore.
@@ -370,21 +370,7 @@ func (r *Redis) InspectKey(ctx context.Context, name string, k KeyCircuit) (map[
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.o.Timeout)
 	defer cancel()
-	pipe := r.client.Pipeline()
-	h := pipe.HGetAll(ctx, c.key)
-	ttl := pipe.PTTL(ctx, c.key)
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return nil, err
-	}
-	out := h.Val()
-	if out == nil {
-		out = map[string]string{}
-	}
-	out["key"] = c.key
-	if d := ttl.Val(); d > 0 {
-		out["ttl_ms"] = strconv.FormatInt(d.Milliseconds(), 10)
-	}
-	return out, nil
+	return r.be.inspect(ctx, c, true)
 }
 
 // Memory: keys are circuits of this process, tracked by name beside the config's.
@@ -479,7 +465,7 @@ func (r *Redis) readRegistries(ctx context.Context) {
 func (r *Redis) readRegistry(ctx context.Context, up string, k KeyCircuit) error {
 	_, _, registry, _ := keyKeys(r.o.Prefix, up, up+"#")
 	rctx, cancel := context.WithTimeout(ctx, r.o.Timeout)
-	members, err := r.client.ZRange(rctx, registry, 0, int64(max(k.MaxKeys, 1))-1).Result()
+	members, err := r.be.members(rctx, up, registry, max(k.MaxKeys, 1))
 	cancel()
 	if err != nil {
 		return err
@@ -499,7 +485,7 @@ func (r *Redis) readRegistry(ctx context.Context, up string, k KeyCircuit) error
 	for i := 0; i < len(calls); i += maxPipeline {
 		chunk := calls[i:min(i+maxPipeline, len(calls))]
 		rctx, cancel := context.WithTimeout(ctx, r.o.Timeout)
-		err := r.run(rctx, chunk)
+		err := r.be.run(rctx, chunk)
 		cancel()
 		var rerr redis.Error
 		if err != nil && !errors.As(err, &rerr) {

@@ -18,15 +18,21 @@ import (
 // reply carries and what the scripts left in Redis. Time in the scripts is Redis's clock,
 // so open periods and leases are short and the tests poll.
 
-// luaEnv is one circuit's keys on a private redis-server.
+// luaEnv is one circuit on a script backend: its keys on a redis-server (srv, rdb and the
+// keys are set only then), or its rows on a PostgreSQL (see script_env_test.go).
 type luaEnv struct {
 	t                    testing.TB
+	be                   scriptBackend
 	srv                  *redistest.Server
 	rdb                  *redis.Client
 	name, key, leaseKey  string
 	channel, settingsArg string
+	onset                string        // the onset channel
 	hash                 string        // settings hash sent with flushes
 	grace                time.Duration // how long the rate rules wait after a failure onset
+	// keyed: the circuit is one key's (member) of upstream, run by the keyed scripts
+	// (keyed.lua; registry is its Redis key); name is then "upstream#member".
+	upstream, member, registry string
 }
 
 func newLuaEnv(t testing.TB, s breaker.Settings, minReplicas int) *luaEnv {
@@ -39,17 +45,33 @@ func luaEnvOn(t testing.TB, srv *redistest.Server, name string, s breaker.Settin
 	// The store passes the breaker's normalized settings; so do the tests.
 	s = breaker.New(name, s, breaker.Options{}).Settings()
 	key, leaseKey := keys("fuse", name)
-	return &luaEnv{t: t, srv: srv, rdb: srv.Client(), name: name, key: key, leaseKey: leaseKey,
-		channel: "fuse:events", settingsArg: settingsArg(s, minReplicas), hash: "h1"}
+	return &luaEnv{t: t, be: redisScripts{srv: srv}, srv: srv, rdb: srv.Client(), name: name, key: key,
+		leaseKey: leaseKey, channel: "fuse:events", onset: "fuse:onset", settingsArg: settingsArg(s, minReplicas),
+		hash: "h1"}
 }
+
+// keyedMax and keyedTTL are the registry bounds a keyed luaEnv's calls carry: more keys
+// than any test makes, and a day.
+const (
+	keyedMax = 1000
+	keyedTTL = 24 * time.Hour
+)
+
+// keyedScripts are the keyed versions of the circuit scripts.
+var keyedScripts = map[*redis.Script]*redis.Script{flushScript: keyFlushScript, acquireScript: keyAcquireScript,
+	trialScript: keyTrialScript, controlScript: keyControlScript}
 
 func (e *luaEnv) run(script *redis.Script, args ...any) reply {
 	e.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	res, err := script.Run(ctx, e.rdb, []string{e.key, e.leaseKey}, args...).Result()
+	keys, name := []string{e.key, e.leaseKey}, e.name
+	if e.member != "" {
+		script = keyedScripts[script]
+		keys, name = append(keys, e.registry), e.upstream
+		args = append([]any{keyedMax, keyedTTL.Milliseconds(), e.member}, args...)
+	}
+	res, err := e.be.call(script, keys, name, args)
 	if err != nil {
-		e.t.Fatalf("script: %v", err)
+		e.t.Fatalf("script on %s: %v", e.be.name(), err)
 	}
 	rep, err := decodeReply(res)
 	if err != nil {
@@ -74,7 +96,7 @@ func successes(n int) batch       { return batch{req: n, hadSuccess: true, gatew
 func (e *luaEnv) flush(replica string, gen uint64, b batch) reply {
 	e.t.Helper()
 	return e.run(flushScript, replica, gen, b.req, b.fail, b.slow, b.tail, boolArg(b.hadSuccess),
-		e.settingsArg, e.hash, 0.5, e.channel, e.name, "fuse:onset", e.grace.Milliseconds(),
+		e.settingsArg, e.hash, 0.5, e.channel, e.name, e.onset, e.grace.Milliseconds(),
 		b.gatewayTail, boolArg(b.gatewayEnded), b.pause)
 }
 
@@ -113,7 +135,7 @@ func (e *luaEnv) control(op string, m breaker.Mode) reply {
 
 func (e *luaEnv) hgetall() map[string]string {
 	e.t.Helper()
-	h, err := e.rdb.HGetAll(context.Background(), e.key).Result()
+	h, err := e.be.fields(e)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -166,370 +188,389 @@ func wantState(t testing.TB, rep reply, st breaker.State, gen uint64) {
 
 func TestLuaFlushAddsCountsToWindow(t *testing.T) {
 	t.Parallel()
-	s := baseSettings()
-	s.ConsecutiveFailures = 0
-	s.FailureRate, s.SlowCallRate, s.MinimumRequests = 90, 90, 1000 // never reached
-	e := newLuaEnv(t, s, 1)
+	eachBackend(t, func(t *testing.T, b scriptBackend) {
+		s := baseSettings()
+		s.ConsecutiveFailures = 0
+		s.FailureRate, s.SlowCallRate, s.MinimumRequests = 90, 90, 1000 // never reached
+		e := env(t, b, "api", s, 1)
 
-	rep := e.flush("r1", 0, batch{req: 5, fail: 2, slow: 1, tail: 1, hadSuccess: true})
-	wantState(t, rep, breaker.Closed, 0)
-	rep = e.flush("r2", 0, batch{req: 3, fail: 3, slow: 2, tail: 3})
-	wantState(t, rep, breaker.Closed, 0)
-	if req, fail, slow := e.windowTotals(); req != 8 || fail != 5 || slow != 3 {
-		t.Errorf("window = %d/%d/%d, want 8/5/3", req, fail, slow)
-	}
-	h := e.hgetall()
-	if h["cf"] != "4" {
-		t.Errorf("cf = %q, want 4 (tail 1 after a success, then 3 more)", h["cf"])
-	}
-	if h["r:r1"] == "" || h["r:r2"] == "" {
-		t.Errorf("failure reports missing: %v", h)
-	}
-	if rep.epoch == 0 || h["ep"] != strconv.FormatInt(rep.epoch, 10) {
-		t.Errorf("epoch %d, hash ep %q", rep.epoch, h["ep"])
-	}
-	// An empty flush is a poll: it changes nothing.
-	if rep := e.poll(); rep.state.Generation != 0 || rep.epoch != e.poll().epoch {
-		t.Errorf("poll changed the state: %+v", rep)
-	}
-	if req, _, _ := e.windowTotals(); req != 8 {
-		t.Errorf("after polls the window holds %d requests, want 8", req)
-	}
+		rep := e.flush("r1", 0, batch{req: 5, fail: 2, slow: 1, tail: 1, hadSuccess: true})
+		wantState(t, rep, breaker.Closed, 0)
+		rep = e.flush("r2", 0, batch{req: 3, fail: 3, slow: 2, tail: 3})
+		wantState(t, rep, breaker.Closed, 0)
+		if req, fail, slow := e.windowTotals(); req != 8 || fail != 5 || slow != 3 {
+			t.Errorf("window = %d/%d/%d, want 8/5/3", req, fail, slow)
+		}
+		h := e.hgetall()
+		if h["cf"] != "4" {
+			t.Errorf("cf = %q, want 4 (tail 1 after a success, then 3 more)", h["cf"])
+		}
+		if h["r:r1"] == "" || h["r:r2"] == "" {
+			t.Errorf("failure reports missing: %v", h)
+		}
+		if rep.epoch == 0 || h["ep"] != strconv.FormatInt(rep.epoch, 10) {
+			t.Errorf("epoch %d, hash ep %q", rep.epoch, h["ep"])
+		}
+		// An empty flush is a poll: it changes nothing.
+		if rep := e.poll(); rep.state.Generation != 0 || rep.epoch != e.poll().epoch {
+			t.Errorf("poll changed the state: %+v", rep)
+		}
+		if req, _, _ := e.windowTotals(); req != 8 {
+			t.Errorf("after polls the window holds %d requests, want 8", req)
+		}
+	})
 }
 
 func TestLuaConsecutiveFailuresFleetWide(t *testing.T) {
 	t.Parallel()
-	s := baseSettings()
-	s.ConsecutiveFailures = 5
-	e := newLuaEnv(t, s, 1)
+	eachBackend(t, func(t *testing.T, b scriptBackend) {
+		s := baseSettings()
+		s.ConsecutiveFailures = 5
+		e := env(t, b, "api", s, 1)
 
-	wantState(t, e.flush("r1", 0, failures(3)), breaker.Closed, 0)
-	// r2's batch had a success, then 2 failures: the fleet's run restarts at 2.
-	wantState(t, e.flush("r2", 0, batch{req: 4, fail: 3, tail: 2, hadSuccess: true}), breaker.Closed, 0)
-	if cf := e.hgetall()["cf"]; cf != "2" {
-		t.Fatalf("cf = %s, want 2", cf)
-	}
-	wantState(t, e.flush("r1", 0, failures(2)), breaker.Closed, 0)
-	rep := e.flush("r3", 0, failures(1)) // 5 in a row across three replicas
-	wantState(t, rep, breaker.Open, 1)
-	if rep.state.Trips != 1 || rep.state.OpenFor != 100*time.Millisecond ||
-		rep.state.OpenRemaining <= 0 || rep.state.OpenRemaining > 100*time.Millisecond {
-		t.Errorf("open state = %+v, want trips 1, open for 100ms", rep.state)
-	}
-	h := e.hgetall()
-	if h["rs"] != breaker.ReasonConsecutiveFailures || h["cf"] != "0" {
-		t.Errorf("hash after trip: %v", h)
-	}
-	if req, _, _ := e.windowTotals(); req != 0 {
-		t.Errorf("the window survived the transition: %d requests", req)
-	}
+		wantState(t, e.flush("r1", 0, failures(3)), breaker.Closed, 0)
+		// r2's batch had a success, then 2 failures: the fleet's run restarts at 2.
+		wantState(t, e.flush("r2", 0, batch{req: 4, fail: 3, tail: 2, hadSuccess: true}), breaker.Closed, 0)
+		if cf := e.hgetall()["cf"]; cf != "2" {
+			t.Fatalf("cf = %s, want 2", cf)
+		}
+		wantState(t, e.flush("r1", 0, failures(2)), breaker.Closed, 0)
+		rep := e.flush("r3", 0, failures(1)) // 5 in a row across three replicas
+		wantState(t, rep, breaker.Open, 1)
+		if rep.state.Trips != 1 || rep.state.OpenFor != 100*time.Millisecond ||
+			rep.state.OpenRemaining <= 0 || rep.state.OpenRemaining > 100*time.Millisecond {
+			t.Errorf("open state = %+v, want trips 1, open for 100ms", rep.state)
+		}
+		h := e.hgetall()
+		if h["rs"] != breaker.ReasonConsecutiveFailures || h["cf"] != "0" {
+			t.Errorf("hash after trip: %v", h)
+		}
+		if req, _, _ := e.windowTotals(); req != 0 {
+			t.Errorf("the window survived the transition: %d requests", req)
+		}
+	})
 }
 
 func TestLuaFailureRateNeedsMinimumRequests(t *testing.T) {
 	t.Parallel()
-	s := baseSettings()
-	s.ConsecutiveFailures = 0
-	s.FailureRate, s.MinimumRequests = 50, 10
-	e := newLuaEnv(t, s, 1)
+	eachBackend(t, func(t *testing.T, b scriptBackend) {
+		s := baseSettings()
+		s.ConsecutiveFailures = 0
+		s.FailureRate, s.MinimumRequests = 50, 10
+		e := env(t, b, "api", s, 1)
 
-	wantState(t, e.flush("r1", 0, failures(4)), breaker.Closed, 0)  // 100 % of 4: too few
-	wantState(t, e.flush("r2", 0, successes(5)), breaker.Closed, 0) // 4/9
-	wantState(t, e.flush("r1", 0, successes(1)), breaker.Closed, 0) // 4/10 = 40 %
-	rep := e.flush("r2", 0, failures(2))                            // 6/12 = 50 %
-	wantState(t, rep, breaker.Open, 1)
-	if rs := e.hgetall()["rs"]; rs != breaker.ReasonFailureRate {
-		t.Errorf("reason %q, want %q", rs, breaker.ReasonFailureRate)
-	}
+		wantState(t, e.flush("r1", 0, failures(4)), breaker.Closed, 0)  // 100 % of 4: too few
+		wantState(t, e.flush("r2", 0, successes(5)), breaker.Closed, 0) // 4/9
+		wantState(t, e.flush("r1", 0, successes(1)), breaker.Closed, 0) // 4/10 = 40 %
+		rep := e.flush("r2", 0, failures(2))                            // 6/12 = 50 %
+		wantState(t, rep, breaker.Open, 1)
+		if rs := e.hgetall()["rs"]; rs != breaker.ReasonFailureRate {
+			t.Errorf("reason %q, want %q", rs, breaker.ReasonFailureRate)
+		}
+	})
 }
 
 func TestLuaSlowCallRate(t *testing.T) {
 	t.Parallel()
-	s := baseSettings()
-	s.ConsecutiveFailures = 0
-	s.SlowCallRate, s.MinimumRequests = 50, 4
-	e := newLuaEnv(t, s, 1)
+	eachBackend(t, func(t *testing.T, b scriptBackend) {
+		s := baseSettings()
+		s.ConsecutiveFailures = 0
+		s.SlowCallRate, s.MinimumRequests = 50, 4
+		e := env(t, b, "api", s, 1)
 
-	wantState(t, e.flush("r1", 0, batch{req: 3, slow: 3, hadSuccess: true}), breaker.Closed, 0) // too few
-	wantState(t, e.flush("r2", 0, batch{req: 4, slow: 0, hadSuccess: true}), breaker.Closed, 0) // 3/7
-	rep := e.flush("r1", 0, batch{req: 1, slow: 1, hadSuccess: true})                           // 4/8
-	wantState(t, rep, breaker.Open, 1)
-	if rs := e.hgetall()["rs"]; rs != breaker.ReasonSlowCallRate {
-		t.Errorf("reason %q, want %q", rs, breaker.ReasonSlowCallRate)
-	}
+		wantState(t, e.flush("r1", 0, batch{req: 3, slow: 3, hadSuccess: true}), breaker.Closed, 0) // too few
+		wantState(t, e.flush("r2", 0, batch{req: 4, slow: 0, hadSuccess: true}), breaker.Closed, 0) // 3/7
+		rep := e.flush("r1", 0, batch{req: 1, slow: 1, hadSuccess: true})                           // 4/8
+		wantState(t, rep, breaker.Open, 1)
+		if rs := e.hgetall()["rs"]; rs != breaker.ReasonSlowCallRate {
+			t.Errorf("reason %q, want %q", rs, breaker.ReasonSlowCallRate)
+		}
+	})
 }
 
 func TestLuaQuorum(t *testing.T) {
 	t.Parallel()
-	t.Run("consecutive", func(t *testing.T) {
-		t.Parallel()
-		s := baseSettings()
-		s.ConsecutiveFailures = 3
-		e := newLuaEnv(t, s, 2)
-		for range 3 {
-			wantState(t, e.flush("lonely", 0, failures(5)), breaker.Closed, 0)
-		}
-		// Successes from another replica are not failure reports.
-		wantState(t, e.flush("healthy", 0, batch{req: 2, fail: 1, tail: 1, hadSuccess: true}), breaker.Closed, 0)
-		if cf := e.hgetall()["cf"]; cf != "1" {
-			t.Fatalf("cf = %s, want 1", cf)
-		}
-		wantState(t, e.flush("lonely", 0, failures(2)), breaker.Open, 1) // 3 in a row, 2 reporters
-	})
-	t.Run("failure rate", func(t *testing.T) {
-		t.Parallel()
-		s := baseSettings()
-		s.ConsecutiveFailures = 0
-		s.FailureRate, s.MinimumRequests = 50, 4
-		e := newLuaEnv(t, s, 2)
-		wantState(t, e.flush("a", 0, failures(10)), breaker.Closed, 0)
-		wantState(t, e.flush("b", 0, successes(10)), breaker.Closed, 0)
-		wantState(t, e.flush("b", 0, failures(1)), breaker.Open, 1)
+	eachBackend(t, func(t *testing.T, b scriptBackend) {
+		t.Run("consecutive", func(t *testing.T) {
+			t.Parallel()
+			s := baseSettings()
+			s.ConsecutiveFailures = 3
+			e := env(t, b, "consecutive", s, 2)
+			for range 3 {
+				wantState(t, e.flush("lonely", 0, failures(5)), breaker.Closed, 0)
+			}
+			// Successes from another replica are not failure reports.
+			wantState(t, e.flush("healthy", 0, batch{req: 2, fail: 1, tail: 1, hadSuccess: true}), breaker.Closed, 0)
+			if cf := e.hgetall()["cf"]; cf != "1" {
+				t.Fatalf("cf = %s, want 1", cf)
+			}
+			wantState(t, e.flush("lonely", 0, failures(2)), breaker.Open, 1) // 3 in a row, 2 reporters
+		})
+		t.Run("failure rate", func(t *testing.T) {
+			t.Parallel()
+			s := baseSettings()
+			s.ConsecutiveFailures = 0
+			s.FailureRate, s.MinimumRequests = 50, 4
+			e := env(t, b, "rate", s, 2)
+			wantState(t, e.flush("a", 0, failures(10)), breaker.Closed, 0)
+			wantState(t, e.flush("b", 0, successes(10)), breaker.Closed, 0)
+			wantState(t, e.flush("b", 0, failures(1)), breaker.Open, 1)
+		})
 	})
 }
 
 func TestLuaStaleGenerationIgnored(t *testing.T) {
 	t.Parallel()
-	e := newLuaEnv(t, baseSettings(), 1)
-	e.trip(0, 3)                                                    // gen 1, open
-	wantState(t, e.flush("r2", 0, failures(3)), breaker.Open, 1)    // counts of gen 0 while open
-	wantState(t, e.control("close", 0), breaker.Closed, 2)          // gen 2
-	wantState(t, e.flush("r2", 1, failures(10)), breaker.Closed, 2) // from the open generation
-	wantState(t, e.flush("r2", 0, failures(10)), breaker.Closed, 2) // from before the trip
-	if req, _, _ := e.windowTotals(); req != 0 {
-		t.Fatalf("stale counts reached the window: %d requests", req)
-	}
-	wantState(t, e.flush("r2", 2, failures(2)), breaker.Closed, 2)
-	if req, _, _ := e.windowTotals(); req != 2 {
-		t.Fatalf("current counts missing: %d requests, want 2", req)
-	}
+	eachBackend(t, func(t *testing.T, b scriptBackend) {
+		e := env(t, b, "api", baseSettings(), 1)
+		e.trip(0, 3)                                                    // gen 1, open
+		wantState(t, e.flush("r2", 0, failures(3)), breaker.Open, 1)    // counts of gen 0 while open
+		wantState(t, e.control("close", 0), breaker.Closed, 2)          // gen 2
+		wantState(t, e.flush("r2", 1, failures(10)), breaker.Closed, 2) // from the open generation
+		wantState(t, e.flush("r2", 0, failures(10)), breaker.Closed, 2) // from before the trip
+		if req, _, _ := e.windowTotals(); req != 0 {
+			t.Fatalf("stale counts reached the window: %d requests", req)
+		}
+		wantState(t, e.flush("r2", 2, failures(2)), breaker.Closed, 2)
+		if req, _, _ := e.windowTotals(); req != 2 {
+			t.Fatalf("current counts missing: %d requests, want 2", req)
+		}
+	})
 }
 
 func TestLuaOpenToHalfOpenOnlyInAcquireAfterOpenUntil(t *testing.T) {
 	t.Parallel()
-	e := newLuaEnv(t, baseSettings(), 1) // open 100 ms
-	tripped := e.trip(0, 3)
-	openUntil := tripped.now + tripped.state.OpenFor.Milliseconds()
+	eachBackend(t, func(t *testing.T, b scriptBackend) {
+		e := env(t, b, "api", baseSettings(), 1) // open 100 ms
+		tripped := e.trip(0, 3)
+		openUntil := tripped.now + tripped.state.OpenFor.Milliseconds()
 
-	rep := e.acquire("r1", time.Second)
-	if rep.now < openUntil {
-		wantState(t, rep, breaker.Open, 1)
-		if rep.granted != 0 {
-			t.Fatalf("granted %d permits while open", rep.granted)
+		rep := e.acquire("r1", time.Second)
+		if rep.now < openUntil {
+			wantState(t, rep, breaker.Open, 1)
+			if rep.granted != 0 {
+				t.Fatalf("granted %d permits while open", rep.granted)
+			}
 		}
-	}
-	// Polls (flushes) never leave the open state, even after open-until.
-	eventually(t, waitFor, "open-until on Redis's clock", func() bool {
-		rep := e.poll()
-		if rep.state.State != breaker.Open {
-			t.Fatalf("a flush moved the circuit to %v", rep.state.State)
+		// Polls (flushes) never leave the open state, even after open-until.
+		eventually(t, waitFor, "open-until on Redis's clock", func() bool {
+			rep := e.poll()
+			if rep.state.State != breaker.Open {
+				t.Fatalf("a flush moved the circuit to %v", rep.state.State)
+			}
+			return rep.now >= openUntil && rep.state.OpenRemaining == 0
+		})
+		rep = e.acquire("r1", time.Second)
+		wantState(t, rep, breaker.HalfOpen, 2)
+		if rep.granted != 1 {
+			t.Fatalf("granted %d, want 1", rep.granted)
 		}
-		return rep.now >= openUntil && rep.state.OpenRemaining == 0
+		if rs := e.hgetall()["rs"]; rs != breaker.ReasonOpenTimeout {
+			t.Errorf("reason %q, want %q", rs, breaker.ReasonOpenTimeout)
+		}
 	})
-	rep = e.acquire("r1", time.Second)
-	wantState(t, rep, breaker.HalfOpen, 2)
-	if rep.granted != 1 {
-		t.Fatalf("granted %d, want 1", rep.granted)
-	}
-	if rs := e.hgetall()["rs"]; rs != breaker.ReasonOpenTimeout {
-		t.Errorf("reason %q, want %q", rs, breaker.ReasonOpenTimeout)
-	}
 }
 
 func TestLuaAcquireLimitAndLeaseExpiry(t *testing.T) {
 	t.Parallel()
-	s := baseSettings()
-	s.HalfOpenMaxRequests = 2
-	e := newLuaEnv(t, s, 1)
-	e.trip(0, 3)
-	const lease = 100 * time.Millisecond
+	eachBackend(t, func(t *testing.T, b scriptBackend) {
+		s := baseSettings()
+		s.HalfOpenMaxRequests = 2
+		e := env(t, b, "api", s, 1)
+		e.trip(0, 3)
+		const lease = 100 * time.Millisecond
 
-	first := e.halfOpen("r1", lease)
-	if first.granted != 1 {
-		t.Fatalf("r1 granted %d, want 1", first.granted)
-	}
-	gen := first.state.Generation
-	granted := first.granted
-	for _, r := range []string{"r2", "r3", "r4", "r1"} {
-		rep := e.acquire(r, lease)
+		first := e.halfOpen("r1", lease)
+		if first.granted != 1 {
+			t.Fatalf("r1 granted %d, want 1", first.granted)
+		}
+		gen := first.state.Generation
+		granted := first.granted
+		for _, r := range []string{"r2", "r3", "r4", "r1"} {
+			rep := e.acquire(r, lease)
+			wantState(t, rep, breaker.HalfOpen, gen)
+			granted += rep.granted
+		}
+		if granted != 2 {
+			t.Fatalf("%d permits granted across replicas, want half_open_max_requests = 2", granted)
+		}
+		if n := len(e.leases()); n != 2 {
+			t.Fatalf("%d leases held, want 2", n)
+		}
+		if e.rdb != nil {
+			if ttl := e.rdb.PTTL(context.Background(), e.leaseKey).Val(); ttl <= 0 {
+				t.Fatalf("lease key PTTL %v, want > 0", ttl)
+			}
+		}
+		// Nobody reports; the leases expire and their permits go to others.
+		var rep reply
+		eventually(t, waitFor, "expired leases to be reclaimed", func() bool {
+			rep = e.acquire("r5", lease)
+			return rep.granted == 1
+		})
+		if rep.now < first.now+lease.Milliseconds() {
+			t.Fatalf("a lease was reclaimed %d ms after it was granted, before its %v expiry",
+				rep.now-first.now, lease)
+		}
 		wantState(t, rep, breaker.HalfOpen, gen)
-		granted += rep.granted
-	}
-	if granted != 2 {
-		t.Fatalf("%d permits granted across replicas, want half_open_max_requests = 2", granted)
-	}
-	if n := e.rdb.ZCard(context.Background(), e.leaseKey).Val(); n != 2 {
-		t.Fatalf("%d leases held, want 2", n)
-	}
-	if ttl := e.rdb.PTTL(context.Background(), e.leaseKey).Val(); ttl <= 0 {
-		t.Fatalf("lease key PTTL %v, want > 0", ttl)
-	}
-	// Nobody reports; the leases expire and their permits go to others.
-	var rep reply
-	eventually(t, waitFor, "expired leases to be reclaimed", func() bool {
-		rep = e.acquire("r5", lease)
-		return rep.granted == 1
 	})
-	if rep.now < first.now+lease.Milliseconds() {
-		t.Fatalf("a lease was reclaimed %d ms after it was granted, before its %v expiry",
-			rep.now-first.now, lease)
-	}
-	wantState(t, rep, breaker.HalfOpen, gen)
 }
 
 func TestLuaTrialFailureReopensWithBackoff(t *testing.T) {
 	t.Parallel()
-	s := baseSettings()
-	s.OpenDuration, s.BackoffMultiplier, s.MaxOpenDuration = 50*time.Millisecond, 2, 150*time.Millisecond
-	s.SuccessThreshold = 2
-	e := newLuaEnv(t, s, 1)
-	e.trip(0, 3)
+	eachBackend(t, func(t *testing.T, b scriptBackend) {
+		s := baseSettings()
+		s.OpenDuration, s.BackoffMultiplier, s.MaxOpenDuration = 50*time.Millisecond, 2, 150*time.Millisecond
+		s.SuccessThreshold = 2
+		e := env(t, b, "api", s, 1)
+		e.trip(0, 3)
 
-	ho := e.halfOpen("r1", time.Second)
-	id := leaseID("r1", ho)
-	rep := e.trial("r1", ho.state.Generation, 0, 1, id)
-	wantState(t, rep, breaker.Open, ho.state.Generation+1)
-	if rep.state.Trips != 2 || rep.state.OpenFor != 100*time.Millisecond {
-		t.Fatalf("after a failed trial: trips %d open for %v, want 2 and 100ms", rep.state.Trips, rep.state.OpenFor)
-	}
-	if n := e.rdb.Exists(context.Background(), e.leaseKey).Val(); n != 0 {
-		t.Fatal("leases survived the transition")
-	}
-	// A late report from the old half-open period changes nothing.
-	wantState(t, e.trial("r2", ho.state.Generation, 5, 0), breaker.Open, ho.state.Generation+1)
+		ho := e.halfOpen("r1", time.Second)
+		id := leaseID("r1", ho)
+		rep := e.trial("r1", ho.state.Generation, 0, 1, id)
+		wantState(t, rep, breaker.Open, ho.state.Generation+1)
+		if rep.state.Trips != 2 || rep.state.OpenFor != 100*time.Millisecond {
+			t.Fatalf("after a failed trial: trips %d open for %v, want 2 and 100ms", rep.state.Trips, rep.state.OpenFor)
+		}
+		if ls := e.leases(); len(ls) != 0 {
+			t.Fatalf("leases %v survived the transition", ls)
+		}
+		// A late report from the old half-open period changes nothing.
+		wantState(t, e.trial("r2", ho.state.Generation, 5, 0), breaker.Open, ho.state.Generation+1)
 
-	ho = e.halfOpen("r1", time.Second)
-	rep = e.trial("r1", ho.state.Generation, 0, 1, leaseID("r1", ho))
-	if rep.state.Trips != 3 || rep.state.OpenFor != 150*time.Millisecond {
-		t.Fatalf("third trip: trips %d open for %v, want 3 and 150ms (capped)", rep.state.Trips, rep.state.OpenFor)
-	}
+		ho = e.halfOpen("r1", time.Second)
+		rep = e.trial("r1", ho.state.Generation, 0, 1, leaseID("r1", ho))
+		if rep.state.Trips != 3 || rep.state.OpenFor != 150*time.Millisecond {
+			t.Fatalf("third trip: trips %d open for %v, want 3 and 150ms (capped)", rep.state.Trips, rep.state.OpenFor)
+		}
 
-	ho = e.halfOpen("r1", time.Second)
-	gen := ho.state.Generation
-	rep = e.trial("r1", gen, 1, 0, leaseID("r1", ho))
-	wantState(t, rep, breaker.HalfOpen, gen) // 1 of 2 successes
-	if sc := e.hgetall()["sc"]; sc != "1" {
-		t.Fatalf("sc = %s, want 1", sc)
-	}
-	again := e.acquire("r2", time.Second) // the released lease is free again
-	if again.granted != 1 {
-		t.Fatalf("after a released lease: granted %d, want 1", again.granted)
-	}
-	rep = e.trial("r2", gen, 1, 0, leaseID("r2", again))
-	wantState(t, rep, breaker.Closed, gen+1)
-	if rep.state.Trips != 0 || rep.state.OpenFor != 0 {
-		t.Fatalf("closed with trips %d open for %v, want the backoff reset", rep.state.Trips, rep.state.OpenFor)
-	}
-	if rs := e.hgetall()["rs"]; rs != breaker.ReasonTrialsSucceeded {
-		t.Errorf("reason %q", rs)
-	}
-	// The next trip starts the backoff over.
-	rep = e.trip(gen+1, 3)
-	if rep.state.Trips != 1 || rep.state.OpenFor != 50*time.Millisecond {
-		t.Fatalf("after recovery: trips %d open for %v, want 1 and 50ms", rep.state.Trips, rep.state.OpenFor)
-	}
+		ho = e.halfOpen("r1", time.Second)
+		gen := ho.state.Generation
+		rep = e.trial("r1", gen, 1, 0, leaseID("r1", ho))
+		wantState(t, rep, breaker.HalfOpen, gen) // 1 of 2 successes
+		if sc := e.hgetall()["sc"]; sc != "1" {
+			t.Fatalf("sc = %s, want 1", sc)
+		}
+		again := e.acquire("r2", time.Second) // the released lease is free again
+		if again.granted != 1 {
+			t.Fatalf("after a released lease: granted %d, want 1", again.granted)
+		}
+		rep = e.trial("r2", gen, 1, 0, leaseID("r2", again))
+		wantState(t, rep, breaker.Closed, gen+1)
+		if rep.state.Trips != 0 || rep.state.OpenFor != 0 {
+			t.Fatalf("closed with trips %d open for %v, want the backoff reset", rep.state.Trips, rep.state.OpenFor)
+		}
+		if rs := e.hgetall()["rs"]; rs != breaker.ReasonTrialsSucceeded {
+			t.Errorf("reason %q", rs)
+		}
+		// The next trip starts the backoff over.
+		rep = e.trip(gen+1, 3)
+		if rep.state.Trips != 1 || rep.state.OpenFor != 50*time.Millisecond {
+			t.Fatalf("after recovery: trips %d open for %v, want 1 and 50ms", rep.state.Trips, rep.state.OpenFor)
+		}
+	})
 }
 
 func TestLuaControl(t *testing.T) {
 	t.Parallel()
-	s := baseSettings()
-	s.OpenDuration = time.Minute
-	e := newLuaEnv(t, s, 1)
+	eachBackend(t, func(t *testing.T, b scriptBackend) {
+		s := baseSettings()
+		s.OpenDuration = time.Minute
+		e := env(t, b, "api", s, 1)
 
-	rep := e.control("open", 0)
-	wantState(t, rep, breaker.Open, 1)
-	if rep.state.Trips != 1 || rep.state.OpenFor != time.Minute {
-		t.Fatalf("open: %+v", rep.state)
-	}
-	wantState(t, e.control("open", 0), breaker.Open, 2) // again: backoff grows
-	rep = e.control("close", 0)
-	wantState(t, rep, breaker.Closed, 3)
-	if rep.state.Trips != 0 {
-		t.Fatalf("close kept trips %d", rep.state.Trips)
-	}
-	rep = e.control("mode", breaker.ForcedOpen)
-	wantState(t, rep, breaker.Closed, 4)
-	if rep.state.Mode != breaker.ForcedOpen {
-		t.Fatalf("mode %v", rep.state.Mode)
-	}
-	// A forced-open circuit is not tripped by counts, and never half-opens.
-	wantState(t, e.flush("r1", 4, failures(10)), breaker.Closed, 4)
-	e.control("open", 0)
-	rep = e.acquire("r1", time.Second)
-	if rep.granted != 0 || rep.state.State != breaker.Open {
-		t.Fatalf("forced open circuit: %+v granted %d", rep.state, rep.granted)
-	}
-	rep = e.control("mode", breaker.MetricsOnly)
-	if rep.state.Mode != breaker.MetricsOnly || rep.state.State != breaker.Open {
-		t.Fatalf("mode metrics_only: %+v", rep.state)
-	}
-	rep = e.control("reset", 0)
-	if rep.state.State != breaker.Closed || rep.state.Mode != breaker.Normal || rep.state.Trips != 0 {
-		t.Fatalf("reset: %+v", rep.state)
-	}
-	if h := e.hgetall(); h["rs"] != breaker.ReasonReset || h["md"] != "0" {
-		t.Fatalf("hash after reset: %v", h)
-	}
+		rep := e.control("open", 0)
+		wantState(t, rep, breaker.Open, 1)
+		if rep.state.Trips != 1 || rep.state.OpenFor != time.Minute {
+			t.Fatalf("open: %+v", rep.state)
+		}
+		wantState(t, e.control("open", 0), breaker.Open, 2) // again: backoff grows
+		rep = e.control("close", 0)
+		wantState(t, rep, breaker.Closed, 3)
+		if rep.state.Trips != 0 {
+			t.Fatalf("close kept trips %d", rep.state.Trips)
+		}
+		rep = e.control("mode", breaker.ForcedOpen)
+		wantState(t, rep, breaker.Closed, 4)
+		if rep.state.Mode != breaker.ForcedOpen {
+			t.Fatalf("mode %v", rep.state.Mode)
+		}
+		// A forced-open circuit is not tripped by counts, and never half-opens.
+		wantState(t, e.flush("r1", 4, failures(10)), breaker.Closed, 4)
+		e.control("open", 0)
+		rep = e.acquire("r1", time.Second)
+		if rep.granted != 0 || rep.state.State != breaker.Open {
+			t.Fatalf("forced open circuit: %+v granted %d", rep.state, rep.granted)
+		}
+		rep = e.control("mode", breaker.MetricsOnly)
+		if rep.state.Mode != breaker.MetricsOnly || rep.state.State != breaker.Open {
+			t.Fatalf("mode metrics_only: %+v", rep.state)
+		}
+		rep = e.control("reset", 0)
+		if rep.state.State != breaker.Closed || rep.state.Mode != breaker.Normal || rep.state.Trips != 0 {
+			t.Fatalf("reset: %+v", rep.state)
+		}
+		if h := e.hgetall(); h["rs"] != breaker.ReasonReset || h["md"] != "0" {
+			t.Fatalf("hash after reset: %v", h)
+		}
+	})
 }
 
 func TestLuaPublishesTransitions(t *testing.T) {
 	t.Parallel()
-	s := baseSettings()
-	s.OpenDuration = 50 * time.Millisecond
-	e := newLuaEnv(t, s, 1)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	ps := e.rdb.Subscribe(ctx, e.channel)
-	defer ps.Close()
-	if _, err := ps.Receive(ctx); err != nil { // the subscription is confirmed
-		t.Fatal(err)
-	}
-	next := func(wantReason string, want breaker.State) (string, reply) {
-		t.Helper()
-		m, err := ps.ReceiveMessage(ctx)
-		if err != nil {
-			t.Fatalf("waiting for %s: %v", wantReason, err)
+	eachBackend(t, func(t *testing.T, b scriptBackend) {
+		s := baseSettings()
+		s.OpenDuration = 50 * time.Millisecond
+		e := env(t, b, "api", s, 1)
+		ps := b.subscribe(t, e.channel)
+		next := func(wantReason string, want breaker.State) (string, reply) {
+			t.Helper()
+			payload, ok := ps.next(10 * time.Second)
+			if !ok {
+				t.Fatalf("waiting for %s: no message", wantReason)
+			}
+			m := struct{ Payload string }{payload}
+			f := strings.Split(m.Payload, " ")
+			if len(f) != 10 {
+				t.Fatalf("message %q: %d space-separated fields, want 10", m.Payload, len(f))
+			}
+			name, rep, err := decodeMessage(m.Payload)
+			if err != nil {
+				t.Fatalf("message %q: %v", m.Payload, err)
+			}
+			if name != e.name || rep.state.Reason != wantReason || rep.state.State != want {
+				t.Fatalf("message %q: got %s %v %q, want %s %v %q", m.Payload, name, rep.state.State,
+					rep.state.Reason, e.name, want, wantReason)
+			}
+			return m.Payload, rep
 		}
-		f := strings.Split(m.Payload, " ")
-		if len(f) != 10 {
-			t.Fatalf("message %q: %d space-separated fields, want 10", m.Payload, len(f))
-		}
-		name, rep, err := decodeMessage(m.Payload)
-		if err != nil {
-			t.Fatalf("message %q: %v", m.Payload, err)
-		}
-		if name != e.name || rep.state.Reason != wantReason || rep.state.State != want {
-			t.Fatalf("message %q: got %s %v %q, want %s %v %q", m.Payload, name, rep.state.State,
-				rep.state.Reason, e.name, want, wantReason)
-		}
-		return m.Payload, rep
-	}
 
-	e.flush("r1", 0, failures(2)) // no transition, no message
-	tripped := e.flush("r1", 0, failures(1))
-	_, m := next(breaker.ReasonConsecutiveFailures, breaker.Open)
-	if m.state != tripped.state || m.epoch != tripped.epoch || m.now != tripped.now {
-		t.Fatalf("message %+v does not match the reply %+v", m, tripped)
-	}
-	ho := e.halfOpen("r1", time.Second)
-	_, m = next(breaker.ReasonOpenTimeout, breaker.HalfOpen)
-	if m.state.Generation != ho.state.Generation {
-		t.Fatalf("half-open message gen %d, reply gen %d", m.state.Generation, ho.state.Generation)
-	}
-	e.trial("r1", ho.state.Generation, 1, 0, leaseID("r1", ho))
-	next(breaker.ReasonTrialsSucceeded, breaker.Closed)
-	e.control("open", 0)
-	payload, m := next(breaker.ReasonMode, breaker.Open)
-	want := fmt.Sprintf("%s 1 0 %d %d %d 1 %d %d mode", e.name, m.state.Generation,
-		m.state.OpenRemaining.Milliseconds(), m.state.OpenFor.Milliseconds(), m.now, m.epoch)
-	if payload != want {
-		t.Fatalf("payload %q, want %q", payload, want)
-	}
-	e.control("mode", breaker.ForcedClosed)
-	if _, m = next(breaker.ReasonMode, breaker.Open); m.state.Mode != breaker.ForcedClosed {
-		t.Fatalf("mode message: %+v", m.state)
-	}
-	e.control("reset", 0)
-	next(breaker.ReasonReset, breaker.Closed)
+		e.flush("r1", 0, failures(2)) // no transition, no message
+		tripped := e.flush("r1", 0, failures(1))
+		_, m := next(breaker.ReasonConsecutiveFailures, breaker.Open)
+		if m.state != tripped.state || m.epoch != tripped.epoch || m.now != tripped.now {
+			t.Fatalf("message %+v does not match the reply %+v", m, tripped)
+		}
+		ho := e.halfOpen("r1", time.Second)
+		_, m = next(breaker.ReasonOpenTimeout, breaker.HalfOpen)
+		if m.state.Generation != ho.state.Generation {
+			t.Fatalf("half-open message gen %d, reply gen %d", m.state.Generation, ho.state.Generation)
+		}
+		e.trial("r1", ho.state.Generation, 1, 0, leaseID("r1", ho))
+		next(breaker.ReasonTrialsSucceeded, breaker.Closed)
+		e.control("open", 0)
+		payload, m := next(breaker.ReasonMode, breaker.Open)
+		want := fmt.Sprintf("%s 1 0 %d %d %d 1 %d %d mode", e.name, m.state.Generation,
+			m.state.OpenRemaining.Milliseconds(), m.state.OpenFor.Milliseconds(), m.now, m.epoch)
+		if payload != want {
+			t.Fatalf("payload %q, want %q", payload, want)
+		}
+		e.control("mode", breaker.ForcedClosed)
+		if _, m = next(breaker.ReasonMode, breaker.Open); m.state.Mode != breaker.ForcedClosed {
+			t.Fatalf("mode message: %+v", m.state)
+		}
+		e.control("reset", 0)
+		next(breaker.ReasonReset, breaker.Closed)
+	})
 }
 
 func TestLuaCorruptStateStartsFresh(t *testing.T) {
@@ -614,20 +655,22 @@ func TestLuaCorruptStateStartsFresh(t *testing.T) {
 
 func TestLuaSettingsHashReported(t *testing.T) {
 	t.Parallel()
-	e := newLuaEnv(t, baseSettings(), 1)
-	e.hash = "aaa"
-	if rep := e.flush("r1", 0, successes(1)); rep.cfg != "" {
-		t.Fatalf("first flush saw hash %q", rep.cfg)
-	}
-	e.hash = "bbb"
-	rep := e.flush("r2", 0, successes(1))
-	if rep.cfg != "aaa" || rep.cfgr != "r1" {
-		t.Fatalf("cfg %q by %q, want aaa by r1", rep.cfg, rep.cfgr)
-	}
-	e.hash = "aaa"
-	if rep := e.flush("r1", 0, successes(1)); rep.cfg != "bbb" || rep.cfgr != "r2" {
-		t.Fatalf("cfg %q by %q, want bbb by r2", rep.cfg, rep.cfgr)
-	}
+	eachBackend(t, func(t *testing.T, b scriptBackend) {
+		e := env(t, b, "api", baseSettings(), 1)
+		e.hash = "aaa"
+		if rep := e.flush("r1", 0, successes(1)); rep.cfg != "" {
+			t.Fatalf("first flush saw hash %q", rep.cfg)
+		}
+		e.hash = "bbb"
+		rep := e.flush("r2", 0, successes(1))
+		if rep.cfg != "aaa" || rep.cfgr != "r1" {
+			t.Fatalf("cfg %q by %q, want aaa by r1", rep.cfg, rep.cfgr)
+		}
+		e.hash = "aaa"
+		if rep := e.flush("r1", 0, successes(1)); rep.cfg != "bbb" || rep.cfgr != "r2" {
+			t.Fatalf("cfg %q by %q, want bbb by r2", rep.cfg, rep.cfgr)
+		}
+	})
 }
 
 // TestLuaKeysExpireAndStayBounded flushes into hundreds of buckets, from many replicas,
@@ -716,11 +759,11 @@ func sample(h map[string]string, n int) map[string]string {
 
 // rateEnv is a circuit with only the failure-rate rule (50 % of at least 4 requests in a
 // minute) and a grace of 300 ms after a failure onset.
-func rateEnv(t *testing.T) *luaEnv {
+func rateEnv(t *testing.T, b scriptBackend) *luaEnv {
 	s := baseSettings()
 	s.ConsecutiveFailures = 0
 	s.FailureRate, s.MinimumRequests, s.Window = 50, 4, time.Minute
-	e := newLuaEnv(t, s, 1)
+	e := env(t, b, "api", s, 1)
 	e.grace = 300 * time.Millisecond
 	return e
 }
@@ -731,76 +774,70 @@ func rateEnv(t *testing.T) *luaEnv {
 // rule does not wait.
 func TestLuaQuietAndOnset(t *testing.T) {
 	t.Parallel()
-	e := rateEnv(t)
-	sub := e.rdb.Subscribe(t.Context(), "fuse:onset")
-	defer sub.Close()
-	if _, err := sub.Receive(t.Context()); err != nil { // the subscription's confirmation
-		t.Fatal(err)
-	}
-	onsets := sub.Channel()
+	eachBackend(t, func(t *testing.T, b scriptBackend) {
+		e := rateEnv(t, b)
+		onsets := b.subscribe(t, e.onset)
 
-	if rep := e.poll(); !rep.quiet || rep.deciding {
-		t.Fatalf("a fresh circuit: quiet %t deciding %t, want quiet", rep.quiet, rep.deciding)
-	}
-	if rep := e.flush("r1", 0, successes(100)); !rep.quiet {
-		t.Fatal("successes only: not quiet")
-	}
-	rep := e.flush("r2", 0, failures(150)) // 150 of 250: the rate rule would trip
-	wantState(t, rep, breaker.Closed, 0)
-	if rep.quiet || !rep.deciding {
-		t.Fatalf("after the onset: quiet %t deciding %t, want deciding", rep.quiet, rep.deciding)
-	}
-	select {
-	case m := <-onsets:
-		if m.Payload != e.name {
-			t.Fatalf("onset payload %q, want %q", m.Payload, e.name)
+		if rep := e.poll(); !rep.quiet || rep.deciding {
+			t.Fatalf("a fresh circuit: quiet %t deciding %t, want quiet", rep.quiet, rep.deciding)
 		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("no onset message")
-	}
-	onset := e.hgetall()["fo"]
-	// More failures within the grace: no second onset, no decision yet.
-	wantState(t, e.flush("r3", 0, failures(10)), breaker.Closed, 0)
-	if fo := e.hgetall()["fo"]; fo != onset {
-		t.Errorf("fo moved from %s to %s: not quiet any more, so no new onset", onset, fo)
-	}
-	var last reply
-	eventually(t, waitFor, "the rate rule to decide after the grace", func() bool {
-		last = e.poll() // a poll decides too
-		return last.state.State == breaker.Open
-	})
-	if last.state.Reason != breaker.ReasonFailureRate {
-		t.Errorf("reason %q, want %q", last.state.Reason, breaker.ReasonFailureRate)
-	}
-	if elapsed := time.Duration(last.now-mustInt(t, onset)) * time.Millisecond; elapsed < e.grace {
-		t.Errorf("decided %v after the onset, before the grace of %v ended", elapsed, e.grace)
-	}
-	select {
-	case m := <-onsets:
-		t.Errorf("a second onset message %q", m.Payload)
-	default:
-	}
+		if rep := e.flush("r1", 0, successes(100)); !rep.quiet {
+			t.Fatal("successes only: not quiet")
+		}
+		rep := e.flush("r2", 0, failures(150)) // 150 of 250: the rate rule would trip
+		wantState(t, rep, breaker.Closed, 0)
+		if rep.quiet || !rep.deciding {
+			t.Fatalf("after the onset: quiet %t deciding %t, want deciding", rep.quiet, rep.deciding)
+		}
+		if m, ok := onsets.next(5 * time.Second); !ok {
+			t.Fatal("no onset message")
+		} else if m != e.name {
+			t.Fatalf("onset payload %q, want %q", m, e.name)
+		}
+		onset := e.hgetall()["fo"]
+		// More failures within the grace: no second onset, no decision yet.
+		wantState(t, e.flush("r3", 0, failures(10)), breaker.Closed, 0)
+		if fo := e.hgetall()["fo"]; fo != onset {
+			t.Errorf("fo moved from %s to %s: not quiet any more, so no new onset", onset, fo)
+		}
+		var last reply
+		eventually(t, waitFor, "the rate rule to decide after the grace", func() bool {
+			last = e.poll() // a poll decides too
+			return last.state.State == breaker.Open
+		})
+		if last.state.Reason != breaker.ReasonFailureRate {
+			t.Errorf("reason %q, want %q", last.state.Reason, breaker.ReasonFailureRate)
+		}
+		if elapsed := time.Duration(last.now-mustInt(t, onset)) * time.Millisecond; elapsed < e.grace {
+			t.Errorf("decided %v after the onset, before the grace of %v ended", elapsed, e.grace)
+		}
+		if m, ok := onsets.next(20 * time.Millisecond); ok {
+			t.Errorf("a second onset message %q", m)
+		}
 
-	// The consecutive rule does not wait for the grace.
-	s2 := baseSettings() // 3 consecutive failures
-	e2 := luaEnvOn(t, e.srv, "other", s2, 1)
-	e2.grace = time.Minute
-	wantState(t, e2.flush("r1", 0, failures(3)), breaker.Open, 1)
+		// The consecutive rule does not wait for the grace.
+		s2 := baseSettings() // 3 consecutive failures
+		e2 := env(t, b, "other", s2, 1)
+		e2.grace = time.Minute
+		wantState(t, e2.flush("r1", 0, failures(3)), breaker.Open, 1)
+	})
 }
 
 // TestLuaOnsetGraceLetsHeldSuccessesIn: the successes a quiet replica held, sent after
 // the onset but within the grace, count before the rate rule decides.
 func TestLuaOnsetGraceLetsHeldSuccessesIn(t *testing.T) {
 	t.Parallel()
-	e := rateEnv(t)
-	wantState(t, e.flush("sick", 0, failures(30)), breaker.Closed, 0) // 100 %, but within the grace
-	wantState(t, e.flush("healthy", 0, successes(1000)), breaker.Closed, 0)
-	var rep reply
-	eventually(t, waitFor, "the grace to end", func() bool { rep = e.poll(); return !rep.deciding })
-	wantState(t, rep, breaker.Closed, 0) // 30 of 1030
-	if rep.deciding || rep.quiet {
-		t.Errorf("after the grace with failures in the window: quiet %t deciding %t, want neither", rep.quiet, rep.deciding)
-	}
+	eachBackend(t, func(t *testing.T, b scriptBackend) {
+		e := rateEnv(t, b)
+		wantState(t, e.flush("sick", 0, failures(30)), breaker.Closed, 0) // 100 %, but within the grace
+		wantState(t, e.flush("healthy", 0, successes(1000)), breaker.Closed, 0)
+		var rep reply
+		eventually(t, waitFor, "the grace to end", func() bool { rep = e.poll(); return !rep.deciding })
+		wantState(t, rep, breaker.Closed, 0) // 30 of 1030
+		if rep.deciding || rep.quiet {
+			t.Errorf("after the grace with failures in the window: quiet %t deciding %t, want neither", rep.quiet, rep.deciding)
+		}
+	})
 }
 
 func mustInt(t testing.TB, s string) int64 {

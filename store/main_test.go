@@ -16,7 +16,7 @@ import (
 // until one succeeds, and checks whether its client was closed only after its sleep, so
 // it outlives a closed client by up to a second. Tests that kill Redis start it.
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
+	goleak.VerifyTestMain(pgMain{m},
 		goleak.IgnoreAnyFunction("github.com/redis/go-redis/v9/internal/pool.(*ConnPool).tryDial"))
 }
 

@@ -58,8 +58,11 @@ type Hooks struct {
 // replica): at steady closed state Redis hears from a replica about once per window. After DegradeAfter failed exchanges the store is
 // degraded: breakers decide locally from the last shared state until Redis answers again,
 // when every circuit is re-read before shared decisions resume.
+//
+// Redis is also the engine of the PostgreSQL store (Postgres): everything above is the
+// same there, only the server the calls go to differs (backend.go).
 type Redis struct {
-	client  redis.UniversalClient
+	be      backend // the server: Redis, or PostgreSQL (backend.go)
 	o       RedisOptions
 	log     *zap.Logger
 	channel string // transitions
@@ -165,6 +168,13 @@ func NewRedis(client redis.UniversalClient, o RedisOptions) (*Redis, error) {
 		_ = client.Close()
 		return nil, err
 	}
+	return newEngine(&redisBackend{client: client, prefix: o.Prefix}, o,
+		o.Prefix+":events", o.Prefix+":onset", o.Prefix+":heartbeat:"+o.ReplicaID), nil
+}
+
+// newEngine returns the shared store's engine on be: channel and onset are the names of
+// the transitions' and onsets' channels, heartbeat what the heartbeat's call names.
+func newEngine(be backend, o RedisOptions, channel, onset, heartbeat string) *Redis {
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
 	}
@@ -172,19 +182,20 @@ func NewRedis(client redis.UniversalClient, o RedisOptions) (*Redis, error) {
 		o.Wall = time.Now
 	}
 	r := &Redis{
-		client: client, o: o, log: o.Logger.With(zap.String("store", "redis")),
-		channel: o.Prefix + ":events", onset: o.Prefix + ":onset",
-		heartbeatKey: o.Prefix + ":heartbeat:" + o.ReplicaID,
-		claimOwner:   o.ReplicaID + "/" + strconv.FormatUint(rand.Uint64(), 36),
-		circuits:     map[string]*circuit{},
-		wake:         make(chan struct{}, 1), resync: make(chan struct{}, 1),
+		be: be, o: o, log: o.Logger.With(zap.String("store", be.driver())),
+		channel: channel, onset: onset, heartbeatKey: heartbeat,
+		claimOwner: o.ReplicaID + "/" + strconv.FormatUint(rand.Uint64(), 36),
+		circuits:   map[string]*circuit{},
+		wake:       make(chan struct{}, 1), resync: make(chan struct{}, 1),
 	}
-	r.status.Store(&Status{Driver: "redis", ReplicaID: o.ReplicaID})
-	return r, nil
+	r.status.Store(&Status{Driver: be.driver(), ReplicaID: o.ReplicaID})
+	return r
 }
 
 // check refuses the zero (or negative) values the store has no default for.
-func (o RedisOptions) check() error {
+func (o RedisOptions) check() error { return o.checkFor("redis") }
+
+func (o RedisOptions) checkFor(driver string) error {
 	var missing []string
 	if o.Prefix == "" {
 		missing = append(missing, "Prefix")
@@ -199,7 +210,7 @@ func (o RedisOptions) check() error {
 		missing = append(missing, "Timeout")
 	}
 	if len(missing) > 0 {
-		return fmt.Errorf("redis store: options %s must be set (more than 0)", strings.Join(missing, ", "))
+		return fmt.Errorf("%s store: options %s must be set (more than 0)", driver, strings.Join(missing, ", "))
 	}
 	return nil
 }
@@ -294,7 +305,7 @@ func (r *Redis) Run(ctx context.Context) error {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		r.subscribe(ctx)
+		r.be.listen(ctx, r)
 	}()
 	r.loop(ctx)
 	wg.Wait()
@@ -313,4 +324,4 @@ func (r *Redis) Run(ctx context.Context) error {
 }
 
 // Close implements Store.
-func (r *Redis) Close() error { return r.client.Close() }
+func (r *Redis) Close() error { return r.be.close() }

@@ -22,7 +22,9 @@ return 0
 
 // ClaimKey is the Redis key of the lease Claim takes on key: "<prefix>:probe:<key>".
 // One key per call, so Claim works on Redis Cluster.
-func (r *Redis) ClaimKey(key string) string { return r.o.Prefix + ":probe:" + key }
+func (r *Redis) ClaimKey(key string) string { return claimKey(r.o.Prefix, key) }
+
+func claimKey(prefix, key string) string { return prefix + ":probe:" + key }
 
 // Claim implements Store: one script on the lease's key sets it to this store's owner
 // for ttl unless another owner holds it. It is background I/O (bounded by the store's
@@ -40,9 +42,9 @@ func (r *Redis) Claim(ctx context.Context, key string, ttl time.Duration) (bool,
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.o.Timeout)
 	defer cancel()
-	n, err := claimScript.Run(ctx, r.client, []string{r.ClaimKey(key)}, r.claimOwner, ms).Int()
+	ok, err := r.be.claim(ctx, key, r.claimOwner, ms)
 	if err != nil {
 		return false, fmt.Errorf("claim %q: %w", key, err)
 	}
-	return n == 1, nil
+	return ok, nil
 }

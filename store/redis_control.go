@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -79,8 +77,8 @@ func (r *Redis) Control(ctx context.Context, name string, cmd Command) error {
 		if c.k != nil {
 			res, err = r.controlKeyRun(ctx, c, cmd)
 		} else {
-			res, err = controlScript.Run(ctx, r.client, keys, op, int(cmd.Mode), c.settings,
-				rand.Float64(), r.channel, c.name, r.o.ReplicaID).Result()
+			res, err = r.be.eval(ctx, &call{c: c, script: controlScript, keys: keys, args: []any{op, int(cmd.Mode), c.settings,
+				rand.Float64(), r.channel, c.name, r.o.ReplicaID}})
 		}
 		// A connection error (not Redis's reply) is tried again within the timeout: just
 		// after Redis came back, the client's pool may still answer with the dial error
@@ -129,7 +127,8 @@ func (e *LocalOnlyError) Error() string {
 
 func (e *LocalOnlyError) Unwrap() error { return e.Err }
 
-// Inspect implements Store: the circuit's hash and its trial leases as Redis holds them.
+// Inspect implements Store: the circuit's state and its trial leases as the server
+// holds them.
 func (r *Redis) Inspect(ctx context.Context, name string) (map[string]string, error) {
 	c, ok := r.get(name)
 	if !ok {
@@ -137,21 +136,5 @@ func (r *Redis) Inspect(ctx context.Context, name string) (map[string]string, er
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.o.Timeout)
 	defer cancel()
-	pipe := r.client.Pipeline()
-	h := pipe.HGetAll(ctx, c.key)
-	l := pipe.ZRangeWithScores(ctx, c.leaseKey, 0, -1)
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return nil, err
-	}
-	out := h.Val()
-	if out == nil {
-		out = map[string]string{}
-	}
-	var ls []string
-	for _, z := range l.Val() {
-		ls = append(ls, z.Member.(string)+"@"+strconv.FormatFloat(z.Score, 'f', 0, 64))
-	}
-	out["leases"] = strings.Join(ls, ",")
-	out["key"] = c.key
-	return out, nil
+	return r.be.inspect(ctx, c, false)
 }

@@ -88,7 +88,7 @@ func (r *Redis) send(ctx context.Context, calls []*call, resync bool) error {
 	ctx, cancel := context.WithTimeout(ctx, r.o.Timeout)
 	defer cancel()
 	sent := r.o.Wall()
-	err := r.run(ctx, calls)
+	err := r.be.run(ctx, calls)
 	// No answer at all (network, timeout): the exchange failed as a whole.
 	var rerr redis.Error
 	if err != nil && !errors.As(err, &rerr) {
@@ -346,7 +346,7 @@ func boolArg(b bool) int {
 
 // run executes the calls in one pipeline by SHA, loading the scripts once if Redis lost
 // them (a restart, SCRIPT FLUSH) and sending again.
-func (r *Redis) run(ctx context.Context, calls []*call) error {
+func (r *redisBackend) run(ctx context.Context, calls []*call) error {
 	for attempt := 0; ; attempt++ {
 		pipe := r.client.Pipeline()
 		for _, cl := range calls {

@@ -6,7 +6,6 @@ import (
 	"math/rand/v2"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
 	"github.com/fuseproxy/fuseproxy/breaker"
@@ -86,7 +85,7 @@ func (r *Redis) heartbeat(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, r.o.Timeout)
 	defer cancel()
 	start := time.Now()
-	err := r.run(ctx, []*call{r.beat()})
+	err := r.be.run(ctx, []*call{r.beat()})
 	if r.o.Hooks.Flush != nil {
 		r.o.Hooks.Flush(time.Since(start), err)
 	}
@@ -116,12 +115,7 @@ func (r *Redis) record(err error) {
 	if errors.Is(err, context.Canceled) {
 		return
 	}
-	// A Redis Cluster client learns a new master (a failover) only from a MOVED reply or
-	// its periodic reload (every 10 s); a master that is gone answers neither: ask for a
-	// reload now (asynchronous, at most one per 200 ms).
-	if cc, ok := r.client.(*redis.ClusterClient); ok {
-		cc.ReloadState(context.Background())
-	}
+	r.be.failed()
 	r.failures++
 	r.log.Debug("exchange with Redis failed", zap.Int("consecutive", r.failures), zap.Error(err))
 	switch st := r.status.Load(); {
@@ -154,16 +148,16 @@ func (r *Redis) setDegraded(d bool, err error) {
 		}
 	}
 	r.degraded.Store(d)
-	st := Status{Driver: "redis", ReplicaID: r.o.ReplicaID, Degraded: d, Since: time.Now()}
+	st := Status{Driver: r.be.driver(), ReplicaID: r.o.ReplicaID, Degraded: d, Since: time.Now()}
 	if err != nil {
 		st.LastError = err.Error()
 	}
 	r.status.Store(&st)
 	if d {
-		r.log.Warn("redis store degraded: breakers decide locally from the last shared state",
+		r.log.Warn(r.be.driver()+" store degraded: breakers decide locally from the last shared state",
 			zap.Error(err))
 	} else {
-		r.log.Info("redis store recovered: state resynced")
+		r.log.Info(r.be.driver() + " store recovered: state resynced")
 	}
 	if r.o.Hooks.Degraded != nil {
 		r.o.Hooks.Degraded(d)

@@ -8,11 +8,11 @@ import (
 	"go.uber.org/zap"
 )
 
-// subscribe applies transitions published by any replica as they happen. Pub/sub is
+// listen applies transitions published by any replica as they happen. Pub/sub is
 // at-most-once, so every (re)subscription asks the loop for a full resync, and the flush
 // replies remain the backstop for messages lost in between.
-func (r *Redis) subscribe(ctx context.Context) {
-	ps := r.client.Subscribe(ctx, r.channel, r.onset)
+func (b *redisBackend) listen(ctx context.Context, r *Redis) {
+	ps := b.client.Subscribe(ctx, r.channel, r.onset)
 	defer ps.Close()
 	ch := ps.ChannelWithSubscriptions(redis.WithChannelHealthCheckInterval(time.Second))
 	subscribed := false

@@ -12,7 +12,8 @@ import (
 )
 
 // The behaviour a single replica sees does not depend on its store: the same scenarios
-// run against the memory store and against a Redis store with one replica.
+// run against the memory store and against a Redis and a PostgreSQL store with one
+// replica.
 
 // harness is one replica's store serving one circuit, circuitName.
 type harness struct {
@@ -34,6 +35,7 @@ var stores = []struct {
 }{
 	{"memory", newMemoryHarness},
 	{"redis", newRedisHarness},
+	{"postgres", newPostgresHarness},
 }
 
 func newMemoryHarness(t *testing.T, s breaker.Settings) harness {
@@ -275,7 +277,8 @@ func scenarioControl(t *testing.T, ns newStore) {
 }
 
 // inspectedState reads the state out of Inspect's map: the memory store shows the
-// breaker's snapshot ("state": "open"), the Redis store its hash ("st": "1").
+// breaker's snapshot ("state": "open"), the PostgreSQL store its row (likewise), the Redis
+// store its hash ("st": "1").
 func inspectedState(t *testing.T, m map[string]string) breaker.State {
 	t.Helper()
 	if v, ok := m["state"]; ok {

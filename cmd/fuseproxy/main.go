@@ -23,6 +23,9 @@ Usage:
   fuseproxy demo [-config FILE]        run the proxy in front of a bundled flaky upstream
                                        (Ctrl-C stops it; so does its parent's exit)
   fuseproxy flaky [-listen ADDR]       run only the flaky demo upstream
+  fuseproxy migrate [-config FILE] [-grants ROLE]
+                                       create or upgrade the postgres store's tables
+                                       (-grants: print a runtime role's GRANTs)
   fuseproxy circuits list|show NAME    see the circuits of a running replica
   fuseproxy circuits open|close|reset NAME
   fuseproxy circuits mode NAME MODE    steer a circuit (fleet-wide with Redis)
@@ -72,6 +75,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = demo(args, stderr)
 	case "flaky":
 		err = flakyCmd(args, stderr)
+	case "migrate":
+		err = migrate(args, stdout, stderr)
 	case "circuits":
 		err = circuits(args, stdout, stderr)
 	case "targets":

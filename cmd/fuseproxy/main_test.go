@@ -42,6 +42,7 @@ func TestEveryCommandsHelpExitsZero(t *testing.T) {
 		{[]string{"validate", "-h"}, "-config"},
 		{[]string{"demo", "-h"}, "-upstream"},
 		{[]string{"flaky", "-h"}, "-listen"},
+		{[]string{"migrate", "-h"}, "-grants"},
 		{[]string{"circuits", "-h"}, "circuits list"},
 		{[]string{"circuits", "list", "--help"}, "circuits list"},
 		{[]string{"health", "-h"}, "-admin"},

@@ -105,7 +105,7 @@ func New(cfg *config.Config, o Options) (*App, error) {
 	a.metrics.SetUpstreams(upstreamNames(cfg))
 	a.metrics.SetKeys(a.KeyStats, a.keyRefusals)
 	a.proxy, err = proxy.New(cfg, a.breakers, proxy.Options{Logger: a.log, Recorder: a.metrics, AccessLog: a.access,
-		SharedStore: cfg.Store.Driver == "redis", Keys: a.keyOptions()})
+		SharedStore: cfg.Store.Driver != "memory", Keys: a.keyOptions()})
 	if err != nil {
 		return nil, err
 	}
@@ -150,6 +150,8 @@ func (a *App) newStore(cfg *config.Config) (store.Store, error) {
 			return nil, err
 		}
 		return r, nil
+	case "postgres":
+		return a.newPostgres(cfg)
 	default:
 		return store.NewMemory(a.replica).WithHistory(historyOptions(cfg.Store), a.opts.Wall), nil
 	}

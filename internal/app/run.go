@@ -23,6 +23,9 @@ import (
 // after it, so /readyz reports the shutdown while requests drain.
 func (a *App) Run(ctx context.Context) error {
 	cfg := a.Config()
+	if err := a.prepareStore(ctx, cfg); err != nil {
+		return err
+	}
 	if err := a.startAccessLog(cfg); err != nil {
 		return err
 	}
