@@ -44,7 +44,9 @@
 #                       tenants, the next one each request, for every target alike)
 #   TENANTS=0           X-Tenant-ID values cycled over by the load (0: no header)
 #   FP_ENV=""           environment for the fuseproxy processes, e.g. "GOGC=400 GOMAXPROCS=1"
-#   FLUSH=100ms         store.flush_interval of the redis replica
+#   FLUSH=100ms         store.flush_interval of the redis and postgres replicas
+#   (target "postgres": the postgres store on a private PostgreSQL on PORT_BASE+298,
+#   initdb'd under the run's directory, pg_stat_statements counting its statements)
 #   SCALE_UPSTREAMS=10000 SCALE_HOT=1000 SCALE_DURATION=10s   (scale mode)
 #   SCALE_TARGETS="memory redis memory@GOGC=400"             (scale mode replicas)
 #   BENCH_WORK=/tmp/fuseproxy-bench-local   output: $BENCH_WORK/results/<mode>-<stamp>/
@@ -76,7 +78,7 @@ UPSTREAMS=${UPSTREAMS:-10} IDLE=${IDLE:-5} TENANTS=${TENANTS:-0} FLUSH=${FLUSH:-
 TARGETS=${TARGETS:-"direct goproxy memory redis nobreaker"}
 SCALE_UPSTREAMS=${SCALE_UPSTREAMS:-10000} SCALE_HOT=${SCALE_HOT:-1000} SCALE_DURATION=${SCALE_DURATION:-10s}
 PORT_BASE=${PORT_BASE:-19080}
-BACKEND_PORT=$PORT_BASE GOPROXY_PORT=$((PORT_BASE + 1)) REDIS_PORT=$((PORT_BASE + 299))
+BACKEND_PORT=$PORT_BASE GOPROXY_PORT=$((PORT_BASE + 1)) REDIS_PORT=$((PORT_BASE + 299)) PG_PORT=$((PORT_BASE + 298))
 declare -A FP_PORT=() ADMIN_PORT=() # assigned by start_fp: PORT_BASE+10.. and PORT_BASE+40..
 NEXT_FP=0
 
@@ -92,6 +94,7 @@ gen_config() {
   local tlist="\"$backend\"" extra=""
   [[ $store == none ]] && enabled=false
   [[ $store == redis ]] && driver=redis
+  [[ $store == postgres ]] && driver=postgres
   if [[ $targets == keyed ]]; then
     extra=", keyed: {from: [header:X-Tenant-ID]}"
   elif [[ $targets != one ]]; then
@@ -114,6 +117,9 @@ gen_config() {
     if [[ $driver == redis ]]; then
       echo "  flush_interval: $FLUSH"
       echo "  redis: {url: \"$redis_url\", prefix: \"bench-$(tr -c 'A-Za-z0-9_.\n-' '-' <<<"$name")\"}"
+    elif [[ $driver == postgres ]]; then
+      echo "  flush_interval: $FLUSH"
+      echo "  postgres: {url: \"postgres://postgres@127.0.0.1:$PG_PORT/postgres?sslmode=disable\", prefix: \"b$(tr -c 'a-z0-9_\n' '_' <<<"${name,,}" | cut -c1-20)_\"}"
     fi
     echo "upstreams:"
     for ((i = 0; i < n; i++)); do
@@ -274,6 +280,43 @@ start_redis() {
   exit 1
 }
 
+# start_postgres: a private PostgreSQL on PG_PORT (Debian's binaries; as the OS user
+# postgres when run as root), pg_stat_statements on to count the store's statements.
+start_postgres() {
+  port_free "$PG_PORT" || { echo "port $PG_PORT in use (set PORT_BASE)" >&2; exit 1; }
+  local bin dir=$OUT/pg as=()
+  bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+  [[ -x $bin/initdb ]] || { echo "PostgreSQL not found (apt-get install postgresql)" >&2; exit 1; }
+  mkdir -p "$dir"
+  if [[ $(id -u) == 0 ]]; then
+    chown postgres: "$dir"
+    as=(setpriv --reuid=postgres --regid=postgres --init-groups --)
+  fi
+  "${as[@]}" "$bin/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 >"$OUT/logs/initdb.log" 2>&1
+  start postgres "${as[@]}" "$bin/postgres" -D "$dir/data" -p "$PG_PORT" -k "$dir" -c listen_addresses=127.0.0.1 \
+    -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 \
+    -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=top
+  PG_PID=$LAST_PID
+  for _ in $(seq 100); do
+    psql_q "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "postgres on $PG_PORT did not answer" >&2
+  exit 1
+}
+psql_q() { psql -X -q -A -t -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -c "$1"; }
+# "all select" statements PostgreSQL ran so far (top level, the measurement's own
+# excluded): every statement, and those that call the store's functions.
+pg_calls() {
+  psql_q "SELECT coalesce(sum(calls), 0), coalesce(sum(calls) FILTER (WHERE query ILIKE 'select%'), 0)
+    FROM pg_stat_statements WHERE query NOT ILIKE '%pg_stat_statements%'" | tr '|' ' '
+}
+# store_calls NAME: Redis commands for a target on the redis store, PostgreSQL
+# statements for one on the postgres store ("all scripts-or-functions").
+store_calls() {
+  if [[ $1 == *postgres* ]]; then pg_calls; else redis_calls; fi
+}
+
 start_fp() { # start_fp NAME STORE UPSTREAMS TARGETS [ENV...] -> sets PID[NAME], FP_PORT[NAME]
   local name=$1 store=$2 n=$3 targets=$4 cfg
   shift 4
@@ -296,9 +339,9 @@ start_fp() { # start_fp NAME STORE UPSTREAMS TARGETS [ENV...] -> sets PID[NAME],
 measure() {
   local name=$1 url=$2 lua=$3 f=$4 pid=${PID[$1]} r0 r1 c0 c1 p0 p1 b0 b1 w
   wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" -s "$lua" "$url" >/dev/null
-  r0=$(redis_calls) c0=$(cpu_snap) p0=$(proc_ticks "$pid") b0=$(proc_ticks "$BACKEND_PID")
+  r0=$(store_calls "$name") c0=$(cpu_snap) p0=$(proc_ticks "$pid") b0=$(proc_ticks "$BACKEND_PID")
   wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$lua" "$url" >"$f"
-  c1=$(cpu_snap) p1=$(proc_ticks "$pid") b1=$(proc_ticks "$BACKEND_PID") r1=$(redis_calls)
+  c1=$(cpu_snap) p1=$(proc_ticks "$pid") b1=$(proc_ticks "$BACKEND_PID") r1=$(store_calls "$name")
   w=$(parse_wrk "$f")
   awk -v w="$w" -v c0="$c0" -v c1="$c1" -v p="$((p1 - p0))" -v bt="$((b1 - b0))" -v r0="$r0" -v r1="$r1" -v hz="$HZ" \
     -v ld="$(cut -d' ' -f1 /proc/loadavg)" 'BEGIN {
@@ -322,13 +365,13 @@ summarize_load() { # from raw.csv
     { k = $col["target"]; if (!(k in cnt)) tl[++nt] = k
       i = ++cnt[k]; for (c in col) v[c, k, i] = $col[c]; errs[k] += $col["errors"] }
     END {
-      print "| target | req/s (median) | req/s min..max | p50 ms | p99 ms | proxy process CPU µs/req | backend CPU µs/req | machine CPU µs/req | added machine CPU µs/req vs direct | CPU busy % | steal % (max) | load1 (max) | Redis cmds/req (all) | Redis EVALSHA/req | errors |"
+      print "| target | req/s (median) | req/s min..max | p50 ms | p99 ms | proxy process CPU µs/req | backend CPU µs/req | machine CPU µs/req | added machine CPU µs/req vs direct | CPU busy % | steal % (max) | load1 (max) | store cmds/req (all) | store scripts/req | errors |"
       print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
       for (t = 1; t <= nt; t++) { k = tl[t]
         added = ("direct" in cnt) ? sprintf("%.0f", med("machine_us_req", k) - med("machine_us_req", "direct")) : "-"
         pc = k == "direct" ? "-" : sprintf("%.1f", med("proc_us_req", k))
-        rr = k ~ /redis/ ? sprintf("%.4f", med("redis_all_req", k)) : "-"
-        re = k ~ /redis/ ? sprintf("%.4f", med("redis_evalsha_req", k)) : "-"
+        rr = k ~ /redis|postgres/ ? sprintf("%.4f", med("redis_all_req", k)) : "-"
+        re = k ~ /redis|postgres/ ? sprintf("%.4f", med("redis_evalsha_req", k)) : "-"
         printf "| %s | %.0f | %.0f..%.0f | %.3f | %.3f | %s | %.1f | %.1f | %s | %.0f | %.1f | %.2f | %s | %s | %d |\n", k, med("rps", k), lo("rps", k), hi("rps", k),
           med("p50_ms", k), med("p99_ms", k), pc, med("backend_us_req", k), med("machine_us_req", k), added, med("busy_pct", k),
           hi("steal_pct", k), hi("load1", k), rr, re, errs[k] }
@@ -360,7 +403,7 @@ run_load() {
         start goproxy "$WORK/bin/goproxy" -listen "127.0.0.1:$GOPROXY_PORT" -upstream "http://127.0.0.1:$BACKEND_PORT"
         PID[goproxy]=$LAST_PID URL[goproxy]=http://127.0.0.1:$GOPROXY_PORT/
         wait_http "${URL[goproxy]}" 10 ;;
-      memory* | redis* | nobreaker* | targets3* | eject* | accesslog* | retries* | keyed*)
+      memory* | redis* | postgres* | nobreaker* | targets3* | eject* | accesslog* | retries* | keyed*)
         # KIND[:N][@VAR=value,VAR=value]: N upstreams instead of UPSTREAMS, requests spread
         # over all N (memory:10000); extra environment for the replica (memory@GOGC=400)
         local spec=${t%%@*} kind n envs=() store
@@ -369,7 +412,7 @@ run_load() {
         [[ $t == *@* ]] && IFS=, read -r -a envs <<<"${t#*@}"
         local targets=one
         case $kind in
-          memory) store=memory ;; redis) store=redis ;; nobreaker) store=none ;;
+          memory) store=memory ;; redis) store=redis ;; postgres) store=postgres ;; nobreaker) store=none ;;
           targets3) store=memory targets=three ;; eject) store=memory targets=eject ;;
           redis-targets3) store=redis targets=three ;; redis-eject) store=redis targets=eject ;;
           retries) store=memory targets=retries ;; redis-retries) store=redis targets=retries ;;
@@ -378,6 +421,9 @@ run_load() {
           *) echo "unknown target $t" >&2; exit 2 ;;
         esac
         [[ $n =~ ^[1-9][0-9]*$ ]] || { echo "target $t: upstream count $n is not a positive number" >&2; exit 2; }
+        if [[ $store == postgres ]]; then
+          [[ -n ${PG_PID:-} ]] || start_postgres
+        fi
         if [[ $store == redis ]]; then
           [[ -n ${REDIS_PID:-} ]] || start_redis
           FP_REDIS=$t FP_REDIS_N=$n
@@ -410,7 +456,7 @@ run_load() {
       line="$r,${t//,/+},$(measure "$t" "${URL[$t]}" "${LUA[$t]}" "$OUT/wrk/r$r-$t.txt")"
       echo "$line" >>"$raw"
       awk -F, '{ printf "  round %s %-10s %8.0f req/s  p50 %6.3f ms  p99 %6.3f ms  err %d  proxy %6.1f µs/req  backend %5.1f  machine %6.1f µs/req  busy %s%%  steal %s%%  load %s%s\n",
-        $1, $2, $3, $4, $5, $6, $8, $9, $10, $11, $12, $15, ($2 ~ /redis/ ? sprintf("  redis cmds/req %s (evalsha %s)", $13, $14) : "") }' <<<"$line"
+        $1, $2, $3, $4, $5, $6, $8, $9, $10, $11, $12, $15, ($2 ~ /redis|postgres/ ? sprintf("  store cmds/req %s (scripts %s)", $13, $14) : "") }' <<<"$line"
     done
   done
   echo "loadavg after: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/env.txt"
@@ -444,8 +490,9 @@ run_load() {
     echo "Per run: \`wrk -t$THREADS -c$CONNS -d$DURATION --latency -s paths-N.lua URL\` after a $WARMUP warm-up; paths-N.lua sends request i to"
     echo "/u<i mod N>/, N the target's number of upstreams ($UPSTREAMS unless the target says KIND:N)."
     echo "Medians over $ROUNDS interleaved rounds. \"proxy process CPU\" = utime+stime of the proxy process / requests; \"machine CPU\" = busy"
-    echo "ticks of the whole machine (wrk, backend, proxy and anything else running; steal excluded) / requests. Redis cmds/req counts every"
-    echo "command in INFO commandstats (including those run inside Lua scripts), INFO itself excluded."
+    echo "ticks of the whole machine (wrk, backend, proxy and anything else running; steal excluded) / requests. store cmds/req counts, for a"
+    echo "redis target, every command in INFO commandstats (including those run inside Lua scripts), INFO itself excluded; for a postgres"
+    echo "target, every top-level statement in pg_stat_statements (the measurement's own excluded), scripts/req those that SELECT a function."
     echo
     summarize_load "$raw"
     echo
