@@ -1,10 +1,7 @@
-// The Lua scripts' history stream (h/history) and the PL/pgSQL functions' history rows
-// hold the same transitions for the same calls. Lua records only on h/history until it
-// is merged: then drop this constraint (run on a merge of both: ok).
-
-//go:build history_merged
-
 package store
+
+// The Lua scripts' history stream and the PL/pgSQL functions' history rows hold the same
+// transitions for the same calls.
 
 import (
 	"context"
