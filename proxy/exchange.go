@@ -201,10 +201,9 @@ func (p *Proxy) reject(w http.ResponseWriter, r *http.Request, rt *route, res Re
 		status = http.StatusOK
 		rejectGRPC(w, up, res, tk, err)
 	case res == RejectedConcurrency:
-		status = up.limited.status
-		up.limited.write(w)
+		up.fallback.writeLimit(w, up.name, up.maxConcurrent)
 	default:
-		up.fallback.reject(w, tk, err)
+		up.fallback.reject(w, up.name, tk, err)
 	}
 	if p.rec != nil {
 		p.rec.Request(up.name, res, status, 0)
@@ -223,7 +222,7 @@ const StatusClientClosedRequest = 499
 
 // classifyStatus maps an upstream's response status to a breaker outcome.
 func (up *upstream) classifyStatus(code int) (Result, breaker.Outcome) {
-	if code >= 0 && code < len(up.failureStatus) && up.failureStatus[code] {
+	if up.failureStatus.Has(code) {
 		return FailureStatus, breaker.Failure
 	}
 	return Success, breaker.Success
@@ -619,7 +618,7 @@ func (p *Proxy) handleError(rw http.ResponseWriter, req *http.Request, err error
 			status = http.StatusRequestEntityTooLarge
 		}
 		e.report(Ignored, breaker.Ignored, breaker.Ignored, status)
-		body = up.errBadRequest
+		body = errorBody("bad_request", up.name)
 	case isTimeout(err):
 		status = http.StatusGatewayTimeout
 		if up.countTimeouts {
@@ -627,7 +626,7 @@ func (p *Proxy) handleError(rw http.ResponseWriter, req *http.Request, err error
 		} else {
 			e.report(Ignored, breaker.Ignored, breaker.GatewayFailure, status)
 		}
-		body = up.errGatewayTimeout
+		body = errorBody("gateway_timeout", up.name)
 	default:
 		status = http.StatusBadGateway
 		if up.countTransport {
@@ -635,7 +634,7 @@ func (p *Proxy) handleError(rw http.ResponseWriter, req *http.Request, err error
 		} else {
 			e.report(Ignored, breaker.Ignored, breaker.GatewayFailure, status)
 		}
-		body = up.errBadGateway
+		body = errorBody("bad_gateway", up.name)
 	}
 	if (status == http.StatusBadGateway || status == http.StatusGatewayTimeout) && isGRPC(req.Header) { // gRPC hook (grpc.go)
 		writeGRPCError(e.w, status, up.name)
