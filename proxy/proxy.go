@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -321,6 +322,16 @@ func (p *Proxy) reverseProxies(rt *route, up *upstream) []*httputil.ReverseProxy
 		}
 	}
 	return rps
+}
+
+// Targets returns the URLs of the named upstream's targets in the routing table in
+// effect, in config order; nil for an unknown upstream. Do not modify them.
+func (p *Proxy) Targets(upstream string) []*url.URL {
+	up := p.table.Load().upstreams[upstream]
+	if up == nil {
+		return nil
+	}
+	return up.targetURLs()
 }
 
 // Budgets returns the retry budget of each upstream that retries, by upstream name, as

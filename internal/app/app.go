@@ -6,6 +6,7 @@ package app
 import (
 	"fmt"
 	"maps"
+	"net/url"
 	"os"
 	"reflect"
 	"slices"
@@ -60,7 +61,9 @@ type App struct {
 	health  *health.Checker    // active health checks of targets (health_check)
 	access  *accesslog.Log     // off until Run opens it; closed when Run returns
 
-	mu       sync.RWMutex // guards cfg and breakers (swapped whole on reload)
+	mu sync.RWMutex // guards cfg and breakers (swapped whole on reload)
+	// cfg is the config in effect, compacted (config.Compact): its upstreams have no
+	// targets and share their settings; the proxy's table holds the rest.
 	cfg      *config.Config
 	breakers map[string]*breaker.Breaker
 
@@ -94,8 +97,9 @@ func New(cfg *config.Config, o Options) (*App, error) {
 		return nil, err
 	}
 	a.store = st
-	a.cfg, a.breakers = cfg, a.buildBreakers(cfg, nil)
-	a.keyCfg.Store(cfg)
+	kept := cfg.Compact()
+	a.cfg, a.breakers = kept, a.buildBreakers(cfg, nil)
+	a.keyCfg.Store(kept)
 	a.store.Attach(a.circuits(cfg, a.breakers))
 	a.setKeyUpstreams()
 	a.health = health.New(health.Options{Store: a.store, Logger: a.log, Observe: func(r health.Result) {
@@ -264,7 +268,8 @@ func (a *App) Reload(cfg *config.Config) (err error) {
 	both := upstreamNames(oldCfg)
 	maps.Copy(both, upstreamNames(cfg))
 	a.metrics.SetUpstreams(both)
-	a.keyCfg.Store(cfg) // keys the new table hands to the store take the new settings
+	kept := cfg.Compact()
+	a.keyCfg.Store(kept) // keys the new table hands to the store take the new settings
 	if err := a.proxy.Update(cfg, bs); err != nil {
 		a.keyCfg.Store(oldCfg)
 		a.metrics.SetUpstreams(upstreamNames(oldCfg))
@@ -284,7 +289,7 @@ func (a *App) Reload(cfg *config.Config) (err error) {
 	a.metrics.ForgetTargets(gone)
 	a.events.Update(cfg.Events)
 	a.mu.Lock()
-	a.cfg, a.breakers = cfg, bs
+	a.cfg, a.breakers = kept, bs
 	a.mu.Unlock()
 	if na, oa := cfg.Admin, oldCfg.Admin; na.Listen != oa.Listen || na.Token != oa.Token || !slices.Equal(na.AllowedHosts, oa.AllowedHosts) {
 		a.log.Warn("admin.listen, admin.token and admin.allowed_hosts changes take effect at the next restart")
@@ -335,7 +340,8 @@ func upstreamNames(cfg *config.Config) map[string]bool {
 	return names
 }
 
-// Config returns the config in effect.
+// Config returns the config in effect, compacted (config.Compact): its upstreams hold
+// their settings but not their targets (see Targets).
 func (a *App) Config() *config.Config {
 	a.mu.RLock()
 	defer a.mu.RUnlock()
@@ -348,6 +354,10 @@ func (a *App) Breakers() map[string]*breaker.Breaker {
 	defer a.mu.RUnlock()
 	return a.breakers
 }
+
+// Targets returns the targets of the named upstream in effect, in config order (nil for
+// an unknown upstream): the compacted config in effect has none (admin.TargetBackend).
+func (a *App) Targets(upstream string) []*url.URL { return a.proxy.Targets(upstream) }
 
 // Budgets returns the retry budgets of the upstreams that retry (admin.BudgetBackend).
 func (a *App) Budgets() map[string]*proxy.RetryBudget { return a.proxy.Budgets() }
