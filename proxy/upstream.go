@@ -2,9 +2,9 @@ package proxy
 
 import (
 	"fmt"
-	"slices"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -84,16 +84,16 @@ func newUpstream(name string, cu *config.Upstream, breakers map[string]*breaker.
 		gate = b
 	}
 	up := &upstream{
-		name:              name,
-		breaker:           gate,
-		timeout:           cu.Timeout,
-		failureStatus:     cu.Failure.FailureStatus,
-		countTransport:    cu.Failure.TransportErrors,
-		grpcFailure:       cu.Failure.GRPCFailure,
-		countTimeouts:     cu.Failure.Timeouts,
-		honorRetryAfter:   cu.Breaker.HonorRetryAfter && b != nil,
-		fallback:          fbs.get(cu.Fallback),
-		upgrades:          lowerAll(cu.UpgradeProtocols),
+		name:            name,
+		breaker:         gate,
+		timeout:         cu.Timeout,
+		failureStatus:   cu.Failure.FailureStatus,
+		countTransport:  cu.Failure.TransportErrors,
+		grpcFailure:     cu.Failure.GRPCFailure,
+		countTimeouts:   cu.Failure.Timeouts,
+		honorRetryAfter: cu.Breaker.HonorRetryAfter && b != nil,
+		fallback:        fbs.get(cu.Fallback),
+		upgrades:        lowerAll(cu.UpgradeProtocols),
 	}
 	ejection := cu.Outlier.Enabled && len(cu.TargetURLs) > 1
 	for _, t := range cu.TargetURLs {
