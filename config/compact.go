@@ -6,15 +6,16 @@ import "fmt"
 // holds per upstream, less what only building the replica's tables reads. Its upstreams
 // have no targets (Targets and TargetURLs are nil: the proxy's routing table holds them)
 // and upstreams whose settings are equal share one *Upstream; it has no record of where
-// values came from in the file (Validate and Warnings locate nothing). The copy shares
-// the rest (routes, slices) with c; neither may be modified afterwards.
+// values came from in the file (Validate and Warnings locate nothing) and no routes (the
+// routing table holds them compiled). The copy shares the rest (slices, maps) with c;
+// neither may be modified afterwards.
 //
 // With thousands of upstreams the parsed config is most of a replica's memory: an
 // Upstream is a struct of about a kilobyte, plus its slices and maps (docs/BENCHMARKS.md,
 // "Memory"); most upstreams of a large config have equal settings.
 func (c *Config) Compact() *Config {
 	out := *c
-	out.origin = nil
+	out.origin, out.Routes = nil, nil
 	out.Upstreams = make(map[string]*Upstream, len(c.Upstreams))
 	shared := make(map[string]*Upstream)
 	for name, u := range c.Upstreams {
