@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"reflect"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"sync"
@@ -46,6 +47,9 @@ type Options struct {
 	// Adjust, when set, changes every config read from the file (at reloads) before it
 	// is applied, as Serve does at start (the demo's -listen, -admin, -upstream).
 	Adjust func(*config.Config) error
+	// ServeGCPercent, when > 0, is the GC percentage Run sets once the replica is built
+	// and the memory building it left is given back: Serve builds at StartGCPercent.
+	ServeGCPercent int
 }
 
 // App is one running replica.
@@ -67,6 +71,10 @@ type App struct {
 	cfg      *config.Config
 	breakers map[string]*breaker.Breaker
 
+	// release asks the background's releaser to give memory back (a shared store's
+	// resync read every circuit: releaseAfterResync).
+	release chan struct{}
+
 	reloadMu sync.Mutex // one reload at a time
 	ready    atomic.Bool
 	running  atomic.Bool // Run opened the access log and has not closed it yet
@@ -85,7 +93,8 @@ func New(cfg *config.Config, o Options) (*App, error) {
 	if o.Wall == nil {
 		o.Wall = time.Now
 	}
-	a := &App{opts: o, clock: breaker.SystemClock(), replica: ReplicaID(cfg.Store.ReplicaID)}
+	a := &App{opts: o, clock: breaker.SystemClock(), replica: ReplicaID(cfg.Store.ReplicaID),
+		release: make(chan struct{}, 1)}
 	a.log = o.Logger.With(zap.String("replica", a.replica))
 	a.access = accesslog.New(accesslog.Options{Logger: a.log})
 	a.metrics = telemetry.New(telemetry.Options{Version: o.Version, Circuits: a.Breakers, AccessLogDropped: a.access.Dropped})
@@ -149,6 +158,7 @@ func (a *App) newStore(cfg *config.Config) (store.Store, error) {
 		}
 		o := redisOptions(cfg.Store)
 		o.ReplicaID, o.Logger, o.Wall, o.Hooks = a.replica, a.log, a.opts.Wall, a.metrics.StoreHooks()
+		o.Hooks.Resynced = a.releaseAfterResync
 		r, err := store.NewRedis(client, o)
 		if err != nil { // a nil *Redis must not become a non-nil Store
 			return nil, err
@@ -242,9 +252,15 @@ func (a *App) circuits(cfg *config.Config, bs map[string]*breaker.Breaker) map[s
 // the shared state). Events settings apply at once except queue_size; admin.listen,
 // admin.token and admin.allowed_hosts need a restart.
 func (a *App) Reload(cfg *config.Config) (err error) {
+	if p := a.opts.ServeGCPercent; p > 0 { // the new tables are built as at start
+		debug.SetGCPercent(StartGCPercent)
+	}
 	defer func() {
 		if err == nil {
 			releaseMemory() // the old tables and what building the new ones left behind
+		}
+		if p := a.opts.ServeGCPercent; p > 0 {
+			debug.SetGCPercent(p)
 		}
 	}() // last: after the reload is counted and the lock released
 	defer func() { a.metrics.Reloaded(err) }()
