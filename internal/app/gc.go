@@ -99,11 +99,14 @@ func (a *App) releaseAfterResync() {
 }
 
 // releaseEvery is the least time between two releases of releaser: each is a full
-// collection, and resyncs repeat when Redis comes and goes.
-const releaseEvery = 10 * time.Second
+// collection (tens of milliseconds of CPU with 10,000 circuits), and resyncs repeat while
+// Redis comes and goes.
+const releaseEvery = time.Second
 
 // releaser gives memory back when asked (releaseAfterResync), at most once every
-// releaseEvery, until ctx ends.
+// releaseEvery, until ctx ends. A request while it waits is kept (the channel holds one):
+// at start the resync Attach asked for and the subscription's come a moment apart, and
+// the second one's garbage is given back a second after the first's.
 func (a *App) releaser(ctx context.Context) {
 	for {
 		select {
