@@ -209,7 +209,7 @@ func (p *Proxy) reject(w http.ResponseWriter, r *http.Request, rt *route, res Re
 		p.rec.Request(up.name, res, status, 0)
 	}
 	if logged {
-		a := Access{Route: rt.index, Upstream: up.name, Method: r.Method, Path: r.URL.Path,
+		a := Access{Route: int(rt.index), Upstream: up.name, Method: r.Method, Path: r.URL.Path,
 			Status: status, Duration: p.now().Sub(start), Bytes: cw.n, Outcome: res}
 		a.Circuit, a.Breaker = up.circuitState()
 		p.access.Log(&a)
@@ -446,7 +446,7 @@ func (e *exchange) report(r Result, o, to breaker.Outcome, status int) {
 // logAccess hands a logged request's account to the access log, when it ends.
 func (e *exchange) logAccess() {
 	a := &e.acc
-	*a = Access{Route: e.route.index, Upstream: e.up.name, Target: e.target.url.Host, Method: e.method,
+	*a = Access{Route: int(e.route.index), Upstream: e.up.name, Target: e.target.url.Host, Method: e.method,
 		Path: e.path, Status: e.status, Duration: e.p.now().Sub(e.logStart), Bytes: e.bytes,
 		Attempts: e.attempt, Outcome: e.result, WouldReject: e.ticket.WouldReject()}
 	if a.Outcome == FailureBody {

@@ -184,7 +184,7 @@ func (p *Proxy) build(cfg *config.Config, breakers map[string]*breaker.Breaker, 
 			transports[*up.tkey] = sharedTransport{up.tkey, up.transport}
 		}
 	}
-	fbs := fallbacks{}
+	fbs := newFallbacks()
 	// An upstream keeps its bulkhead (its count of requests in flight) across tables.
 	bulkheads := map[string]*bulkhead{}
 	if old != nil {
@@ -259,12 +259,12 @@ func (p *Proxy) build(cfg *config.Config, breakers map[string]*breaker.Breaker, 
 			return nil, fmt.Errorf("proxy: routes[%d]: unknown upstream %q", i, cr.Upstream)
 		}
 		rt := &route{
-			index:   i,
+			index:   int32(i),
 			host:    strings.TrimSuffix(strings.ToLower(cr.Host), "."),
 			prefix:  cr.PathPrefix,
 			strip:   cr.StripPrefix,
 			up:      up,
-			trusted: trusted,
+			trusted: &trusted,
 		}
 		if rt.prefix == "" {
 			rt.prefix = "/"

@@ -95,8 +95,25 @@ func newFallback(f config.Fallback) *fallback {
 
 // fallbacks builds a routing table's fallback responses, one per distinct fallback
 // section without headers (the common case: thousands of upstreams share the default);
-// a section with headers gets its own.
-type fallbacks map[fallbackKey]*fallback
+// a section with headers gets its own. It also shares the upstreams' failure tables.
+type fallbacks struct {
+	answers  map[fallbackKey]*fallback
+	statuses map[config.StatusSet]*config.StatusSet
+}
+
+func newFallbacks() fallbacks {
+	return fallbacks{answers: map[fallbackKey]*fallback{}, statuses: map[config.StatusSet]*config.StatusSet{}}
+}
+
+// status returns the table equal to s that the routing table's upstreams share.
+func (fs fallbacks) status(s config.StatusSet) *config.StatusSet {
+	p := fs.statuses[s]
+	if p == nil {
+		p = &s
+		fs.statuses[s] = p
+	}
+	return p
+}
 
 type fallbackKey struct {
 	status int
@@ -108,10 +125,10 @@ func (fs fallbacks) get(f config.Fallback) *fallback {
 		return newFallback(f)
 	}
 	k := fallbackKey{f.Status, f.Body}
-	fb := fs[k]
+	fb := fs.answers[k]
 	if fb == nil {
 		fb = newFallback(f)
-		fs[k] = fb
+		fs.answers[k] = fb
 	}
 	return fb
 }

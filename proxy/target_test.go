@@ -344,7 +344,7 @@ func pickCounts(t *testing.T, n int, lb string, picks int, ejected ...int) []int
 	for _, i := range ejected {
 		bs[config.TargetName("svc", u.TargetURLs[i])].SetMode(breaker.ForcedOpen)
 	}
-	up, err := newUpstream("svc", u, bs, fallbacks{})
+	up, err := newUpstream("svc", u, bs, newFallbacks())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,8 +23,6 @@ type upstream struct {
 	// keys are the per-key circuits (keyed.go), nil without keyed.from; the table is
 	// carried across routing tables.
 	keys *keyTable
-	// leastRequests: load_balancing least_requests (see pick).
-	leastRequests bool
 	// maxEjected is how many targets may be ejected at once (see pick); 0 without
 	// outlier detection.
 	maxEjected int
@@ -37,9 +35,14 @@ type upstream struct {
 	countTimeouts  bool
 	// honorRetryAfter: breaker.honor_retry_after (see retryAfter).
 	honorRetryAfter bool
+	// leastRequests: load_balancing least_requests (see pick). (The flags sit together,
+	// beside grpcFailure: an upstream's struct is one per upstream, thousands of them.)
+	leastRequests bool
 	// grpcFailure has bit c set when grpc-status c is a failure (failure.grpc_codes).
-	grpcFailure   uint32
-	failureStatus config.StatusSet
+	grpcFailure uint32
+	// failureStatus is failure.statuses resolved, shared by the upstreams with equal
+	// tables (fallbacks.status): most have the default.
+	failureStatus *config.StatusSet
 	// retry is the retries policy, nil when the upstream does not retry (retry.go).
 	retry *retryPolicy
 	// fallback is the answer to a rejection and to a full bulkhead, shared by the
@@ -87,7 +90,7 @@ func newUpstream(name string, cu *config.Upstream, breakers map[string]*breaker.
 		name:            name,
 		breaker:         gate,
 		timeout:         cu.Timeout,
-		failureStatus:   cu.Failure.FailureStatus,
+		failureStatus:   fbs.status(cu.Failure.FailureStatus),
 		countTransport:  cu.Failure.TransportErrors,
 		grpcFailure:     cu.Failure.GRPCFailure,
 		countTimeouts:   cu.Failure.Timeouts,
