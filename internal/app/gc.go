@@ -25,7 +25,7 @@ const DefaultGCPercent = 200
 // (its metadata, and the pages given back only when releaseMemory runs). Run switches to
 // DefaultGCPercent (Options.ServeGCPercent) once the replica is built and what building
 // it left is given back (docs/BENCHMARKS.md, "Memory").
-const StartGCPercent = 50
+const StartGCPercent = 25
 
 // GCPercent decides the garbage collector's target percentage from the environment
 // (getenv is os.Getenv): when GOGC is set (any value, "off" included) the runtime has
