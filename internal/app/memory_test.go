@@ -104,8 +104,8 @@ func BenchmarkUpstreamMemory(b *testing.B) {
 
 // maxUpstreamHeap bounds the live heap a replica keeps per idle upstream in bench/run.sh's
 // layout (a breaker, a host route and a path route each), with 10,000 of them: 2,300
-// bytes, against about 1,900 measured (docs/BENCHMARKS.md, "Memory"; it was 8,500 before
-// the parsed config was compacted and the proxy's tables shrunk). Issue #19's goal,
+// bytes, against about 1,760 measured (docs/BENCHMARKS.md, "Memory"; 8,550 before the
+// parsed config was compacted and the proxy's tables shrunk). Issue #19's goal,
 // 40 MiB of RSS idle with 10,000 upstreams, leaves about 2.5 KiB per upstream beside the
 // runtime's own.
 const maxUpstreamHeap = 2300
