@@ -57,12 +57,9 @@ type Breaker struct {
 	openFor        time.Duration // length of the current open period
 	trialsInFlight int
 	trialSuccesses int
-	shared         bool          // decisions belong to a shared store
 	permits        int           // shared: trial permits granted by the store and not yet used
 	permitsUntil   time.Duration // shared: the permits' leases expire then
 	permitGen      uint64        // shared: the generation the permits are for (gen+1 when granted in advance)
-	unusedAdvance  bool          // shared: the permits were granted in advance and no trial used one yet
-	wanted         bool          // shared: a request was rejected for want of a permit
 	delta          Delta
 	trials         TrialReport
 	epoch          uint64 // see word
@@ -72,7 +69,12 @@ type Breaker struct {
 	lastSuccess  uint64 // seq of the latest success; 0 once a late failure took it back
 	cleared      int    // the run of consecutive failures the latest success ended
 	deltaCleared uint32 // shared: the delta's Tail the latest success ended
-	deltaFrom    uint64 // shared: successes up to this seq are not in delta (taken or never put)
+	// The flags sit here, beside deltaCleared, where they fill its padding: the struct
+	// stays within 512 bytes (a size class: one breaker per circuit, thousands of them).
+	shared        bool   // decisions belong to a shared store
+	unusedAdvance bool   // shared: the permits were granted in advance and no trial used one yet
+	wanted        bool   // shared: a request was rejected for want of a permit
+	deltaFrom     uint64 // shared: successes up to this seq are not in delta (taken or never put)
 }
 
 // New returns a closed breaker for the named upstream.

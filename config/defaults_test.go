@@ -105,7 +105,7 @@ func TestFailureStatusResolution(t *testing.T) {
 		t.Helper()
 		full := "upstreams:\n  p:\n    targets: [http://a]\n" + src + "routes: [{upstream: p}]\n"
 		f := mustParse(t, full, nil).Upstreams["p"].Failure
-		return func(code int) bool { return f.FailureStatus[code] }
+		return func(code int) bool { return f.FailureStatus.Has(code) }
 	}
 
 	def := failing("")
@@ -150,7 +150,7 @@ func TestValidateConfigBuiltInCode(t *testing.T) {
 	if len(up.TargetURLs) != 2 || up.TargetURLs[1].Path != "/base" {
 		t.Errorf("TargetURLs = %v", up.TargetURLs)
 	}
-	if !up.Failure.FailureStatus[500] || up.Failure.FailureStatus[501] {
+	if !up.Failure.FailureStatus.Has(500) || up.Failure.FailureStatus.Has(501) {
 		t.Error("default statuses in code must resolve like the file default (501 excluded)")
 	}
 	if got := cfg.Routes[0]; got.Host != "api.example.com" || got.Methods[0] != "GET" || got.Methods[1] != "POST" {

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -35,6 +36,39 @@ var ErrNotRegular = errors.New("not a regular file")
 // 8388608 bytes (8 MiB)". errors.Is works with fs.ErrNotExist, ErrNotRegular and
 // ErrFileTooLarge.
 func ReadFile(path string) ([]byte, error) {
+	f, err := openRegular(path)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = f.Close() }()
+	// The size from Stat is a hint: the file can grow until it is read.
+	return readLimited(f, path)
+}
+
+// Digest returns the SHA-256 of the config file at path, which it reads as ReadFile
+// does (the same checks, the same errors) but in 32 KiB pieces: the config watcher polls
+// the file every second, and reading a file of 10,000 upstreams whole (1.5 MB) each time
+// kept an idle replica's heap growing by 3 MB a second, to its next collection.
+func Digest(path string) ([]byte, error) {
+	f, err := openRegular(path)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = f.Close() }()
+	h := sha256.New()
+	n, err := io.CopyBuffer(h, io.LimitReader(f, MaxFileSize+1), make([]byte, 32<<10))
+	if err != nil {
+		return nil, fmt.Errorf("config: read %s: %w", path, err)
+	}
+	if n > MaxFileSize {
+		return nil, tooLarge(path)
+	}
+	return h.Sum(nil), nil
+}
+
+// openRegular opens the config file at path without blocking and checks that it is a
+// regular file of at most MaxFileSize bytes (see ReadFile).
+func openRegular(path string) (*os.File, error) {
 	f, err := openNonBlocking(path)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -44,19 +78,20 @@ func ReadFile(path string) ([]byte, error) {
 		}
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	defer func() { _ = f.Close() }()
 	info, err := f.Stat()
 	if err != nil {
+		_ = f.Close()
 		return nil, fmt.Errorf("config: %w", err)
 	}
 	if !info.Mode().IsRegular() {
+		_ = f.Close()
 		return nil, fmt.Errorf("config: %s: %w (%s)", path, ErrNotRegular, describeMode(info.Mode()))
 	}
 	if info.Size() > MaxFileSize {
+		_ = f.Close()
 		return nil, tooLarge(path)
 	}
-	// The size from Stat is a hint: the file can grow until it is read.
-	return readLimited(f, path)
+	return f, nil
 }
 
 // readLimited reads r to its end, but at most MaxFileSize+1 bytes: more is an error.

@@ -1,10 +1,13 @@
 package config
 
 import (
+	"bytes"
+	"crypto/sha256"
 	"errors"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -156,5 +159,36 @@ func TestLoadManyValuesWithoutAliases(t *testing.T) {
 	}
 	if got := len(cfg.Upstreams["a"].Failure.SuccessStatuses); got != n {
 		t.Fatalf("%d success statuses decoded, want %d", got, n)
+	}
+}
+
+// TestDigest: Digest hashes what ReadFile reads, with its checks and errors, and
+// allocates nothing of the file's size (the watcher polls it every second).
+func TestDigest(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "c.yaml")
+	data := []byte(minimalConfig + "#" + strings.Repeat("x", 1<<20) + "\n")
+	if err := os.WriteFile(p, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got, err := Digest(p)
+	if want := sha256.Sum256(data); err != nil || !bytes.Equal(got, want[:]) {
+		t.Fatalf("Digest = %x, %v; want %x", got, err, want)
+	}
+	if allocs := testing.AllocsPerRun(5, func() { _, _ = Digest(p) }); allocs > 20 {
+		t.Errorf("Digest of a 1 MiB file: %.0f allocations", allocs)
+	}
+	var ms0, ms1 runtime.MemStats
+	runtime.ReadMemStats(&ms0)
+	_, _ = Digest(p)
+	runtime.ReadMemStats(&ms1)
+	if n := ms1.TotalAlloc - ms0.TotalAlloc; n > 128<<10 {
+		t.Errorf("Digest of a 1 MiB file allocated %d bytes, want < 128 KiB", n)
+	}
+	if _, err := Digest(dir); !errors.Is(err, ErrNotRegular) {
+		t.Errorf("Digest of a directory = %v, want ErrNotRegular", err)
+	}
+	if _, err := Digest(filepath.Join(dir, "missing.yaml")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("Digest of a missing file = %v, want fs.ErrNotExist", err)
 	}
 }

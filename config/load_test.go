@@ -545,7 +545,7 @@ func TestNullKeepsDefault(t *testing.T) {
 func TestListsReplaceDefaults(t *testing.T) {
 	src := "upstreams:\n  payments:\n    targets: [http://a]\n    failure:\n      statuses: [\"503\"]\nroutes:\n  - upstream: payments\n"
 	f := mustParse(t, src, nil).Upstreams["payments"].Failure
-	if len(f.Statuses) != 1 || !f.FailureStatus[503] || f.FailureStatus[500] {
+	if len(f.Statuses) != 1 || !f.FailureStatus.Has(503) || f.FailureStatus.Has(500) {
 		t.Errorf("statuses %v: want only 503 to fail", f.Statuses)
 	}
 }

@@ -215,7 +215,7 @@ func TestReferenceDefaultsRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	// "5xx" written in the file includes 501 (see Validate).
-	up.Failure.FailureStatus[501] = true
+	up.Failure.FailureStatus.Set(501, true)
 	// Empty lists in the file decode as empty, not nil.
 	want.Store.Redis.SentinelAddrs, want.Store.Redis.ClusterAddrs = []string{}, []string{}
 	want.Routes[0].Methods = []string{}

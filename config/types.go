@@ -301,7 +301,7 @@ type HealthCheck struct {
 	ExpectedStatuses   []string      `yaml:"expected_statuses"`
 
 	// Expected is ExpectedStatuses resolved (not a YAML key; filled by Validate).
-	Expected [600]bool `yaml:"-"`
+	Expected StatusSet `yaml:"-"`
 }
 
 // Breaker is an upstream's breaker settings. A zero threshold disables that trip rule.
@@ -339,8 +339,8 @@ type Failure struct {
 	// ("UNAVAILABLE") or numbers (14).
 	GRPCCodes []string `yaml:"grpc_codes"`
 
-	// FailureStatus[code] is the resolved table (not a YAML key; filled by Load).
-	FailureStatus [600]bool `yaml:"-"`
+	// FailureStatus is the resolved table (not a YAML key; filled by Load).
+	FailureStatus StatusSet `yaml:"-"`
 	// GRPCFailure has bit c set when grpc-status c is a failure (not a YAML key; filled
 	// by Validate from GRPCCodes).
 	GRPCFailure uint32 `yaml:"-"`

@@ -552,7 +552,7 @@ func (v *validator) outlier(p string, u *Upstream) {
 	if len(h.ExpectedStatuses) == 0 {
 		v.errorf(q+".expected_statuses", "at least one status is required")
 	}
-	h.Expected = [600]bool{}
+	h.Expected = StatusSet{}
 	for i, s := range h.ExpectedStatuses {
 		lo, hi, ok := parseStatus(s)
 		if !ok {
@@ -560,7 +560,7 @@ func (v *validator) outlier(p string, u *Upstream) {
 			continue
 		}
 		for code := lo; code <= hi; code++ {
-			h.Expected[code] = true
+			h.Expected.Set(code, true)
 		}
 	}
 }
@@ -634,7 +634,7 @@ func TargetName(upstream string, target *url.URL) string {
 
 // failure checks the status lists and resolves them into f.FailureStatus (see Validate).
 func (v *validator) failure(p string, f *Failure) {
-	var table [600]bool
+	var table StatusSet
 	for i, s := range f.Statuses {
 		lo, hi, ok := parseStatus(s)
 		if !ok {
@@ -642,15 +642,15 @@ func (v *validator) failure(p string, f *Failure) {
 			continue
 		}
 		for code := lo; code <= hi; code++ {
-			table[code] = true
+			table.Set(code, true)
 		}
 	}
 	if slices.Equal(f.Statuses, []string{"5xx"}) && !v.o.inFile(p+".statuses") {
-		table[501] = false
+		table.Set(501, false)
 	}
 	for i, code := range f.SuccessStatuses {
 		if v.intBetween(fmt.Sprintf("%s.success_statuses[%d]", p, i), code, 100, 599) {
-			table[code] = false
+			table.Set(code, false)
 		}
 	}
 	f.FailureStatus = table

@@ -241,7 +241,7 @@ func BenchmarkTargetAccounting(b *testing.B) {
 				name := config.TargetName("api", t)
 				bs[name] = breaker.New(name, u.Outlier.Settings(), breaker.Options{})
 			}
-			up, err := newUpstream("api", u, bs)
+			up, err := newUpstream("api", u, bs, newFallbacks())
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -177,7 +178,7 @@ func TestClassification(t *testing.T) {
 	custom := upstreamCfg(t, backend.URL)
 	// statuses: [4xx, 5xx], success_statuses: [429]
 	for c := 400; c < 600; c++ {
-		custom.Failure.FailureStatus[c] = c != 429
+		custom.Failure.FailureStatus.Set(c, c != 429)
 	}
 	for _, u := range []*config.Upstream{def, custom} {
 		u.Breaker.ConsecutiveFailures = 0 // never trip
@@ -468,14 +469,16 @@ func replaceTransport(p *Proxy, rt http.RoundTripper) {
 	var routes []*route
 	for _, l := range [][]*route{old.routes.any.routes} {
 		for _, r := range l {
-			c := *r
-			c.rps = nil
-			for _, orig := range r.rps {
+			c := &route{index: r.index, host: r.host, prefix: r.prefix, methods: r.methods, strip: r.strip,
+				up: r.up, trusted: r.trusted}
+			var rps []*httputil.ReverseProxy
+			for _, orig := range p.routeProxies(r) {
 				rp := *orig
 				rp.Transport = rt
-				c.rps = append(c.rps, &rp)
+				rps = append(rps, &rp)
 			}
-			routes = append(routes, &c)
+			c.rps.Store(&rps)
+			routes = append(routes, c)
 		}
 	}
 	p.table.Store(&table{routes: newRouteIndex(routes), upstreams: old.upstreams})

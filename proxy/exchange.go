@@ -201,16 +201,15 @@ func (p *Proxy) reject(w http.ResponseWriter, r *http.Request, rt *route, res Re
 		status = http.StatusOK
 		rejectGRPC(w, up, res, tk, err)
 	case res == RejectedConcurrency:
-		status = up.limited.status
-		up.limited.write(w)
+		up.fallback.writeLimit(w, up.name, up.maxConcurrent)
 	default:
-		up.fallback.reject(w, tk, err)
+		up.fallback.reject(w, up.name, tk, err)
 	}
 	if p.rec != nil {
 		p.rec.Request(up.name, res, status, 0)
 	}
 	if logged {
-		a := Access{Route: rt.index, Upstream: up.name, Method: r.Method, Path: r.URL.Path,
+		a := Access{Route: int(rt.index), Upstream: up.name, Method: r.Method, Path: r.URL.Path,
 			Status: status, Duration: p.now().Sub(start), Bytes: cw.n, Outcome: res}
 		a.Circuit, a.Breaker = up.circuitState()
 		p.access.Log(&a)
@@ -223,7 +222,7 @@ const StatusClientClosedRequest = 499
 
 // classifyStatus maps an upstream's response status to a breaker outcome.
 func (up *upstream) classifyStatus(code int) (Result, breaker.Outcome) {
-	if code >= 0 && code < len(up.failureStatus) && up.failureStatus[code] {
+	if up.failureStatus.Has(code) {
 		return FailureStatus, breaker.Failure
 	}
 	return Success, breaker.Success
@@ -447,7 +446,7 @@ func (e *exchange) report(r Result, o, to breaker.Outcome, status int) {
 // logAccess hands a logged request's account to the access log, when it ends.
 func (e *exchange) logAccess() {
 	a := &e.acc
-	*a = Access{Route: e.route.index, Upstream: e.up.name, Target: e.target.url.Host, Method: e.method,
+	*a = Access{Route: int(e.route.index), Upstream: e.up.name, Target: e.target.url.Host, Method: e.method,
 		Path: e.path, Status: e.status, Duration: e.p.now().Sub(e.logStart), Bytes: e.bytes,
 		Attempts: e.attempt, Outcome: e.result, WouldReject: e.ticket.WouldReject()}
 	if a.Outcome == FailureBody {
@@ -619,7 +618,7 @@ func (p *Proxy) handleError(rw http.ResponseWriter, req *http.Request, err error
 			status = http.StatusRequestEntityTooLarge
 		}
 		e.report(Ignored, breaker.Ignored, breaker.Ignored, status)
-		body = up.errBadRequest
+		body = errorBody("bad_request", up.name)
 	case isTimeout(err):
 		status = http.StatusGatewayTimeout
 		if up.countTimeouts {
@@ -627,7 +626,7 @@ func (p *Proxy) handleError(rw http.ResponseWriter, req *http.Request, err error
 		} else {
 			e.report(Ignored, breaker.Ignored, breaker.GatewayFailure, status)
 		}
-		body = up.errGatewayTimeout
+		body = errorBody("gateway_timeout", up.name)
 	default:
 		status = http.StatusBadGateway
 		if up.countTransport {
@@ -635,7 +634,7 @@ func (p *Proxy) handleError(rw http.ResponseWriter, req *http.Request, err error
 		} else {
 			e.report(Ignored, breaker.Ignored, breaker.GatewayFailure, status)
 		}
-		body = up.errBadGateway
+		body = errorBody("bad_gateway", up.name)
 	}
 	if (status == http.StatusBadGateway || status == http.StatusGatewayTimeout) && isGRPC(req.Header) { // gRPC hook (grpc.go)
 		writeGRPCError(e.w, status, up.name)

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"errors"
 	"net/http"
 	"strconv"
 	"time"
@@ -161,10 +160,7 @@ func rejectGRPC(w http.ResponseWriter, up *upstream, res Result, tk breaker.Tick
 		h[headerRetryAfter] = retryAfterOne
 		msg = "fuseproxy: upstream " + up.name + " is at its concurrency limit"
 	} else {
-		state := up.fallback.open
-		if errors.Is(err, breaker.ErrTooManyTrials) {
-			state = up.fallback.halfOpen
-		}
+		state := rejectState(err)
 		secs := retryAfterSeconds(tk.RetryAfter())
 		h[HeaderCircuit] = state
 		h[headerRetryAfter] = []string{strconv.FormatInt(secs, 10)}

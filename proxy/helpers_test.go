@@ -124,12 +124,12 @@ func (r *recorder) wait(t *testing.T, n int) []call {
 }
 
 // defaultFailures is config's default failure table: 5xx except 501.
-func defaultFailures() [600]bool {
-	var tab [600]bool
+func defaultFailures() config.StatusSet {
+	var tab config.StatusSet
 	for c := 500; c < 600; c++ {
-		tab[c] = true
+		tab.Set(c, true)
 	}
-	tab[501] = false
+	tab.Set(501, false)
 	return tab
 }
 

@@ -66,7 +66,7 @@ func newPathCase(prefix string, strip bool, base string) (*pathCase, error) {
 	}
 	c := &pathCase{p: p, base: target, cap: &captureTransport{}}
 	for _, rt := range p.table.Load().routes.any.routes {
-		for _, rp := range rt.rps {
+		for _, rp := range p.routeProxies(rt) {
 			rp.Transport = c.cap
 		}
 	}

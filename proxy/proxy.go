@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -62,6 +63,13 @@ type Proxy struct {
 	table atomic.Pointer[table]
 	// mu serialises Update (the only writer of table) and Close.
 	mu sync.Mutex
+}
+
+// sharedTransport is a transport and the key it was built from, shared by the upstreams
+// with that key.
+type sharedTransport struct {
+	key       *transportKey
+	transport *http.Transport
 }
 
 // table is an immutable routing table, swapped whole by Update.
@@ -170,12 +178,13 @@ func (p *Proxy) build(cfg *config.Config, breakers map[string]*breaker.Breaker, 
 	t := &table{upstreams: make(map[string]*upstream, len(cfg.Upstreams))}
 	// Upstreams with the same targets and transport settings share one transport, and so
 	// one pool of connections: the old table's when it has one for their key.
-	transports := map[transportKey]*http.Transport{}
+	transports := map[transportKey]sharedTransport{}
 	if old != nil {
 		for _, up := range old.upstreams {
-			transports[up.tkey] = up.transport
+			transports[*up.tkey] = sharedTransport{up.tkey, up.transport}
 		}
 	}
+	fbs := newFallbacks()
 	// An upstream keeps its bulkhead (its count of requests in flight) across tables.
 	bulkheads := map[string]*bulkhead{}
 	if old != nil {
@@ -196,7 +205,7 @@ func (p *Proxy) build(cfg *config.Config, breakers map[string]*breaker.Breaker, 
 		if cu == nil {
 			return nil, fmt.Errorf("proxy: upstream %q has no settings", name)
 		}
-		up, err := newUpstream(name, cu, breakers)
+		up, err := newUpstream(name, cu, breakers, fbs)
 		if err != nil {
 			return nil, err
 		}
@@ -210,13 +219,16 @@ func (p *Proxy) build(cfg *config.Config, breakers map[string]*breaker.Breaker, 
 			}
 			up.retry = newRetryPolicy(&cu.Retries, b)
 		}
-		up.transport = transports[up.tkey]
-		if up.transport == nil {
-			if up.transport, err = newTransport(up.tkey, up.targetURLs(), name, p.log); err != nil {
+		key := newTransportKey(cu, up.targetURLs())
+		st, ok := transports[key]
+		if !ok {
+			st.key = &key
+			if st.transport, err = newTransport(key, up.targetURLs(), name, p.log); err != nil {
 				return nil, fmt.Errorf("proxy: upstream %q: tls: %w", name, err)
 			}
-			transports[up.tkey] = up.transport
+			transports[key] = st
 		}
+		up.tkey, up.transport = st.key, st.transport
 		t.upstreams[name] = up
 	}
 	for name, cu := range cfg.Upstreams {
@@ -229,8 +241,7 @@ func (p *Proxy) build(cfg *config.Config, breakers map[string]*breaker.Breaker, 
 				return nil, fmt.Errorf("proxy: upstream %q: fallback upstream %q has a fallback upstream of its own (validate the config first)", name, fb)
 			}
 			by := readOnly(fb)
-			up.viaOpen = served{state: up.fallback.open, by: by}
-			up.viaHalfOpen = served{state: up.fallback.halfOpen, by: by}
+			up.via = &fallbackVia{open: served{state: stateOpen, by: by}, halfOpen: served{state: stateHalfOpen, by: by}}
 		}
 	}
 	var trusted []netip.Prefix
@@ -248,12 +259,12 @@ func (p *Proxy) build(cfg *config.Config, breakers map[string]*breaker.Breaker, 
 			return nil, fmt.Errorf("proxy: routes[%d]: unknown upstream %q", i, cr.Upstream)
 		}
 		rt := &route{
-			index:   i,
+			index:   int32(i),
 			host:    strings.TrimSuffix(strings.ToLower(cr.Host), "."),
 			prefix:  cr.PathPrefix,
 			strip:   cr.StripPrefix,
 			up:      up,
-			trusted: trusted,
+			trusted: &trusted,
 		}
 		if rt.prefix == "" {
 			rt.prefix = "/"
@@ -264,16 +275,34 @@ func (p *Proxy) build(cfg *config.Config, breakers map[string]*breaker.Breaker, 
 		for _, m := range cr.Methods {
 			rt.methods = append(rt.methods, strings.ToUpper(m))
 		}
-		// One ReverseProxy per target, so that the target picked for a request reaches
-		// the Rewrite without a per-request allocation.
-		rt.rps = p.reverseProxies(rt, up)
-		if up.fallbackUp != nil {
-			rt.fallbackRPs = p.reverseProxies(rt, up.fallbackUp)
-		}
 		routes[i] = rt
 	}
 	t.routes = newRouteIndex(routes)
 	return t, nil
+}
+
+// routeProxies returns rt's ReverseProxy for each target of rt.up (routeProxies) or of
+// its fallback upstream (fallbackProxies), built at the first request that needs them:
+// one ReverseProxy per target, so that the target picked for a request reaches the
+// Rewrite without a per-request allocation. Requests racing to build them all use the
+// set the first of them stored.
+func (p *Proxy) routeProxies(rt *route) []*httputil.ReverseProxy {
+	return p.lazyProxies(&rt.rps, rt, rt.up)
+}
+
+func (p *Proxy) fallbackProxies(rt *route) []*httputil.ReverseProxy {
+	return p.lazyProxies(&rt.fallbackRPs, rt, rt.up.fallbackUp)
+}
+
+func (p *Proxy) lazyProxies(slot *atomic.Pointer[[]*httputil.ReverseProxy], rt *route, up *upstream) []*httputil.ReverseProxy {
+	if rps := slot.Load(); rps != nil {
+		return *rps
+	}
+	rps := p.reverseProxies(rt, up)
+	if slot.CompareAndSwap(nil, &rps) {
+		return rps
+	}
+	return *slot.Load()
 }
 
 // reverseProxies returns rt's ReverseProxy for each of up's targets (up is rt's upstream,
@@ -293,6 +322,16 @@ func (p *Proxy) reverseProxies(rt *route, up *upstream) []*httputil.ReverseProxy
 		}
 	}
 	return rps
+}
+
+// Targets returns the URLs of the named upstream's targets in the routing table in
+// effect, in config order; nil for an unknown upstream. Do not modify them.
+func (p *Proxy) Targets(upstream string) []*url.URL {
+	up := p.table.Load().upstreams[upstream]
+	if up == nil {
+		return nil
+	}
+	return up.targetURLs()
 }
 
 // Budgets returns the retry budget of each upstream that retries, by upstream name, as
@@ -393,7 +432,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	p.forward(w, r, rt, up, rt.rps, ticket, chunked, nil, logged, start, ka)
+	p.forward(w, r, rt, up, p.routeProxies(rt), ticket, chunked, nil, logged, start, ka)
 }
 
 // serveFallback serves a request its upstream's circuit rejected (err) from the
@@ -419,14 +458,14 @@ func (p *Proxy) serveFallback(w http.ResponseWriter, r *http.Request, rt *route,
 			return false
 		}
 	}
-	via := &rt.up.viaOpen
+	via := &rt.up.via.open
 	if errors.Is(err, breaker.ErrTooManyTrials) {
-		via = &rt.up.viaHalfOpen
+		via = &rt.up.via.halfOpen
 	}
 	if p.rec != nil {
 		p.rec.FallbackServed(rt.up.name, fb.name)
 	}
-	p.forward(w, r, rt, fb, rt.fallbackRPs, ticket, chunked, via, logged, start, keyAdmission{})
+	p.forward(w, r, rt, fb, p.fallbackProxies(rt), ticket, chunked, via, logged, start, keyAdmission{})
 	return true
 }
 

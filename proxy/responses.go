@@ -46,25 +46,30 @@ func (s *served) mark(h http.Header) {
 // never carry it.
 const HeaderLimit = "X-Fuse-Limit"
 
-// fallback is an upstream's rejection response, precomputed when the routing table is
-// built. Its header value slices are shared by every rejection and never modified (they
-// have cap == len, so appending to one copies it).
+// fallback is an upstream's rejection response (its fallback section) and its answer to
+// a request its bulkhead refused, precomputed when the routing table is built. It names
+// no upstream (the JSON bodies are written with the name at the time), so upstreams with
+// equal fallback sections share one (fallbacks; most have the default). It is immutable:
+// its header value slices are shared by every answer and never modified (they have cap
+// == len, so appending to one copies it).
 type fallback struct {
 	status int
 	header http.Header // configured headers plus Content-Type, canonical keys
-	body   []byte      // the configured body; nil: the JSON body below
-	// jsonPrefix is the JSON body up to the state: {"error":"circuit_open","upstream":"x","state":"
-	jsonPrefix []byte
-	open       []string // HeaderCircuit values
-	halfOpen   []string
+	body   []byte      // the configured body; nil: the JSON bodies below
+	// limitHeader is header plus Retry-After: 1 and HeaderLimit (see writeLimit).
+	limitHeader http.Header
 }
 
-func newFallback(name string, f config.Fallback) fallback {
-	fb := fallback{
-		status:   f.Status,
-		header:   make(http.Header, len(f.Headers)+1),
-		open:     readOnly(breaker.Open.String()),
-		halfOpen: readOnly(breaker.HalfOpen.String()),
+// Read-only HeaderCircuit values.
+var (
+	stateOpen     = readOnly(breaker.Open.String())
+	stateHalfOpen = readOnly(breaker.HalfOpen.String())
+)
+
+func newFallback(f config.Fallback) *fallback {
+	fb := &fallback{
+		status: f.Status,
+		header: make(http.Header, len(f.Headers)+1),
 	}
 	for k, v := range f.Headers {
 		fb.header[http.CanonicalHeaderKey(k)] = readOnly(v)
@@ -79,9 +84,61 @@ func newFallback(name string, f config.Fallback) fallback {
 		}
 		fb.header[headerCT] = readOnly(ct)
 	}
-	fb.jsonPrefix = append([]byte(`{"error":"circuit_open","upstream":`), appendJSONString(nil, name)...)
-	fb.jsonPrefix = append(fb.jsonPrefix, `,"state":"`...)
+	fb.limitHeader = make(http.Header, len(fb.header)+2)
+	for k, v := range fb.header {
+		fb.limitHeader[k] = v
+	}
+	fb.limitHeader[headerRetryAfter] = retryAfterOne
+	fb.limitHeader[HeaderLimit] = limitConcurrency
 	return fb
+}
+
+// fallbacks builds a routing table's fallback responses, one per distinct fallback
+// section without headers (the common case: thousands of upstreams share the default);
+// a section with headers gets its own. It also shares the upstreams' failure tables.
+type fallbacks struct {
+	answers  map[fallbackKey]*fallback
+	statuses map[config.StatusSet]*config.StatusSet
+}
+
+func newFallbacks() fallbacks {
+	return fallbacks{answers: map[fallbackKey]*fallback{}, statuses: map[config.StatusSet]*config.StatusSet{}}
+}
+
+// status returns the table equal to s that the routing table's upstreams share.
+func (fs fallbacks) status(s config.StatusSet) *config.StatusSet {
+	p := fs.statuses[s]
+	if p == nil {
+		p = &s
+		fs.statuses[s] = p
+	}
+	return p
+}
+
+type fallbackKey struct {
+	status int
+	body   string
+}
+
+func (fs fallbacks) get(f config.Fallback) *fallback {
+	if len(f.Headers) > 0 {
+		return newFallback(f)
+	}
+	k := fallbackKey{f.Status, f.Body}
+	fb := fs.answers[k]
+	if fb == nil {
+		fb = newFallback(f)
+		fs.answers[k] = fb
+	}
+	return fb
+}
+
+// state is the HeaderCircuit value of a rejection with err.
+func rejectState(err error) []string {
+	if errors.Is(err, breaker.ErrTooManyTrials) {
+		return stateHalfOpen
+	}
+	return stateOpen
 }
 
 func readOnly(v string) []string { return []string{v}[:1:1] }
@@ -92,11 +149,8 @@ func readOnly(v string) []string { return []string{v}[:1:1] }
 // body or a JSON one:
 //
 //	{"error":"circuit_open","upstream":"payments","state":"open","retry_after_seconds":12}
-func (fb *fallback) reject(w http.ResponseWriter, tk breaker.Ticket, err error) {
-	state := fb.open
-	if errors.Is(err, breaker.ErrTooManyTrials) {
-		state = fb.halfOpen
-	}
+func (fb *fallback) reject(w http.ResponseWriter, upstream string, tk breaker.Ticket, err error) {
+	state := rejectState(err)
 	secs := retryAfterSeconds(tk.RetryAfter())
 	h := w.Header()
 	for k, v := range fb.header {
@@ -109,8 +163,10 @@ func (fb *fallback) reject(w http.ResponseWriter, tk breaker.Ticket, err error) 
 		_, _ = w.Write(fb.body)
 		return
 	}
-	body := make([]byte, 0, len(fb.jsonPrefix)+48)
-	body = append(body, fb.jsonPrefix...)
+	body := make([]byte, 0, len(upstream)+96)
+	body = append(body, `{"error":"circuit_open","upstream":`...)
+	body = appendJSONString(body, upstream)
+	body = append(body, `,"state":"`...)
 	body = append(body, state[0]...)
 	body = append(body, `","retry_after_seconds":`...)
 	body = strconv.AppendInt(body, secs, 10)
@@ -124,45 +180,32 @@ func retryAfterSeconds(d time.Duration) int64 {
 	return max(s, 1)
 }
 
-// limitResponse is an upstream's answer to a request its bulkhead refused, precomputed
-// when the routing table is built: the fallback's status and headers, Retry-After: 1,
-// HeaderLimit, and the configured body or
-//
-//	{"error":"concurrency_limit","upstream":"payments","max_concurrent_requests":1024}
-type limitResponse struct {
-	status int
-	header http.Header // shared read-only slices
-	body   []byte
-}
-
 var (
 	limitConcurrency = readOnly("concurrency")
 	retryAfterOne    = readOnly("1")
 )
 
-func newLimitResponse(name string, cu *config.Upstream, fb *fallback) limitResponse {
-	lr := limitResponse{status: fb.status, header: make(http.Header, len(fb.header)+2), body: fb.body}
-	for k, v := range fb.header {
-		lr.header[k] = v
-	}
-	lr.header[headerRetryAfter] = retryAfterOne
-	lr.header[HeaderLimit] = limitConcurrency
-	if lr.body == nil {
-		b := append([]byte(`{"error":"concurrency_limit","upstream":`), appendJSONString(nil, name)...)
-		b = append(b, `,"max_concurrent_requests":`...)
-		b = strconv.AppendInt(b, int64(cu.MaxConcurrentRequests), 10)
-		lr.body = append(b, '}')
-	}
-	return lr
-}
-
-func (lr *limitResponse) write(w http.ResponseWriter) {
+// writeLimit answers a request the upstream's bulkhead refused (max is its
+// max_concurrent_requests): the fallback's status and headers, Retry-After: 1,
+// HeaderLimit, and the configured body or
+//
+//	{"error":"concurrency_limit","upstream":"payments","max_concurrent_requests":1024}
+func (fb *fallback) writeLimit(w http.ResponseWriter, upstream string, max int64) {
 	h := w.Header()
-	for k, v := range lr.header {
+	for k, v := range fb.limitHeader {
 		h[k] = v
 	}
-	w.WriteHeader(lr.status)
-	_, _ = w.Write(lr.body)
+	w.WriteHeader(fb.status)
+	if fb.body != nil {
+		_, _ = w.Write(fb.body)
+		return
+	}
+	b := make([]byte, 0, len(upstream)+96)
+	b = append(b, `{"error":"concurrency_limit","upstream":`...)
+	b = appendJSONString(b, upstream)
+	b = append(b, `,"max_concurrent_requests":`...)
+	b = strconv.AppendInt(b, max, 10)
+	_, _ = w.Write(append(b, '}'))
 }
 
 // errorBody returns {"error":code,"upstream":name}.

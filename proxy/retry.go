@@ -60,7 +60,7 @@ type retryPolicy struct {
 	methods                 []string // upper case; a few, so a scan beats a map
 	onConnect, onReset      bool
 	onTimeout               bool
-	codes                   [600]bool
+	codes                   config.StatusSet
 	backoffBase, backoffMax time.Duration
 	bufferBody              int64
 	budget                  *RetryBudget
@@ -86,8 +86,8 @@ func newRetryPolicy(r *config.Retries, budget *RetryBudget) *retryPolicy {
 		}
 	}
 	for _, c := range r.Statuses {
-		if c >= 400 && c < len(rp.codes) {
-			rp.codes[c] = true
+		if c >= 400 {
+			rp.codes.Set(c, true)
 		}
 	}
 	return rp
@@ -245,7 +245,7 @@ func (up *upstream) checkResponse(res *http.Response) error {
 	if err := checkStatus(res); err != nil {
 		return err
 	}
-	if rp := up.retry; rp != nil && rp.codes[res.StatusCode] && (res.Request == nil || rp.method(res.Request.Method)) {
+	if rp := up.retry; rp != nil && rp.codes.Has(res.StatusCode) && (res.Request == nil || rp.method(res.Request.Method)) {
 		rs := &retryableStatus{res: res, body: res.Body}
 		res.Body = keptBody{}
 		return rs

@@ -180,7 +180,7 @@ func (up *upstream) allowedUpgrade(list string) string {
 // fromTrustedProxy reports whether a request's peer (its RemoteAddr) is in
 // server.trusted_proxies.
 func (rt *route) fromTrustedProxy(remoteAddr string) bool {
-	if len(rt.trusted) == 0 {
+	if rt.trusted == nil || len(*rt.trusted) == 0 {
 		return false
 	}
 	ap, err := netip.ParseAddrPort(remoteAddr)
@@ -188,7 +188,7 @@ func (rt *route) fromTrustedProxy(remoteAddr string) bool {
 		return false
 	}
 	a := ap.Addr().Unmap()
-	for _, p := range rt.trusted {
+	for _, p := range *rt.trusted {
 		if p.Contains(a) {
 			return true
 		}

@@ -5,20 +5,27 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync/atomic"
 )
 
 // route is one compiled config.Route. It is immutable once built.
 type route struct {
-	index   int    // position in config.Routes: the lowest matching index wins
+	// The struct is one per route, tens of thousands in a large table: its fields are
+	// packed into 96 bytes (a size class).
+	index   int32  // position in config.Routes: the lowest matching index wins
+	strip   bool   // strip_prefix
 	host    string // as configured, lower-cased: "", "api.example.com" or "*.example.com"
 	prefix  string // path prefix, never empty
 	methods []string
-	strip   bool
 	up      *upstream
-	trusted []netip.Prefix           // server.trusted_proxies, shared by the table's routes
-	rps     []*httputil.ReverseProxy // one per target of up, by index; Rewrite is rt.rewrite
-	// fallbackRPs are the same for the targets of up's fallback upstream (nil for none).
-	fallbackRPs []*httputil.ReverseProxy
+	trusted *[]netip.Prefix // server.trusted_proxies, shared by the table's routes
+	// rps holds one ReverseProxy per target of up, by index (Rewrite is rt.rewrite),
+	// built at the route's first request (Proxy.routeProxies): most routes of a large
+	// table are idle, and a ReverseProxy per route and target is most of an idle route's
+	// memory.
+	rps atomic.Pointer[[]*httputil.ReverseProxy]
+	// fallbackRPs are the same for the targets of up's fallback upstream.
+	fallbackRPs atomic.Pointer[[]*httputil.ReverseProxy]
 }
 
 // matches reports whether the route accepts a request for the cleaned path with method.

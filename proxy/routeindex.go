@@ -225,7 +225,7 @@ func newPrefixTrie(routes []*route) *prefixTrie {
 		node.indices = firsts[c0:c1]
 		node.minIndex = math.MaxInt32
 		if len(node.routes) > 0 {
-			node.minIndex = int32(node.routes[0].index)
+			node.minIndex = node.routes[0].index
 		}
 		for _, c := range t.nodes[c0:c1] {
 			node.minIndex = min(node.minIndex, c.minIndex)
@@ -239,7 +239,7 @@ func newPrefixTrie(routes []*route) *prefixTrie {
 // best, else best.
 func (t *prefixTrie) first(path, method string, best *route) *route {
 	n := &t.nodes[0]
-	if best != nil && int(n.minIndex) >= best.index || !strings.HasPrefix(path, n.label) {
+	if best != nil && n.minIndex >= best.index || !strings.HasPrefix(path, n.label) {
 		return best
 	}
 	rest := path[len(n.label):]
@@ -265,7 +265,7 @@ func (t *prefixTrie) first(path, method string, best *route) *route {
 			return best
 		}
 		n = &t.nodes[int(n.child0)+i]
-		if best != nil && int(n.minIndex) >= best.index {
+		if best != nil && n.minIndex >= best.index {
 			return best // nothing below comes earlier
 		}
 		// rest[0] is the label's first byte: compare the others.

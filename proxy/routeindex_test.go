@@ -40,7 +40,7 @@ func lookupIndex(t *testing.T, tab *table, method, host, target string) int {
 		t.Fatalf("routingPath(%q) refused", target)
 	}
 	if rt := tab.routes.lookup(normalizeHost(host), p, method); rt != nil {
-		return rt.index
+		return int(rt.index)
 	}
 	return -1
 }

@@ -106,7 +106,7 @@ func benchmarkLookupAdmit(b *testing.B, layout string, spread bool, n int) {
 			b.Fatal("routingPath refused", u.Path)
 		}
 		rt := tab.routes.lookup(normalizeHost(host), path, http.MethodGet)
-		if rt == nil || rt.index != i {
+		if rt == nil || int(rt.index) != i {
 			b.Fatalf("host %s path %s routed to %v, want route %d", host, path, rt, i)
 		}
 		tk, err := rt.up.breaker.Allow()

@@ -16,7 +16,7 @@ import (
 type target struct {
 	index int // position in the upstream's targets
 	url   *url.URL
-	name  string       // the circuit's name, config.TargetName: UPSTREAM@HOST:PORT
+	name  string       // the circuit's name, config.TargetName: UPSTREAM@HOST:PORT ("" without gate)
 	gate  breaker.Gate // nil: the upstream has no outlier detection
 	// inflight counts this replica's requests to the target (least_requests only).
 	inflight atomic.Int64

@@ -108,7 +108,7 @@ func TestEjectionIgnoresUpstreamFailureSettings(t *testing.T) {
 	good, bad := newSwitchBackend(t), newSwitchBackend(t)
 	bad.status.Store(503)
 	u := ejecting(t, good.URL, bad.URL)
-	u.Failure.FailureStatus = [600]bool{} // the upstream counts no status
+	u.Failure.FailureStatus = config.StatusSet{} // the upstream counts no status
 	f := newFixture(t, single(u))
 
 	got := f.statuses(t, 40)
@@ -344,7 +344,7 @@ func pickCounts(t *testing.T, n int, lb string, picks int, ejected ...int) []int
 	for _, i := range ejected {
 		bs[config.TargetName("svc", u.TargetURLs[i])].SetMode(breaker.ForcedOpen)
 	}
-	up, err := newUpstream("svc", u, bs)
+	up, err := newUpstream("svc", u, bs, newFallbacks())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -22,42 +23,52 @@ type upstream struct {
 	// keys are the per-key circuits (keyed.go), nil without keyed.from; the table is
 	// carried across routing tables.
 	keys *keyTable
-	// leastRequests: load_balancing least_requests (see pick).
-	leastRequests bool
 	// maxEjected is how many targets may be ejected at once (see pick); 0 without
 	// outlier detection.
 	maxEjected int
 	timeout    time.Duration // whole-request deadline, 0 = none
 	transport  *http.Transport
-	tkey       transportKey
+	// tkey is what transport was built from, shared by the upstreams that share it.
+	tkey *transportKey
 
-	failureStatus  [600]bool
 	countTransport bool
 	countTimeouts  bool
 	// honorRetryAfter: breaker.honor_retry_after (see retryAfter).
 	honorRetryAfter bool
-	// retry is the retries policy, nil when the upstream does not retry (retry.go).
-	retry *retryPolicy
+	// leastRequests: load_balancing least_requests (see pick). (The flags sit together,
+	// beside grpcFailure: an upstream's struct is one per upstream, thousands of them.)
+	leastRequests bool
 	// grpcFailure has bit c set when grpc-status c is a failure (failure.grpc_codes).
 	grpcFailure uint32
-	fallback    fallback
+	// failureStatus is failure.statuses resolved, shared by the upstreams with equal
+	// tables (fallbacks.status): most have the default.
+	failureStatus *config.StatusSet
+	// retry is the retries policy, nil when the upstream does not retry (retry.go).
+	retry *retryPolicy
+	// fallback is the answer to a rejection and to a full bulkhead, shared by the
+	// upstreams with equal fallback sections (fallbacks).
+	fallback *fallback
 	// fallbackUp is the upstream that serves while this one's circuit rejects
-	// (fallback.upstream), nil for none; viaOpen and viaHalfOpen mark its answers.
-	fallbackUp           *upstream
-	viaOpen, viaHalfOpen served
-	bulkhead             *bulkhead     // shared with the same-named upstream of the tables before and after
-	maxConcurrent        int64         // the bulkhead's cap in this table (setLimits)
-	limited              limitResponse // the answer when the bulkhead is full
+	// (fallback.upstream), nil for none; via marks its answers (nil for none).
+	fallbackUp    *upstream
+	via           *fallbackVia
+	bulkhead      *bulkhead // shared with the same-named upstream of the tables before and after
+	maxConcurrent int64     // the bulkhead's cap in this table (setLimits)
 	// upgrades are the protocols clients may switch to (lower-case names); see
-	// filterUpgrade.
+	// filterUpgrade. Read-only: the config's slice (Validate lower-cases it) when it is
+	// already lower case.
 	upgrades []string
-	// Precomputed JSON bodies of the proxy's own error responses.
-	errBadGateway, errGatewayTimeout, errBadRequest []byte
+}
+
+// fallbackVia marks the answers of an upstream's fallback upstream, by the rejecting
+// circuit's state.
+type fallbackVia struct {
+	open, halfOpen served
 }
 
 // newUpstream compiles cu. breakers holds the upstream's breaker under its name and, with
 // outlier detection, each target's under config.TargetName.
-func newUpstream(name string, cu *config.Upstream, breakers map[string]*breaker.Breaker) (*upstream, error) {
+func newUpstream(name string, cu *config.Upstream, breakers map[string]*breaker.Breaker, fbs fallbacks) (*upstream, error) {
 	b := breakers[name]
 	if len(cu.TargetURLs) == 0 {
 		if len(cu.Targets) > 0 {
@@ -76,21 +87,16 @@ func newUpstream(name string, cu *config.Upstream, breakers map[string]*breaker.
 		gate = b
 	}
 	up := &upstream{
-		name:              name,
-		breaker:           gate,
-		timeout:           cu.Timeout,
-		failureStatus:     cu.Failure.FailureStatus,
-		countTransport:    cu.Failure.TransportErrors,
-		grpcFailure:       cu.Failure.GRPCFailure,
-		countTimeouts:     cu.Failure.Timeouts,
-		honorRetryAfter:   cu.Breaker.HonorRetryAfter && b != nil,
-		fallback:          newFallback(name, cu.Fallback),
-		errBadGateway:     errorBody("bad_gateway", name),
-		errGatewayTimeout: errorBody("gateway_timeout", name),
-		errBadRequest:     errorBody("bad_request", name),
-	}
-	for _, proto := range cu.UpgradeProtocols {
-		up.upgrades = append(up.upgrades, strings.ToLower(proto))
+		name:            name,
+		breaker:         gate,
+		timeout:         cu.Timeout,
+		failureStatus:   fbs.status(cu.Failure.FailureStatus),
+		countTransport:  cu.Failure.TransportErrors,
+		grpcFailure:     cu.Failure.GRPCFailure,
+		countTimeouts:   cu.Failure.Timeouts,
+		honorRetryAfter: cu.Breaker.HonorRetryAfter && b != nil,
+		fallback:        fbs.get(cu.Fallback),
+		upgrades:        lowerAll(cu.UpgradeProtocols),
 	}
 	ejection := cu.Outlier.Enabled && len(cu.TargetURLs) > 1
 	for _, t := range cu.TargetURLs {
@@ -100,9 +106,10 @@ func newUpstream(name string, cu *config.Upstream, breakers map[string]*breaker.
 		if !cleanBasePath(t) {
 			return nil, fmt.Errorf("proxy: upstream %q: target %v: its path must be clean (no dot-segments, empty segments or '%%')", name, t)
 		}
-		c := *t
-		tg := &target{index: len(up.targets), url: &c, name: config.TargetName(name, &c)}
+		// The config's URL, shared: nothing modifies a validated config's targets.
+		tg := &target{index: len(up.targets), url: t}
 		if ejection {
+			tg.name = config.TargetName(name, t)
 			tb := breakers[tg.name]
 			if tb == nil {
 				return nil, fmt.Errorf("proxy: upstream %q: outlier detection enabled but target %s has no breaker", name, tg.name)
@@ -115,11 +122,23 @@ func newUpstream(name string, cu *config.Upstream, breakers map[string]*breaker.
 		up.maxEjected = maxEjected(len(up.targets), cu.Outlier.MaxEjectionPercent)
 	}
 	up.leastRequests = cu.LoadBalancing == "least_requests"
-	up.tkey = newTransportKey(cu, up.targetURLs())
 	up.bulkhead = new(bulkhead)
 	up.maxConcurrent = int64(cu.MaxConcurrentRequests)
-	up.limited = newLimitResponse(name, cu, &up.fallback)
 	return up, nil
+}
+
+// lowerAll returns ps lower-cased: ps itself (read-only, shared) when it already is.
+func lowerAll(ps []string) []string {
+	for i, p := range ps {
+		if l := strings.ToLower(p); l != p {
+			out := slices.Clone(ps)
+			for j := i; j < len(out); j++ {
+				out[j] = strings.ToLower(out[j])
+			}
+			return out
+		}
+	}
+	return ps
 }
 
 // targetURLs returns the targets' URLs, in config order.

@@ -46,6 +46,11 @@ type Hooks struct {
 	Flush       func(d time.Duration, err error)
 	Degraded    func(bool)
 	Propagation func(upstream string, lag time.Duration)
+	// Resynced is called, from the store's loop, after each resync the loop completes
+	// (the one after the subscription at start, after a resubscription, on recovery
+	// from degradation): each reads every circuit, and the app gives the memory that
+	// leaves back to the OS. It must not block.
+	Resynced func()
 }
 
 // Redis shares breaker state through Redis. The request path never waits on it: breakers

@@ -41,6 +41,9 @@ func (r *Redis) loop(ctx context.Context) {
 		if needResync || r.degraded.Load() {
 			err := r.resyncLocked(ctx)
 			needResync = err != nil && !r.degraded.Load()
+			if err == nil && r.o.Hooks.Resynced != nil {
+				r.o.Hooks.Resynced()
+			}
 		} else {
 			err := r.exchange(ctx, r.list(), false)
 			if errors.Is(err, errIdle) && (r.failures > 0 ||

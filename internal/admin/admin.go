@@ -54,6 +54,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
@@ -266,6 +267,12 @@ func (h *Handler) circuit(name string, st store.Status) (c Circuit, b breaker.Co
 	return Circuit{}, nil, false
 }
 
+// TargetBackend is a Backend whose Config holds no targets (the app's: config.Compact):
+// Targets returns an upstream's, in config order. With another Backend, the config's.
+type TargetBackend interface {
+	Targets(upstream string) []*url.URL
+}
+
 // BudgetBackend is a Backend that also shows the upstreams' retry budgets (the app is
 // one); with another Backend, circuits show none.
 type BudgetBackend interface {
@@ -298,13 +305,17 @@ func (h *Handler) capped(c *Circuit) {
 		return
 	}
 	bs := h.b.Breakers()
+	targets := u.TargetURLs
+	if tb, ok := h.b.(TargetBackend); ok {
+		targets = tb.Targets(c.Upstream)
+	}
 	limit := 0
 	if u.Outlier.Enabled {
-		limit = config.MaxEjected(len(u.TargetURLs), u.Outlier.MaxEjectionPercent)
+		limit = config.MaxEjected(len(targets), u.Outlier.MaxEjectionPercent)
 	}
 	self := -1
-	names := make([]string, len(u.TargetURLs))
-	for j, tu := range u.TargetURLs {
+	names := make([]string, len(targets))
+	for j, tu := range targets {
 		names[j] = config.TargetName(c.Upstream, tu)
 		if names[j] == c.Name {
 			self = j

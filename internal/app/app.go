@@ -6,8 +6,10 @@ package app
 import (
 	"fmt"
 	"maps"
+	"net/url"
 	"os"
 	"reflect"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"sync"
@@ -45,6 +47,9 @@ type Options struct {
 	// Adjust, when set, changes every config read from the file (at reloads) before it
 	// is applied, as Serve does at start (the demo's -listen, -admin, -upstream).
 	Adjust func(*config.Config) error
+	// ServeGCPercent, when > 0, is the GC percentage Run sets once the replica is built
+	// and the memory building it left is given back: Serve builds at StartGCPercent.
+	ServeGCPercent int
 }
 
 // App is one running replica.
@@ -60,9 +65,15 @@ type App struct {
 	health  *health.Checker    // active health checks of targets (health_check)
 	access  *accesslog.Log     // off until Run opens it; closed when Run returns
 
-	mu       sync.RWMutex // guards cfg and breakers (swapped whole on reload)
+	mu sync.RWMutex // guards cfg and breakers (swapped whole on reload)
+	// cfg is the config in effect, compacted (config.Compact): its upstreams have no
+	// targets and share their settings; the proxy's table holds the rest.
 	cfg      *config.Config
 	breakers map[string]*breaker.Breaker
+
+	// release asks the background's releaser to give memory back (a shared store's
+	// resync read every circuit: releaseAfterResync).
+	release chan struct{}
 
 	reloadMu sync.Mutex // one reload at a time
 	ready    atomic.Bool
@@ -82,7 +93,8 @@ func New(cfg *config.Config, o Options) (*App, error) {
 	if o.Wall == nil {
 		o.Wall = time.Now
 	}
-	a := &App{opts: o, clock: breaker.SystemClock(), replica: ReplicaID(cfg.Store.ReplicaID)}
+	a := &App{opts: o, clock: breaker.SystemClock(), replica: ReplicaID(cfg.Store.ReplicaID),
+		release: make(chan struct{}, 1)}
 	a.log = o.Logger.With(zap.String("replica", a.replica))
 	a.access = accesslog.New(accesslog.Options{Logger: a.log})
 	a.metrics = telemetry.New(telemetry.Options{Version: o.Version, Circuits: a.Breakers, AccessLogDropped: a.access.Dropped})
@@ -94,8 +106,9 @@ func New(cfg *config.Config, o Options) (*App, error) {
 		return nil, err
 	}
 	a.store = st
-	a.cfg, a.breakers = cfg, a.buildBreakers(cfg, nil)
-	a.keyCfg.Store(cfg)
+	kept := cfg.Compact()
+	a.cfg, a.breakers = kept, a.buildBreakers(cfg, nil)
+	a.keyCfg.Store(kept)
 	a.store.Attach(a.circuits(cfg, a.breakers))
 	a.setKeyUpstreams()
 	a.health = health.New(health.Options{Store: a.store, Logger: a.log, Observe: func(r health.Result) {
@@ -145,6 +158,7 @@ func (a *App) newStore(cfg *config.Config) (store.Store, error) {
 		}
 		o := redisOptions(cfg.Store)
 		o.ReplicaID, o.Logger, o.Wall, o.Hooks = a.replica, a.log, a.opts.Wall, a.metrics.StoreHooks()
+		o.Hooks.Resynced = a.releaseAfterResync
 		r, err := store.NewRedis(client, o)
 		if err != nil { // a nil *Redis must not become a non-nil Store
 			return nil, err
@@ -259,9 +273,15 @@ func (a *App) circuits(cfg *config.Config, bs map[string]*breaker.Breaker) map[s
 // the shared state). Events settings apply at once except queue_size; admin.listen,
 // admin.token and admin.allowed_hosts need a restart.
 func (a *App) Reload(cfg *config.Config) (err error) {
+	if p := a.opts.ServeGCPercent; p > 0 { // the new tables are built as at start
+		debug.SetGCPercent(StartGCPercent)
+	}
 	defer func() {
 		if err == nil {
 			releaseMemory() // the old tables and what building the new ones left behind
+		}
+		if p := a.opts.ServeGCPercent; p > 0 {
+			debug.SetGCPercent(p)
 		}
 	}() // last: after the reload is counted and the lock released
 	defer func() { a.metrics.Reloaded(err) }()
@@ -285,7 +305,8 @@ func (a *App) Reload(cfg *config.Config) (err error) {
 	both := upstreamNames(oldCfg)
 	maps.Copy(both, upstreamNames(cfg))
 	a.metrics.SetUpstreams(both)
-	a.keyCfg.Store(cfg) // keys the new table hands to the store take the new settings
+	kept := cfg.Compact()
+	a.keyCfg.Store(kept) // keys the new table hands to the store take the new settings
 	if err := a.proxy.Update(cfg, bs); err != nil {
 		a.keyCfg.Store(oldCfg)
 		a.metrics.SetUpstreams(upstreamNames(oldCfg))
@@ -305,7 +326,7 @@ func (a *App) Reload(cfg *config.Config) (err error) {
 	a.metrics.ForgetTargets(gone)
 	a.events.Update(cfg.Events)
 	a.mu.Lock()
-	a.cfg, a.breakers = cfg, bs
+	a.cfg, a.breakers = kept, bs
 	a.mu.Unlock()
 	if na, oa := cfg.Admin, oldCfg.Admin; na.Listen != oa.Listen || na.Token != oa.Token || !slices.Equal(na.AllowedHosts, oa.AllowedHosts) {
 		a.log.Warn("admin.listen, admin.token and admin.allowed_hosts changes take effect at the next restart")
@@ -356,7 +377,8 @@ func upstreamNames(cfg *config.Config) map[string]bool {
 	return names
 }
 
-// Config returns the config in effect.
+// Config returns the config in effect, compacted (config.Compact): its upstreams hold
+// their settings but not their targets (see Targets).
 func (a *App) Config() *config.Config {
 	a.mu.RLock()
 	defer a.mu.RUnlock()
@@ -369,6 +391,10 @@ func (a *App) Breakers() map[string]*breaker.Breaker {
 	defer a.mu.RUnlock()
 	return a.breakers
 }
+
+// Targets returns the targets of the named upstream in effect, in config order (nil for
+// an unknown upstream): the compacted config in effect has none (admin.TargetBackend).
+func (a *App) Targets(upstream string) []*url.URL { return a.proxy.Targets(upstream) }
 
 // Budgets returns the retry budgets of the upstreams that retry (admin.BudgetBackend).
 func (a *App) Budgets() map[string]*proxy.RetryBudget { return a.proxy.Budgets() }

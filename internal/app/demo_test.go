@@ -70,7 +70,7 @@ func TestDemoOverridesHoldAtReload(t *testing.T) {
 	if err := a.ReloadFile(); err != nil {
 		t.Fatal(err)
 	}
-	if got := a.Config().Upstreams["demo"].Targets[0]; got != "http://127.0.0.1:18081" {
+	if got := a.Targets("demo")[0].String(); got != "http://127.0.0.1:18081" {
 		t.Errorf("after a reload the target is %q, want the moved http://127.0.0.1:18081", got)
 	}
 }

@@ -1,9 +1,11 @@
 package app
 
 import (
+	"context"
 	"math"
 	"runtime/debug"
 	"strconv"
+	"time"
 
 	"go.uber.org/zap"
 )
@@ -15,6 +17,15 @@ import (
 // for a peak heap of about three times the live heap instead of two
 // (docs/BENCHMARKS.md has the measurement).
 const DefaultGCPercent = 200
+
+// StartGCPercent is the GOGC a replica is built with when the environment sets none
+// (Serve): parsing the config and building the tables of thousands of upstreams make
+// several times their size in garbage, and at DefaultGCPercent the heap grows to three
+// times the live data between collections, which maps memory the runtime then keeps
+// (its metadata, and the pages given back only when releaseMemory runs). Run switches to
+// DefaultGCPercent (Options.ServeGCPercent) once the replica is built and what building
+// it left is given back (docs/BENCHMARKS.md, "Memory").
+const StartGCPercent = 25
 
 // GCPercent decides the garbage collector's target percentage from the environment
 // (getenv is os.Getenv): when GOGC is set (any value, "off" included) the runtime has
@@ -74,3 +85,40 @@ func (s GCSettings) Fields() []zap.Field {
 // serves) and after each reload, it brings an idle replica's RSS down to about its live
 // heap (docs/BENCHMARKS.md, "Memory").
 func releaseMemory() { debug.FreeOSMemory() }
+
+// releaseAfterResync asks releaser to give memory back: a shared store's resync (after
+// its subscription at start, a resubscription, a recovery) reads every circuit, which
+// with thousands of them leaves several megabytes of garbage; at start it runs after
+// Run gave back what building the replica left, and at GOGC 200 what it leaves would
+// stay mapped. It does not block (the store's loop calls it).
+func (a *App) releaseAfterResync() {
+	select {
+	case a.release <- struct{}{}:
+	default:
+	}
+}
+
+// releaseEvery is the least time between two releases of releaser: each is a full
+// collection (tens of milliseconds of CPU with 10,000 circuits), and resyncs repeat while
+// Redis comes and goes.
+const releaseEvery = time.Second
+
+// releaser gives memory back when asked (releaseAfterResync), at most once every
+// releaseEvery, until ctx ends. A request while it waits is kept (the channel holds one):
+// at start the resync Attach asked for and the subscription's come a moment apart, and
+// the second one's garbage is given back a second after the first's.
+func (a *App) releaser(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.release:
+		}
+		releaseMemory()
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(releaseEvery):
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package app
 
 import (
+	"context"
 	"math"
 	"runtime/debug"
 	"testing"
@@ -82,4 +83,55 @@ func gcPercentNow() int {
 	p := debug.SetGCPercent(-1)
 	debug.SetGCPercent(p)
 	return p
+}
+
+// TestServeGCPercent: a replica built at StartGCPercent (as Serve builds it) runs at
+// Options.ServeGCPercent once serving, and a reload builds at StartGCPercent and then
+// returns to it.
+func TestServeGCPercent(t *testing.T) {
+	prev := debug.SetGCPercent(StartGCPercent)
+	t.Cleanup(func() { debug.SetGCPercent(prev) })
+	cfg := benchConfig(t, 3)
+	a, err := New(cfg, Options{ServeGCPercent: 137})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan error, 1)
+	go func() { stopped <- a.Run(ctx) }()
+	waitUntil(t, "ready", a.Ready)
+	if got := gcPercentNow(); got != 137 {
+		t.Errorf("serving at GOGC %d, want 137", got)
+	}
+	if err := a.Reload(benchConfig(t, 4)); err != nil {
+		t.Fatal(err)
+	}
+	if got := gcPercentNow(); got != 137 {
+		t.Errorf("after a reload: GOGC %d, want 137", got)
+	}
+	cancel()
+	if err := <-stopped; err != nil {
+		t.Errorf("Run: %v", err)
+	}
+}
+
+// TestReleaseAfterResync never blocks: the store's loop calls it, and a request already
+// waiting stands for the new one.
+func TestReleaseAfterResync(t *testing.T) {
+	a := &App{release: make(chan struct{}, 1)}
+	for range 3 {
+		a.releaseAfterResync()
+	}
+	if len(a.release) != 1 {
+		t.Fatalf("%d release requests queued, want 1", len(a.release))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		a.releaser(ctx)
+	}()
+	waitUntil(t, "the request taken", func() bool { return len(a.release) == 0 })
+	cancel()
+	<-done
 }

@@ -101,3 +101,30 @@ func BenchmarkUpstreamMemory(b *testing.B) {
 		})
 	}
 }
+
+// maxUpstreamHeap bounds the live heap a replica keeps per idle upstream in bench/run.sh's
+// layout (a breaker, a host route and a path route each), with 10,000 of them: 2,300
+// bytes, against about 1,760 measured (docs/BENCHMARKS.md, "Memory"; 8,550 before the
+// parsed config was compacted and the proxy's tables shrunk). Issue #19's goal,
+// 40 MiB of RSS idle with 10,000 upstreams, leaves about 2.5 KiB per upstream beside the
+// runtime's own.
+const maxUpstreamHeap = 2300
+
+// TestUpstreamMemory guards the memory per upstream: a replica built by New from a
+// config of 10,000 upstreams, the config itself dropped as Serve drops it, must keep at
+// most maxUpstreamHeap bytes of live heap per upstream.
+func TestUpstreamMemory(t *testing.T) {
+	const n = 10_000
+	h0 := liveHeap()
+	a, err := New(benchConfig(t, n), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h1 := liveHeap()
+	runtime.KeepAlive(a)
+	per := (float64(h1) - float64(h0)) / n
+	t.Logf("%.0f bytes of live heap per upstream (%.1f MiB for %d)", per, (float64(h1)-float64(h0))/(1<<20), n)
+	if per > maxUpstreamHeap {
+		t.Errorf("a replica keeps %.0f bytes per idle upstream, want at most %d", per, maxUpstreamHeap)
+	}
+}

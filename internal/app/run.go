@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -37,6 +38,9 @@ func (a *App) Run(ctx context.Context) error {
 	adm, dash := a.serveAdmin(cfg, adminLn)
 	a.resyncStore(ctx)
 	releaseMemory() // what building the replica left behind
+	if p := a.opts.ServeGCPercent; p > 0 {
+		debug.SetGCPercent(p)
+	}
 	bg := a.startBackground(cfg)
 	bg.start(dash.Run) // the dashboard's history and its agreement with the store
 	prx, ups := a.serveProxy(cfg, proxyLn)
@@ -136,6 +140,7 @@ func (a *App) resyncStore(ctx context.Context) {
 func (a *App) startBackground(cfg *config.Config) *background {
 	bg := newBackground()
 	bg.start(func(ctx context.Context) { _ = a.store.Run(ctx) })
+	bg.start(a.releaser)
 	bg.start(func(ctx context.Context) { _ = a.health.Run(ctx) })
 	a.events.Start()
 	a.watchConfig(bg, cfg.Path)

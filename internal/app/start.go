@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/debug"
 	"time"
 
 	"go.uber.org/zap"
@@ -63,6 +64,11 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		o.Getenv = os.Getenv
 	}
 	gc := ApplyGCDefault(o.Getenv) // GOGC=200 unless the environment sets GOGC
+	serveGC := 0
+	if gc.Source == "default" { // built at StartGCPercent; Run sets the default when serving
+		serveGC = DefaultGCPercent
+		debug.SetGCPercent(StartGCPercent)
+	}
 	watcher := watch.New(o.ConfigPath)
 	cfg, err := loadAdjusted(o.ConfigPath, o.Adjust)
 	if err != nil {
@@ -81,7 +87,7 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		log.Warn("risky config", zap.String("warning", w))
 	}
 	a, err := New(cfg, Options{Logger: log, Version: o.Version, Wall: wallClock(o.Getenv),
-		Watch: watcher, WatchInterval: o.WatchInterval, Reload: o.Reload, Adjust: o.Adjust})
+		Watch: watcher, WatchInterval: o.WatchInterval, Reload: o.Reload, Adjust: o.Adjust, ServeGCPercent: serveGC})
 	if err != nil {
 		return err
 	}

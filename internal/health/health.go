@@ -391,7 +391,7 @@ func (c *Checker) probe(ctx context.Context, t Target, u string) (r Result) {
 		if ctx.Err() != nil {
 			r.Outcome = OutcomeTimeout
 		}
-	case resp.StatusCode >= 0 && resp.StatusCode < len(t.Check.Expected) && t.Check.Expected[resp.StatusCode]:
+	case t.Check.Expected.Has(resp.StatusCode):
 		r.Outcome = OutcomeOK
 	default:
 		r.Outcome, r.Err = OutcomeBadStatus, fmt.Errorf("status %d not expected", resp.StatusCode)

@@ -70,7 +70,7 @@ func check(interval time.Duration) config.HealthCheck {
 	h := config.DefaultUpstream().HealthCheck
 	h.Path, h.Interval, h.Timeout = "/healthz", interval, interval/2
 	for code := 200; code < 300; code++ {
-		h.Expected[code] = true
+		h.Expected.Set(code, true)
 	}
 	return h
 }

@@ -65,7 +65,7 @@ type Metrics struct {
 
 	// upstreams holds each counted upstream's counts (upstreams.go); replaced whole by
 	// SetUpstreams.
-	upstreams atomic.Pointer[map[string]*upstreamMetrics]
+	upstreams atomic.Pointer[map[string]*upstreamEntry]
 	mu        sync.Mutex // serialises SetUpstreams
 
 	healthProbes *prometheus.CounterVec // active health check probes (targets.go)
@@ -161,7 +161,7 @@ func New(o Options) *Metrics {
 		m.reg.MustRegister(collectors.NewGoCollector(),
 			collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
-	empty := map[string]*upstreamMetrics{}
+	empty := map[string]*upstreamEntry{}
 	m.upstreams.Store(&empty)
 	return m
 }
@@ -179,21 +179,23 @@ func (m *Metrics) SetUpstreams(upstreams map[string]bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	old := *m.upstreams.Load()
-	next := make(map[string]*upstreamMetrics, len(upstreams))
+	next := make(map[string]*upstreamEntry, len(upstreams))
 	for name, hasBreaker := range upstreams {
-		um, ok := old[name]
+		ue, ok := old[name]
 		if !ok {
-			um = new(upstreamMetrics)
+			ue = new(upstreamEntry)
 		}
-		if um.hasBreaker.Load() != hasBreaker {
-			for from := range um.transitions {
-				for to := range um.transitions[from] {
-					um.transitions[from][to].Store(0)
+		if ue.hasBreaker.Load() != hasBreaker {
+			if um := ue.counts.Load(); um != nil {
+				for from := range um.transitions {
+					for to := range um.transitions[from] {
+						um.transitions[from][to].Store(0)
+					}
 				}
 			}
-			um.hasBreaker.Store(hasBreaker)
+			ue.hasBreaker.Store(hasBreaker)
 		}
-		next[name] = um
+		next[name] = ue
 	}
 	m.upstreams.Store(&next)
 }
@@ -215,10 +217,11 @@ func (m *Metrics) Upstreams() []string {
 // counted as success or failure. Requests for an upstream SetUpstreams did not list
 // (one removed by a reload while the request was in flight) are not counted.
 func (m *Metrics) Request(upstream string, r proxy.Result, status int, elapsed time.Duration) {
-	um := (*m.upstreams.Load())[upstream]
-	if um == nil || int(r) >= proxy.NumOutcomes {
+	ue := (*m.upstreams.Load())[upstream]
+	if ue == nil || int(r) >= proxy.NumOutcomes {
 		return
 	}
+	um := ue.get()
 	um.requests[r].Add(1)
 	if r != proxy.Rejected && r != proxy.RejectedConcurrency {
 		um.attempts.Add(1)
@@ -234,21 +237,22 @@ func (m *Metrics) Request(upstream string, r proxy.Result, status int, elapsed t
 
 // WouldReject implements proxy.Recorder.
 func (m *Metrics) WouldReject(upstream string) {
-	if um := (*m.upstreams.Load())[upstream]; um != nil {
-		um.wouldReject.Add(1)
+	if ue := (*m.upstreams.Load())[upstream]; ue != nil {
+		ue.get().wouldReject.Add(1)
 	}
 }
 
 // BodyBroken implements proxy.Recorder.
 func (m *Metrics) BodyBroken(upstream string, _ time.Duration) {
-	if um := (*m.upstreams.Load())[upstream]; um != nil {
-		um.bodyBroken.Add(1)
+	if ue := (*m.upstreams.Load())[upstream]; ue != nil {
+		ue.get().bodyBroken.Add(1)
 	}
 }
 
 // Retry implements proxy.Recorder.
 func (m *Metrics) Retry(upstream string, reason proxy.RetryReason) {
-	if um := (*m.upstreams.Load())[upstream]; um != nil && int(reason) < numRetryReasons {
+	if ue := (*m.upstreams.Load())[upstream]; ue != nil && int(reason) < numRetryReasons {
+		um := ue.get()
 		um.retries[reason].Add(1)
 		um.attempts.Add(1)
 	}
@@ -256,15 +260,15 @@ func (m *Metrics) Retry(upstream string, reason proxy.RetryReason) {
 
 // RetryDenied implements proxy.Recorder.
 func (m *Metrics) RetryDenied(upstream string) {
-	if um := (*m.upstreams.Load())[upstream]; um != nil {
-		um.retryDenied.Add(1)
+	if ue := (*m.upstreams.Load())[upstream]; ue != nil {
+		ue.get().retryDenied.Add(1)
 	}
 }
 
 // FallbackServed implements proxy.Recorder.
 func (m *Metrics) FallbackServed(upstream, _ string) {
-	if um := (*m.upstreams.Load())[upstream]; um != nil {
-		um.fallbackServed.Add(1)
+	if ue := (*m.upstreams.Load())[upstream]; ue != nil {
+		ue.get().fallbackServed.Add(1)
 	}
 }
 
@@ -273,11 +277,11 @@ func (m *Metrics) Transition(t breaker.Transition) {
 	if m.targetTransition(t) {
 		return
 	}
-	um := (*m.upstreams.Load())[t.Upstream]
-	if um == nil || t.From >= numStates || t.To >= numStates || t.From == t.To || !um.hasBreaker.Load() {
+	ue := (*m.upstreams.Load())[t.Upstream]
+	if ue == nil || t.From >= numStates || t.To >= numStates || t.From == t.To || !ue.hasBreaker.Load() {
 		return
 	}
-	um.transitions[t.From][t.To].Add(1)
+	ue.get().transitions[t.From][t.To].Add(1)
 }
 
 // ConnectionsOpened adds delta (1 or -1) to the client connections open.

@@ -9,7 +9,6 @@ package watch
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"time"
 
 	"github.com/fuseproxy/fuseproxy/config"
@@ -73,10 +72,5 @@ func (w *Watcher) poll(onChange func(), onError func(error)) {
 }
 
 func digest(path string) ([]byte, error) {
-	b, err := config.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	sum := sha256.Sum256(b)
-	return sum[:], nil
+	return config.Digest(path)
 }
