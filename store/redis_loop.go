@@ -8,8 +8,6 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
-
-	"github.com/fuseproxy/fuseproxy/breaker"
 )
 
 // jittered returns the flush interval spread over ±10 %, so replicas do not flush in step.
@@ -150,7 +148,7 @@ func (r *Redis) setDegraded(d bool, err error) {
 				c.refused = append(c.refused, l.id)
 			}
 			c.leases = c.leases[:0]
-			c.held, c.heldSince = breaker.Delta{}, time.Time{}
+			c.clearHeld()
 		}
 	}
 	r.degraded.Store(d)
