@@ -77,6 +77,9 @@ type Redis struct {
 	tallies tallies // shared tallies (tally.go)
 
 	wake   chan struct{} // a breaker needs the loop now
+	// onsets: an onset message asks the loop to send the held successes within the
+	// grace (see onOnset)
+	onsets chan struct{}
 	resync chan struct{} // the subscription reconnected: re-read everything
 
 	// xmu serialises exchanges with Redis (the loop, Resync, Attach) and guards what they
@@ -183,7 +186,7 @@ func NewRedis(client redis.UniversalClient, o RedisOptions) (*Redis, error) {
 		heartbeatKey: o.Prefix + ":heartbeat:" + o.ReplicaID,
 		claimOwner:   o.ReplicaID + "/" + strconv.FormatUint(rand.Uint64(), 36),
 		circuits:     map[string]*circuit{},
-		wake:         make(chan struct{}, 1), resync: make(chan struct{}, 1),
+		wake:         make(chan struct{}, 1), resync: make(chan struct{}, 1), onsets: make(chan struct{}, 1),
 	}
 	r.status.Store(&Status{Driver: "redis", ReplicaID: o.ReplicaID})
 	return r, nil

@@ -19,6 +19,12 @@ func (r *Redis) jittered() time.Duration {
 func (r *Redis) loop(ctx context.Context) {
 	tick := time.NewTimer(r.jittered())
 	defer tick.Stop()
+	// soon runs the loop at a random point in the next half flush interval after an
+	// onset (onOnset): a fleet's replicas send what they hold spread over it, not at once.
+	soon := time.NewTimer(time.Hour)
+	soon.Stop()
+	defer soon.Stop()
+	soonArmed := false
 	// A woken loop runs at most once per minGap, so a burst of wakes is one exchange.
 	minGap := min(r.o.FlushInterval/10, 10*time.Millisecond)
 	needResync := false
@@ -29,6 +35,14 @@ func (r *Redis) loop(ctx context.Context) {
 		case <-tick.C:
 			tick.Reset(r.jittered())
 		case <-r.wake:
+		case <-r.onsets:
+			if !soonArmed {
+				soon.Reset(rand.N(r.o.FlushInterval/2) + 1)
+				soonArmed = true
+			}
+			continue
+		case <-soon.C:
+			soonArmed = false
 		case <-r.resync:
 			needResync = true
 		}
