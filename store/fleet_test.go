@@ -37,6 +37,10 @@ import (
 // default for the full size, 2 s for the small one).
 func TestRedisFleet(t *testing.T) {
 	replicas, upstreams, steady, openSpan, trips := 20, 10, 2*time.Second, 500*time.Millisecond, 3
+	full := os.Getenv("FUSE_FLEET") != ""
+	if !full {
+		t.Parallel() // the full size runs alone (-run TestRedisFleet)
+	}
 	if v := os.Getenv("FUSE_FLEET"); v != "" {
 		a, b, ok := strings.Cut(v, "x")
 		var err1, err2 error
@@ -233,8 +237,10 @@ func TestRedisFleet(t *testing.T) {
 	// size): a collection of it, at this process's share of a busy machine, takes
 	// seconds, and its assists would stall the replicas' subscriptions, which a real
 	// replica (a heap of 100 upstreams) never sees. Collect now, and not during the trips.
-	runtime.GC()
-	defer debug.SetGCPercent(debug.SetGCPercent(-1))
+	if full {
+		runtime.GC()
+		defer debug.SetGCPercent(debug.SetGCPercent(-1))
+	}
 	var ms0 runtime.MemStats
 	runtime.ReadMemStats(&ms0)
 	cpuT0, atT0, selfT0 := redisCPU(t, srv), time.Now(), selfCPU()
