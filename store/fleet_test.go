@@ -37,10 +37,9 @@ import (
 // default for the full size, 2 s for the small one).
 func TestRedisFleet(t *testing.T) {
 	replicas, upstreams, steady, openSpan, trips := 20, 10, 2*time.Second, 500*time.Millisecond, 3
+	// Not parallel: it measures CPU and latency, and its replicas would load the
+	// timing-sensitive tests beside it.
 	full := os.Getenv("FUSE_FLEET") != ""
-	if !full {
-		t.Parallel() // the full size runs alone (-run TestRedisFleet)
-	}
 	if v := os.Getenv("FUSE_FLEET"); v != "" {
 		a, b, ok := strings.Cut(v, "x")
 		var err1, err2 error
@@ -232,7 +231,7 @@ func TestRedisFleet(t *testing.T) {
 	}
 	msgs := events.Channel()
 	var lags, plain []time.Duration // plain: the test's own subscription's
-	var openCPU []float64              // Redis's CPU while one upstream is open
+	var openCPU []float64           // Redis's CPU while one upstream is open
 	// A thousand replicas in one process share one heap (about 1.5 GiB at the full
 	// size): a collection of it, at this process's share of a busy machine, takes
 	// seconds, and its assists would stall the replicas' subscriptions, which a real

@@ -76,7 +76,7 @@ type Redis struct {
 
 	tallies tallies // shared tallies (tally.go)
 
-	wake   chan struct{} // a breaker needs the loop now
+	wake chan struct{} // a breaker needs the loop now
 	// onsets: an onset message asks the loop to send the held successes within the
 	// grace (see onOnset)
 	onsets chan struct{}
