@@ -94,6 +94,14 @@ func TestRedisFleet(t *testing.T) {
 	}
 	fleet := make([]member, replicas)
 	var flushErrs, degradations atomic.Int64
+	errKinds := map[string]int{} // failed exchanges by error (mu)
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(errKinds) > 0 {
+			t.Logf("failed exchanges by error: %v", errKinds)
+		}
+	}()
 	start := time.Now()
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 8)
@@ -108,6 +116,11 @@ func TestRedisFleet(t *testing.T) {
 			hooks := Hooks{Flush: func(_ time.Duration, err error) {
 				if err != nil {
 					flushErrs.Add(1)
+					e := err.Error()
+					e = e[:min(len(e), 80)]
+					mu.Lock()
+					errKinds[e]++
+					mu.Unlock()
 				}
 			}, Degraded: func(d bool) {
 				if d {
