@@ -33,8 +33,10 @@ import (
 // replica and trip. Goal (issue #19): Redis ≤ 50 % of a core, trip lag p99 ≤ 1.1·F + RTT.
 //
 // The default is a small fleet (20 × 10, in the normal suite); FUSE_FLEET=1000x100 runs
-// the issue's (about a minute, 2 GiB of memory), FUSE_FLEET_STEADY the steady span (10 s
-// default for the full size, 2 s for the small one).
+// the issue's (two to three minutes here, 2 GiB of memory), FUSE_FLEET_STEADY sets the
+// steady span (10 s by default with FUSE_FLEET, 2 s for the small one), and
+// FUSE_FLEET_CLUSTER=3 runs it on a Redis Cluster of 3 masters. Figures and what they
+// mean: docs/BENCHMARKS.md, issue #19 goal 2.
 func TestRedisFleet(t *testing.T) {
 	replicas, upstreams, steady, openSpan, trips := 20, 10, 2*time.Second, 500*time.Millisecond, 3
 	// Not parallel: it measures CPU and latency, and its replicas would load the

@@ -336,9 +336,10 @@ const holdSpan = 4
 // busy circuit per 12 hours: 0.23 a second for 10,000 busy upstreams.
 const refreshEvery = 12 * time.Hour
 
-// refreshed notes that a flush script was asked to write the circuit's key (its refresh
-// argument: every flush once refreshAt has passed, the resync's at start among them):
-// the next refresh is due refreshEvery later. xmu is held.
+// refreshed notes that a flush script was asked to refresh the circuit's key (its
+// refresh argument: every flush once refreshAt has passed, the resync's at start among
+// them), which then lives at least 14 hours more (flush.lua writes it unless it does):
+// the next refresh is due refreshEvery later, 13.2 hours at most. xmu is held.
 func (c *circuit) refreshed(now time.Time) {
 	c.refreshAt = now.Add(refreshEvery + rand.N(refreshEvery/10))
 }
