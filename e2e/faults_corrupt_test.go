@@ -23,9 +23,6 @@ func TestFaultCorruptSharedState(t *testing.T) {
 	f := startFaultFleet(t, 2, false, func(_ int, c *faultConfig) {
 		c.FlushInterval = 50 * time.Millisecond
 		c.Upstreams[0].ConsecutiveFailures, c.Upstreams[0].OpenDuration = threshold, 30*time.Second
-		// A quiet circuit's successes are held for up to a window: a short one, so that
-		// each case can wait for every replica's to reach Redis.
-		c.Upstreams[0].Window = 300 * time.Millisecond
 	})
 	ctx := context.Background()
 	rc := f.Redis.Client()
@@ -82,10 +79,16 @@ func TestFaultCorruptSharedState(t *testing.T) {
 			if err := c.corrupt(); err != nil {
 				t.Fatalf("%s: writing the foreign value: %v", c.name, err)
 			}
-			// Only p gets traffic, so with the circuit closed p's flush usually reads the
-			// value first; but a quiet circuit's successes are held for up to a window, so
-			// the other replica's may come first. An open circuit is polled by every
-			// replica. Either may read it.
+			if !c.open {
+				// A quiet circuit's successes are held, not sent: a failure is, at once
+				// (one, below the threshold; the repair's fresh state drops it), and its
+				// flush reads the value.
+				f.Backend.Set(t, "fail=on")
+				p.Get("/fail")
+				f.Backend.Set(t, "fail=off")
+			}
+			// With the circuit closed, p's flush reads the value; an open circuit is
+			// polled by every replica. Either may read it.
 			readers := f.Replicas
 			var l logLine
 			var reader *Proxy
@@ -114,8 +117,6 @@ func TestFaultCorruptSharedState(t *testing.T) {
 					t.Errorf("%s: %s after the repair: %v, want 200 (a fresh closed state)", c.name, q.ID, r)
 				}
 			}
-			// The successes (held: the circuit is quiet) reach Redis before the next case.
-			time.Sleep(f.Cfgs[0].Upstreams[0].Window + 3*f.Cfgs[0].FlushInterval)
 		}
 	}
 	for _, p := range f.Replicas {

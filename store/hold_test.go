@@ -3,8 +3,10 @@ package store
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -64,8 +66,8 @@ func windowRequests(t *testing.T, srv *redistest.Server) int {
 }
 
 // TestRedisQuietCircuitHoldsSuccesses: a busy replica whose circuit is quiet sends no
-// script for its successes until a window has passed (only heartbeats, a few per second),
-// and then all of them.
+// script for its successes (only heartbeats, a few per second); those a window old are
+// dropped, never sent, and a failure sends those of the last window with it.
 func TestRedisQuietCircuitHoldsSuccesses(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Start(t)
@@ -100,14 +102,21 @@ func TestRedisQuietCircuitHoldsSuccesses(t *testing.T) {
 	if n := windowRequests(t, srv); n != inRedis {
 		t.Errorf("Redis holds %d requests, %d before: successes were sent within the window", n, inRedis)
 	}
-	// The warm-up's bucket may have left the window by then.
-	eventually(t, 5*time.Second, "the held successes to be sent", func() bool {
-		n := windowRequests(t, srv)
-		return n == sent || n == sent-inRedis
-	})
-	if d := time.Since(start); d < s.Window-time.Second {
-		t.Errorf("held successes sent %v after the measured traffic began, before the window of %v could pass", d, s.Window)
+	// A window and a part of it later, nothing was sent: those successes are dropped.
+	time.Sleep(s.Window + s.Window/holdSpan - time.Since(start) + time.Second)
+	if flushes := sc.flushes() - flushes0; flushes != 0 {
+		t.Errorf("%d flush scripts for successes held for a window, want 0", flushes)
 	}
+	recent := 0
+	for range 20 {
+		succeed(t, r.b)
+		recent++
+	}
+	fail(t, r.b)
+	// (the warm-up's bucket, stale, leaves the hash with the failure's flush)
+	eventually(t, waitFor, "the failure and the last window's successes in Redis, not the older ones", func() bool {
+		return windowRequests(t, srv) == recent+1
+	})
 }
 
 // TestRedisStopSendsHeldSuccesses: the last flush at shutdown sends what was held.
@@ -248,20 +257,33 @@ func TestPlanSkipsOnlyCircuitsWithNothingToSend(t *testing.T) {
 	}{
 		{"idle", func(*circuit, time.Time) {}, 0, 0, 0},
 		{"holding, within the window", func(c *circuit, now time.Time) {
-			c.held, c.heldSince = breaker.Delta{Counts: breaker.Counts{Requests: held}}, now.Add(-time.Second)
+			c.addHeld(breaker.Delta{Counts: breaker.Counts{Requests: held}}, now.Add(-time.Second))
 		}, 0, 0, held},
 		{"a new success joins the hold", func(c *circuit, now time.Time) {
-			c.held, c.heldSince = breaker.Delta{Counts: breaker.Counts{Requests: held}}, now.Add(-time.Second)
+			c.addHeld(breaker.Delta{Counts: breaker.Counts{Requests: held}}, now.Add(-time.Second))
 			gate(c.Breaker).Done(must(gate(c.Breaker).Allow()), breaker.Success, 0)
 		}, 0, 0, held + 1},
 		{"a failure", func(c *circuit, now time.Time) {
 			gate(c.Breaker).Done(must(gate(c.Breaker).Allow()), breaker.Failure, 0)
 		}, 1, 1, 0},
-		{"the hold ran out", func(c *circuit, now time.Time) {
-			c.held, c.heldSince = breaker.Delta{Counts: breaker.Counts{Requests: held}}, now.Add(-c.holdFor)
+		{"held successes a window old are dropped", func(c *circuit, now time.Time) {
+			c.addHeld(breaker.Delta{Counts: breaker.Counts{Requests: held}}, now.Add(-c.holdFor-c.holdFor/holdSpan))
+		}, 0, 0, 0},
+		{"those of the last window are kept", func(c *circuit, now time.Time) {
+			c.addHeld(breaker.Delta{Counts: breaker.Counts{Requests: held}}, now.Add(-c.holdFor-c.holdFor/holdSpan))
+			c.addHeld(breaker.Delta{Counts: breaker.Counts{Requests: 2}}, now.Add(-c.holdFor+c.holdFor/holdSpan/2))
+			c.addHeld(breaker.Delta{Counts: breaker.Counts{Requests: 3}}, now.Add(-time.Second))
+		}, 0, 0, 5},
+		{"the key's refresh is due", func(c *circuit, now time.Time) {
+			c.addHeld(breaker.Delta{Counts: breaker.Counts{Requests: held}}, now.Add(-time.Second))
+			c.refreshAt = now
 		}, 1, held, 0},
+		{"the key was never refreshed", func(c *circuit, now time.Time) {
+			c.refreshAt = time.Time{}
+			gate(c.Breaker).Done(must(gate(c.Breaker).Allow()), breaker.Success, 0)
+		}, 1, 1, 0},
 		{"no longer quiet (an onset)", func(c *circuit, now time.Time) {
-			c.held, c.heldSince = breaker.Delta{Counts: breaker.Counts{Requests: held}}, now.Add(-time.Second)
+			c.addHeld(breaker.Delta{Counts: breaker.Counts{Requests: held}}, now.Add(-time.Second))
 			c.quiet.Store(false)
 		}, 1, held, 0},
 		{"not synced yet", func(c *circuit, _ time.Time) { c.synced.Store(false) }, 1, 0, 0},
@@ -286,6 +308,7 @@ func TestPlanSkipsOnlyCircuitsWithNothingToSend(t *testing.T) {
 			c.synced.Store(true)
 			c.quiet.Store(true)
 			now := time.Now()
+			c.refreshAt = now.Add(time.Hour)
 			tc.setup(c, now)
 
 			calls := st.plan(nil, c, now, false)
@@ -307,5 +330,97 @@ func TestPlanSkipsOnlyCircuitsWithNothingToSend(t *testing.T) {
 				t.Errorf("store holding = %v, want %v", st.holding, tc.hold > 0)
 			}
 		})
+	}
+}
+
+// startMany is a running replica with one circuit per name (settings s, flush interval
+// flush), on its own client: the breakers by name. It stops with the test.
+func startMany(t testing.TB, srv *redistest.Server, id string, names []string, s breaker.Settings, flush time.Duration, hooks Hooks) (*Redis, map[string]*breaker.Breaker) {
+	t.Helper()
+	client, err := NewRedisClient(RedisClientOptions{URL: srv.URL(), PoolSize: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := newTestRedis(t, client, RedisOptions{ReplicaID: id, FlushInterval: flush, Timeout: 2 * time.Second, Hooks: hooks})
+	bs := make(map[string]*breaker.Breaker, len(names))
+	cs := make(map[string]Circuit, len(names))
+	for _, n := range names {
+		bs[n] = breaker.New(n, s, breaker.Options{})
+		cs[n] = Circuit{Breaker: bs[n], SettingsHash: "h", TrialLease: 10 * time.Second}
+	}
+	st.Attach(cs)
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := st.Resync(ctx); err != nil {
+		t.Fatalf("replica %s: Resync: %v", id, err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := st.Run(ctx); err != nil {
+			t.Errorf("replica %s: Run: %v", id, err)
+		}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		st.Close()
+	})
+	return st, bs
+}
+
+// commands is the number of commands Redis ran (those run by scripts included), INFO
+// and CONFIG excluded.
+func commands(srv *redistest.Server) int64 {
+	var n int64
+	for name, c := range srv.CommandStats() {
+		if name != "info" && !strings.HasPrefix(name, "config") {
+			n += c
+		}
+	}
+	return n
+}
+
+// TestRedisQuietBusyCircuitsCostNoCommands: a replica whose 50 circuits all serve
+// successes and stay quiet sends Redis nothing for them over several windows: its held
+// successes age out of the window instead of being sent, so Redis hears only its
+// heartbeats (one script and its SET every 5 flush intervals), however many circuits are
+// busy. (Before: one flush script per busy circuit per window, ≈ 9 commands each.)
+func TestRedisQuietBusyCircuitsCostNoCommands(t *testing.T) {
+	t.Parallel()
+	const n, flush = 50, 20 * time.Millisecond
+	srv := redistest.Start(t)
+	s := longOpen()
+	s.Window = 200 * time.Millisecond
+	names := make([]string, n)
+	for i := range names {
+		names[i] = "u" + strconv.Itoa(i)
+	}
+	var exchanges atomic.Int64
+	st, bs := startMany(t, srv, "r", names, s, flush, Hooks{Flush: func(time.Duration, error) { exchanges.Add(1) }})
+	traffic := func() {
+		for _, b := range bs {
+			succeed(t, b)
+		}
+	}
+	// past the start-up resyncs, which send whatever was counted
+	for w := exchanges.Load() + 5; exchanges.Load() < w; time.Sleep(time.Millisecond) {
+		traffic()
+	}
+	for _, c := range st.list() {
+		if !c.quiet.Load() {
+			t.Fatalf("%s is not quiet after the start", c.name)
+		}
+	}
+	c0, start := commands(srv), time.Now()
+	for time.Since(start) < 5*s.Window {
+		traffic()
+		time.Sleep(time.Millisecond)
+	}
+	elapsed, cmds := time.Since(start), commands(srv)-c0
+	beats := float64(elapsed) / float64(5*flush)
+	t.Logf("%d busy quiet circuits for %v (%d windows): %d Redis commands (heartbeats: about %.0f, 2 commands each)",
+		n, elapsed.Round(time.Millisecond), int(elapsed/s.Window), cmds, beats)
+	if limit := int64(2*(beats+2)) + 10; cmds > limit {
+		t.Errorf("%d Redis commands in %v, want at most %d (heartbeats alone)", cmds, elapsed, limit)
 	}
 }

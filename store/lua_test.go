@@ -848,3 +848,37 @@ func mustInt(t testing.TB, s string) int64 {
 	}
 	return n
 }
+
+// TestLuaFlushRefreshKeepsTheKeyAlive: a flush with the refresh flag writes an unchanged
+// state when its key would expire within 14 hours, and only then (a resync of a fleet
+// that just wrote its keys stays a read).
+func TestLuaFlushRefreshKeepsTheKeyAlive(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	e := luaEnvOn(t, srv, "api", baseSettings(), 1)
+	e.poll() // creates the key, for a day
+	refresh := func() {
+		e.run(flushScript, "r1", 0, 0, 0, 0, 0, 0, e.settingsArg, e.hash, 0.5, e.channel, e.name, "fuse:onset",
+			e.grace.Milliseconds(), 0, 0, 0, 0, 1)
+	}
+	ttl := func() time.Duration { return e.rdb.PTTL(t.Context(), e.key).Val() }
+	if err := e.rdb.PExpire(t.Context(), e.key, 15*time.Hour).Err(); err != nil {
+		t.Fatal(err)
+	}
+	refresh()
+	if d := ttl(); d > 15*time.Hour {
+		t.Errorf("a key with 15 h to live was written (now %v): a refresh need not", d)
+	}
+	e.poll()
+	if err := e.rdb.PExpire(t.Context(), e.key, 13*time.Hour).Err(); err != nil {
+		t.Fatal(err)
+	}
+	e.poll() // a poll without the flag writes nothing
+	if d := ttl(); d > 13*time.Hour {
+		t.Fatalf("a poll renewed the key (%v)", d)
+	}
+	refresh()
+	if d := ttl(); d < 23*time.Hour {
+		t.Errorf("a key with 13 h to live lives %v after a refresh, want a day", d)
+	}
+}

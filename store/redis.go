@@ -58,9 +58,11 @@ type Hooks struct {
 // each circuit that is not closed) in one pipeline of scripts that count, decide on
 // Redis's clock and answer with the current state; a pub/sub subscription brings other
 // replicas' transitions at once. The successes of a quiet circuit (closed, nothing bad in
-// its window) change no decision, so they are held and sent once per window, or at once
-// when the circuit stops being quiet (a failure here, or an onset message from another
-// replica): at steady closed state Redis hears from a replica about once per window. After DegradeAfter failed exchanges the store is
+// its window) change no decision, so they are held, and sent only when the circuit stops
+// being quiet (a failure here, or an onset message from another replica) while they are
+// still in the window; older ones are dropped. At steady closed state Redis hears from a
+// replica only its heartbeat (every 5 flush intervals), and for each busy circuit one
+// script every refreshEvery (about 12 hours). After DegradeAfter failed exchanges the store is
 // degraded: breakers decide locally from the last shared state until Redis answers again,
 // when every circuit is re-read before shared decisions resume.
 //
@@ -84,7 +86,10 @@ type Redis struct {
 
 	tallies tallies // shared tallies (tally.go)
 
-	wake   chan struct{} // a breaker needs the loop now
+	wake chan struct{} // a breaker needs the loop now
+	// onsets: an onset message asks the loop to send the held successes within the
+	// grace (see onOnset)
+	onsets chan struct{}
 	resync chan struct{} // the subscription reconnected: re-read everything
 
 	// xmu serialises exchanges with Redis (the loop, Resync, Attach) and guards what they
@@ -138,18 +143,24 @@ type circuit struct {
 	nextAcquire                   time.Time   // no permit request before (xmu)
 	warnedCfg                     string      // settings hash last warned about (xmu)
 	// quiet: the last reply said the circuit is closed with nothing bad in its window, and
-	// no message since said otherwise; its successes may then be held (in held, since
-	// heldSince, for at most holdFor; xmu).
+	// no message since said otherwise; its successes may then be held (see hold; xmu).
 	quiet    atomic.Bool
 	deciding bool // the last reply said a rate decision waits: poll again (xmu)
 	// retry: the last call for this circuit got no good reply (no answer, or an error
 	// reply that is not its own data's): poll it again on the next flush, so that a fault
 	// that only its keys meet keeps counting towards degradation, and a heartbeat that
 	// works in between does not clear the count (xmu).
-	retry     bool
+	retry bool
+	// held are the successes held while quiet (their generation and number), in parts of
+	// holdFor/holdSpan each, part i counting those since heldSince + i·holdFor/holdSpan;
+	// a part leaves the hold once its newest success is holdFor (the window) old
+	// (ageHeld). refreshAt: held successes are sent by then all the same, so that a busy
+	// circuit's key in Redis does not expire (see refreshEvery; xmu).
 	held      breaker.Delta
+	heldParts [holdSpan + 1]uint32
 	heldSince time.Time
 	holdFor   time.Duration
+	refreshAt time.Time
 	// k is set for a key's circuit (keyed.go).
 	k *keyedCircuit
 }
@@ -191,7 +202,7 @@ func newEngine(be backend, o RedisOptions, channel, onset, heartbeat string) *Re
 		channel: channel, onset: onset, heartbeatKey: heartbeat,
 		claimOwner: o.ReplicaID + "/" + strconv.FormatUint(rand.Uint64(), 36),
 		circuits:   map[string]*circuit{},
-		wake:       make(chan struct{}, 1), resync: make(chan struct{}, 1),
+		wake:       make(chan struct{}, 1), resync: make(chan struct{}, 1), onsets: make(chan struct{}, 1),
 	}
 	r.status.Store(&Status{Driver: be.driver(), ReplicaID: o.ReplicaID})
 	return r
@@ -250,7 +261,7 @@ func (r *Redis) Attach(circuits map[string]Circuit) {
 			sc.seen = old.seen
 			old.amu.Unlock()
 			sc.leases, sc.nextAcquire, sc.warnedCfg, sc.refused = old.leases, old.nextAcquire, old.warnedCfg, old.refused
-			sc.held, sc.heldSince = old.held, old.heldSince
+			sc.held, sc.heldParts, sc.heldSince, sc.refreshAt = old.held, old.heldParts, old.heldSince, old.refreshAt
 			sc.quiet.Store(old.quiet.Load())
 		}
 		next[name] = sc

@@ -7,8 +7,6 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-
-	"github.com/fuseproxy/fuseproxy/breaker"
 )
 
 // jittered returns the flush interval spread over ±10 %, so replicas do not flush in step.
@@ -20,6 +18,12 @@ func (r *Redis) jittered() time.Duration {
 func (r *Redis) loop(ctx context.Context) {
 	tick := time.NewTimer(r.jittered())
 	defer tick.Stop()
+	// soon runs the loop at a random point in the next half flush interval after an
+	// onset (onOnset): a fleet's replicas send what they hold spread over it, not at once.
+	soon := time.NewTimer(time.Hour)
+	soon.Stop()
+	defer soon.Stop()
+	soonArmed := false
 	// A woken loop runs at most once per minGap, so a burst of wakes is one exchange.
 	minGap := min(r.o.FlushInterval/10, 10*time.Millisecond)
 	needResync := false
@@ -30,6 +34,14 @@ func (r *Redis) loop(ctx context.Context) {
 		case <-tick.C:
 			tick.Reset(r.jittered())
 		case <-r.wake:
+		case <-r.onsets:
+			if !soonArmed {
+				soon.Reset(rand.N(r.o.FlushInterval/2) + 1)
+				soonArmed = true
+			}
+			continue
+		case <-soon.C:
+			soonArmed = false
 		case <-r.resync:
 			needResync = true
 		}
@@ -147,7 +159,7 @@ func (r *Redis) setDegraded(d bool, err error) {
 				c.refused = append(c.refused, l.id)
 			}
 			c.leases = c.leases[:0]
-			c.held, c.heldSince = breaker.Delta{}, time.Time{}
+			c.clearHeld()
 		}
 	}
 	r.degraded.Store(d)

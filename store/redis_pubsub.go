@@ -64,10 +64,15 @@ func (r *Redis) onMessage(payload string) {
 }
 
 // onOnset handles a failure reaching a quiet circuit's window (payload: its name): the
-// successes this replica holds for it must be in the window before the rate rules look,
-// so they go now.
+// successes this replica holds for it must be in the window before the rate rules look
+// (a flush interval after the onset), so the loop sends them within half of it (see
+// loop: every replica hears the onset at once, and a fleet sending at once is a burst of
+// a script per replica in Redis, which delays the transitions it publishes meanwhile).
 func (r *Redis) onOnset(name string) {
 	if c, ok := r.get(name); ok && c.quiet.Swap(false) {
-		r.Wake()
+		select {
+		case r.onsets <- struct{}{}:
+		default:
+		}
 	}
 }

@@ -580,7 +580,11 @@ func TestRedisSettingsHashDisagreementWarns(t *testing.T) {
 	srv := redistest.Start(t)
 	a := startReplica(t, srv, "a", replicaConfig{settings: longOpen(), hash: "aaa"})
 	b := startReplica(t, srv, "b", replicaConfig{settings: longOpen(), hash: "bbb"})
-	traffic := func() { succeed(t, a.b); succeed(t, b.b) }
+	// A failure each time (then a success, so no run builds): a quiet circuit's successes
+	// alone are held, not sent, and a replica that sends nothing for a circuit hears of
+	// the other's settings at its next exchange for it (a failure, a transition, the
+	// key's refresh every 12 hours).
+	traffic := func() { fail(t, a.b); succeed(t, a.b); fail(t, b.b); succeed(t, b.b) }
 	const msg = "replicas disagree on breaker settings"
 	eventually(t, waitFor, "both replicas to warn", func() bool {
 		traffic()

@@ -84,6 +84,7 @@ func BenchmarkRedisIdleFlush(b *testing.B) {
 					c.Breaker.SetShared(true)
 					c.synced.Store(true)
 					c.quiet.Store(true)
+					c.refreshAt = time.Now().Add(refreshEvery)
 					if kind == "holding" {
 						gate(c.Breaker).Done(must(gate(c.Breaker).Allow()), breaker.Success, 0)
 					}

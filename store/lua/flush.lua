@@ -10,7 +10,10 @@
 -- of gateway failures before the gateway tail is added), pause ms (the longest pause an
 -- upstream asked for in the batch, Retry-After: it opens the circuit for that long),
 -- half-open (0/1: the replica's breaker moved itself to half-open on a permit granted in
--- advance, see acquire.lua; the open period, if it ended here too, ends for the fleet).
+-- advance, see acquire.lua; the open period, if it ended here too, ends for the fleet),
+-- refresh (0/1: make sure the key lives 14 hours more, writing the state even unchanged
+-- when it would not, which renews its expiry: the replica holds a busy quiet circuit's
+-- successes and sends nothing for it for 12 hours or so).
 local s = settings(ARGV[8])
 local now = now_ms()
 local st = load(KEYS[1], s, now)
@@ -47,5 +50,6 @@ if st.st == 0 and (st.md == 0 or st.md == 3) then
   local reason = trip_reason(st, s, now, st.grace)
   if reason then trip(st, s, now, reason, tonumber(ARGV[10]), KEYS[2]) end
 end
+if ARGV[19] == '1' and redis.call('PTTL', KEYS[1]) < 50400000 then st.dirty = true end
 save(KEYS[1], st, s, now, ARGV[11], ARGV[12], ARGV[9], replica)
 return reply(st, s, now, 0, prevcfg, prevcfgr)
