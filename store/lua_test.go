@@ -850,35 +850,64 @@ func mustInt(t testing.TB, s string) int64 {
 }
 
 // TestLuaFlushRefreshKeepsTheKeyAlive: a flush with the refresh flag writes an unchanged
-// state when its key would expire within 14 hours, and only then (a resync of a fleet
-// that just wrote its keys stays a read).
+// state when its key (row) would expire within 14 hours, and only then (a resync of a
+// fleet that just wrote its keys stays a read).
 func TestLuaFlushRefreshKeepsTheKeyAlive(t *testing.T) {
-	t.Parallel()
-	srv := redistest.Start(t)
-	e := luaEnvOn(t, srv, "api", baseSettings(), 1)
-	e.poll() // creates the key, for a day
-	refresh := func() {
-		e.run(flushScript, "r1", 0, 0, 0, 0, 0, 0, e.settingsArg, e.hash, 0.5, e.channel, e.name, "fuse:onset",
-			e.grace.Milliseconds(), 0, 0, 0, 0, 1)
+	eachBackend(t, func(t *testing.T, b scriptBackend) {
+		e := env(t, b, "api", baseSettings(), 1)
+		e.poll() // creates the key, for a day
+		refresh := func() {
+			e.run(flushScript, "r1", 0, 0, 0, 0, 0, 0, e.settingsArg, e.hash, 0.5, e.channel, e.name, e.onset,
+				e.grace.Milliseconds(), 0, 0, 0, 0, 1)
+		}
+		ttl, setTTL := storedTTL(t, b, e)
+		setTTL(15 * time.Hour)
+		refresh()
+		if d := ttl(); d > 15*time.Hour {
+			t.Errorf("a key with 15 h to live was written (now %v): a refresh need not", d)
+		}
+		e.poll()
+		setTTL(13 * time.Hour)
+		e.poll() // a poll without the flag writes nothing
+		if d := ttl(); d > 13*time.Hour {
+			t.Fatalf("a poll renewed the key (%v)", d)
+		}
+		refresh()
+		if d := ttl(); d < 23*time.Hour {
+			t.Errorf("a key with 13 h to live lives %v after a refresh, want a day", d)
+		}
+	})
+}
+
+// storedTTL reads and sets how long e's stored state has to live: the Redis key's PTTL,
+// the PostgreSQL row's expires_at (on the database's clock).
+func storedTTL(t *testing.T, b scriptBackend, e *luaEnv) (ttl func() time.Duration, set func(time.Duration)) {
+	t.Helper()
+	switch b := b.(type) {
+	case redisScripts:
+		rdb := b.srv.Client()
+		return func() time.Duration { return rdb.PTTL(t.Context(), e.key).Val() },
+			func(d time.Duration) {
+				if err := rdb.PExpire(t.Context(), e.key, d).Err(); err != nil {
+					t.Fatal(err)
+				}
+			}
+	case *pgScripts:
+		where := " WHERE upstream = $1 AND key = $2"
+		return func() time.Duration {
+				var ms int64
+				if err := b.pool.QueryRow(t.Context(), "SELECT expires_at - "+b.prefix+"now_ms() FROM "+b.prefix+"circuits"+where,
+					e.upstream, e.member).Scan(&ms); err != nil {
+					t.Fatal(err)
+				}
+				return time.Duration(ms) * time.Millisecond
+			}, func(d time.Duration) {
+				if _, err := b.pool.Exec(t.Context(), "UPDATE "+b.prefix+"circuits SET expires_at = "+b.prefix+"now_ms() + $3"+where,
+					e.upstream, e.member, d.Milliseconds()); err != nil {
+					t.Fatal(err)
+				}
+			}
 	}
-	ttl := func() time.Duration { return e.rdb.PTTL(t.Context(), e.key).Val() }
-	if err := e.rdb.PExpire(t.Context(), e.key, 15*time.Hour).Err(); err != nil {
-		t.Fatal(err)
-	}
-	refresh()
-	if d := ttl(); d > 15*time.Hour {
-		t.Errorf("a key with 15 h to live was written (now %v): a refresh need not", d)
-	}
-	e.poll()
-	if err := e.rdb.PExpire(t.Context(), e.key, 13*time.Hour).Err(); err != nil {
-		t.Fatal(err)
-	}
-	e.poll() // a poll without the flag writes nothing
-	if d := ttl(); d > 13*time.Hour {
-		t.Fatalf("a poll renewed the key (%v)", d)
-	}
-	refresh()
-	if d := ttl(); d < 23*time.Hour {
-		t.Errorf("a key with 13 h to live lives %v after a refresh, want a day", d)
-	}
+	t.Fatalf("no stored TTL for backend %s", b.name())
+	return nil, nil
 }

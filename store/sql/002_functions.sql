@@ -485,6 +485,11 @@ BEGIN
 			st := {{.P}}_trip(st, s, v_now, st.reason, {{.P}}_num(args[10]));
 		END IF;
 	END IF;
+	-- refresh: make sure the row lives 14 hours more (flush.lua's PTTL check)
+	IF args[19] = '1' AND NOT st.dirty AND NOT st.new THEN
+		st.dirty := coalesce((SELECT c.expires_at FROM {{.P}}circuits c
+			WHERE c.upstream = p_up AND c.key = p_key) < v_now + 50400000, true);
+	END IF;
 	st := {{.P}}_save(st, s, v_now, args[11], args[12], args[9], args[1], p_kttl);
 	RETURN {{.P}}_reply(st, s, v_now, 0, prevcfg, prevcfgr);
 END $$;
