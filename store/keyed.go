@@ -233,10 +233,14 @@ func (r *Redis) planKey(calls []*call, c *circuit, now time.Time, resync bool) [
 		r.refuseKey(c)
 		return calls
 	}
-	if resync && st == breaker.Closed && !k.stored {
+	d, _ := b.TakeDelta()
+	good := d.Failures == 0 && d.Slow == 0 && d.Tail == 0 && d.Pause == 0 && d.GatewayTail == 0
+	if resync && st == breaker.Closed && !k.stored && good {
 		// Redis may hold nothing for it; if it does (opened meanwhile), the key's first
-		// failure brings it.
-		b.TakeDelta()
+		// failure brings it. Its successes wait as a quiet key's do; a failure counted
+		// before the resync goes with it (dropped, the fleet's run of failures would
+		// miss it).
+		k.dropped = uint32(min(uint64(k.dropped)+uint64(d.Requests), 1<<31))
 		return calls
 	}
 	keys := []string{c.key, c.leaseKey, k.registry}
@@ -247,9 +251,7 @@ func (r *Redis) planKey(calls []*call, c *circuit, now time.Time, resync bool) [
 		args = r.releaseLeases(args, c, tr)
 		calls = append(calls, &call{c: c, script: keyTrialScript, keys: keys, args: args})
 	}
-	d, _ := b.TakeDelta()
-	quiet := c.quiet.Load() && st == breaker.Closed && d.Failures == 0 && d.Slow == 0 && d.Tail == 0 &&
-		d.Pause == 0 && d.GatewayTail == 0
+	quiet := c.quiet.Load() && st == breaker.Closed && good
 	switch {
 	case quiet && !resync && !c.deciding && !c.retry:
 		k.dropped = uint32(min(uint64(k.dropped)+uint64(d.Requests), 1<<31))

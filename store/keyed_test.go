@@ -373,3 +373,23 @@ func TestRedisKeyRegistryReadAtResync(t *testing.T) {
 		t.Fatalf("a key the fleet never opened: %v %v", other.State(), other.Mode())
 	}
 }
+
+// A key's failure counted before a resync is sent with it, not dropped: the fleet's run
+// of consecutive failures counts it (a replica resyncs when its subscription is back, at
+// any moment of a key's life). TestPostgresKeys lost it this way, now and then.
+func TestKeyFailureBeforeAResyncCounts(t *testing.T) {
+	srv := redistest.Start(t)
+	rc := replicaConfig{settings: baseSettings(), noRun: true}
+	r1, r2 := startReplica(t, srv, "r1", rc), startReplica(t, srv, "r2", rc)
+	k1, k2 := r1.attachKey("acme", 10, time.Minute), r2.attachKey("acme", 10, time.Minute)
+	fail(t, k1)
+	if err := r1.st.Resync(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	fail(t, k2)
+	fail(t, k2)
+	r2.flushNow(t) // 1 + 2 consecutive failures fleet-wide: the threshold
+	if k2.State() != breaker.Open {
+		t.Fatalf("the key after r1's failure (sent at its resync) and r2's two: %v, want open", k2.State())
+	}
+}
