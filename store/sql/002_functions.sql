@@ -65,15 +65,20 @@ CREATE FUNCTION {{.P}}_bucket_width(s {{.P}}settings) RETURNS bigint LANGUAGE sq
 AS $$ SELECT greatest(1, floor(s.win / s.buckets))::bigint $$;
 
 -- _load locks the circuit's row (inserting an absent one first, which reads as absent:
--- expires_at 0) and reads it (prelude.lua's load). A value that does not parse is
+-- expires_at 0), then reads the clock into st.now (the call's one clock reading) and
+-- the row (prelude.lua's load). The clock is read once the row is held, not before: a
+-- call that waited for another's lock must not judge that call's writes by an earlier
+-- time (its bucket would look as if from the future and be dropped, and its counts with
+-- it; a transition would be dated before the one it follows). A value that does not parse is
 -- reported (corrupt) and replaced by a fresh closed state in a newer generation; a
 -- malformed bucket is dropped; a malformed report reads as 0.
-CREATE FUNCTION {{.P}}_load(p_up text, p_key text, s {{.P}}settings, p_now bigint, p_replica text)
+CREATE FUNCTION {{.P}}_load(p_up text, p_key text, s {{.P}}settings, p_replica text)
 RETURNS {{.P}}st LANGUAGE plpgsql AS $$
 DECLARE
 	c record;
 	st {{.P}}st;
 	found_row boolean := false;
+	p_now bigint;
 BEGIN
 	-- one query: the row, locked, with its buckets and reports as they may be used (a
 	-- malformed bucket dropped, a malformed report read as 0; NULL when not an object)
@@ -98,6 +103,8 @@ BEGIN
 	IF NOT found_row THEN
 		RAISE EXCEPTION 'fuseproxy: circuit % % could not be locked', p_up, p_key;
 	END IF;
+	p_now := {{.P}}now_ms();
+	st.now := p_now;
 	st.upstream := p_up; st.key := p_key; st.replica := p_replica;
 	st.st := 0; st.md := s.mode; st.gen := 0; st.ou := 0; st.opf := 0; st.tr := 0; st.cf := 0;
 	st.gf := 0; st.sc := 0; st.at := 0; st.ep := p_now; st.fo := 0;
@@ -434,7 +441,7 @@ END $$;
 CREATE FUNCTION {{.P}}_flush(p_up text, p_key text, args text[], p_kttl float8) RETURNS text[] LANGUAGE plpgsql AS $$
 DECLARE
 	s {{.P}}settings := {{.P}}_settings(args[8]);
-	v_now bigint := {{.P}}now_ms();
+	v_now bigint; -- the clock once the row is held (_load)
 	st {{.P}}st;
 	prevcfg text;
 	prevcfgr text;
@@ -449,7 +456,8 @@ DECLARE
 	c jsonb;
 	pause float8;
 BEGIN
-	st := {{.P}}_load(p_up, p_key, s, v_now, args[1]);
+	st := {{.P}}_load(p_up, p_key, s, args[1]);
+	v_now := st.now;
 	IF args[18] = '1' THEN st := {{.P}}_timeout(st, s, v_now); END IF;
 	prevcfg := st.cfg; prevcfgr := st.cfgr;
 	st.grace := {{.P}}_num(args[14]);
@@ -494,7 +502,7 @@ END $$;
 CREATE FUNCTION {{.P}}_acquire(p_up text, p_key text, args text[], p_kttl float8) RETURNS text[] LANGUAGE plpgsql AS $$
 DECLARE
 	s {{.P}}settings := {{.P}}_settings(args[4]);
-	v_now bigint := {{.P}}now_ms();
+	v_now bigint; -- the clock once the row is held (_load)
 	st {{.P}}st;
 	granted bigint := 0;
 	lease float8;
@@ -502,7 +510,8 @@ DECLARE
 	expires bigint;
 	held bigint;
 BEGIN
-	st := {{.P}}_load(p_up, p_key, s, v_now, args[1]);
+	st := {{.P}}_load(p_up, p_key, s, args[1]);
+	v_now := st.now;
 	IF st.md IN (0, 3) THEN
 		st := {{.P}}_timeout(st, s, v_now);
 		lease := {{.P}}_num(args[3]);
@@ -533,12 +542,13 @@ END $$;
 CREATE FUNCTION {{.P}}_trial(p_up text, p_key text, args text[], p_kttl float8) RETURNS text[] LANGUAGE plpgsql AS $$
 DECLARE
 	s {{.P}}settings := {{.P}}_settings(args[5]);
-	v_now bigint := {{.P}}now_ms();
+	v_now bigint; -- the clock once the row is held (_load)
 	st {{.P}}st;
 	lid text;
 	pause float8;
 BEGIN
-	st := {{.P}}_load(p_up, p_key, s, v_now, args[1]);
+	st := {{.P}}_load(p_up, p_key, s, args[1]);
+	v_now := st.now;
 	-- a trial on a permit granted in advance may be the first the store hears of the
 	-- half-open period
 	st := {{.P}}_timeout(st, s, v_now);
@@ -573,11 +583,12 @@ END $$;
 CREATE FUNCTION {{.P}}_control(p_up text, p_key text, args text[], p_kttl float8) RETURNS text[] LANGUAGE plpgsql AS $$
 DECLARE
 	s {{.P}}settings := {{.P}}_settings(args[3]);
-	v_now bigint := {{.P}}now_ms();
+	v_now bigint; -- the clock once the row is held (_load)
 	st {{.P}}st;
 	op text := args[1];
 BEGIN
-	st := {{.P}}_load(p_up, p_key, s, v_now, args[7]);
+	st := {{.P}}_load(p_up, p_key, s, args[7]);
+	v_now := st.now;
 	IF op = 'open' THEN
 		st := {{.P}}_trip(st, s, v_now, 'mode', {{.P}}_num(args[4]));
 	ELSIF op = 'close' THEN
