@@ -58,6 +58,10 @@ local function count(v)
   return nil
 end
 
+-- max_ms is the longest time in ms a replica decodes in a reply (store/codec.go's
+-- maxMillis): an open period (of) or its rest (ou - now) beyond it is corrupt.
+local max_ms = 9223372036854
+
 -- shown quotes a stored value for a corrupt reason, cut short.
 local function shown(v)
   if #v > 40 then return string.format('%q', string.sub(v, 1, 40)) .. '...' end
@@ -120,6 +124,14 @@ local function load(key, s, now)
   end
   if not st.corrupt and h.rs ~= nil and (#h.rs > 64 or not string.match(h.rs, '^[%w_]+$')) then
     st.corrupt = 'field rs is ' .. shown(h.rs)
+  end
+  -- a time no replica could decode in a reply (store/codec.go's maxMillis, a
+  -- time.Duration in ms) fails every exchange that reads it: corrupt too
+  if not st.corrupt and st.of > max_ms then
+    st.corrupt = 'field of is ' .. shown(h.of)
+  end
+  if not st.corrupt and st.ou - now > max_ms then
+    st.corrupt = 'field ou is ' .. shown(h.ou)
   end
   st.cfg, st.cfgr, st.rs = h.cfg or '', h.cfgr or '', h.rs
   if st.corrupt then

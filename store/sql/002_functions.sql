@@ -151,6 +151,14 @@ BEGIN
 	IF st.corrupt IS NULL AND c.reason IS NOT NULL AND (octet_length(c.reason) > 64 OR c.reason !~ '^[A-Za-z0-9_]+$') THEN
 		st.corrupt := 'field rs is ' || {{.P}}_shown(c.reason);
 	END IF;
+	-- a time no replica could decode in a reply (store/codec.go's maxMillis, a
+	-- time.Duration in ms) fails every exchange that reads it: corrupt too
+	IF st.corrupt IS NULL AND st.opf > 9223372036854 THEN
+		st.corrupt := 'field of is ' || {{.P}}_shown(c.open_for::text);
+	END IF;
+	IF st.corrupt IS NULL AND st.ou - p_now > 9223372036854 THEN
+		st.corrupt := 'field ou is ' || {{.P}}_shown(c.open_until::text);
+	END IF;
 	st.cfg := coalesce(c.cfg, ''); st.cfgr := coalesce(c.cfg_replica, ''); st.rs := c.reason;
 	IF st.corrupt IS NOT NULL THEN
 		-- a fresh closed state in a newer generation, published so every replica adopts it
