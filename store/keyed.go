@@ -233,11 +233,17 @@ func (r *Redis) planKey(calls []*call, c *circuit, now time.Time, resync bool) [
 		r.refuseKey(c)
 		return calls
 	}
+	var d breaker.Delta
+	taken := false
 	if resync && st == breaker.Closed && !k.stored {
 		// Redis may hold nothing for it; if it does (opened meanwhile), the key's first
-		// failure brings it.
-		b.TakeDelta()
-		return calls
+		// failure brings it. Successes alone are dropped; anything else (a failure
+		// counted as the resync runs: every reconnection asks for one) is sent, not lost.
+		d, _ = b.TakeDelta()
+		if d.Failures == 0 && d.Slow == 0 && d.Tail == 0 && d.Pause == 0 && d.GatewayTail == 0 {
+			return calls
+		}
+		taken = true
 	}
 	keys := []string{c.key, c.leaseKey, k.registry}
 	pre := []any{k.maxKeys, k.ttl.Milliseconds(), k.member}
@@ -247,7 +253,9 @@ func (r *Redis) planKey(calls []*call, c *circuit, now time.Time, resync bool) [
 		args = r.releaseLeases(args, c, tr)
 		calls = append(calls, &call{c: c, script: keyTrialScript, keys: keys, args: args})
 	}
-	d, _ := b.TakeDelta()
+	if !taken {
+		d, _ = b.TakeDelta()
+	}
 	quiet := c.quiet.Load() && st == breaker.Closed && d.Failures == 0 && d.Slow == 0 && d.Tail == 0 &&
 		d.Pause == 0 && d.GatewayTail == 0
 	switch {
