@@ -18,12 +18,25 @@ import (
 // errors (40001), which degraded the store under load. The pool asks for READ COMMITTED.
 func TestPostgresStricterDefaultIsolation(t *testing.T) {
 	t.Parallel()
+	concurrentFlushesUnder(t, "strict_iso", "default_transaction_isolation = 'serializable'")
+}
+
+// TestPostgresDatabaseLockTimeout: a database's lock_timeout (set for its other users)
+// must not fail a call that waits for a circuit's row while another replica's call holds
+// it (55P03, which degraded the store under load): statement_timeout bounds the call.
+func TestPostgresDatabaseLockTimeout(t *testing.T) {
+	t.Parallel()
+	concurrentFlushesUnder(t, "strict_lock", "lock_timeout = '1ms'")
+}
+
+// concurrentFlushesUnder runs concurrent flushes of one circuit through a pool of
+// NewPostgresPool on database db, whose default setting is set.
+func concurrentFlushesUnder(t *testing.T, db, set string) {
 	srv := pgServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	const db = "strict_iso"
 	srv.Exec("CREATE DATABASE " + db)
-	srv.Exec("ALTER DATABASE " + db + " SET default_transaction_isolation = 'serializable'")
+	srv.Exec("ALTER DATABASE " + db + " SET " + set)
 	pool, err := NewPostgresPool(PostgresClientOptions{URL: srv.DSNFor("postgres", db), PoolSize: 8})
 	if err != nil {
 		t.Fatal(err)
@@ -55,7 +68,7 @@ func TestPostgresStricterDefaultIsolation(t *testing.T) {
 	wg.Wait()
 	close(errs)
 	for err := range errs {
-		t.Fatalf("a flush under a serializable default: %v", err)
+		t.Fatalf("a flush under %s: %v", set, err)
 	}
 	var req int
 	if err := pool.QueryRow(ctx, `SELECT coalesce(sum((v ->> 0)::int), 0) FROM fuse_circuits, jsonb_each(buckets) AS e(k, v)
