@@ -165,7 +165,10 @@ end
 local function reporters(st, s, now)
   local n = 0
   for id, t in pairs(st.r) do
-    if t > now - s.win then
+    -- a report more than a window ahead of the clock (a foreign value, or one stamped
+    -- before a failover to a clock behind) is no live reporter: it would count until the
+    -- clock caught up with it
+    if t > now - s.win and t <= now + s.win then
       n = n + 1
     else
       st.r[id] = nil

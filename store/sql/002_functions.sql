@@ -225,7 +225,10 @@ BEGIN
 	SELECT count(*) FILTER (WHERE live), coalesce(jsonb_object_agg(e.key, e.value) FILTER (WHERE live), '{}'),
 		coalesce(bool_or(NOT live), false)
 	INTO st.nrep, nr, stale
-	FROM (SELECT e.key, e.value, (e.value #>> '{}')::float8 > p_now - s.win AS live FROM jsonb_each(st.r) e) e;
+	-- a report more than a window ahead of the clock (a foreign value, or one stamped
+	-- before a failover to a clock behind) is no live reporter (prelude.lua's reporters)
+	FROM (SELECT e.key, e.value, (e.value #>> '{}')::float8 > p_now - s.win
+		AND (e.value #>> '{}')::float8 <= p_now + s.win AS live FROM jsonb_each(st.r) e) e;
 	IF stale THEN
 		st.r := nr;
 		st.dirty := true;
