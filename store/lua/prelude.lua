@@ -141,6 +141,12 @@ local function load(key, s, now)
       at = 0, ep = now, fo = 0, b = {}, r = {}, del = {}, new = true, dirty = true, changed = true,
       rs = 'corrupt', corrupt = st.corrupt, cfg = '', cfgr = '', s = s }
   end
+  -- times ahead of the clock (a failover to a clock behind, a foreign value) suspend
+  -- nothing by as much as they are ahead: a failure onset or a change is at most now,
+  -- and an open period has at most its whole length left
+  if st.fo > now then st.fo, st.dirty = now, true end
+  if st.at > now then st.at, st.dirty = now, true end
+  if st.st == 1 and st.ou - now > st.of then st.ou, st.dirty = now + st.of, true end
   return st
 end
 

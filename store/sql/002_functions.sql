@@ -167,6 +167,12 @@ BEGIN
 		st.gf := 0; st.sc := 0; st.at := 0; st.ep := p_now; st.fo := 0; st.b := '{}'; st.r := '{}';
 		st.new := true; st.dirty := true; st.changed := true; st.rs := 'corrupt'; st.cfg := ''; st.cfgr := '';
 	END IF;
+	-- times ahead of the clock (a failover to a clock behind, a foreign value) suspend
+	-- nothing by as much as they are ahead: a failure onset or a change is at most now,
+	-- and an open period has at most its whole length left (prelude.lua's load)
+	IF st.fo > p_now THEN st.fo := p_now; st.dirty := true; END IF;
+	IF st.at > p_now THEN st.at := p_now; st.dirty := true; END IF;
+	IF st.st = 1 AND st.ou - p_now > st.opf THEN st.ou := p_now + st.opf; st.dirty := true; END IF;
 	RETURN st;
 END $$;
 
