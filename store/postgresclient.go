@@ -49,6 +49,14 @@ func NewPostgresPool(o PostgresClientOptions) (*pgxpool.Pool, error) {
 	if o.StatementTimeout > 0 {
 		rp["statement_timeout"] = strconv.FormatInt(o.StatementTimeout.Milliseconds(), 10)
 	}
+	// The functions are written for READ COMMITTED (a call that waited for a circuit's
+	// row lock reads what the holder wrote): a database's or role's stricter
+	// default_transaction_isolation would fail concurrent calls on one circuit with
+	// serialization errors (40001) and degrade the store under load.
+	rp["default_transaction_isolation"] = "read committed"
+	// Nor may a database's lock_timeout fail a call that waits for a circuit's row while
+	// another replica's call holds it (55P03): statement_timeout bounds the call.
+	rp["lock_timeout"] = "0"
 	if rp["application_name"] == "" {
 		rp["application_name"] = cmpString(o.ApplicationName, "fuseproxy")
 	}

@@ -58,6 +58,10 @@ local function count(v)
   return nil
 end
 
+-- max_ms is the longest time in ms a replica decodes in a reply (store/codec.go's
+-- maxMillis): an open period (of) or its rest (ou - now) beyond it is corrupt.
+local max_ms = 9223372036854
+
 -- shown quotes a stored value for a corrupt reason, cut short.
 local function shown(v)
   if #v > 40 then return string.format('%q', string.sub(v, 1, 40)) .. '...' end
@@ -121,6 +125,14 @@ local function load(key, s, now)
   if not st.corrupt and h.rs ~= nil and (#h.rs > 64 or not string.match(h.rs, '^[%w_]+$')) then
     st.corrupt = 'field rs is ' .. shown(h.rs)
   end
+  -- a time no replica could decode in a reply (store/codec.go's maxMillis, a
+  -- time.Duration in ms) fails every exchange that reads it: corrupt too
+  if not st.corrupt and st.of > max_ms then
+    st.corrupt = 'field of is ' .. shown(h.of)
+  end
+  if not st.corrupt and st.ou - now > max_ms then
+    st.corrupt = 'field ou is ' .. shown(h.ou)
+  end
   st.cfg, st.cfgr, st.rs = h.cfg or '', h.cfgr or '', h.rs
   if st.corrupt then
     redis.call('DEL', key)
@@ -129,6 +141,12 @@ local function load(key, s, now)
       at = 0, ep = now, fo = 0, b = {}, r = {}, del = {}, new = true, dirty = true, changed = true,
       rs = 'corrupt', corrupt = st.corrupt, cfg = '', cfgr = '', s = s }
   end
+  -- times ahead of the clock (a failover to a clock behind, a foreign value) suspend
+  -- nothing by as much as they are ahead: a failure onset or a change is at most now,
+  -- and an open period has at most its whole length left
+  if st.fo > now then st.fo, st.dirty = now, true end
+  if st.at > now then st.at, st.dirty = now, true end
+  if st.st == 1 and st.ou - now > st.of then st.ou, st.dirty = now + st.of, true end
   return st
 end
 
@@ -153,7 +171,10 @@ end
 local function reporters(st, s, now)
   local n = 0
   for id, t in pairs(st.r) do
-    if t > now - s.win then
+    -- a report more than a window ahead of the clock (a foreign value, or one stamped
+    -- before a failover to a clock behind) is no live reporter: it would count until the
+    -- clock caught up with it
+    if t > now - s.win and t <= now + s.win then
       n = n + 1
     else
       st.r[id] = nil

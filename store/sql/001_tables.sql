@@ -110,11 +110,13 @@ CREATE TYPE {{.P}}settings AS (
 -- A circuit's state while a function works on it (prelude.lua's st table): the stored
 -- fields, and what the Lua table carries besides (new, dirty, changed, corrupt, grace;
 -- the caller for the history; the window's sums and reporters as window and reporters
--- last counted them, the sums valid while wok: b has not changed since).
+-- last counted them, the sums valid while wok: b has not changed since; the call's
+-- clock).
 CREATE TYPE {{.P}}st AS (
 	upstream text, key text, replica text,
 	st bigint, md bigint, gen bigint, ou bigint, opf bigint, tr bigint, cf bigint, gf bigint,
 	sc bigint, at bigint, ep bigint, fo bigint, rs text, cfg text, cfgr text, b jsonb, r jsonb,
 	new boolean, dirty boolean, changed boolean, corrupt text, grace float8,
-	wr float8, wf float8, ws float8, wok boolean, nrep bigint, reason text
+	wr float8, wf float8, ws float8, wok boolean, nrep bigint, reason text,
+	now bigint -- the call's clock, read once the row is held (_load)
 );

@@ -65,15 +65,20 @@ CREATE FUNCTION {{.P}}_bucket_width(s {{.P}}settings) RETURNS bigint LANGUAGE sq
 AS $$ SELECT greatest(1, floor(s.win / s.buckets))::bigint $$;
 
 -- _load locks the circuit's row (inserting an absent one first, which reads as absent:
--- expires_at 0) and reads it (prelude.lua's load). A value that does not parse is
+-- expires_at 0), then reads the clock into st.now (the call's one clock reading) and
+-- the row (prelude.lua's load). The clock is read once the row is held, not before: a
+-- call that waited for another's lock must not judge that call's writes by an earlier
+-- time (its bucket would look as if from the future and be dropped, and its counts with
+-- it; a transition would be dated before the one it follows). A value that does not parse is
 -- reported (corrupt) and replaced by a fresh closed state in a newer generation; a
 -- malformed bucket is dropped; a malformed report reads as 0.
-CREATE FUNCTION {{.P}}_load(p_up text, p_key text, s {{.P}}settings, p_now bigint, p_replica text)
+CREATE FUNCTION {{.P}}_load(p_up text, p_key text, s {{.P}}settings, p_replica text)
 RETURNS {{.P}}st LANGUAGE plpgsql AS $$
 DECLARE
 	c record;
 	st {{.P}}st;
 	found_row boolean := false;
+	p_now bigint;
 BEGIN
 	-- one query: the row, locked, with its buckets and reports as they may be used (a
 	-- malformed bucket dropped, a malformed report read as 0; NULL when not an object)
@@ -98,6 +103,8 @@ BEGIN
 	IF NOT found_row THEN
 		RAISE EXCEPTION 'fuseproxy: circuit % % could not be locked', p_up, p_key;
 	END IF;
+	p_now := {{.P}}now_ms();
+	st.now := p_now;
 	st.upstream := p_up; st.key := p_key; st.replica := p_replica;
 	st.st := 0; st.md := s.mode; st.gen := 0; st.ou := 0; st.opf := 0; st.tr := 0; st.cf := 0;
 	st.gf := 0; st.sc := 0; st.at := 0; st.ep := p_now; st.fo := 0;
@@ -144,6 +151,14 @@ BEGIN
 	IF st.corrupt IS NULL AND c.reason IS NOT NULL AND (octet_length(c.reason) > 64 OR c.reason !~ '^[A-Za-z0-9_]+$') THEN
 		st.corrupt := 'field rs is ' || {{.P}}_shown(c.reason);
 	END IF;
+	-- a time no replica could decode in a reply (store/codec.go's maxMillis, a
+	-- time.Duration in ms) fails every exchange that reads it: corrupt too
+	IF st.corrupt IS NULL AND st.opf > 9223372036854 THEN
+		st.corrupt := 'field of is ' || {{.P}}_shown(c.open_for::text);
+	END IF;
+	IF st.corrupt IS NULL AND st.ou - p_now > 9223372036854 THEN
+		st.corrupt := 'field ou is ' || {{.P}}_shown(c.open_until::text);
+	END IF;
 	st.cfg := coalesce(c.cfg, ''); st.cfgr := coalesce(c.cfg_replica, ''); st.rs := c.reason;
 	IF st.corrupt IS NOT NULL THEN
 		-- a fresh closed state in a newer generation, published so every replica adopts it
@@ -152,6 +167,12 @@ BEGIN
 		st.gf := 0; st.sc := 0; st.at := 0; st.ep := p_now; st.fo := 0; st.b := '{}'; st.r := '{}';
 		st.new := true; st.dirty := true; st.changed := true; st.rs := 'corrupt'; st.cfg := ''; st.cfgr := '';
 	END IF;
+	-- times ahead of the clock (a failover to a clock behind, a foreign value) suspend
+	-- nothing by as much as they are ahead: a failure onset or a change is at most now,
+	-- and an open period has at most its whole length left (prelude.lua's load)
+	IF st.fo > p_now THEN st.fo := p_now; st.dirty := true; END IF;
+	IF st.at > p_now THEN st.at := p_now; st.dirty := true; END IF;
+	IF st.st = 1 AND st.ou - p_now > st.opf THEN st.ou := p_now + st.opf; st.dirty := true; END IF;
 	RETURN st;
 END $$;
 
@@ -210,7 +231,10 @@ BEGIN
 	SELECT count(*) FILTER (WHERE live), coalesce(jsonb_object_agg(e.key, e.value) FILTER (WHERE live), '{}'),
 		coalesce(bool_or(NOT live), false)
 	INTO st.nrep, nr, stale
-	FROM (SELECT e.key, e.value, (e.value #>> '{}')::float8 > p_now - s.win AS live FROM jsonb_each(st.r) e) e;
+	-- a report more than a window ahead of the clock (a foreign value, or one stamped
+	-- before a failover to a clock behind) is no live reporter (prelude.lua's reporters)
+	FROM (SELECT e.key, e.value, (e.value #>> '{}')::float8 > p_now - s.win
+		AND (e.value #>> '{}')::float8 <= p_now + s.win AS live FROM jsonb_each(st.r) e) e;
 	IF stale THEN
 		st.r := nr;
 		st.dirty := true;
@@ -434,7 +458,7 @@ END $$;
 CREATE FUNCTION {{.P}}_flush(p_up text, p_key text, args text[], p_kttl float8) RETURNS text[] LANGUAGE plpgsql AS $$
 DECLARE
 	s {{.P}}settings := {{.P}}_settings(args[8]);
-	v_now bigint := {{.P}}now_ms();
+	v_now bigint; -- the clock once the row is held (_load)
 	st {{.P}}st;
 	prevcfg text;
 	prevcfgr text;
@@ -449,7 +473,8 @@ DECLARE
 	c jsonb;
 	pause float8;
 BEGIN
-	st := {{.P}}_load(p_up, p_key, s, v_now, args[1]);
+	st := {{.P}}_load(p_up, p_key, s, args[1]);
+	v_now := st.now;
 	IF args[18] = '1' THEN st := {{.P}}_timeout(st, s, v_now); END IF;
 	prevcfg := st.cfg; prevcfgr := st.cfgr;
 	st.grace := {{.P}}_num(args[14]);
@@ -499,7 +524,7 @@ END $$;
 CREATE FUNCTION {{.P}}_acquire(p_up text, p_key text, args text[], p_kttl float8) RETURNS text[] LANGUAGE plpgsql AS $$
 DECLARE
 	s {{.P}}settings := {{.P}}_settings(args[4]);
-	v_now bigint := {{.P}}now_ms();
+	v_now bigint; -- the clock once the row is held (_load)
 	st {{.P}}st;
 	granted bigint := 0;
 	lease float8;
@@ -507,7 +532,8 @@ DECLARE
 	expires bigint;
 	held bigint;
 BEGIN
-	st := {{.P}}_load(p_up, p_key, s, v_now, args[1]);
+	st := {{.P}}_load(p_up, p_key, s, args[1]);
+	v_now := st.now;
 	IF st.md IN (0, 3) THEN
 		st := {{.P}}_timeout(st, s, v_now);
 		lease := {{.P}}_num(args[3]);
@@ -538,12 +564,13 @@ END $$;
 CREATE FUNCTION {{.P}}_trial(p_up text, p_key text, args text[], p_kttl float8) RETURNS text[] LANGUAGE plpgsql AS $$
 DECLARE
 	s {{.P}}settings := {{.P}}_settings(args[5]);
-	v_now bigint := {{.P}}now_ms();
+	v_now bigint; -- the clock once the row is held (_load)
 	st {{.P}}st;
 	lid text;
 	pause float8;
 BEGIN
-	st := {{.P}}_load(p_up, p_key, s, v_now, args[1]);
+	st := {{.P}}_load(p_up, p_key, s, args[1]);
+	v_now := st.now;
 	-- a trial on a permit granted in advance may be the first the store hears of the
 	-- half-open period
 	st := {{.P}}_timeout(st, s, v_now);
@@ -578,11 +605,12 @@ END $$;
 CREATE FUNCTION {{.P}}_control(p_up text, p_key text, args text[], p_kttl float8) RETURNS text[] LANGUAGE plpgsql AS $$
 DECLARE
 	s {{.P}}settings := {{.P}}_settings(args[3]);
-	v_now bigint := {{.P}}now_ms();
+	v_now bigint; -- the clock once the row is held (_load)
 	st {{.P}}st;
 	op text := args[1];
 BEGIN
-	st := {{.P}}_load(p_up, p_key, s, v_now, args[7]);
+	st := {{.P}}_load(p_up, p_key, s, args[7]);
+	v_now := st.now;
 	IF op = 'open' THEN
 		st := {{.P}}_trip(st, s, v_now, 'mode', {{.P}}_num(args[4]));
 	ELSIF op = 'close' THEN
