@@ -48,7 +48,7 @@
 #   (target "postgres": the postgres store on a private PostgreSQL on PORT_BASE+298,
 #   initdb'd under the run's directory, pg_stat_statements counting its statements)
 #   SCALE_UPSTREAMS=10000 SCALE_HOT=1000 SCALE_DURATION=10s   (scale mode)
-#   SCALE_TARGETS="memory redis memory@GOGC=400"             (scale mode replicas)
+#   SCALE_TARGETS="memory redis memory@GOGC=400"             (scale mode replicas; also postgres)
 #   BENCH_WORK=/tmp/fuseproxy-bench-local   output: $BENCH_WORK/results/<mode>-<stamp>/
 #   PORT_BASE=19080     backend PORT_BASE, goproxy +1, fuseproxy +10.., admin +20.., redis +299
 #
@@ -521,18 +521,22 @@ run_scale() {
     [[ $t == *@* ]] && IFS=, read -r -a envs <<<"${t#*@}"
     store=memory
     [[ ${t%%@*} == redis ]] && store=redis
+    if [[ ${t%%@*} == postgres ]]; then
+      store=postgres
+      [[ -n ${PG_PID:-} ]] || start_postgres
+    fi
     t0=$SECONDS
     start_fp "$name" "$store" "$SCALE_UPSTREAMS" one "${envs[@]}"
     started=$((SECONDS - t0))
     sleep 3 # settle: the redis replica's first resync reads every circuit
     rss0=$(rss_kib "${PID[$name]}")
-    r0=$(redis_calls)
+    r0=$(store_calls "$name")
     sleep "$IDLE"
-    r1=$(redis_calls)
+    r1=$(store_calls "$name")
     idle_cmds=$(awk -v a="$r0" -v b="$r1" -v s="$IDLE" 'BEGIN { split(a, x, " "); split(b, y, " "); printf "%.1f", (y[1] - x[1]) / s }')
-    c0=$(cpu_snap) p0=$(proc_ticks "${PID[$name]}") r0=$(redis_calls)
+    c0=$(cpu_snap) p0=$(proc_ticks "${PID[$name]}") r0=$(store_calls "$name")
     wrk -t"$THREADS" -c"$CONNS" -d"$SCALE_DURATION" --latency -s "$lua" "http://127.0.0.1:${FP_PORT[$name]}/" >"$OUT/wrk/$name.txt"
-    c1=$(cpu_snap) p1=$(proc_ticks "${PID[$name]}") r1=$(redis_calls)
+    c1=$(cpu_snap) p1=$(proc_ticks "${PID[$name]}") r1=$(store_calls "$name")
     w=$(parse_wrk "$OUT/wrk/$name.txt")
     rows+=("$(awk -v name="$name" -v w="$w" -v rss0="$rss0" -v rss1="$(rss_kib "${PID[$name]}")" -v hwm="$(hwm_kib "${PID[$name]}")" \
       -v p="$((p1 - p0))" -v hz="$HZ" -v c0="$c0" -v c1="$c1" -v r0="$r0" -v r1="$r1" -v idle="$idle_cmds" -v n="$SCALE_UPSTREAMS" \
@@ -542,7 +546,7 @@ run_scale() {
         split(r0, q0, " "); split(r1, q1, " ")
         printf "| %s | %d | %d s | %.1f | %.0f | %.0f | %.1f | %.1f | %.3f | %.3f | %.1f | %s | %s | %.1f | %s | %d |", name, n, started,
           rss0 / 1024, rss0 * 1024 / n, x[1], rss1 / 1024, hwm / 1024, x[2], x[3], p / hz * 1e6 / reqs,
-          (redis == "redis" ? sprintf("%.4f", (q1[1] - q0[1]) / reqs) : "-"), (redis == "redis" ? idle : "-"), 100 * st / d, ld, x[4] }')")
+          (redis != "memory" ? sprintf("%.4f", (q1[1] - q0[1]) / reqs) : "-"), (redis != "memory" ? idle : "-"), 100 * st / d, ld, x[4] }')")
     kill -TERM "${PID[$name]}"
     wait "${PID[$name]}" 2>/dev/null || true
   done
@@ -555,9 +559,9 @@ run_scale() {
     echo
     echo "Each replica has $SCALE_UPSTREAMS upstreams (breakers enabled, all closed; all target the bench backend, so they share one transport and pool)"
     echo "and $((2 * SCALE_UPSTREAMS + 1)) routes. Load: \`wrk -t$THREADS -c$CONNS -d$SCALE_DURATION --latency -s hot.lua\`, request i to"
-    echo "/u<i mod $SCALE_HOT>/. RSS idle is read $((3 + IDLE)) s after start; Redis cmds/s idle over $IDLE s (all commands, INFO excluded)."
+    echo "/u<i mod $SCALE_HOT>/. RSS idle is read $((3 + IDLE)) s after start; store cmds/s idle over $IDLE s (Redis: all commands, INFO excluded; postgres: top-level statements)."
     echo
-    echo "| replica | upstreams | startup | RSS idle MiB | RSS idle bytes/upstream | req/s | RSS after load MiB | VmHWM MiB | p50 ms | p99 ms | proxy CPU µs/req | Redis cmds/req | Redis cmds/s idle | steal % | load1 | errors |"
+    echo "| replica | upstreams | startup | RSS idle MiB | RSS idle bytes/upstream | req/s | RSS after load MiB | VmHWM MiB | p50 ms | p99 ms | proxy CPU µs/req | store cmds/req | store cmds/s idle | steal % | load1 | errors |"
     echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     printf '%s\n' "${rows[@]}"
   } >"$OUT/summary.md"

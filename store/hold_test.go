@@ -267,11 +267,11 @@ func TestPlanSkipsOnlyCircuitsWithNothingToSend(t *testing.T) {
 			gate(c.Breaker).Done(must(gate(c.Breaker).Allow()), breaker.Failure, 0)
 		}, 1, 1, 0},
 		{"held successes a window old are dropped", func(c *circuit, now time.Time) {
-			c.addHeld(breaker.Delta{Counts: breaker.Counts{Requests: held}}, now.Add(-c.holdFor-c.holdFor/holdSpan))
+			c.addHeld(breaker.Delta{Counts: breaker.Counts{Requests: held}}, now.Add(-c.cfg.holdFor-c.cfg.holdFor/holdSpan))
 		}, 0, 0, 0},
 		{"those of the last window are kept", func(c *circuit, now time.Time) {
-			c.addHeld(breaker.Delta{Counts: breaker.Counts{Requests: held}}, now.Add(-c.holdFor-c.holdFor/holdSpan))
-			c.addHeld(breaker.Delta{Counts: breaker.Counts{Requests: 2}}, now.Add(-c.holdFor+c.holdFor/holdSpan/2))
+			c.addHeld(breaker.Delta{Counts: breaker.Counts{Requests: held}}, now.Add(-c.cfg.holdFor-c.cfg.holdFor/holdSpan))
+			c.addHeld(breaker.Delta{Counts: breaker.Counts{Requests: 2}}, now.Add(-c.cfg.holdFor+c.cfg.holdFor/holdSpan/2))
 			c.addHeld(breaker.Delta{Counts: breaker.Counts{Requests: 3}}, now.Add(-time.Second))
 		}, 0, 0, 5},
 		{"the key's refresh is due", func(c *circuit, now time.Time) {
@@ -323,8 +323,8 @@ func TestPlanSkipsOnlyCircuitsWithNothingToSend(t *testing.T) {
 					t.Errorf("flush sends %v requests, want %d", got, tc.sent)
 				}
 			}
-			if c.held.Requests != tc.hold {
-				t.Errorf("holds %d requests afterwards, want %d", c.held.Requests, tc.hold)
+			if c.heldRequests() != tc.hold {
+				t.Errorf("holds %d requests afterwards, want %d", c.heldRequests(), tc.hold)
 			}
 			if st.holding != (tc.hold > 0) {
 				t.Errorf("store holding = %v, want %v", st.holding, tc.hold > 0)

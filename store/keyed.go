@@ -73,6 +73,7 @@ var (
 // keyedCircuit is the Redis store's part of a key's circuit.
 type keyedCircuit struct {
 	upstream, registry, member string
+	state, leases              string // the key's Redis keys (keyKeys)
 	maxKeys                    int
 	ttl                        time.Duration
 	local                      atomic.Bool // refused by the registry: decides alone
@@ -105,14 +106,13 @@ func keyKeys(prefix, upstream, name string) (state, leases, registry, member str
 // newKeyCircuit builds the store's view of a key's circuit.
 func (r *Redis) newKeyCircuit(name string, k KeyCircuit) *circuit {
 	state, leases, registry, member := keyKeys(r.o.Prefix, k.Upstream, name)
-	c := &circuit{Circuit: k.Circuit, name: name, key: state, leaseKey: leases,
-		k: &keyedCircuit{upstream: k.Upstream, registry: registry, member: member, maxKeys: k.MaxKeys, ttl: k.IdleTTL}}
 	bs := k.Settings
 	if k.Breaker != nil {
 		bs = k.Breaker.Settings()
 	}
-	c.settings = settingsArg(bs, k.MinReplicasReporting) + r.o.History.arg()
-	return c
+	return &circuit{Breaker: k.Breaker, name: name, cfg: r.newConfig(bs, k.Circuit),
+		k: &keyedCircuit{upstream: k.Upstream, registry: registry, member: member, state: state, leases: leases,
+			maxKeys: k.MaxKeys, ttl: k.IdleTTL}}
 }
 
 // AttachKey implements KeyStore. The key starts closed and quiet, deciding with the
@@ -243,10 +243,10 @@ func (r *Redis) planKey(calls []*call, c *circuit, now time.Time, resync bool) [
 		k.dropped = uint32(min(uint64(k.dropped)+uint64(d.Requests), 1<<31))
 		return calls
 	}
-	keys := []string{c.key, c.leaseKey, k.registry}
+	keys := r.callKeys(c)
 	pre := []any{k.maxKeys, k.ttl.Milliseconds(), k.member}
-	if tr, ok := b.TakeTrials(); (ok || r.stopping && len(c.leases) > 0) && !resync {
-		args := append(pre[:3:3], r.o.ReplicaID, tr.Generation, tr.Successes, tr.Failures, c.settings,
+	if tr, ok := b.TakeTrials(); (ok || r.stopping && c.hasLeases()) && !resync {
+		args := append(pre[:3:3], r.o.ReplicaID, tr.Generation, tr.Successes, tr.Failures, c.cfg.arg,
 			rand.Float64(), r.channel, c.name, tr.Pause.Milliseconds())
 		args = r.releaseLeases(args, c, tr)
 		calls = append(calls, &call{c: c, script: keyTrialScript, keys: keys, args: args})
@@ -268,16 +268,16 @@ func (r *Redis) planKey(calls []*call, c *circuit, now time.Time, resync bool) [
 		}
 		calls = append(calls, &call{c: c, script: keyFlushScript, keys: keys, args: append(pre[:3:3],
 			r.o.ReplicaID, d.Generation, d.Requests, d.Failures, d.Slow, d.Tail,
-			boolArg(d.HadSuccess), c.settings, c.SettingsHash, rand.Float64(), r.channel, c.name,
+			boolArg(d.HadSuccess), c.cfg.arg, c.cfg.hash, rand.Float64(), r.channel, c.name,
 			r.onset, r.o.FlushInterval.Milliseconds(), d.GatewayTail, boolArg(d.GatewayEnded), d.Pause.Milliseconds())})
 	}
-	if resync || r.stopping || now.Before(c.nextAcquire) {
+	if resync || r.stopping || now.Before(c.acquireAfter()) {
 		return calls
 	}
 	if want := b.NeedsPermits(); want > 0 {
 		base := r.o.ReplicaID + ":" + strconv.FormatUint(r.leaseSeq.Add(1), 10)
 		calls = append(calls, &call{c: c, script: keyAcquireScript, keys: keys, args: append(pre[:3:3],
-			r.o.ReplicaID, want, c.lease().Milliseconds(), c.settings, base, r.channel, c.name)})
+			r.o.ReplicaID, want, c.lease().Milliseconds(), c.cfg.arg, base, r.channel, c.name)})
 	}
 	return calls
 }
@@ -359,9 +359,9 @@ func (r *Redis) controlKeyRun(ctx context.Context, c *circuit, cmd Command) (any
 	op := [...]string{OpOpen: "open", OpClose: "close", OpReset: "reset", OpMode: "mode"}[cmd.Op]
 	ctx, cancel := context.WithTimeout(ctx, r.o.Timeout)
 	defer cancel()
-	return r.be.eval(ctx, &call{c: c, script: keyControlScript, keys: []string{c.key, c.leaseKey, c.k.registry},
+	return r.be.eval(ctx, &call{c: c, script: keyControlScript, keys: r.callKeys(c),
 		args: []any{c.k.maxKeys, c.k.ttl.Milliseconds(), c.k.member,
-			op, int(cmd.Mode), c.settings, rand.Float64(), r.channel, c.name, r.o.ReplicaID}})
+			op, int(cmd.Mode), c.cfg.arg, rand.Float64(), r.channel, c.name, r.o.ReplicaID}})
 }
 
 // InspectKey implements KeyStore.
@@ -479,9 +479,9 @@ func (r *Redis) readRegistry(ctx context.Context, up string, k KeyCircuit) error
 			continue
 		}
 		c := r.newKeyCircuit(name, k)
-		calls = append(calls, &call{c: c, script: keyFlushScript, keys: []string{c.key, c.leaseKey, c.k.registry},
+		calls = append(calls, &call{c: c, script: keyFlushScript, keys: r.callKeys(c),
 			args: []any{c.k.maxKeys, c.k.ttl.Milliseconds(), c.k.member, r.o.ReplicaID, 0, 0, 0, 0, 0, 0,
-				c.settings, k.SettingsHash, rand.Float64(), r.channel, c.name, r.onset,
+				c.cfg.arg, k.SettingsHash, rand.Float64(), r.channel, c.name, r.onset,
 				r.o.FlushInterval.Milliseconds(), 0, 0, 0}})
 	}
 	for i := 0; i < len(calls); i += maxPipeline {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -80,9 +81,10 @@ type Redis struct {
 	// id and a random suffix, so that two stores never share a lease even under one id.
 	claimOwner string
 
-	mu       sync.RWMutex // guards circuits and all
-	circuits map[string]*circuit
-	all      []*circuit // the circuits' values, rebuilt by Attach (list)
+	mu sync.RWMutex // guards all
+	// all are the attached circuits sorted by name (find), replaced by Attach: a slice
+	// rather than a map, which took 40 bytes a circuit more.
+	all []*circuit
 
 	tallies tallies // shared tallies (tally.go)
 
@@ -130,18 +132,19 @@ type Redis struct {
 	kups map[string]KeyCircuit
 }
 
-// circuit is the store's view of one circuit.
+// circuit is the store's view of one circuit. A replica keeps one per upstream, most of
+// them idle: what only some circuits need (trial leases, held successes, a settings
+// warning) is in more, allocated at first use, and what circuits of equal settings
+// share is in cfg, one value for all of them; the keys are derived from the name when
+// a call needs them (keysOf). TestCircuitMemory bounds what an idle one costs.
 type circuit struct {
-	Circuit
-	name, key, leaseKey, settings string
-	epoch                         atomic.Int64
-	synced                        atomic.Bool // read from Redis at least once
-	amu                           sync.Mutex  // serialises apply: the loop, pub/sub and Control
-	seen                          uint64      // newest generation read from Redis in this epoch (amu)
-	leases                        []lease     // trial permits held (xmu)
-	refused                       []string    // ids of leases granted but refused by the breaker: to release (xmu)
-	nextAcquire                   time.Time   // no permit request before (xmu)
-	warnedCfg                     string      // settings hash last warned about (xmu)
+	Breaker breaker.Sync
+	name    string
+	cfg     *circuitConfig // shared by the circuits of equal settings (Attach)
+	epoch   atomic.Int64
+	seen    uint64      // newest generation read from Redis in this epoch (amu)
+	amu     sync.Mutex  // serialises apply: the loop, pub/sub and Control
+	synced  atomic.Bool // read from Redis at least once
 	// quiet: the last reply said the circuit is closed with nothing bad in its window, and
 	// no message since said otherwise; its successes may then be held (see hold; xmu).
 	quiet    atomic.Bool
@@ -151,22 +154,87 @@ type circuit struct {
 	// that only its keys meet keeps counting towards degradation, and a heartbeat that
 	// works in between does not clear the count (xmu).
 	retry bool
-	// held are the successes held while quiet (their generation and number), in parts of
-	// holdFor/holdSpan each, part i counting those since heldSince + i·holdFor/holdSpan;
-	// a part leaves the hold once its newest success is holdFor (the window) old
-	// (ageHeld). refreshAt: held successes are sent by then all the same, so that a busy
-	// circuit's key in Redis does not expire (see refreshEvery; xmu).
-	held      breaker.Delta
-	heldParts [holdSpan + 1]uint32
-	heldSince time.Time
-	holdFor   time.Duration
+	// refreshAt: held successes are sent by then all the same, so that a busy circuit's
+	// key in Redis does not expire (see refreshEvery; xmu).
 	refreshAt time.Time
 	// k is set for a key's circuit (keyed.go).
 	k *keyedCircuit
+	// more holds what a circuit needs once it has trial permits or held successes (xmu);
+	// nil until then (see more).
+	more *circuitMore
+}
+
+// circuitConfig is what a circuit's settings give the store: one value for all the
+// circuits that have the same (Attach interns them).
+type circuitConfig struct {
+	arg   string        // the settings as the scripts take them (settingsArg)
+	hash  string        // Circuit.SettingsHash
+	lease time.Duration // Circuit.TrialLease
+	// holdFor is how long held successes count (the window, at least a flush interval).
+	holdFor time.Duration
+}
+
+// circuitMore is the part of a circuit's state that most circuits never need (xmu).
+type circuitMore struct {
+	leases      []lease   // trial permits held
+	refused     []string  // ids of leases granted but refused by the breaker: to release
+	nextAcquire time.Time // no permit request before
+	warnedCfg   string    // settings hash last warned about
+	// held are the successes held while quiet (their generation and number), in parts of
+	// holdFor/holdSpan each, part i counting those since heldSince + i·holdFor/holdSpan;
+	// a part leaves the hold once its newest success is holdFor (the window) old
+	// (ageHeld).
+	held      breaker.Delta
+	heldParts [holdSpan + 1]uint32
+	heldSince time.Time
+}
+
+// x returns the circuit's circuitMore, allocating it at first use. xmu is held.
+func (c *circuit) x() *circuitMore {
+	if c.more == nil {
+		c.more = &circuitMore{}
+	}
+	return c.more
+}
+
+// heldRequests returns the number of successes held. xmu is held.
+func (c *circuit) heldRequests() uint32 {
+	if c.more == nil {
+		return 0
+	}
+	return c.more.held.Requests
+}
+
+// hasLeases reports whether the circuit holds trial permits' leases. xmu is held.
+func (c *circuit) hasLeases() bool { return c.more != nil && len(c.more.leases) > 0 }
+
+// acquireAfter returns the time before which no permit is asked for. xmu is held.
+func (c *circuit) acquireAfter() time.Time {
+	if c.more == nil {
+		return time.Time{}
+	}
+	return c.more.nextAcquire
 }
 
 // lease returns how long a trial permit's lease lasts in Redis.
-func (c *circuit) lease() time.Duration { return c.TrialLease }
+func (c *circuit) lease() time.Duration { return c.cfg.lease }
+
+// keysOf returns the circuit's keys in Redis: its state and its trial leases.
+func (c *circuit) keysOf(prefix string) (state, leases string) {
+	if c.k != nil {
+		return c.k.state, c.k.leases
+	}
+	return keys(prefix, c.name)
+}
+
+// callKeys returns the keys a circuit's call names (a key's circuit's registry too).
+func (r *Redis) callKeys(c *circuit) []string {
+	state, leases := c.keysOf(r.o.Prefix)
+	if c.k != nil {
+		return []string{state, leases, c.k.registry}
+	}
+	return []string{state, leases}
+}
 
 // lease is a trial permit held by this replica: its id in the leases set, and the
 // generation of the half-open period it belongs to.
@@ -201,7 +269,6 @@ func newEngine(be backend, o RedisOptions, channel, onset, heartbeat string) *Re
 		be: be, o: o, log: o.Logger.With(zap.String("store", be.driver())),
 		channel: channel, onset: onset, heartbeatKey: heartbeat,
 		claimOwner: o.ReplicaID + "/" + strconv.FormatUint(rand.Uint64(), 36),
-		circuits:   map[string]*circuit{},
 		wake:       make(chan struct{}, 1), resync: make(chan struct{}, 1), onsets: make(chan struct{}, 1),
 	}
 	r.status.Store(&Status{Driver: be.driver(), ReplicaID: o.ReplicaID})
@@ -244,35 +311,55 @@ func (r *Redis) Wake() {
 // are read from Redis on the loop's next turn, taking decisions locally until then.
 func (r *Redis) Attach(circuits map[string]Circuit) {
 	requireLeases(circuits)
-	next := make(map[string]*circuit, len(circuits))
+	next := make([]*circuit, 0, len(circuits))
 	r.xmu.Lock()
 	defer r.xmu.Unlock()
 	r.mu.Lock()
+	wake := r.Wake // one func value for every breaker
+	configs := map[configKey]*circuitConfig{}
 	for name, c := range circuits {
-		state, leases := keys(r.o.Prefix, name)
-		c.Breaker.SetWake(r.Wake)
+		c.Breaker.SetWake(wake)
 		bs := c.Breaker.Settings()
-		sc := &circuit{Circuit: c, name: name, key: state, leaseKey: leases,
-			settings: settingsArg(bs, c.MinReplicasReporting) + r.o.History.arg(), holdFor: max(bs.Window, r.o.FlushInterval)}
-		if old, ok := r.circuits[name]; ok && old.Breaker == c.Breaker {
+		ck := configKey{bs, c.MinReplicasReporting, c.SettingsHash, c.TrialLease}
+		cfg := configs[ck]
+		if cfg == nil {
+			cfg = r.newConfig(bs, c)
+			configs[ck] = cfg
+		}
+		sc := &circuit{Breaker: c.Breaker, name: name, cfg: cfg}
+		if old, ok := find(r.all, name); ok && old.Breaker == c.Breaker {
 			sc.epoch.Store(old.epoch.Load())
 			sc.synced.Store(old.synced.Load())
 			old.amu.Lock()
 			sc.seen = old.seen
 			old.amu.Unlock()
-			sc.leases, sc.nextAcquire, sc.warnedCfg, sc.refused = old.leases, old.nextAcquire, old.warnedCfg, old.refused
-			sc.held, sc.heldParts, sc.heldSince, sc.refreshAt = old.held, old.heldParts, old.heldSince, old.refreshAt
+			if old.more != nil {
+				m := *old.more
+				sc.more = &m
+			}
+			sc.refreshAt = old.refreshAt
 			sc.quiet.Store(old.quiet.Load())
 		}
-		next[name] = sc
+		next = append(next, sc)
 	}
-	r.circuits = next
-	r.all = make([]*circuit, 0, len(next))
-	for _, c := range next {
-		r.all = append(r.all, c)
-	}
+	slices.SortFunc(next, func(a, b *circuit) int { return strings.Compare(a.name, b.name) })
+	r.all = next
 	r.mu.Unlock()
 	r.requestResync()
+}
+
+// configKey identifies a circuitConfig: circuits attached with equal keys share one.
+type configKey struct {
+	settings    breaker.Settings
+	minReplicas int
+	hash        string
+	lease       time.Duration
+}
+
+// newConfig returns the store's view of a circuit's settings bs.
+func (r *Redis) newConfig(bs breaker.Settings, c Circuit) *circuitConfig {
+	return &circuitConfig{arg: settingsArg(bs, c.MinReplicasReporting) + r.o.History.arg(), hash: c.SettingsHash,
+		lease: c.TrialLease, holdFor: max(bs.Window, r.o.FlushInterval)}
 }
 
 // requireLeases panics on a circuit without a TrialLease, which has no default either:
@@ -303,12 +390,21 @@ func (r *Redis) list() []*circuit {
 
 func (r *Redis) get(name string) (*circuit, bool) {
 	r.mu.RLock()
-	c, ok := r.circuits[name]
+	c, ok := find(r.all, name)
 	r.mu.RUnlock()
 	if !ok {
 		return r.getKey(name)
 	}
 	return c, ok
+}
+
+// find returns the circuit named name in all, sorted by name.
+func find(all []*circuit, name string) (*circuit, bool) {
+	i, ok := slices.BinarySearchFunc(all, name, func(c *circuit, name string) int { return strings.Compare(c.name, name) })
+	if !ok {
+		return nil, false
+	}
+	return all[i], true
 }
 
 // Status implements Store.

@@ -25,14 +25,15 @@ func (b *redisBackend) eval(ctx context.Context, cl *call) (any, error) {
 // inspect returns a circuit's hash with its trial leases ("id@expiry,..."), or (key) a
 // key's hash with its time to live.
 func (b *redisBackend) inspect(ctx context.Context, c *circuit, key bool) (map[string]string, error) {
+	state, leases := c.keysOf(b.prefix)
 	pipe := b.client.Pipeline()
-	h := pipe.HGetAll(ctx, c.key)
+	h := pipe.HGetAll(ctx, state)
 	var l *redis.ZSliceCmd
 	var ttl *redis.DurationCmd
 	if key {
-		ttl = pipe.PTTL(ctx, c.key)
+		ttl = pipe.PTTL(ctx, state)
 	} else {
-		l = pipe.ZRangeWithScores(ctx, c.leaseKey, 0, -1)
+		l = pipe.ZRangeWithScores(ctx, leases, 0, -1)
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, err
@@ -42,7 +43,7 @@ func (b *redisBackend) inspect(ctx context.Context, c *circuit, key bool) (map[s
 		out = map[string]string{}
 	}
 	if key {
-		out["key"] = c.key
+		out["key"] = state
 		if d := ttl.Val(); d > 0 {
 			out["ttl_ms"] = strconv.FormatInt(d.Milliseconds(), 10)
 		}
@@ -53,7 +54,7 @@ func (b *redisBackend) inspect(ctx context.Context, c *circuit, key bool) (map[s
 		ls = append(ls, z.Member.(string)+"@"+strconv.FormatFloat(z.Score, 'f', 0, 64))
 	}
 	out["leases"] = strings.Join(ls, ",")
-	out["key"] = c.key
+	out["key"] = state
 	return out, nil
 }
 

@@ -70,14 +70,14 @@ func (r *Redis) Control(ctx context.Context, name string, cmd Command) error {
 	op := [...]string{OpOpen: "open", OpClose: "close", OpReset: "reset", OpMode: "mode"}[cmd.Op]
 	ctx, cancel := context.WithTimeout(ctx, r.o.Timeout)
 	defer cancel()
-	keys := []string{c.key, c.leaseKey}
+	keys := r.callKeys(c)
 	var res any
 	var err error
 	for {
 		if c.k != nil {
 			res, err = r.controlKeyRun(ctx, c, cmd)
 		} else {
-			res, err = r.be.eval(ctx, &call{c: c, script: controlScript, keys: keys, args: []any{op, int(cmd.Mode), c.settings,
+			res, err = r.be.eval(ctx, &call{c: c, script: controlScript, keys: keys, args: []any{op, int(cmd.Mode), c.cfg.arg,
 				rand.Float64(), r.channel, c.name, r.o.ReplicaID}})
 		}
 		// A connection error (not Redis's reply) is tried again within the timeout: just

@@ -66,7 +66,8 @@ func (r *Redis) exchange(ctx context.Context, cs []*circuit, resync bool) error 
 						cl.c.retry = true
 					}
 					if cl.script == acquireScript {
-						cl.c.refused = append(cl.c.refused, cl.args[4].(string)+":*")
+						x := cl.c.x()
+						x.refused = append(x.refused, cl.args[4].(string)+":*")
 					}
 				}
 				break
@@ -207,14 +208,14 @@ func (r *Redis) plan(calls []*call, c *circuit, now time.Time, resync bool) []*c
 	// through the full path below on a later flush (news, a key's refresh, an onset).
 	if !resync && !r.stopping && !b.HasNews() && c.synced.Load() && !c.deciding && !c.retry &&
 		b.State() == breaker.Closed {
-		if c.ageHeld(now); c.held.Requests == 0 || r.holds(c, c.held, now) {
-			r.holding = r.holding || c.held.Requests > 0
+		if c.ageHeld(now); c.more == nil || c.more.held.Requests == 0 || r.holds(c, c.more.held, now) {
+			r.holding = r.holding || c.heldRequests() > 0
 			return calls
 		}
 	}
-	keys := []string{c.key, c.leaseKey}
-	if tr, ok := b.TakeTrials(); (ok || r.stopping && len(c.leases) > 0) && !resync {
-		args := []any{r.o.ReplicaID, tr.Generation, tr.Successes, tr.Failures, c.settings,
+	keys := r.callKeys(c)
+	if tr, ok := b.TakeTrials(); (ok || r.stopping && c.hasLeases()) && !resync {
+		args := []any{r.o.ReplicaID, tr.Generation, tr.Successes, tr.Failures, c.cfg.arg,
 			rand.Float64(), r.channel, c.name, tr.Pause.Milliseconds()}
 		args = r.releaseLeases(args, c, tr)
 		calls = append(calls, &call{c: c, script: trialScript, keys: keys, args: args})
@@ -223,35 +224,41 @@ func (r *Redis) plan(calls []*call, c *circuit, now time.Time, resync bool) []*c
 	// breaker that was deciding locally has none (it counts into a Delta only when shared).
 	d, _ := b.TakeDelta()
 	c.ageHeld(now)
-	if d.Requests > 0 && c.held.Requests > 0 && d.Generation != c.held.Generation {
+	var held breaker.Delta
+	if c.more != nil {
+		held = c.more.held
+	}
+	if d.Requests > 0 && held.Requests > 0 && d.Generation != held.Generation {
 		c.clearHeld() // Redis would drop them (see merge)
+		held = breaker.Delta{}
 	}
 	send := resync || c.deciding || c.retry || !c.synced.Load() || b.State() != breaker.Closed
 	if !send && r.holds(c, d, now) {
 		c.addHeld(d, now)
-		r.holding = r.holding || c.held.Requests > 0
-	} else if d = merge(c.held, d); send || d.Requests > 0 {
+		r.holding = r.holding || c.heldRequests() > 0
+	} else if d = merge(held, d); send || d.Requests > 0 {
 		c.clearHeld()
 		calls = append(calls, &call{c: c, script: flushScript, keys: keys, args: []any{
 			r.o.ReplicaID, d.Generation, d.Requests, d.Failures, d.Slow, d.Tail,
-			boolArg(d.HadSuccess), c.settings, c.SettingsHash, rand.Float64(), r.channel, c.name,
+			boolArg(d.HadSuccess), c.cfg.arg, c.cfg.hash, rand.Float64(), r.channel, c.name,
 			r.onset, r.o.FlushInterval.Milliseconds(), d.GatewayTail, boolArg(d.GatewayEnded), d.Pause.Milliseconds(),
 			boolArg(b.State() == breaker.HalfOpen), boolArg(!now.Before(c.refreshAt))}})
 	}
 	if resync || r.stopping {
 		return calls
 	}
-	if gen, n := b.DropAdvance(r.o.FlushInterval); n > 0 || len(c.refused) > 0 {
+	if gen, n := b.DropAdvance(r.o.FlushInterval); n > 0 || c.more != nil && len(c.more.refused) > 0 {
 		// Permits granted in advance that this replica's traffic did not use when the
 		// open period ended, and grants the breaker refused: their leases go back at
 		// once, for the other replicas.
-		args := []any{r.o.ReplicaID, 0, 0, 0, c.settings, rand.Float64(), r.channel, c.name, 0}
-		for _, id := range c.refused {
+		x := c.x()
+		args := []any{r.o.ReplicaID, 0, 0, 0, c.cfg.arg, rand.Float64(), r.channel, c.name, 0}
+		for _, id := range x.refused {
 			args = append(args, id)
 		}
-		c.refused = nil
-		kept := c.leases[:0]
-		for _, l := range c.leases {
+		x.refused = nil
+		kept := x.leases[:0]
+		for _, l := range x.leases {
 			if l.gen == gen && n > 0 {
 				args = append(args, l.id)
 				n--
@@ -259,10 +266,10 @@ func (r *Redis) plan(calls []*call, c *circuit, now time.Time, resync bool) []*c
 				kept = append(kept, l)
 			}
 		}
-		c.leases = kept
+		x.leases = kept
 		calls = append(calls, &call{c: c, script: trialScript, keys: keys, args: args})
 	}
-	if now.Before(c.nextAcquire) {
+	if now.Before(c.acquireAfter()) {
 		return calls
 	}
 	want, advance := b.NeedsPermits(), 0
@@ -272,7 +279,7 @@ func (r *Redis) plan(calls []*call, c *circuit, now time.Time, resync bool) []*c
 	if want > 0 {
 		base := r.o.ReplicaID + ":" + strconv.FormatUint(r.leaseSeq.Add(1), 10)
 		calls = append(calls, &call{c: c, script: acquireScript, keys: keys, args: []any{
-			r.o.ReplicaID, want, c.lease().Milliseconds(), c.settings, base, r.channel, c.name, advance}})
+			r.o.ReplicaID, want, c.lease().Milliseconds(), c.cfg.arg, base, r.channel, c.name, advance}})
 	}
 	return calls
 }
@@ -287,8 +294,11 @@ func (r *Redis) advanceLead() time.Duration { return 3 * r.o.FlushInterval }
 // in advance too), and keeps the others; leases of older generations are gone from
 // Redis already.
 func (r *Redis) releaseLeases(args []any, c *circuit, tr breaker.TrialReport) []any {
-	n, kept := tr.Successes+tr.Failures+tr.Released, c.leases[:0]
-	for _, l := range c.leases {
+	if c.more == nil {
+		return args
+	}
+	n, kept := tr.Successes+tr.Failures+tr.Released, c.more.leases[:0]
+	for _, l := range c.more.leases {
 		switch {
 		case r.stopping:
 			args = append(args, l.id)
@@ -300,7 +310,7 @@ func (r *Redis) releaseLeases(args []any, c *circuit, tr breaker.TrialReport) []
 			kept = append(kept, l)
 		}
 	}
-	c.leases = kept
+	c.more.leases = kept
 	return args
 }
 
@@ -320,7 +330,7 @@ func advanceAsked(cl *call) bool {
 // dropped (ageHeld) rather than sent.
 func (r *Redis) holds(c *circuit, d breaker.Delta, now time.Time) bool {
 	return !r.stopping && c.quiet.Load() && d.Failures == 0 && d.Slow == 0 && d.Tail == 0 && d.Pause == 0 &&
-		uint64(d.Requests)+uint64(c.held.Requests) < 1<<30 && now.Before(c.refreshAt)
+		uint64(d.Requests)+uint64(c.heldRequests()) < 1<<30 && now.Before(c.refreshAt)
 }
 
 // holdSpan is the number of parts a window's held successes are kept in: a part is
@@ -346,21 +356,23 @@ func (c *circuit) refreshed(now time.Time) {
 
 // ageHeld drops the held successes that are a window old at now. xmu is held.
 func (c *circuit) ageHeld(now time.Time) {
-	if c.held.Requests == 0 {
+	x := c.more
+	if x == nil || x.held.Requests == 0 {
 		return
 	}
-	part := max(c.holdFor/holdSpan, 1)
-	if now.Sub(c.heldSince) >= c.holdFor+part*time.Duration(len(c.heldParts)) {
+	holdFor := c.cfg.holdFor
+	part := max(holdFor/holdSpan, 1)
+	if now.Sub(x.heldSince) >= holdFor+part*time.Duration(len(x.heldParts)) {
 		c.clearHeld()
 		return
 	}
-	for now.Sub(c.heldSince) >= c.holdFor+part {
-		c.held.Requests -= c.heldParts[0]
-		copy(c.heldParts[:], c.heldParts[1:])
-		c.heldParts[len(c.heldParts)-1] = 0
-		c.heldSince = c.heldSince.Add(part)
+	for now.Sub(x.heldSince) >= holdFor+part {
+		x.held.Requests -= x.heldParts[0]
+		copy(x.heldParts[:], x.heldParts[1:])
+		x.heldParts[len(x.heldParts)-1] = 0
+		x.heldSince = x.heldSince.Add(part)
 	}
-	if c.held.Requests == 0 {
+	if x.held.Requests == 0 {
 		c.clearHeld()
 	}
 }
@@ -370,18 +382,21 @@ func (c *circuit) addHeld(d breaker.Delta, now time.Time) {
 	if d.Requests == 0 {
 		return
 	}
-	if c.held.Requests == 0 {
-		c.heldSince = now
+	x := c.x()
+	if x.held.Requests == 0 {
+		x.heldSince = now
 	}
-	i := min(int(now.Sub(c.heldSince)/max(c.holdFor/holdSpan, 1)), len(c.heldParts)-1)
-	c.heldParts[i] += d.Requests
-	c.held.Generation = d.Generation
-	c.held.Requests += d.Requests
+	i := min(int(now.Sub(x.heldSince)/max(c.cfg.holdFor/holdSpan, 1)), len(x.heldParts)-1)
+	x.heldParts[i] += d.Requests
+	x.held.Generation = d.Generation
+	x.held.Requests += d.Requests
 }
 
 // clearHeld empties the hold. xmu is held.
 func (c *circuit) clearHeld() {
-	c.held, c.heldParts, c.heldSince = breaker.Delta{}, [holdSpan + 1]uint32{}, time.Time{}
+	if x := c.more; x != nil {
+		x.held, x.heldParts, x.heldSince = breaker.Delta{}, [holdSpan + 1]uint32{}, time.Time{}
+	}
 }
 
 // merge returns the held batch h followed by the newer batch d as one batch. Held
@@ -433,7 +448,7 @@ func (r *Redis) applyReply(cl *call, rep reply, force bool) {
 	c := cl.c
 	if rep.corrupt != "" {
 		r.log.Error("shared state was unreadable and was replaced by a fresh closed state",
-			zap.String("upstream", c.name), zap.String("key", c.key), zap.String("problem", rep.corrupt))
+			zap.String("upstream", c.name), zap.String("key", cl.keys[0]), zap.String("problem", rep.corrupt))
 	}
 	r.apply(c, rep, force, "flush")
 	c.quiet.Store(rep.quiet)
@@ -464,25 +479,27 @@ func (r *Redis) applyReply(cl *call, rep reply, force bool) {
 			// The breaker refused them (its state moved on meanwhile): the leases go
 			// back on the next exchange rather than hold trial slots until they expire.
 			base := cl.args[leaseBaseArg(c)].(string) + ":" + strconv.FormatUint(gen, 10)
+			x := c.x()
 			for i := 1; i <= rep.granted; i++ {
-				c.refused = append(c.refused, base+":"+strconv.Itoa(i))
+				x.refused = append(x.refused, base+":"+strconv.Itoa(i))
 			}
 		}
 		if ok {
 			base := cl.args[leaseBaseArg(c)].(string) + ":" + strconv.FormatUint(gen, 10)
+			x := c.x()
 			for i := 1; i <= rep.granted; i++ {
-				c.leases = append(c.leases, lease{gen: gen, id: base + ":" + strconv.Itoa(i)})
+				x.leases = append(x.leases, lease{gen: gen, id: base + ":" + strconv.Itoa(i)})
 			}
-			c.nextAcquire = time.Time{}
+			x.nextAcquire = time.Time{}
 		} else {
-			c.nextAcquire = time.Now().Add(r.o.FlushInterval / 2)
+			c.x().nextAcquire = time.Now().Add(r.o.FlushInterval / 2)
 		}
 	}
-	if (cl.script == flushScript || cl.script == keyFlushScript) && rep.cfg != "" && rep.cfg != c.SettingsHash &&
-		rep.cfgr != r.o.ReplicaID && rep.cfg != c.warnedCfg {
-		c.warnedCfg = rep.cfg
+	if (cl.script == flushScript || cl.script == keyFlushScript) && rep.cfg != "" && rep.cfg != c.cfg.hash &&
+		rep.cfgr != r.o.ReplicaID && (c.more == nil || rep.cfg != c.more.warnedCfg) {
+		c.x().warnedCfg = rep.cfg
 		r.log.Warn("replicas disagree on breaker settings",
-			zap.String("upstream", c.name), zap.String("ours", c.SettingsHash),
+			zap.String("upstream", c.name), zap.String("ours", c.cfg.hash),
 			zap.String("theirs", rep.cfg), zap.String("their_replica", rep.cfgr))
 	}
 }

@@ -155,10 +155,12 @@ func (r *Redis) setDegraded(d bool, err error) {
 			c.Breaker.SetShared(false)
 			// the permits are gone with the shared decisions: their leases go back once
 			// Redis answers again, rather than hold trial slots until they expire
-			for _, l := range c.leases {
-				c.refused = append(c.refused, l.id)
+			if x := c.more; x != nil {
+				for _, l := range x.leases {
+					x.refused = append(x.refused, l.id)
+				}
+				x.leases = x.leases[:0]
 			}
-			c.leases = c.leases[:0]
 			c.clearHeld()
 		}
 	}
