@@ -24,6 +24,9 @@ type backend interface {
 	driver() string
 	// run sends calls in one round trip and sets each call's cmd.
 	run(ctx context.Context, calls []*call) error
+	// pipeline is how many calls one round trip carries at most (see exchange), each
+	// round trip bounded by the store's Timeout.
+	pipeline() int
 	// eval runs one call on its own (an operator's command) and returns its reply.
 	eval(ctx context.Context, cl *call) (any, error)
 	// listen delivers messages to r (onMessage, onOnset) until ctx ends.

@@ -484,8 +484,8 @@ func (r *Redis) readRegistry(ctx context.Context, up string, k KeyCircuit) error
 				c.cfg.arg, k.SettingsHash, rand.Float64(), r.channel, c.name, r.onset,
 				r.o.FlushInterval.Milliseconds(), 0, 0, 0}})
 	}
-	for i := 0; i < len(calls); i += maxPipeline {
-		chunk := calls[i:min(i+maxPipeline, len(calls))]
+	for i, n := 0, r.be.pipeline(); i < len(calls); i += n {
+		chunk := calls[i:min(i+n, len(calls))]
 		rctx, cancel := context.WithTimeout(ctx, r.o.Timeout)
 		err := r.be.run(rctx, chunk)
 		cancel()

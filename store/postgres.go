@@ -109,6 +109,7 @@ func (b *pgBackend) history(ctx context.Context, upstream string, limit int) ([]
 }
 
 func (b *pgBackend) driver() string { return "postgres" }
+func (b *pgBackend) pipeline() int  { return maxPgPipeline }
 
 // pgError is a statement's error: the database's answer to one call, which the engine
 // tells from no answer by redis.Error (see backend).

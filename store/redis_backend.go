@@ -17,6 +17,7 @@ type redisBackend struct {
 }
 
 func (b *redisBackend) driver() string { return "redis" }
+func (b *redisBackend) pipeline() int  { return maxPipeline }
 
 func (b *redisBackend) eval(ctx context.Context, cl *call) (any, error) {
 	return cl.script.Run(ctx, b.client, cl.keys, cl.args...).Result()
