@@ -65,6 +65,25 @@ func TestPostgresPollIsOneStatement(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// what it returns is what NOTIFY carries, decoded by the handler's decoder: the
+	// twenty circuits' new epochs (the resync created their rows), ten of them opened since
+	var out []string
+	if err := srv.Pool().QueryRow(t.Context(), "SELECT "+f.prefix+"changes(0)").Scan(&out); err != nil || len(out) != 21 {
+		t.Fatalf("changes(0) = %q, %v; want the clock and 20 circuits", out, err)
+	}
+	open := 0
+	for _, m := range out[1:] {
+		name, rep, err := decodeMessage(m)
+		if err != nil || cs[name].Breaker == nil {
+			t.Errorf("changes: %q: %s, %v; want a circuit's state", m, name, err)
+		}
+		if rep.state.State == breaker.Open {
+			open++
+		}
+	}
+	if open != 10 {
+		t.Errorf("changes: %d open, want 10: %q", open, out)
+	}
 	calls := func() int64 {
 		var n int64
 		if err := srv.Pool().QueryRow(context.Background(), `SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements
