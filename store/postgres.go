@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -81,6 +82,11 @@ type pgBackend struct {
 	fn     map[*redis.Script]string // each script's function, without the prefix
 	// the history's bounds (RedisOptions.History), which cleanup applies too
 	historyOpts HistoryOptions
+	// deaf drops every transition notification the listener receives (tests: a
+	// notification lost, which the poll must make up for)
+	deaf atomic.Bool
+	// polls counts poll's calls that succeeded (tests)
+	polls atomic.Int64
 }
 
 // history reads <p>history_read: the upstream's transitions and its keys', newest first.
@@ -389,11 +395,14 @@ func (b *pgBackend) close() error {
 
 // listen delivers the notifications of the transitions' and onsets' channels to r, on a
 // connection of its own, and deletes expired rows once every cleanupEvery. NOTIFY is lost
-// while the connection is down, as pub/sub's messages are: every (re)connection asks for
-// a resync, and the replies to the loop's exchanges are the backstop in between.
+// while the connection is down (or before LISTEN takes effect), as pub/sub's messages
+// are: every (re)connection asks for a resync, and poll reads the transitions published
+// since its last turn, once every pollInterval, the backstop for any notification lost
+// (a quiet closed circuit sends nothing for hours, so its exchanges are none).
 func (b *pgBackend) listen(ctx context.Context, r *Redis) {
 	var wg sync.WaitGroup
 	wg.Go(func() { b.cleanup(ctx, r) })
+	wg.Go(func() { b.poll(ctx, r) })
 	defer wg.Wait()
 	pause := listenRetryMin
 	for first := true; ctx.Err() == nil; first = false {
@@ -461,6 +470,7 @@ func (b *pgBackend) listenOnce(ctx context.Context, r *Redis, first bool) (conne
 			return true, err
 		case n.Channel == r.onset:
 			r.onOnset(n.Payload)
+		case b.deaf.Load():
 		default:
 			r.onMessage(n.Payload)
 		}
@@ -507,6 +517,69 @@ func (b *pgBackend) cleanup(ctx context.Context, r *Redis) {
 		cancel()
 		if err != nil && ctx.Err() == nil {
 			r.log.Warn("deleting expired rows failed", zap.Error(err))
+		}
+	}
+}
+
+// pollInterval is how often a replica polls for the transitions it may have missed:
+// 10 flush intervals, at least a second, jittered ±10 %. A circuit's transition that a
+// replica's listener missed reaches it within about that (sooner if it exchanges about
+// the circuit); each poll is one statement, whatever the number of circuits.
+func pollInterval(flush time.Duration) time.Duration { return max(10*flush, time.Second) }
+
+// pollOverlap is how far back before the previous poll's clock a poll reads. A
+// transition's clock is read when its call holds the circuit's row, and the row is seen
+// only once the call commits: a call that read the clock before a poll and commits after
+// it is seen by the next poll only if the overlap covers that delay. The call's time is
+// bounded by the statement_timeout (store.postgres.statement_timeout) and by the replica's
+// Timeout, which cancels it; the overlap is the larger of those and 5 s (a commit waiting
+// on a synchronous standby is bounded by neither). What the overlap reads twice is
+// harmless: the handler is fenced by generation and idempotent.
+func (b *pgBackend) pollOverlap(r *Redis) time.Duration {
+	d := max(5*time.Second, r.o.Timeout)
+	if ms, err := strconv.ParseInt(b.pool.Config().ConnConfig.RuntimeParams["statement_timeout"], 10, 64); err == nil {
+		d = max(d, time.Duration(ms)*time.Millisecond)
+	}
+	return d
+}
+
+// poll calls <p>changes once every pollInterval (jittered) and hands the transitions it
+// returns to the same handler as the notifications (r.onMessage). The first call reads
+// the database's clock only (what came before is the start-up resync's); each next one
+// reads from the previous call's clock less pollOverlap. Skipped while degraded (the
+// recovery resyncs every circuit); a failed call is logged and the next turn reads from
+// the same point.
+func (b *pgBackend) poll(ctx context.Context, r *Redis) {
+	every, overlap := pollInterval(r.o.FlushInterval), b.pollOverlap(r)
+	var since *int64 // nil: the clock alone
+	for {
+		if !r.degraded.Load() {
+			cctx, cancel := context.WithTimeout(ctx, r.o.Timeout)
+			var out []string
+			err := b.pool.QueryRow(cctx, "SELECT "+b.prefix+"changes($1)", since).Scan(&out)
+			cancel()
+			var now int64
+			if err == nil && len(out) > 0 {
+				now, err = strconv.ParseInt(out[0], 10, 64)
+			} else if err == nil {
+				err = errors.New("empty reply")
+			}
+			switch {
+			case err != nil && ctx.Err() == nil:
+				r.log.Warn("polling for missed transitions failed", zap.Error(err))
+			case err == nil:
+				b.polls.Add(1)
+				for _, m := range out[1:] {
+					r.onMessage(m)
+				}
+				next := now - overlap.Milliseconds()
+				since = &next
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(every - every/10 + rand.N(every/5+1)):
 		}
 	}
 }

@@ -34,6 +34,7 @@ import (
 //	          p history_read(upstream text, key text, limit int) → SETOF p history;
 //	          p keys_read(upstream text, limit int) → SETOF text;
 //	          p cleanup(retention_ms bigint, max_entries int DEFAULT 0) → bigint;
+//	          p changes(since_ms bigint) → text[] (the poll that backs NOTIFY up);
 //	          p now_ms() and the helpers p _* (no one but the owner may run those).
 //
 // The public functions are SECURITY DEFINER, owned by the migrating role: the runtime
@@ -255,6 +256,7 @@ var PostgresFunctions = []string{
 	"key_flush(text, text[])", "key_acquire(text, text[])", "key_trial(text, text[])",
 	"key_control(text, text[])", "heartbeat(text, text[])", "tally(text, text[])", "claim(text, text[])",
 	"history_read(text, text, integer)", "keys_read(text, integer)", "cleanup(bigint, integer)",
+	"changes(bigint)",
 }
 
 // PostgresGrants returns the statements that give role the least rights fuseproxy needs

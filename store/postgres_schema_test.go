@@ -158,6 +158,10 @@ func TestPostgresRuntimeRoleGrants(t *testing.T) {
 	if _, err := rt.Exec(ctx, "SELECT fuse_cleanup(3600000, 100)"); err != nil {
 		t.Errorf("runtime role: fuse_cleanup: %v", err)
 	}
+	var changes []string
+	if err := rt.QueryRow(ctx, "SELECT fuse_changes(0)").Scan(&changes); err != nil || len(changes) < 2 {
+		t.Errorf("runtime role: fuse_changes: %q, %v; want the clock and a transition", changes, err)
+	}
 	// and nothing else: no table, no helper
 	for _, q := range []string{
 		"SELECT * FROM fuse_circuits", "DELETE FROM fuse_history", "INSERT INTO fuse_leases VALUES ('a', '', 'x', 0)",
@@ -535,6 +539,7 @@ func ExamplePostgresGrants() {
 	// GRANT EXECUTE ON FUNCTION "public"."fuse_history_read"(text, text, integer) TO "fuse_runtime";
 	// GRANT EXECUTE ON FUNCTION "public"."fuse_keys_read"(text, integer) TO "fuse_runtime";
 	// GRANT EXECUTE ON FUNCTION "public"."fuse_cleanup"(bigint, integer) TO "fuse_runtime";
+	// GRANT EXECUTE ON FUNCTION "public"."fuse_changes"(bigint) TO "fuse_runtime";
 }
 
 // TestPostgresRandomValuesNeverWedge writes random values (numbers of every size and

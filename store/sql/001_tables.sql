@@ -32,9 +32,14 @@ CREATE TABLE {{.P}}circuits (
 	buckets             jsonb  NOT NULL DEFAULT '{}',
 	reports             jsonb  NOT NULL DEFAULT '{}',
 	expires_at          bigint NOT NULL DEFAULT 0,
+	published_at        bigint NOT NULL DEFAULT 0,
 	PRIMARY KEY (upstream, key)
 );
 CREATE INDEX {{.P}}circuits_expires ON {{.P}}circuits (expires_at);
+-- published_at is the fleet's clock (ms) when a transition of the circuit was last
+-- notified (_save): the replicas' poll (changes) reads the rows published since its
+-- last turn, the backstop for a notification a listener missed.
+CREATE INDEX {{.P}}circuits_published ON {{.P}}circuits (published_at);
 
 -- Half-open trial leases (the Lua sorted set "<prefix>:{<upstream>}:leases": id -> expiry).
 CREATE TABLE {{.P}}leases (

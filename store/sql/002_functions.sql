@@ -418,7 +418,8 @@ BEGIN
 			successes = st.sc, changed_at = st.at, epoch = st.ep, onset = st.fo, reason = st.rs,
 			cfg = CASE WHEN p_cfg <> '' THEN p_cfg ELSE st.cfg END,
 			cfg_replica = CASE WHEN p_cfg <> '' THEN p_replica ELSE st.cfgr END,
-			buckets = st.b, reports = st.r, expires_at = exp
+			buckets = st.b, reports = st.r, expires_at = exp,
+			published_at = CASE WHEN st.changed THEN p_now ELSE c.published_at END
 		WHERE c.upstream = st.upstream AND c.key = st.key;
 		IF st.changed THEN
 			PERFORM pg_notify(p_channel, concat_ws(' ', p_name, st.st, st.md, st.gen, {{.P}}_timing(st, p_now),
@@ -818,6 +819,28 @@ BEGIN
 		GET DIAGNOSTICS n = ROW_COUNT; total := total + n;
 	END IF;
 	RETURN total;
+END $$;
+
+-- changes is the poll that backs NOTIFY up (a notification is lost while a listener's
+-- connection is down, or before its LISTEN took effect): element 1 is the fleet's clock
+-- (ms), the rest the transitions' notifications (_save's payload, rebuilt from the
+-- current row) of the live circuits published at or after since_ms; a NULL since_ms asks
+-- for the clock alone. One statement, whatever the number of circuits.
+CREATE FUNCTION {{.P}}changes(since_ms bigint) RETURNS text[] LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = {{.Schema}}, pg_temp AS $$
+DECLARE
+	v_now bigint := {{.P}}now_ms();
+BEGIN
+	IF since_ms IS NULL THEN
+		RETURN ARRAY[v_now::text];
+	END IF;
+	RETURN ARRAY[v_now::text] || coalesce((SELECT array_agg(concat_ws(' ',
+			CASE WHEN c.key = '' THEN c.upstream ELSE c.upstream || '#' || c.key END,
+			c.state, c.mode, c.generation,
+			CASE c.state WHEN 1 THEN greatest(c.open_until - v_now, 0)
+				WHEN 0 THEN greatest(v_now - c.changed_at, 0) ELSE 0 END,
+			c.open_for, c.trips, v_now, c.epoch, coalesce(c.reason, '')))
+		FROM {{.P}}circuits c WHERE c.published_at >= since_ms AND c.expires_at > v_now), '{}');
 END $$;
 
 -- Only the roles granted EXECUTE run the public functions; nobody but the owner runs
