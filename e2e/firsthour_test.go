@@ -513,7 +513,7 @@ func TestReadmePrerequisitesNameEveryTool(t *testing.T) {
 			t.Errorf("%s looks up %s on PATH, but README's test prerequisites do not name `%s`:\n%s", file, tool, tool, prereq)
 		}
 	}
-	for _, pkg := range []string{"redis-server", "prometheus", "docker-compose", "chromium"} {
+	for _, pkg := range []string{"redis-server", "prometheus", "docker-compose", "chromium", "postgresql"} {
 		if !strings.Contains(prereq, pkg) {
 			t.Errorf("README's apt-get line lacks the package %s", pkg)
 		}
