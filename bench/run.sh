@@ -450,8 +450,13 @@ run_load() {
   local raw=$OUT/raw.csv r line
   echo "round,target,rps,p50_ms,p99_ms,errors,requests,proc_us_req,backend_us_req,machine_us_req,busy_pct,steal_pct,redis_all_req,redis_evalsha_req,load1" >"$raw"
   echo "== wrk -t$THREADS -c$CONNS -d$DURATION (+$WARMUP warm-up) -s paths-N.lua, $ROUNDS interleaved rounds over: ${names[*]}"
+  local k n=${#names[@]}
   for ((r = 1; r <= ROUNDS; r++)); do
-    for t in "${names[@]}"; do
+    # Round r starts at target r-1 (in turn): a target's place in a round biases it (the
+    # same replica measured first and last in one run differed by 13 %), so each takes
+    # every place as often.
+    for ((k = 0; k < n; k++)); do
+      t=${names[$(((r - 1 + k) % n))]}
       # raw.csv is comma-separated: memory@GOGC=200,GOMAXPROCS=1 is recorded as memory@GOGC=200+GOMAXPROCS=1
       line="$r,${t//,/+},$(measure "$t" "${URL[$t]}" "${LUA[$t]}" "$OUT/wrk/r$r-$t.txt")"
       echo "$line" >>"$raw"
