@@ -362,7 +362,10 @@ func TestEjectionRedisDown(t *testing.T) {
 	f.Backends[1].Set(t, "fail=on")
 	at := f.waitEjected(t, 1, true, 5*time.Second)
 	for i, p := range f.Replicas {
-		if !p.hasLog(func(l logLine) bool { return l.Msg() == "target ejected" && l.Str("target") == f.Backends[1].addr }) {
+		// The log line may reach the test a moment after the admin API shows the ejection.
+		if !waitFor(2*time.Second, 10*time.Millisecond, func() bool {
+			return p.hasLog(func(l logLine) bool { return l.Msg() == "target ejected" && l.Str("target") == f.Backends[1].addr })
+		}) {
 			t.Errorf("r%d did not log its own ejection", i+1)
 		}
 	}
