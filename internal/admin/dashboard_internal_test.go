@@ -3,6 +3,7 @@ package admin
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"testing"
 	"time"
@@ -159,8 +160,11 @@ func TestNamesScale(t *testing.T) {
 		if got := h.names(); len(got) != 2*n || !slices.IsSorted(got) {
 			t.Fatalf("names of %d upstreams: %d names, sorted %v", n, len(got), slices.IsSorted(got))
 		}
+		// The best of 9 (after a collection): on a loaded machine one call in a few
+		// is descheduled or assists the collector (CI saw x34 with the best of 3).
+		runtime.GC()
 		best := time.Duration(1 << 62)
-		for range 3 {
+		for range 9 {
 			start := time.Now()
 			h.names()
 			best = min(best, time.Since(start))
