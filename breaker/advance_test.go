@@ -132,3 +132,33 @@ func TestDropAdvance(t *testing.T) {
 		t.Fatal("dropped a used permit")
 	}
 }
+
+// OpenLeft counts down the open period a store adopted, and is 0 once it has ended, in
+// half-open and closed, and when forced open (which has no end of its own).
+func TestOpenLeft(t *testing.T) {
+	f := openShared(t)
+	if got := f.b.OpenLeft(); got != 10*time.Second {
+		t.Fatalf("OpenLeft just after the trip = %v, want 10s", got)
+	}
+	f.clock.Advance(7 * time.Second)
+	if got := f.b.OpenLeft(); got != 3*time.Second {
+		t.Fatalf("OpenLeft 7s in = %v, want 3s", got)
+	}
+	f.b.SetMode(breaker.MetricsOnly)
+	if got := f.b.OpenLeft(); got != 3*time.Second {
+		t.Fatalf("OpenLeft in metrics-only mode = %v, want 3s (the state is kept)", got)
+	}
+	f.b.SetMode(breaker.ForcedOpen)
+	if got := f.b.OpenLeft(); got != 0 {
+		t.Fatalf("OpenLeft forced open = %v, want 0", got)
+	}
+	f.b.SetMode(breaker.Normal)
+	f.clock.Advance(4 * time.Second)
+	if got := f.b.OpenLeft(); got != 0 {
+		t.Fatalf("OpenLeft after the open period = %v, want 0", got)
+	}
+	f.request(breaker.Success, time.Millisecond)
+	if got := f.b.OpenLeft(); got != 0 {
+		t.Fatalf("OpenLeft in state %v = %v, want 0", f.b.State(), got)
+	}
+}

@@ -262,6 +262,18 @@ func (b *Breaker) GrantPermits(gen uint64, n int, ttl time.Duration) bool {
 	return true
 }
 
+// OpenLeft returns, without taking the lock, how long the open period has left by the
+// breaker's clock: 0 unless the circuit is open in normal or metrics-only mode (forced
+// open has no end of its own). Until then a shared breaker needs nothing from its store
+// (no permit, no count), so a store may leave it unpolled until shortly before.
+func (b *Breaker) OpenLeft() time.Duration {
+	st, m, _ := b.load()
+	if st != Open || (m != Normal && m != MetricsOnly) {
+		return 0
+	}
+	return max(time.Duration(b.openUntil.Load())-b.clock.Now(), 0)
+}
+
 // NeedsAdvance reports whether a shared breaker should ask its store now for a trial
 // permit in advance (GrantAdvance): it is open in normal or metrics-only mode, it
 // rejected a request during this open period (its replica has traffic for the

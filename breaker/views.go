@@ -46,6 +46,7 @@ type Sync interface {
 	NeedsPermits() int
 	GrantPermits(gen uint64, n int, ttl time.Duration) bool
 	NeedsAdvance(lead time.Duration) bool
+	OpenLeft() time.Duration
 	GrantAdvance(gen uint64, n int, ttl time.Duration) bool
 	DropAdvance(after time.Duration) (gen uint64, n int)
 	SetWake(wake func())

@@ -22,7 +22,9 @@ func TestFaultCorruptSharedState(t *testing.T) {
 	const threshold = 3
 	f := startFaultFleet(t, 2, false, func(_ int, c *faultConfig) {
 		c.FlushInterval = 50 * time.Millisecond
-		c.Upstreams[0].ConsecutiveFailures, c.Upstreams[0].OpenDuration = threshold, 30*time.Second
+		// An open circuit is polled shortly before its open period ends (and every few
+		// seconds as a backstop): a short one, so that its replicas read the value soon.
+		c.Upstreams[0].ConsecutiveFailures, c.Upstreams[0].OpenDuration = threshold, 2*time.Second
 	})
 	ctx := context.Background()
 	rc := f.Redis.Client()
@@ -64,7 +66,8 @@ func TestFaultCorruptSharedState(t *testing.T) {
 		for _, p := range f.Replicas {
 			if c.open {
 				// Open through the fleet's admin API: the circuit must not be closed, so
-				// the corrupt value is read by the replicas' polls as well as by flushes.
+				// the corrupt value is read by the replicas' polls and permit requests
+				// (as the open period nears its end) as well as by flushes.
 				r := faultAdmin(t, p.client, f.Cfgs[0].AdminListen, "POST", "/circuits/api/open", "", "")
 				if r.Status != 200 {
 					t.Fatalf("%s: open: %v", c.name, r)
@@ -88,7 +91,7 @@ func TestFaultCorruptSharedState(t *testing.T) {
 				f.Backend.Set(t, "fail=off")
 			}
 			// With the circuit closed, p's flush reads the value; an open circuit is
-			// polled by every replica. Either may read it.
+			// polled by every replica near the end of its open period. Either may read it.
 			readers := f.Replicas
 			var l logLine
 			var reader *Proxy

@@ -288,10 +288,29 @@ func TestPlanSkipsOnlyCircuitsWithNothingToSend(t *testing.T) {
 		}, 1, held, 0},
 		{"not synced yet", func(c *circuit, _ time.Time) { c.synced.Store(false) }, 1, 0, 0},
 		{"a rate decision waits", func(c *circuit, _ time.Time) { c.deciding = true }, 1, 0, 0},
-		{"open", func(c *circuit, _ time.Time) {
-			c.Breaker.Apply(breaker.SharedState{State: breaker.Open, Generation: 1, OpenRemaining: time.Minute,
-				OpenFor: time.Minute, Trips: 1}, true)
-			c.Breaker.TakeDelta() // Apply leaves the news flag up: take it down
+		{"open: the first poll", func(c *circuit, _ time.Time) { openFor(c, time.Minute) }, 1, 0, 0},
+		{"open: polled, far from the end", func(c *circuit, now time.Time) {
+			openFor(c, time.Minute)
+			c.x().pollAt = now.Add(time.Second)
+		}, 0, 0, 0},
+		{"open: the backstop poll is due", func(c *circuit, now time.Time) {
+			openFor(c, time.Minute)
+			c.x().pollAt = now
+		}, 1, 0, 0},
+		{"open: near the end (the advance lead and a flush)", func(c *circuit, now time.Time) {
+			openFor(c, 400*time.Millisecond) // offlineStore's flush interval: 100 ms, lead 300 ms
+			c.x().pollAt = now.Add(time.Minute)
+		}, 1, 0, 0},
+		{"open: leases to give back", func(c *circuit, now time.Time) {
+			openFor(c, time.Minute)
+			c.x().pollAt = now.Add(time.Minute)
+			c.x().refused = []string{"r:1:*"}
+		}, 2, 0, 0},
+		{"forced open", func(c *circuit, now time.Time) {
+			openFor(c, time.Minute)
+			c.x().pollAt = now.Add(time.Minute)
+			c.Breaker.SetMode(breaker.ForcedOpen)
+			c.Breaker.TakeDelta()
 			c.Breaker.TakeTrials()
 		}, 1, 0, 0},
 	}
@@ -331,6 +350,15 @@ func TestPlanSkipsOnlyCircuitsWithNothingToSend(t *testing.T) {
 			}
 		})
 	}
+}
+
+// openFor adopts an open state with d left, as from Redis, and takes the news flag
+// down (Apply leaves it up).
+func openFor(c *circuit, d time.Duration) {
+	c.Breaker.Apply(breaker.SharedState{State: breaker.Open, Generation: 1, OpenRemaining: d,
+		OpenFor: d, Trips: 1}, true)
+	c.Breaker.TakeDelta()
+	c.Breaker.TakeTrials()
 }
 
 // startMany is a running replica with one circuit per name (settings s, flush interval

@@ -179,6 +179,7 @@ type circuitMore struct {
 	leases      []lease   // trial permits held
 	refused     []string  // ids of leases granted but refused by the breaker: to release
 	nextAcquire time.Time // no permit request before
+	pollAt      time.Time // open: the next backstop poll (openQuiet)
 	warnedCfg   string    // settings hash last warned about
 	// held are the successes held while quiet (their generation and number), in parts of
 	// holdFor/holdSpan each, part i counting those since heldSince + i·holdFor/holdSpan;

@@ -478,9 +478,42 @@ func TestRedisFlushReplyIsTheBackstop(t *testing.T) {
 	if err := a.st.Control(t.Context(), circuitName, Command{Op: OpClose}); err != nil {
 		t.Fatal(err)
 	}
-	exchange() // an open circuit is polled even without counts
+	exchange() // an open circuit is polled without counts: the first flush after it opened
 	if b.b.State() != breaker.Closed {
 		t.Fatalf("b: %v after its poll, want closed", b.b.State())
+	}
+
+	// Open again: far from the end of its open period an open circuit is polled only every
+	// openPollEvery (jittered), its backstop; the subscription brings its transitions.
+	if err := a.st.Control(t.Context(), circuitName, Command{Op: OpOpen}); err != nil {
+		t.Fatal(err)
+	}
+	fail(t, b.b)
+	exchange()
+	if b.b.State() != breaker.Open {
+		t.Fatalf("b: %v after its flush, want open", b.b.State())
+	}
+	exchange() // the first poll of the open period
+	if err := a.st.Control(t.Context(), circuitName, Command{Op: OpClose}); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := b.st.get(circuitName)
+	b.st.xmu.Lock()
+	pollAt := c.more.pollAt
+	b.st.xmu.Unlock()
+	if left := time.Until(pollAt); left < openPollEvery/2-time.Second || left > 3*openPollEvery/2 {
+		t.Fatalf("the next backstop poll in %v, want %v ± half", left, openPollEvery)
+	}
+	exchange()
+	if b.b.State() != breaker.Open {
+		t.Fatalf("b: %v, want open until its backstop poll (the close was not heard: no subscription)", b.b.State())
+	}
+	b.st.xmu.Lock()
+	c.more.pollAt = time.Now() // the backstop poll is due
+	b.st.xmu.Unlock()
+	exchange()
+	if b.b.State() != breaker.Closed {
+		t.Fatalf("b: %v after its backstop poll, want closed", b.b.State())
 	}
 }
 
