@@ -191,6 +191,8 @@ func TestRedisErrorRepliesDegrade(t *testing.T) {
 				f.do(t, "ACL", "SETUSER", fc.rc.username, "on", ">"+fc.rc.password, "~*", "&*", "+@all")
 			}
 			rc := fc.rc
+			sc := newScriptCounter()
+			rc.hook = sc
 			rc.settings = longOpen()
 			rc.flush = 100 * time.Millisecond // the default: a second is what the issue asks
 			r := startReplica(t, f.srv, "r", rc)
@@ -236,7 +238,15 @@ func TestRedisErrorRepliesDegrade(t *testing.T) {
 			}
 			// It stays degraded while the fault lasts: an exchange that writes nothing
 			// (a resync read) must not end it.
+			circuitScripts := func() int { return sc.count(flushScript) + sc.count(acquireScript) + sc.count(trialScript) }
+			before := circuitScripts()
 			exchangesDone(t, 5, nil, r)
+			// Nor does it send Redis its circuits' scripts while the heartbeat that leads
+			// each of its exchanges is refused: only the heartbeat (a degraded fleet
+			// retries every flush interval, and would load a failing Redis the most).
+			if n := circuitScripts() - before; n > 0 && !fc.busy {
+				t.Errorf("degraded, with %s refusing the heartbeat: %d circuit scripts sent in 5 exchanges, want none", fc.name, n)
+			}
 			if !r.st.Status().Degraded || r.degraded.Load() != 1 ||
 				len(r.logs.FilterMessage("redis store recovered: state resynced").All()) != 0 {
 				t.Fatalf("with %s in place: status %+v after %d degradations; want degraded once, never recovered",

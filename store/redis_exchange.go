@@ -51,17 +51,26 @@ func (r *Redis) exchange(ctx context.Context, cs []*circuit, resync bool) error 
 		calls = append([]*call{r.beat()}, calls...)
 	}
 	var err error
-	for i, n := 0, r.be.pipeline(); i < len(calls); i += n {
+	for i := 0; i < len(calls); {
+		n := r.be.pipeline()
+		if doubt && i == 0 {
+			// The heartbeat alone first: a degraded fleet retries every flush interval,
+			// and a Redis that refuses it (CLUSTERDOWN, OOM, LOADING, ...) would otherwise
+			// run a pipeline of scripts per replica per interval for nothing, loaded the
+			// most when it should recover.
+			n = 1
+		}
 		chunk := calls[i:min(i+n, len(calls))]
+		i += len(chunk)
 		if e := r.send(ctx, chunk, resync); e != nil {
 			var rerr redis.Error
-			if err = cmp.Or(err, e); !errors.As(e, &rerr) || doubt && i == 0 {
+			if err = cmp.Or(err, e); !errors.As(e, &rerr) || doubt && i == 1 {
 				// No answer, or no proof that Redis takes writes (the heartbeat of an
 				// exchange in doubt failed): the rest would fare no better. Poll them on
 				// the next flush. A permit request may have been granted all the same:
 				// its leases go back on the next exchange rather than hold trial slots
 				// until they expire.
-				for _, cl := range calls[i:] {
+				for _, cl := range calls[i-len(chunk):] {
 					if cl.c != nil {
 						cl.c.retry = true
 					}
