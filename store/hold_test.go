@@ -378,9 +378,7 @@ func startMany(t testing.TB, srv *redistest.Server, id string, names []string, s
 	}
 	st.Attach(cs)
 	ctx, cancel := context.WithCancel(context.Background())
-	if err := st.Resync(ctx); err != nil {
-		t.Fatalf("replica %s: Resync: %v", id, err)
-	}
+	startResync(t, id, st.Resync)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -31,6 +32,27 @@ var _ breaker.Clock = (*fakeClock)(nil)
 // waitFor is how long eventually waits by default: generous for -race on a busy machine,
 // while a passing test returns as soon as the condition holds.
 const waitFor = 5 * time.Second
+
+// startResync runs a replica's first Resync as the replica would: one that fails is
+// tried again (the store's loop does), here every 10 ms for up to waitFor. On a loaded
+// machine under the race detector one round trip can outlast a test's short timeout (CI:
+// an i/o timeout at 100 ms, a PostgreSQL connection at 250 ms), which is not what the
+// tests that start replicas are about; those about a failing Resync call it themselves.
+func startResync(tb testing.TB, id string, resync func(context.Context) error) {
+	tb.Helper()
+	deadline := time.Now().Add(waitFor)
+	for {
+		err := resync(context.Background())
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("replica %s: Resync: %v", id, err)
+		}
+		tb.Logf("replica %s: Resync: %v (trying again)", id, err)
+		time.Sleep(10 * time.Millisecond)
+	}
+}
 
 // eventually polls cond until it holds, failing the test after within.
 func eventually(t testing.TB, within time.Duration, what string, cond func() bool) {

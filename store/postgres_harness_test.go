@@ -72,8 +72,10 @@ func startPgReplica(t *testing.T, f *pgFleet, id string, rc replicaConfig) *pgRe
 	r.b = breaker.New(circuitName, rc.settings, breaker.Options{})
 	r.st.Attach(map[string]Circuit{circuitName: {Breaker: r.b, MinReplicasReporting: rc.minReplicas,
 		SettingsHash: or(rc.hash, "h"), TrialLease: or(rc.lease, 10*time.Second)}})
-	if err := r.st.Resync(t.Context()); err != nil && !rc.resyncMayFail {
-		t.Fatalf("replica %s: Resync: %v", id, err)
+	if rc.resyncMayFail {
+		_ = r.st.Resync(t.Context())
+	} else {
+		startResync(t, id, r.st.Resync)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup

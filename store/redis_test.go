@@ -92,8 +92,10 @@ func startReplica(t *testing.T, srv *redistest.Server, id string, rc replicaConf
 	r.st.Attach(map[string]Circuit{circuitName: {Breaker: r.b, MinReplicasReporting: rc.minReplicas,
 		SettingsHash: hash, TrialLease: or(rc.lease, 10*time.Second)}})
 	ctx, cancel := context.WithCancel(context.Background())
-	if err := r.st.Resync(ctx); err != nil && !rc.resyncMayFail {
-		t.Fatalf("replica %s: Resync: %v", id, err)
+	if rc.resyncMayFail {
+		_ = r.st.Resync(ctx)
+	} else {
+		startResync(t, id, r.st.Resync)
 	}
 	done := make(chan struct{})
 	if rc.noRun {
